@@ -1,0 +1,34 @@
+"""The screening service: ``create_app()`` builds a Flask app (flaskr-style factory)."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from server.config import ROOT, config_from_env, ensure_secret_key
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Build the app from the environment, overridden by ``config`` (tests pass a dict).
+
+    Loads the model when LOAD_MODEL is true (the default), so a missing or broken model
+    fails here, once, with a ModelLoadError naming the path, rather than on every request.
+    """
+    app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
+    app.config.update(config_from_env())
+    if config:
+        app.config.update(config)
+        if "MAX_UPLOAD_MB" in config and "MAX_CONTENT_LENGTH" not in config:
+            app.config["MAX_CONTENT_LENGTH"] = config["MAX_UPLOAD_MB"] * 1024 * 1024 + 64 * 1024
+    ensure_secret_key(app.config)
+    logging.getLogger("server").setLevel(logging.INFO)
+
+    from server import api, errors, pages
+
+    app.register_blueprint(errors.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(pages.bp)
+    if app.config["LOAD_MODEL"]:
+        api.init_predictor(app)
+    return app

@@ -1,0 +1,75 @@
+"""The JSON API: ``POST /predict``, health and readiness probes, the model card, OpenAPI.
+
+The blueprint owns the model: ``init_predictor`` loads it once per process when the app
+is created (after gunicorn forks its workers) and every request reuses it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, current_app, jsonify, request
+
+from server.errors import ServiceError
+from server.imaging import open_upload
+from server.openapi import openapi_document
+from server.predictor import Predictor, configure_tf_threads
+from server.uploads import upload_bytes
+
+bp = Blueprint("api", __name__)
+EXTENSION_KEY = "predictor"
+
+
+def init_predictor(app) -> None:
+    """Load the model named by MODEL_PATH into the app (raises ModelLoadError)."""
+    configure_tf_threads(app.config["TF_INTRA_OP_THREADS"], app.config["TF_INTER_OP_THREADS"])
+    app.extensions[EXTENSION_KEY] = Predictor.from_path(app.config["MODEL_PATH"], app.config.get("MODEL_CARD_PATH"))
+
+
+def get_predictor() -> Predictor:
+    predictor = current_app.extensions.get(EXTENSION_KEY)
+    if predictor is None:
+        raise ServiceError(503, "model_unavailable", "No model is loaded; the service is not ready.")
+    return predictor
+
+
+def predict_upload():
+    """Read, validate and screen the request's image: shared by the API and the pages."""
+    started = time.perf_counter()
+    predictor = get_predictor()
+    image = open_upload(upload_bytes(request))
+    prediction = predictor.predict_image(image)
+    return prediction, image, (time.perf_counter() - started) * 1000.0
+
+
+@bp.post("/predict")
+def predict():
+    prediction, _image, total_ms = predict_upload()
+    body = prediction.to_dict()
+    body["timing"]["total_ms"] = round(total_ms, 2)
+    return jsonify(body)
+
+
+@bp.get("/healthz")
+def healthz():
+    """Liveness: the process answers HTTP."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz():
+    """Readiness: a model is loaded and can answer."""
+    predictor = current_app.extensions.get(EXTENSION_KEY)
+    if predictor is None:
+        return jsonify(status="not_ready", model_loaded=False), 503
+    return jsonify(status="ready", model_loaded=True, model=predictor.info.version)
+
+
+@bp.get("/api/model")
+def model_card():
+    return jsonify(get_predictor().card)
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(openapi_document(current_app.config["MAX_UPLOAD_MB"]))

@@ -1,0 +1,50 @@
+"""Settings, read from the environment (12-factor, as microblog does).
+
+Every setting is documented in the README. ``create_app(config)`` lets tests override any
+of them with a plain dict.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_PATH = ROOT / "saved_models" / "ham10000_mobilenetv2.h5"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not an integer") from None
+
+
+def config_from_env() -> dict:
+    """Build the Flask config dict from environment variables."""
+    max_upload_mb = _env_int("MAX_UPLOAD_MB", 10)
+    return {
+        "MODEL_PATH": os.environ.get("MODEL_PATH", str(DEFAULT_MODEL_PATH)),
+        "MODEL_CARD_PATH": os.environ.get("MODEL_CARD_PATH") or None,
+        "MAX_UPLOAD_MB": max_upload_mb,
+        # Werkzeug refuses bodies over this with 413 before the view reads them.
+        "MAX_CONTENT_LENGTH": max_upload_mb * 1024 * 1024 + 64 * 1024,  # + room for multipart framing
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or None,
+        "TF_INTRA_OP_THREADS": _env_int("TF_INTRA_OP_THREADS", 0),
+        "TF_INTER_OP_THREADS": _env_int("TF_INTER_OP_THREADS", 0),
+        "LOAD_MODEL": os.environ.get("LOAD_MODEL", "1") != "0",
+    }
+
+
+def ensure_secret_key(config: dict) -> None:
+    """Give development runs a random key; the key signs report links and CSRF tokens.
+
+    A random per-process key means links signed by one gunicorn worker fail on another, so
+    production (``wsgi.py``) requires SECRET_KEY to be set and refuses to start without it.
+    """
+    if not config.get("SECRET_KEY"):
+        config["SECRET_KEY"] = secrets.token_hex(32)

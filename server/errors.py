@@ -1,0 +1,78 @@
+"""One error type for the whole service, answered as JSON for API clients and HTML for browsers.
+
+Every failure a client can cause ends here as ``{"error": {"code", "message"}}`` with a
+fitting status, so integrators can branch on ``code`` and people read ``message``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from server.imaging import ImageRejected
+
+log = logging.getLogger(__name__)
+bp = Blueprint("errors", __name__)
+
+
+class ServiceError(Exception):
+    """A client-facing failure: HTTP status, a stable machine code and a human message."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "model_unavailable",
+}
+
+
+def wants_json() -> bool:
+    """API paths and clients that prefer JSON get JSON; browsers get the HTML error page."""
+    if request.path.startswith(("/predict", "/api/", "/healthz", "/readyz", "/openapi.json")):
+        return True
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
+
+
+def error_response(status: int, code: str, message: str):
+    if wants_json():
+        return jsonify(error={"code": code, "message": message}), status
+    return render_template("error.html", status=status, code=code, message=message), status
+
+
+@bp.app_errorhandler(ServiceError)
+def handle_service_error(exc: ServiceError):
+    return error_response(exc.status, exc.code, exc.message)
+
+
+@bp.app_errorhandler(ImageRejected)
+def handle_image_rejected(exc: ImageRejected):
+    return error_response(exc.status, exc.code, exc.message)
+
+
+@bp.app_errorhandler(HTTPException)
+def handle_http_exception(exc: HTTPException):
+    status = exc.code or 500
+    message = exc.description or exc.name
+    if status == 413:
+        from flask import current_app
+
+        message = f"The upload is larger than the {current_app.config['MAX_UPLOAD_MB']} MB limit."
+    return error_response(status, _HTTP_CODES.get(status, exc.name.lower().replace(" ", "_")), message)
+
+
+@bp.app_errorhandler(Exception)
+def handle_unexpected(exc: Exception):
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return error_response(500, "internal_error", "The server hit an unexpected error. Please try again.")

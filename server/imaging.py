@@ -1,0 +1,137 @@
+"""Upload bytes -> validated RGB image -> model input. The ONE preprocessing path.
+
+Training (``training/``) and serving both call these functions, so a model never sees
+pixels prepared differently from the ones it learned on. The geometry is fixed and
+recorded in every model card as ``PREPROCESSING_ID``; the predictor refuses a model whose
+card names another.
+
+Geometry: honour EXIF orientation, convert to 8-bit RGB, centre-crop to the largest
+square, resize to ``size`` x ``size`` (bilinear, antialiased), scale to [-1, 1] as
+MobileNetV2 expects. Centre-cropping rather than squashing keeps lesion shape (aspect
+distortion changes border irregularity, a melanoma cue) and makes HAM10000's two framings
+(224 px centre crops and 200x150 full frames) show the same field of view.
+
+Nothing here touches the disk or logs the bytes: uploads stay in memory.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+PREPROCESSING_ID = "exif-rgb8/centre-square/bilinear/mobilenet_v2[-1,1]"
+SUPPORTED_FORMATS = frozenset({"JPEG", "PNG"})
+MIN_SIDE = 32  # below this a photo cannot show a lesion's structure
+MAX_PIXELS = 40_000_000  # a 40 MP photo is plausible; a 30000x30000 PNG is a decompression bomb
+
+# Pillow's own bomb guard warns at MAX_IMAGE_PIXELS and raises at twice that; ours fires
+# first, from the header alone, so the guard below is a second line of defence.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class ImageRejected(ValueError):
+    """An upload that cannot be screened, with the HTTP status and code to report.
+
+    415 ``unsupported_media_type``: the bytes are not a JPEG or PNG at all.
+    422 ``invalid_image``: a JPEG or PNG that cannot be decoded or used (truncated,
+    corrupt, too small, too large in pixels).
+    """
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _unsupported(detail: str) -> ImageRejected:
+    return ImageRejected(415, "unsupported_media_type", f"{detail} Upload a JPEG or PNG photo.")
+
+
+def _invalid(detail: str) -> ImageRejected:
+    return ImageRejected(422, "invalid_image", detail)
+
+
+def open_upload(data: bytes) -> Image.Image:
+    """Decode upload bytes into an upright 8-bit RGB image, or raise ImageRejected.
+
+    The size is checked from the header before any pixel is decoded, so a small file that
+    declares a huge canvas is refused without allocating it.
+    """
+    if not data:
+        raise ImageRejected(400, "empty_file", "The uploaded file is empty.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _invalid(f"The image declares too many pixels (limit {MAX_PIXELS:,}).") from None
+    except UnidentifiedImageError:
+        raise _unsupported("The file is not a recognised image.") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # a header Pillow recognised but cannot parse
+        raise _invalid(f"The image header is corrupt ({exc.__class__.__name__}).") from None
+    if img.format not in SUPPORTED_FORMATS:
+        raise _unsupported(f"{img.format or 'This'} images are not supported.")
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise _invalid(f"The image is {width}x{height} pixels; the limit is {MAX_PIXELS:,} pixels.")
+    if min(width, height) < MIN_SIDE:
+        raise _invalid(f"The image is {width}x{height} pixels; each side must be at least {MIN_SIDE} px.")
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return to_rgb8(img)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        raise _invalid("The image is truncated or corrupt and could not be decoded.") from None
+
+
+def to_rgb8(img: Image.Image) -> Image.Image:
+    """Convert any mode real files use to 8-bit RGB without crushing its tones.
+
+    Pillow's ``convert("RGB")`` clips 16-bit and 32-bit greyscale at 255, which would turn
+    a 16-bit PNG white; those are rescaled from their full range instead. Alpha is dropped
+    by compositing onto white, the usual background of a saved photo with transparency.
+    """
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def centre_square(img: Image.Image, size: int) -> Image.Image:
+    """Centre-crop to the largest square and resize it to ``size`` x ``size``."""
+    width, height = img.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
+
+
+def scale_pixels(rgb: np.ndarray) -> np.ndarray:
+    """Map uint8 RGB to float32 in [-1, 1], the range MobileNetV2 was trained on."""
+    return rgb.astype(np.float32) / 127.5 - 1.0
+
+
+def model_input(img: Image.Image, size: int) -> np.ndarray:
+    """An RGB PIL image -> a (size, size, 3) float32 array ready for the model."""
+    return scale_pixels(np.asarray(centre_square(img, size), dtype=np.uint8))
+
+
+def load_square_uint8(path, size: int) -> np.ndarray:
+    """Read an image file from disk as the trainer does: upright RGB, centre square, uint8.
+
+    Training keeps images as uint8 so augmentation can run before ``scale_pixels``.
+    """
+    with Image.open(path) as img:
+        img = to_rgb8(ImageOps.exif_transpose(img))
+        return np.asarray(centre_square(img, size), dtype=np.uint8)

@@ -1,0 +1,125 @@
+"""The class catalogue: the one place that says what each HAM10000 class is.
+
+The model, the API, the pages and the reports all read class codes, names, risk
+levels and advice from here, so a wording change or a new class is made once.
+The order of ``CLASS_CODES`` is the order of the model's output units (alphabetical,
+as HAM10000 and Keras' directory loaders use), and the model card repeats it so a
+mismatch between a model and this catalogue is caught at load time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DISCLAIMER = (
+    "This is a screening aid, not a diagnosis. It was trained on dermoscopic images and can be "
+    "wrong. Only a qualified clinician, usually after examination and if needed a biopsy, can "
+    "diagnose a skin lesion. If you are worried about a lesion, see a doctor."
+)
+
+RISK_LEVELS = ("high", "moderate", "low")
+
+
+@dataclass(frozen=True)
+class LesionClass:
+    """One diagnostic class as a patient-facing tool must describe it."""
+
+    code: str
+    name: str
+    risk: str  # one of RISK_LEVELS
+    malignant: bool
+    description: str
+    advice: str
+
+
+CATALOGUE: tuple[LesionClass, ...] = (
+    LesionClass(
+        code="akiec",
+        name="Actinic keratosis / intraepithelial carcinoma (Bowen's disease)",
+        risk="high",
+        malignant=True,
+        description=(
+            "Rough, scaly patches caused by sun damage. Actinic keratoses are pre-cancerous and "
+            "Bowen's disease is an early, superficial form of squamous cell carcinoma."
+        ),
+        advice="See a dermatologist: these lesions are usually treated, and some progress to skin cancer.",
+    ),
+    LesionClass(
+        code="bcc",
+        name="Basal cell carcinoma",
+        risk="high",
+        malignant=True,
+        description=(
+            "The most common skin cancer. It grows slowly and rarely spreads, but it can damage "
+            "the tissue around it if left untreated. Often a pearly bump or a sore that does not heal."
+        ),
+        advice="See a dermatologist soon: basal cell carcinoma needs treatment.",
+    ),
+    LesionClass(
+        code="bkl",
+        name="Benign keratosis-like lesion",
+        risk="low",
+        malignant=False,
+        description=(
+            "Seborrhoeic keratoses, solar lentigines and lichen-planus-like keratoses: common, "
+            "harmless growths that can look worrying because they are dark or warty."
+        ),
+        advice="Usually harmless. Have it checked if it changes, itches or bleeds.",
+    ),
+    LesionClass(
+        code="df",
+        name="Dermatofibroma",
+        risk="low",
+        malignant=False,
+        description=(
+            "A small, firm, benign nodule in the skin, often on the legs, sometimes after a minor "
+            "injury such as an insect bite."
+        ),
+        advice="Usually harmless. Have it checked if it grows or changes.",
+    ),
+    LesionClass(
+        code="mel",
+        name="Melanoma",
+        risk="high",
+        malignant=True,
+        description=(
+            "A cancer of the pigment cells. It can spread to other organs, so finding it early "
+            "matters most. Warning signs: asymmetry, irregular border, several colours, a diameter "
+            "over 6 mm, and change over time."
+        ),
+        advice="See a dermatologist promptly: a suspected melanoma should be examined without delay.",
+    ),
+    LesionClass(
+        code="nv",
+        name="Melanocytic nevus (mole)",
+        risk="low",
+        malignant=False,
+        description=(
+            "A common mole: a benign cluster of pigment cells. Most adults have many of them."
+        ),
+        advice="Usually harmless. Watch for changes in size, shape or colour and have those checked.",
+    ),
+    LesionClass(
+        code="vasc",
+        name="Vascular lesion",
+        risk="moderate",
+        malignant=False,
+        description=(
+            "Lesions of the blood vessels such as cherry angiomas, angiokeratomas and pyogenic "
+            "granulomas. Most are benign, but some bleed easily or look like other lesions."
+        ),
+        advice="Usually benign. Have it checked if it bleeds, grows quickly or you are unsure.",
+    ),
+)
+
+CLASS_CODES: tuple[str, ...] = tuple(c.code for c in CATALOGUE)
+MALIGNANT_CODES: frozenset[str] = frozenset(c.code for c in CATALOGUE if c.malignant)
+_BY_CODE = {c.code: c for c in CATALOGUE}
+
+
+def lesion_class(code: str) -> LesionClass:
+    """Look a class up by its HAM10000 code; KeyError names the unknown code."""
+    try:
+        return _BY_CODE[code]
+    except KeyError:
+        raise KeyError(f"unknown lesion class code {code!r}; known: {', '.join(CLASS_CODES)}") from None

@@ -1,0 +1,145 @@
+"""The OpenAPI 3 description of the JSON API, served at ``/openapi.json``.
+
+Kept as data beside the code it describes; ``tests/test_api.py`` validates real
+responses against these schemas so the document cannot drift from the service.
+"""
+
+from __future__ import annotations
+
+from server.lesions import CLASS_CODES, RISK_LEVELS
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+
+_CLASS_PROB = {
+    "type": "object",
+    "required": ["code", "name", "risk", "probability"],
+    "properties": {
+        "code": {"type": "string", "enum": list(CLASS_CODES)},
+        "name": {"type": "string"},
+        "risk": {"type": "string", "enum": list(RISK_LEVELS)},
+        "probability": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+}
+
+_MODEL_INFO = {
+    "type": "object",
+    "required": ["name", "version", "sha256", "input_size"],
+    "properties": {
+        "name": {"type": "string"},
+        "version": {"type": "string"},
+        "sha256": {"type": "string"},
+        "input_size": {"type": "integer"},
+        "test_balanced_accuracy": {"type": ["number", "null"]},
+    },
+}
+
+PREDICTION_SCHEMA = {
+    "type": "object",
+    "required": ["prediction", "probabilities", "malignant_probability", "model", "timing", "created_at", "disclaimer"],
+    "properties": {
+        "prediction": {
+            "allOf": [_CLASS_PROB],
+            "type": "object",
+            "required": ["advice"],
+            "properties": {"advice": {"type": "string"}},
+        },
+        "probabilities": {
+            "type": "array",
+            "minItems": len(CLASS_CODES),
+            "maxItems": len(CLASS_CODES),
+            "items": _CLASS_PROB,
+            "description": "All classes, sorted by probability (highest first); they sum to 1.",
+        },
+        "malignant_probability": {"type": "number", "minimum": 0, "maximum": 1,
+                                  "description": "P(mel) + P(bcc) + P(akiec)."},
+        "model": _MODEL_INFO,
+        "timing": {
+            "type": "object",
+            "required": ["inference_ms"],
+            "properties": {"inference_ms": {"type": "number"}, "total_ms": {"type": "number"}},
+        },
+        "created_at": {"type": "string", "format": "date-time"},
+        "disclaimer": {"type": "string"},
+    },
+}
+
+
+def _error_response(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def openapi_document(max_upload_mb: int) -> dict:
+    """Build the OpenAPI 3.1 document (3.1 so schemas are plain JSON Schema)."""
+    image_body = {"type": "string", "format": "binary"}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Skin-lesion screening API",
+            "version": "1.0.0",
+            "description": (
+                "Screens a dermoscopic photo of a skin lesion into the 7 HAM10000 classes. "
+                "A screening aid, never a diagnosis."
+            ),
+        },
+        "paths": {
+            "/predict": {
+                "post": {
+                    "summary": "Screen one image",
+                    "description": (
+                        f"Send a JPEG or PNG (at most {max_upload_mb} MB, at least 32 px a side) as multipart field "
+                        "`image`, or as the raw body with Content-Type image/jpeg or image/png. "
+                        "415: not a JPEG/PNG. 422: a JPEG/PNG that cannot be decoded or used."
+                    ),
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {"type": "object", "required": ["image"], "properties": {"image": image_body}}
+                            },
+                            "image/jpeg": {"schema": image_body},
+                            "image/png": {"schema": image_body},
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The screening result.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Prediction"}}},
+                        },
+                        "400": _error_response("No image, an empty file or more than one file."),
+                        "413": _error_response(f"The upload is over {max_upload_mb} MB."),
+                        "415": _error_response("Not a JPEG or PNG."),
+                        "422": _error_response("A JPEG or PNG that is truncated, corrupt, too small or too many pixels."),
+                        "503": _error_response("No model loaded."),
+                    },
+                }
+            },
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "The process is up."}}}},
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness",
+                    "responses": {"200": {"description": "A model is loaded."}, "503": {"description": "No model loaded."}},
+                }
+            },
+            "/api/model": {
+                "get": {
+                    "summary": "The model card",
+                    "responses": {
+                        "200": {"description": "Classes, preprocessing, metrics, training data and licence.",
+                                "content": {"application/json": {"schema": {"type": "object"}}}},
+                        "503": _error_response("No model loaded."),
+                    },
+                }
+            },
+        },
+        "components": {"schemas": {"Prediction": PREDICTION_SCHEMA, "Error": _ERROR}},
+    }

@@ -1,0 +1,99 @@
+"""The ``Prediction`` value: made once by the predictor, rendered by the API, pages and reports.
+
+Nothing downstream recomputes a probability, a ranking or a risk level: JSON, HTML, the
+text report and the PDF all read the same frozen value, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+
+from server.lesions import CLASS_CODES, DISCLAIMER, MALIGNANT_CODES, lesion_class
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which model answered: enough to trace a report back to an exact file."""
+
+    name: str
+    version: str
+    sha256: str
+    input_size: int
+    test_balanced_accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class ClassProbability:
+    code: str
+    name: str
+    risk: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One screening answer. ``classes`` is sorted by probability, highest first."""
+
+    classes: tuple[ClassProbability, ...]
+    malignant_probability: float
+    model: ModelInfo
+    inference_ms: float
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    disclaimer: str = DISCLAIMER
+
+    @property
+    def top(self) -> ClassProbability:
+        return self.classes[0]
+
+    @property
+    def advice(self) -> str:
+        return lesion_class(self.top.code).advice
+
+    def to_dict(self) -> dict:
+        """The JSON shape of ``POST /predict`` (documented in ``/openapi.json``)."""
+        return {
+            "prediction": {**asdict(self.top), "advice": self.advice},
+            "probabilities": [asdict(c) for c in self.classes],
+            "malignant_probability": self.malignant_probability,
+            "model": asdict(self.model),
+            "timing": {"inference_ms": self.inference_ms},
+            "created_at": self.created_at,
+            "disclaimer": self.disclaimer,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Prediction":
+        """Rebuild a Prediction from ``to_dict`` output (used by signed report links)."""
+        return cls(
+            classes=tuple(ClassProbability(**c) for c in data["probabilities"]),
+            malignant_probability=float(data["malignant_probability"]),
+            model=ModelInfo(**data["model"]),
+            inference_ms=float(data["timing"]["inference_ms"]),
+            created_at=data["created_at"],
+            disclaimer=data.get("disclaimer", DISCLAIMER),
+        )
+
+
+def prediction_from_probabilities(
+    probabilities, model: ModelInfo, inference_ms: float, classes: tuple[str, ...] = CLASS_CODES
+) -> Prediction:
+    """Turn one softmax row into a Prediction.
+
+    The row is renormalised in float64 so the published probabilities sum to 1 despite
+    float32 rounding, then rounded to 6 decimals: more digits claim a precision the
+    model does not have.
+    """
+    p = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    if p.shape[0] != len(classes) or not np.all(np.isfinite(p)) or np.any(p < 0):
+        raise ValueError(f"expected {len(classes)} finite non-negative probabilities, got {p!r}")
+    p = p / p.sum()
+    ranked = sorted(zip(classes, p), key=lambda cp: cp[1], reverse=True)
+    entries = tuple(
+        ClassProbability(code=c, name=lesion_class(c).name, risk=lesion_class(c).risk, probability=round(float(v), 6))
+        for c, v in ranked
+    )
+    malignant = round(float(sum(v for c, v in zip(classes, p) if c in MALIGNANT_CODES)), 6)
+    return Prediction(classes=entries, malignant_probability=malignant, model=model, inference_ms=round(inference_ms, 2))

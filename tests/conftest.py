@@ -1,0 +1,40 @@
+"""Shared fixtures: a real exported tiny model, an app built on it, and image makers."""
+
+from __future__ import annotations
+
+import io
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+from PIL import Image
+
+from tests.fixture_model import export_colour_model
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory):
+    return export_colour_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="session")
+def app(model_path):
+    from server import create_app
+
+    return create_app({"MODEL_PATH": str(model_path), "TESTING": True, "SECRET_KEY": "test-secret"})
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+
+def image_bytes(colour=(200, 40, 40), size=(64, 48), fmt="PNG", mode="RGB", **save_kwargs) -> bytes:
+    """Make a small in-memory image; tests never need files on disk."""
+    img = Image.new("RGB", size, colour)
+    if mode != "RGB":
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **save_kwargs)
+    return buf.getvalue()

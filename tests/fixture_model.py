@@ -1,0 +1,53 @@
+"""A tiny, deterministic model whose answer depends on the image's colour.
+
+An untrained MobileNetV2 answers exactly 1/7 for everything and proves nothing. This
+model averages each colour channel and maps it to classes by hand-set weights, so tests
+can assert *which* class wins: reddish images -> ``vasc``, bluish -> ``mel``, greenish ->
+``nv`` (for example). It goes through the real export path and the real Predictor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from server.lesions import CLASS_CODES
+from training.export import base_card, export_model
+
+FIXTURE_SIZE = 32
+RED_CLASS, GREEN_CLASS, BLUE_CLASS = "vasc", "nv", "mel"
+
+
+def colour_weights() -> tuple[np.ndarray, np.ndarray]:
+    """Dense weights mapping mean (R, G, B) in [-1, 1] to 7 logits."""
+    kernel = np.zeros((3, len(CLASS_CODES)), np.float32)
+    for channel, code in enumerate((RED_CLASS, GREEN_CLASS, BLUE_CLASS)):
+        kernel[channel, CLASS_CODES.index(code)] = 6.0
+    bias = np.linspace(-0.3, 0.3, len(CLASS_CODES)).astype(np.float32)  # breaks ties on grey images
+    return kernel, bias
+
+
+def build_colour_model(size: int = FIXTURE_SIZE):
+    import keras
+
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(3, 1, use_bias=False, name="conv_identity")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(len(CLASS_CODES), activation="softmax", name="classes")(x)
+    model = keras.Model(inputs, outputs, name="colour_fixture")
+    model.get_layer("conv_identity").set_weights([np.eye(3, dtype=np.float32).reshape(1, 1, 3, 3)])
+    model.get_layer("classes").set_weights(list(colour_weights()))
+    return model
+
+
+def export_colour_model(out_dir: Path, size: int = FIXTURE_SIZE) -> Path:
+    card = base_card(
+        name="colour-fixture",
+        version="test",
+        input_size=size,
+        architecture="1x1 conv -> GAP -> dense (test fixture)",
+        metrics={"test": {"balanced_accuracy": 0.5, "accuracy": 0.6}},
+    )
+    model_path, _ = export_model(build_colour_model(size), out_dir, card)
+    return model_path
