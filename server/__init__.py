@@ -16,6 +16,9 @@ def create_app(config: dict | None = None) -> Flask:
     fails here, once, with a ModelLoadError naming the path, rather than on every request.
     """
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
+    from server.uploads import InMemoryRequest
+
+    app.request_class = InMemoryRequest  # uploads never touch the disk
     app.config.update(config_from_env())
     if config:
         app.config.update(config)
@@ -24,8 +27,9 @@ def create_app(config: dict | None = None) -> Flask:
     ensure_secret_key(app.config)
     logging.getLogger("server").setLevel(logging.INFO)
 
-    from server import api, errors, pages
+    from server import api, errors, observability, pages
 
+    observability.init_app(app)
     app.register_blueprint(errors.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)

@@ -73,3 +73,22 @@ def model_card():
 @bp.get("/openapi.json")
 def openapi():
     return jsonify(openapi_document(current_app.config["MAX_UPLOAD_MB"]))
+
+
+@bp.get("/docs")
+def docs():
+    """Human-readable API reference, rendered from the same OpenAPI document as /openapi.json."""
+    from flask import render_template
+
+    document = openapi_document(current_app.config["MAX_UPLOAD_MB"])
+    return render_template("api_docs.html", doc=document, operations=docs_operations(document),
+                           base_url=request.host_url.rstrip("/"))
+
+
+def docs_operations(document: dict) -> list[dict]:
+    """Flatten the document's paths into (method, path, operation) rows for the docs page."""
+    rows = []
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            rows.append({"method": method.upper(), "path": path, "op": operation})
+    return rows

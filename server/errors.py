@@ -69,10 +69,21 @@ def handle_http_exception(exc: HTTPException):
         from flask import current_app
 
         message = f"The upload is larger than the {current_app.config['MAX_UPLOAD_MB']} MB limit."
-    return error_response(status, _HTTP_CODES.get(status, exc.name.lower().replace(" ", "_")), message)
+    body, status = error_response(status, _HTTP_CODES.get(status, exc.name.lower().replace(" ", "_")), message)
+    return body, status, protocol_headers(exc)
+
+
+def protocol_headers(exc: HTTPException) -> dict:
+    """Headers HTTP requires on some errors (``Allow`` on 405, ``Retry-After`` on 429/503).
+
+    Werkzeug puts them on its own response; rebuilding the body as JSON must not drop them.
+    """
+    return {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
 
 
 @bp.app_errorhandler(Exception)
 def handle_unexpected(exc: Exception):
-    log.exception("unhandled error on %s %s", request.method, request.path)
+    from server.observability import current_request_id
+
+    log.exception("unhandled error on %s %s (request id %s)", request.method, request.path, current_request_id())
     return error_response(500, "internal_error", "The server hit an unexpected error. Please try again.")

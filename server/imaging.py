@@ -23,13 +23,22 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 PREPROCESSING_ID = "exif-rgb8/centre-square/bilinear/mobilenet_v2[-1,1]"
-SUPPORTED_FORMATS = frozenset({"JPEG", "PNG"})
+# MPO is how Pillow names the multi-picture JPEGs many phone cameras write: a JPEG whose
+# first frame is the photo. Refusing it would refuse ordinary phone photos.
+SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG"})
+# File signatures of the formats we accept. Bytes that start like a JPEG or PNG but that
+# Pillow cannot identify are a broken JPEG/PNG (422), not an unsupported format (415).
+SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
 MIN_SIDE = 32  # below this a photo cannot show a lesion's structure
 MAX_PIXELS = 40_000_000  # a 40 MP photo is plausible; a 30000x30000 PNG is a decompression bomb
 
-# Pillow's own bomb guard warns at MAX_IMAGE_PIXELS and raises at twice that; ours fires
-# first, from the header alone, so the guard below is a second line of defence.
+# Pillow's own bomb guard warns at MAX_IMAGE_PIXELS and raises at twice that. Our check in
+# ``open_upload`` reads the header dimensions and refuses anything over MAX_PIXELS before
+# decoding, so Pillow's guard is a second line of defence. Its warning is silenced (for
+# Pillow's module only) instead of being turned into an error with ``catch_warnings``,
+# which swaps process-wide state and is not safe in a threaded worker.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageRejected(ValueError):
@@ -63,16 +72,15 @@ def open_upload(data: bytes) -> Image.Image:
     """
     if not data:
         raise ImageRejected(400, "empty_file", "The uploaded file is empty.")
+    claimed = sniff_format(data)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
         raise _invalid(f"The image declares too many pixels (limit {MAX_PIXELS:,}).") from None
-    except UnidentifiedImageError:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        if claimed:  # starts like a JPEG/PNG, but the header cannot be parsed
+            raise _invalid(f"The {claimed} header is corrupt ({exc.__class__.__name__}).") from None
         raise _unsupported("The file is not a recognised image.") from None
-    except (OSError, ValueError, SyntaxError) as exc:  # a header Pillow recognised but cannot parse
-        raise _invalid(f"The image header is corrupt ({exc.__class__.__name__}).") from None
     if img.format not in SUPPORTED_FORMATS:
         raise _unsupported(f"{img.format or 'This'} images are not supported.")
     width, height = img.size
@@ -86,6 +94,18 @@ def open_upload(data: bytes) -> Image.Image:
         return to_rgb8(img)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         raise _invalid("The image is truncated or corrupt and could not be decoded.") from None
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Name the accepted format ``data`` starts like (JPEG or PNG), or None.
+
+    Decides 415 versus 422 for bytes Pillow cannot identify: a file with a JPEG or PNG
+    signature is a damaged upload of a supported type, anything else is the wrong type.
+    """
+    for signature, name in SIGNATURES.items():
+        if data.startswith(signature):
+            return name
+    return None
 
 
 def to_rgb8(img: Image.Image) -> Image.Image:

@@ -66,7 +66,10 @@ PREDICTION_SCHEMA = {
         "timing": {
             "type": "object",
             "required": ["inference_ms"],
-            "properties": {"inference_ms": {"type": "number"}, "total_ms": {"type": "number"}},
+            "properties": {
+                "inference_ms": {"type": "number", "description": "Model time in milliseconds."},
+                "total_ms": {"type": "number", "description": "Decode, preprocess and model time in milliseconds."},
+            },
         },
         "created_at": {"type": "string", "format": "date-time"},
         "disclaimer": {"type": "string"},
@@ -138,6 +141,20 @@ def openapi_document(max_upload_mb: int) -> dict:
                                 "content": {"application/json": {"schema": {"type": "object"}}}},
                         "503": _error_response("No model loaded."),
                     },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {"200": {"description": "The OpenAPI 3.1 description of the API.",
+                                          "content": {"application/json": {"schema": {"type": "object"}}}}},
+                }
+            },
+            "/docs": {
+                "get": {
+                    "summary": "API reference page",
+                    "responses": {"200": {"description": "This document rendered as HTML, with curl examples.",
+                                          "content": {"text/html": {"schema": {"type": "string"}}}}},
                 }
             },
         },

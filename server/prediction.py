@@ -82,18 +82,33 @@ def prediction_from_probabilities(
 ) -> Prediction:
     """Turn one softmax row into a Prediction.
 
-    The row is renormalised in float64 so the published probabilities sum to 1 despite
-    float32 rounding, then rounded to 6 decimals: more digits claim a precision the
-    model does not have.
+    The row is renormalised in float64 and published in millionths: more digits claim a
+    precision the model does not have. Rounding each value on its own can leave the sum
+    several millionths off 1, so the millionths are apportioned by largest remainder and
+    the published values sum to exactly 1; the malignant share is the sum of the
+    published malignant values, so a reader can check it by adding them up.
     """
     p = np.asarray(probabilities, dtype=np.float64).reshape(-1)
-    if p.shape[0] != len(classes) or not np.all(np.isfinite(p)) or np.any(p < 0):
+    if p.shape[0] != len(classes) or not np.all(np.isfinite(p)) or np.any(p < 0) or p.sum() <= 0:
         raise ValueError(f"expected {len(classes)} finite non-negative probabilities, got {p!r}")
-    p = p / p.sum()
-    ranked = sorted(zip(classes, p), key=lambda cp: cp[1], reverse=True)
+    micro = millionths(p / p.sum())
+    ranked = sorted(zip(classes, micro, p), key=lambda cmp: (cmp[1], cmp[2]), reverse=True)
     entries = tuple(
-        ClassProbability(code=c, name=lesion_class(c).name, risk=lesion_class(c).risk, probability=round(float(v), 6))
-        for c, v in ranked
+        ClassProbability(code=c, name=lesion_class(c).name, risk=lesion_class(c).risk, probability=m / _SCALE)
+        for c, m, _ in ranked
     )
-    malignant = round(float(sum(v for c, v in zip(classes, p) if c in MALIGNANT_CODES)), 6)
+    malignant = sum(m for c, m in zip(classes, micro) if c in MALIGNANT_CODES) / _SCALE
     return Prediction(classes=entries, malignant_probability=malignant, model=model, inference_ms=round(inference_ms, 2))
+
+
+_SCALE = 1_000_000
+
+
+def millionths(p: np.ndarray) -> list[int]:
+    """Integer millionths of a distribution that sum to exactly 1,000,000 (largest remainder)."""
+    scaled = p * _SCALE
+    floors = np.floor(scaled).astype(np.int64)
+    short = _SCALE - int(floors.sum())
+    for i in np.argsort(-(scaled - floors), kind="stable")[:short]:
+        floors[i] += 1
+    return [int(v) for v in floors]

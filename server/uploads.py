@@ -6,11 +6,58 @@ body sent with an ``image/*`` Content-Type. The bytes stay in memory; nothing is
 
 from __future__ import annotations
 
+import io
+
 from flask import Request
+from flask.wrappers import Request as FlaskRequest
 
 from server.errors import ServiceError
 
 FIELD = "image"
+
+
+class InMemoryRequest(FlaskRequest):
+    """Flask's request, but multipart file parts are kept in memory, never spooled to disk.
+
+    Werkzeug's default spools any file part over 500 KB into a temporary file, so an
+    ordinary photo would touch the disk. MAX_CONTENT_LENGTH bounds the whole body (10 MB
+    by default), which bounds the memory this uses.
+    """
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        return io.BytesIO()
+
+    def _get_stream_for_parsing(self):
+        """Repair non-UTF-8 part headers before Werkzeug parses the body.
+
+        Werkzeug decodes part headers as UTF-8 and, on failure, silently drops the whole
+        form, so a photo whose filename a client sent in Latin-1 or raw bytes would be
+        answered "no file". The bytes are in memory anyway (bounded by MAX_CONTENT_LENGTH).
+        """
+        stream = super()._get_stream_for_parsing()
+        boundary = self.mimetype_params.get("boundary", "")
+        if self.mimetype != "multipart/form-data" or not boundary:
+            return stream
+        return io.BytesIO(utf8_part_headers(stream.read(), boundary.encode("latin-1", "replace")))
+
+
+def utf8_part_headers(body: bytes, boundary: bytes) -> bytes:
+    """Re-encode any multipart part header block that is not UTF-8 (read as Latin-1).
+
+    Only the header blocks change; part contents are copied byte for byte. The boundary
+    cannot occur inside a part (RFC 2046), so splitting on it is safe.
+    """
+    delimiter = b"--" + boundary
+    parts = body.split(delimiter)
+    for i in range(1, len(parts)):
+        head, blank, rest = parts[i].partition(b"\r\n\r\n")
+        if not blank:
+            continue
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError:
+            parts[i] = head.decode("latin-1").encode("utf-8") + blank + rest
+    return delimiter.join(parts)
 
 
 def upload_bytes(request: Request) -> bytes:
@@ -20,9 +67,12 @@ def upload_bytes(request: Request) -> bytes:
         files = request.files.getlist(FIELD)
         if not files:
             others = ", ".join(sorted(request.files.keys())) or "none"
-            raise ServiceError(400, "missing_file", f"Send the image in the multipart field '{FIELD}' (fields received: {others}).")
-        if len(files) > 1:
-            raise ServiceError(400, "too_many_files", f"Send exactly one image in '{FIELD}'; received {len(files)}.")
+            raise ServiceError(400, "missing_file", f"Send the image in the multipart field '{FIELD}' (file fields received: {others}).")
+        # One screening answers for one image: a second file, in any field, would be
+        # silently ignored otherwise, and the client would not know which one was screened.
+        received = len(list(request.files.items(multi=True)))
+        if received > 1:
+            raise ServiceError(400, "too_many_files", f"Send exactly one image in '{FIELD}'; received {received} files.")
         data = files[0].read()
     elif mimetype.startswith("image/"):
         data = request.get_data(cache=False)
