@@ -135,6 +135,12 @@ class Predictor:
         """Preprocessed (n, size, size, 3) float32 -> (n, classes) probabilities."""
         return np.asarray(self._infer(np.asarray(batch, dtype=np.float32)))
 
+    def predict_arrays_batched(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Like ``predict_arrays`` for many images, in bounded-memory batches (evaluation, batch CLI)."""
+        if len(images) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        return np.concatenate([self.predict_arrays(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
     def predict_image(self, img: Image.Image) -> Prediction:
         """An upright RGB image (from ``imaging.open_upload``) -> Prediction."""
         x = model_input(img, self.input_size)[None]

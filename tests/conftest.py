@@ -38,3 +38,15 @@ def image_bytes(colour=(200, 40, 40), size=(64, 48), fmt="PNG", mode="RGB", **sa
     buf = io.BytesIO()
     img.save(buf, format=fmt, **save_kwargs)
     return buf.getvalue()
+
+
+SHARED = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir():
+    """../shared/data/ham10000, or a clean skip where this checkout has no ../shared."""
+    path = SHARED / "data" / "ham10000"
+    if not (path / "images.csv").is_file():
+        pytest.skip(f"../shared HAM10000 data not found at {path}")
+    return path
