@@ -33,6 +33,10 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(errors.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    # Forms carry CSRF tokens; the JSON API is for non-browser clients (curl) and is exempt.
+    from flask_wtf.csrf import CSRFProtect
+
+    CSRFProtect(app).exempt(api.bp)
     if app.config["LOAD_MODEL"]:
         api.init_predictor(app)
     return app

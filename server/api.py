@@ -44,7 +44,22 @@ def predict_upload():
 
 @bp.post("/predict")
 def predict():
-    prediction, _image, total_ms = predict_upload()
+    """JSON by default; ``?format=txt|pdf`` (or Accept: text/plain / application/pdf) returns a report."""
+    from server import reports
+
+    try:
+        fmt = reports.requested_format(request.args.get("format"), request.accept_mimetypes)
+        paper = reports.paper_size(request.args.get("paper"))
+    except ValueError as exc:
+        raise ServiceError(400, "bad_request", str(exc)) from None
+    prediction, image, total_ms = predict_upload()
+    if fmt != "json":
+        thumbnail = reports.thumbnail_jpeg(image) if fmt == "pdf" else None
+        body, mimetype, filename = reports.render_report(prediction, thumbnail, fmt, paper, get_predictor().card)
+        response = current_app.response_class(body, mimetype=mimetype)
+        response.headers["Content-Disposition"] = f'inline; filename="{filename}"'
+        response.headers["X-Total-Ms"] = f"{total_ms:.2f}"
+        return response
     body = prediction.to_dict()
     body["timing"]["total_ms"] = round(total_ms, 2)
     return jsonify(body)

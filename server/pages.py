@@ -1,5 +1,241 @@
-"""The web pages blueprint (upload, result, model card, reports)."""
+"""The web pages blueprint: upload page, result page, report downloads, model-card page.
 
-from flask import Blueprint
+Nothing a person uploads is stored. The result page is the POST response itself; it
+carries the result and a small thumbnail in a signed token, so the report buttons can
+rebuild the report from the token alone, without a second upload and without the server
+remembering anything. A token whose signature does not check out is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from pathlib import Path
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    render_template,
+    request,
+    send_from_directory,
+)
+from flask_wtf.csrf import CSRFError
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from server import reports
+from server.api import EXTENSION_KEY, get_predictor, predict_upload
+from server.errors import ServiceError, error_response
+from server.imaging import ImageRejected
+from server.lesions import CATALOGUE, DISCLAIMER, RISK_LEVELS, lesion_class
+from server.prediction import Prediction
+from server.predictor import card_path_for
+from server.uploads import FIELD
 
 bp = Blueprint("pages", __name__)
+
+REPORT_SALT = "report"
+REPORT_TOKEN_MAX_AGE_S = 24 * 3600  # a result page left open overnight still downloads its report
+CONFUSION_MATRIX = "confusion_matrix.png"
+# Shown only when a model card lists no limitations of its own (the card is the source of truth).
+FALLBACK_LIMITS = (
+    "Trained on dermoscopic images only: photos taken with a dermatoscope, not ordinary phone photos.",
+    "Lighter skin types are over-represented in the training data; results on darker skin are less reliable.",
+    "Not validated on smartphone photos.",
+    "Not a diagnosis: a clinician must examine any lesion of concern.",
+)
+# What the upload form says for each failure code; the API keeps its own, more technical wording.
+FORM_MESSAGES = {
+    "missing_file": "Please choose a photo to upload.",
+    "empty_file": "The chosen file is empty. Please choose a JPEG or PNG photo.",
+    "too_many_files": "Please upload one photo at a time.",
+    "unsupported_media_type": "That file is not a JPEG or PNG image. Please choose a JPEG or PNG photo.",
+}
+
+
+# ---------------------------------------------------------------- helpers
+
+def max_upload_bytes() -> int:
+    return int(current_app.config["MAX_UPLOAD_MB"]) * 1024 * 1024
+
+
+def _serializer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=REPORT_SALT)
+
+
+def sign_report(prediction: Prediction, thumbnail: bytes | None) -> str:
+    """Sign the result and its thumbnail so a later report request needs no storage."""
+    thumb = base64.b64encode(thumbnail).decode("ascii") if thumbnail else None
+    return _serializer().dumps({"prediction": prediction.to_dict(), "thumbnail": thumb})
+
+
+def load_report(token: str | None) -> tuple[Prediction, bytes | None]:
+    """Verify and unpack a report token, or raise a 400 ServiceError a person can act on."""
+    if not token:
+        raise ServiceError(400, "missing_report_token", "This report request carries no result. Please upload the image again.")
+    max_age = current_app.config.get("REPORT_TOKEN_MAX_AGE_S", REPORT_TOKEN_MAX_AGE_S)
+    try:
+        data = _serializer().loads(token, max_age=max_age)
+    except SignatureExpired:
+        raise ServiceError(400, "report_expired", "This result is too old to make a report from. Please upload the image again.") from None
+    except BadSignature:
+        raise ServiceError(400, "invalid_report_token",
+                           "This report link is not valid: it was changed or did not come from this service. "
+                           "Please upload the image again.") from None
+    try:
+        prediction = Prediction.from_dict(data["prediction"])
+        thumbnail = base64.b64decode(data["thumbnail"], validate=True) if data.get("thumbnail") else None
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise ServiceError(400, "invalid_report_token", "This report link is not valid. Please upload the image again.") from None
+    return prediction, thumbnail
+
+
+def data_uri(jpeg: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+def form_message(exc: ServiceError | ImageRejected) -> str:
+    if exc.code == "payload_too_large":
+        return f"The file is larger than {current_app.config['MAX_UPLOAD_MB']} MB. Please choose a smaller photo."
+    if exc.code == "invalid_image":
+        detail = re.sub(r" \(\w+(Error|Exception)\)", "", exc.message)  # people need no Python class names
+        return f"This image could not be used: {detail} Please try another JPEG or PNG photo."
+    return FORM_MESSAGES.get(exc.code, exc.message)
+
+
+def check_form_upload() -> None:
+    """Form-only checks before the shared upload path: nothing picked, and the exact size limit.
+
+    A browser submitting with no file picked sends an empty part with an empty filename;
+    that is "choose a photo", not "empty file". MAX_CONTENT_LENGTH adds room for multipart
+    framing, so the exact MAX_UPLOAD_MB limit is checked here.
+    """
+    upload = request.files.get(FIELD)
+    if upload is None:
+        return
+    stream = upload.stream
+    stream.seek(0, 2)
+    size = stream.tell()
+    stream.seek(0)
+    if size == 0 and not upload.filename:
+        raise ServiceError(400, "missing_file", "no file chosen")
+    if size > max_upload_bytes():
+        raise ServiceError(413, "payload_too_large", "upload too large")
+
+
+def model_ready() -> bool:
+    return current_app.extensions.get(EXTENSION_KEY) is not None
+
+
+def render_upload(error: str | None = None, status: int = 200):
+    return render_template("upload.html", error=error, max_upload_mb=current_app.config["MAX_UPLOAD_MB"],
+                           model_ready=model_ready()), status
+
+
+def report_response(prediction: Prediction, thumbnail: bytes | None, fmt: str, paper: str | None,
+                    card: dict | None) -> Response:
+    """A txt or pdf report download, rebuilt from a verified token."""
+    try:
+        body, mimetype, filename = reports.render_report(prediction, thumbnail, fmt, paper, card)
+    except ValueError as exc:
+        raise ServiceError(400, "bad_report_request", str(exc)) from None
+    response = Response(body, mimetype=mimetype)
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+def current_card() -> dict | None:
+    predictor = current_app.extensions.get(EXTENSION_KEY)
+    return predictor.card if predictor is not None else None
+
+
+def card_dir() -> Path:
+    configured = current_app.config.get("MODEL_CARD_PATH")
+    return (Path(configured) if configured else card_path_for(Path(current_app.config["MODEL_PATH"]))).parent
+
+
+@bp.app_context_processor
+def layout_globals() -> dict:
+    """Every page shows the disclaimer; templates read it from the catalogue module."""
+    return {"disclaimer": DISCLAIMER, "not_a_diagnosis": reports.NOT_A_DIAGNOSIS,
+            "system_name": reports.SYSTEM_NAME}
+
+
+@bp.after_app_request
+def no_store_for_results(response):
+    """Results and reports are personal health data: browsers and proxies must not keep them."""
+    if request.blueprint == "pages" and request.method == "POST":
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# ---------------------------------------------------------------- views
+
+@bp.get("/")
+def index():
+    return render_upload()
+
+
+@bp.post("/screen")
+def screen():
+    """The form upload: validate, predict, and answer with the result page (nothing stored)."""
+    try:
+        check_form_upload()
+        prediction, image, total_ms = predict_upload()
+    except (ServiceError, ImageRejected) as exc:
+        if exc.code == "model_unavailable":
+            raise
+        return render_upload(error=form_message(exc), status=exc.status)
+    thumbnail = reports.thumbnail_jpeg(image)
+    return render_template(
+        "result.html",
+        prediction=prediction,
+        verdict=reports.assess(prediction),
+        percent=reports.percent,
+        timestamp=reports.format_timestamp(prediction.created_at),
+        balanced_accuracy=reports.balanced_accuracy_text(prediction),
+        malignant_codes=reports.malignant_codes(),
+        uncertain_below=reports.UNCERTAIN_BELOW,
+        lesion_class=lesion_class,
+        image_uri=data_uri(thumbnail),
+        report_token=sign_report(prediction, thumbnail),
+        total_ms=total_ms,
+    )
+
+
+@bp.post("/report/<any(txt, pdf):fmt>")
+def report(fmt: str):
+    """Rebuild a report from the signed token the result page carries (no upload, no storage)."""
+    prediction, thumbnail = load_report(request.form.get("token"))
+    paper = request.args.get("paper") or request.form.get("paper")
+    return report_response(prediction, thumbnail, fmt, paper, current_card())
+
+
+@bp.get("/model")
+def model_page():
+    card = get_predictor().card
+    metrics = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
+    test = metrics.get("test") if isinstance(metrics.get("test"), dict) else {}
+    return render_template(
+        "model.html",
+        card=card,
+        test_scalars=[(k.replace("_", " "), v) for k, v in test.items() if isinstance(v, (int, float))],
+        limitations=card.get("limitations") or FALLBACK_LIMITS,
+        has_confusion_matrix=(card_dir() / CONFUSION_MATRIX).is_file(),
+        catalogue=CATALOGUE,
+        risk_levels=RISK_LEVELS,
+    )
+
+
+@bp.get("/model/confusion_matrix.png")
+def confusion_matrix():
+    """Serve the evaluation plot from the model's own directory (404 when the card has none)."""
+    return send_from_directory(card_dir(), CONFUSION_MATRIX, mimetype="image/png", max_age=300)
+
+
+@bp.app_errorhandler(CSRFError)
+def csrf_failed(exc: CSRFError):
+    return error_response(400, "csrf_failed",
+                          "This form has expired or did not come from this site. "
+                          "Please go back, reload the page and try again.")

@@ -1,0 +1,214 @@
+"""The web pages: upload, result, errors, CSRF and the model card, through Flask's test client.
+
+The upload posts go through the real form route, the real CSRF check and the real colour
+fixture model, so a passing test means a person using the form gets that page.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+
+from server.lesions import DISCLAIMER, lesion_class
+from tests.conftest import image_bytes
+from tests.fixture_model import BLUE_CLASS, RED_CLASS
+
+TOKEN_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_token(client) -> str:
+    """Load the upload page as a browser would and read its form's CSRF token."""
+    page = client.get("/")
+    match = TOKEN_RE.search(page.get_data(as_text=True))
+    assert match, "the upload form carries no CSRF token"
+    return match.group(1)
+
+
+def upload(client, data: bytes | None, filename="lesion.png", token=True, extra=None):
+    form = {"csrf_token": csrf_token(client)} if token else {}
+    if data is not None:
+        form["image"] = (io.BytesIO(data), filename)
+    form.update(extra or {})
+    return client.post("/screen", data=form, content_type="multipart/form-data", headers={"Accept": "text/html"})
+
+
+def html(response) -> str:
+    return response.get_data(as_text=True)
+
+
+def test_upload_page_has_disclaimer_first_and_a_no_js_form(client):
+    page = client.get("/")
+    body = html(page)
+    assert page.status_code == 200
+    assert DISCLAIMER in body
+    main = body[body.index("<main"):]
+    assert main.index(DISCLAIMER) < main.index("<form"), "the disclaimer comes before the form"
+    assert 'method="post"' in body and 'enctype="multipart/form-data"' in body
+    assert re.search(r'<input type="file" id="image" name="image" accept="image/jpeg,image/png', body)
+    assert '<label for="image"' in body
+    assert "up to 10 MB" in body
+    assert "/static/upload.js" in body and "/static/style.css" in body
+    assert "Screening aid, not a diagnosis." in body
+
+
+def test_static_assets_are_served_locally(client):
+    body = html(client.get("/"))
+    assets = re.findall(r'(?:src|href)="([^"]+\.(?:css|js|svg))"', body)
+    assert len(assets) >= 3
+    for path in assets:
+        assert path.startswith("/static/"), f"{path} is not served by this app (no CDNs)"
+        assert client.get(path).status_code == 200
+
+
+@pytest.mark.parametrize("colour, expected", [((220, 30, 30), RED_CLASS), ((30, 30, 220), BLUE_CLASS)])
+def test_form_upload_shows_result_page(client, colour, expected):
+    response = upload(client, image_bytes(colour, size=(80, 60)))
+    body = html(response)
+    assert response.status_code == 200, body[:500]
+    assert response.headers["Cache-Control"] == "no-store"
+    expected_class = lesion_class(expected)
+    predicted = re.search(r'id="predicted-class">([^<]+)<', body).group(1)
+    assert predicted == expected_class.name.replace("'", "&#39;")
+    assert f'class="risk-badge risk-{expected_class.risk}"' in body
+    assert 'src="data:image/jpeg;base64,' in body
+    assert DISCLAIMER in body
+    # the full breakdown: seven bars, sorted, and one <details> per class
+    values = [float(v) for v in re.findall(r'class="bar-value">([\d.]+)%<', body)]
+    assert len(values) == 7 and values == sorted(values, reverse=True)
+    assert abs(sum(values) - 100) < 0.5
+    assert body.count("<details") == 7
+    assert 'name="token" value="' in body
+    assert ' style="' not in body, "inline styles are blocked by the Content-Security-Policy"
+
+
+def test_uncertain_result_says_so_and_sends_to_a_dermatologist(client):
+    grey = upload(client, image_bytes((128, 128, 128), size=(64, 64)))  # the fixture model is unsure on grey
+    body = html(grey)
+    top = float(re.search(r'id="confidence">([\d.]+)%', body).group(1))
+    assert top < 50
+    assert "uncertain" in body and "See a dermatologist" in body
+
+
+@pytest.mark.parametrize(
+    "data, filename, status, message",
+    [
+        (None, None, 400, "Please choose a photo to upload."),
+        (b"", "", 400, "Please choose a photo to upload."),  # what a browser sends when nothing is picked
+        (b"", "empty.png", 400, "The chosen file is empty."),
+        (b"%PDF-1.4 not an image at all", "notes.pdf", 415, "not a JPEG or PNG image"),
+        (image_bytes(fmt="PNG")[:60], "cut.png", 422, "could not be used"),
+        (image_bytes(size=(8, 8)), "tiny.png", 422, "at least 32 px"),
+    ],
+)
+def test_bad_uploads_re_render_the_form_with_a_friendly_message(client, data, filename, status, message):
+    response = upload(client, data, "x.png" if filename is None else filename)
+    body = html(response)
+    assert response.status_code == status
+    assert response.mimetype == "text/html"
+    assert message in body
+    assert 'id="upload-form"' in body and DISCLAIMER in body
+
+
+def test_file_just_over_the_limit_is_refused_by_the_page(client):
+    too_big = b"\xff\xd8" + b"\0" * (10 * 1024 * 1024)  # under MAX_CONTENT_LENGTH's framing slack
+    response = upload(client, too_big, "big.jpg")
+    assert response.status_code == 413
+    assert "larger than 10 MB" in html(response)
+    assert 'id="upload-form"' in html(response)
+
+
+def test_body_over_max_content_length_gets_a_friendly_html_413(client):
+    response = upload(client, b"\0" * (10 * 1024 * 1024 + 128 * 1024), "huge.png")
+    assert response.status_code == 413
+    assert response.mimetype == "text/html"
+    assert "larger than the 10 MB limit" in html(response)
+
+
+def test_missing_csrf_token_is_refused(client):
+    response = upload(client, image_bytes((220, 30, 30)), token=False)
+    assert response.status_code == 400
+    assert response.mimetype == "text/html"
+    assert "did not come from this site" in html(response)
+    assert "predicted-class" not in html(response)
+
+
+def test_forged_csrf_token_is_refused(client):
+    csrf_token(client)  # a real session exists; the token sent is not its token
+    response = client.post("/screen", data={"csrf_token": "forged", "image": (io.BytesIO(image_bytes()), "a.png")})
+    assert response.status_code == 400
+
+
+def test_csrf_is_what_refuses_and_api_is_exempt(model_path):
+    """With the model unloaded, a request that passes CSRF reaches the view (503); one without a token stops at 400."""
+    from server import create_app
+
+    def build(enabled):
+        return create_app({"MODEL_PATH": str(model_path), "LOAD_MODEL": False, "SECRET_KEY": "k",
+                           "WTF_CSRF_ENABLED": enabled}).test_client()
+
+    protected = build(True)
+    no_token = protected.post("/screen", data={"image": (io.BytesIO(image_bytes()), "a.png")})
+    with_token = protected.post("/screen", data={"csrf_token": csrf_token(protected),
+                                                 "image": (io.BytesIO(image_bytes()), "a.png")})
+    api = protected.post("/predict", data={"image": (io.BytesIO(image_bytes()), "a.png")})
+    assert no_token.status_code == 400
+    assert with_token.status_code == 503
+    assert api.status_code == 503 and api.json["error"]["code"] == "model_unavailable"
+    unprotected = build(False)
+    assert unprotected.post("/screen", data={"image": (io.BytesIO(image_bytes()), "a.png")}).status_code == 503
+
+
+def test_json_api_needs_no_csrf_token(client):
+    response = client.post("/predict", data={"image": (io.BytesIO(image_bytes((30, 30, 220))), "b.png")})
+    assert response.status_code == 200
+    assert response.json["prediction"]["code"] == BLUE_CLASS
+    assert "total_ms" in response.json["timing"]
+
+
+def test_model_page_shows_card_metrics_and_limits(client):
+    response = client.get("/model")
+    body = html(response)
+    assert response.status_code == 200
+    assert "colour-fixture" in body
+    assert "HAM10000" in body and "CC BY-NC 4.0" in body
+    assert re.search(r"Balanced accuracy</th><td>50\.0%", body)
+    for limit in ("dermoscopic", "lighter skin types are over-represented", "smartphone", "Not a diagnosis"):
+        assert limit in body
+    assert "Screening aid, not a diagnosis." in body
+    assert "/model/confusion_matrix.png" not in body  # the fixture card's directory has no plot
+
+
+def test_model_page_serves_the_confusion_matrix_when_present(app, client, model_path):
+    plot = model_path.parent / "confusion_matrix.png"
+    plot.write_bytes(image_bytes(fmt="PNG"))
+    try:
+        assert '<img src="/model/confusion_matrix.png"' in html(client.get("/model"))
+        served = client.get("/model/confusion_matrix.png")
+        assert served.status_code == 200 and served.mimetype == "image/png"
+        assert served.data == plot.read_bytes()
+    finally:
+        plot.unlink()
+    assert client.get("/model/confusion_matrix.png").status_code == 404
+
+
+def test_model_page_without_metrics_renders(tmp_path):
+    from server import create_app
+    from tests.fixture_model import build_colour_model
+    from training.export import base_card, export_model
+
+    model_path, _ = export_model(build_colour_model(), tmp_path,
+                                 base_card(name="bare", version="0", input_size=32, architecture="tiny"))
+    client = create_app({"MODEL_PATH": str(model_path), "SECRET_KEY": "k"}).test_client()
+    response = client.get("/model")
+    assert response.status_code == 200
+    assert "No test metrics were recorded" in html(response)
+
+
+def test_error_pages_use_the_layout(client):
+    response = client.get("/no-such-page", headers={"Accept": "text/html"})
+    body = html(response)
+    assert response.status_code == 404
+    assert "Sorry, that did not work" in body and DISCLAIMER in body
+    assert "Screening aid, not a diagnosis." in body
