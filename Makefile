@@ -46,7 +46,7 @@ test-fast: install-test
 	$(PY) -m pytest -m "not slow"
 
 lint: install-test
-	$(VENV)/bin/ruff check server training tests bench wsgi.py
+	$(VENV)/bin/flake8 server training tests bench wsgi.py gunicorn.conf.py
 
 train: $(VENV)/.installed
 	$(PY) -m training.train --data-dir ../shared/data/ham10000 \

@@ -268,12 +268,21 @@ def sample_weights_for(cfg: TrainConfig, labels: np.ndarray) -> np.ndarray:
 
 def train_head(model, pooled_train, y_train, pooled_val, y_val, cfg: TrainConfig, out_dir: Path) -> None:
     """Phase 1: the head on pooled features of the frozen network."""
+    from training.model import head_model
+
+    train_head_on(head_model(model), pooled_train, y_train, pooled_val, y_val, cfg, out_dir / "history_phase1.csv")
+
+
+def train_head_on(head, pooled_train, y_train, pooled_val, y_val, cfg: TrainConfig, history_csv: Path) -> None:
+    """Fit a head (pooled features -> classes) with the configured imbalance handling and loss.
+
+    Every cached copy of a training image is one sample; the best epoch on validation
+    balanced accuracy is restored.
+    """
     import keras
 
     from training.losses import make_loss
-    from training.model import head_model
 
-    head = head_model(model)
     head.compile(optimizer=keras.optimizers.Adam(cfg.head_lr),
                  loss=make_loss(cfg.loss, cfg.label_smoothing, cfg.focal_gamma), metrics=["accuracy"])
     w = sample_weights_for(cfg, y_train)
@@ -291,7 +300,7 @@ def train_head(model, pooled_train, y_train, pooled_val, y_val, cfg: TrainConfig
             balanced_accuracy_callback(lambda v: batched_predict(head, v), pooled_val, y_val),
             keras.callbacks.EarlyStopping("val_balanced_accuracy", mode="max", patience=cfg.patience,
                                           restore_best_weights=True),
-            keras.callbacks.CSVLogger(out_dir / "history_phase1.csv"),
+            keras.callbacks.CSVLogger(history_csv),
         ],
     )
 
@@ -324,10 +333,49 @@ def fine_tune(model, top, acts_train, y_train, acts_val, y_val, cfg: TrainConfig
 
 # ---- the whole run ----------------------------------------------------------------------
 
+@dataclass
+class Prepared:
+    """The split dataset in memory: metadata, split indices, labels and uint8 images."""
+
+    df: object
+    parts: dict
+    y: dict
+    images: np.ndarray
+    sizes: dict
+
+
+def prepare_data(cfg: TrainConfig, out_dir: Path) -> Prepared:
+    """Read metadata, split by lesion (written to ``split.csv``), load every image once."""
+    df = limit_per_class(D.load_metadata(Path(cfg.data_dir)), cfg.limit_per_class, cfg.seed)
+    df["split"] = D.split_by_lesion(df, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    D.check_split(df, df["split"])
+    df[["image_id", "lesion_id", "dx", "split"]].to_csv(out_dir / "split.csv", index=False)
+    sizes = {k: int(v) for k, v in df.groupby("split").size().items()}
+    log.info("split by lesion_id: %s images (%s lesions)", sizes, df.groupby("split")["lesion_id"].nunique().to_dict())
+    images = D.load_images(list(df["path"]), cfg.input_size)
+    parts = {s: df.index[df["split"] == s].to_numpy() for s in D.SPLITS}
+    y = {s: df.loc[parts[s], "label"].to_numpy() for s in D.SPLITS}
+    return Prepared(df, parts, y, images, sizes)
+
+
+def cache_train_val(bottom, prepared: Prepared, cfg: TrainConfig):
+    """Augmented copies of the training split, the plain validation split."""
+    df, parts, images = prepared.df, prepared.parts, prepared.images
+    return tuple(cached_activations(bottom, images[parts[s]], list(df.loc[parts[s], "image_id"]), cfg, s)
+                 for s in ("train", "val"))
+
+
+def pooled_features(model, cfg: TrainConfig, acts_train, acts_val):
+    """Pooled 1280-d features of the frozen top for every cached copy (phase 1's input)."""
+    import keras
+
+    pool = keras.Model(model.get_layer(cfg.cut).output, model.get_layer("head_pool").output)
+    return np.stack([batched_predict(pool, a) for a in acts_train]), batched_predict(pool, acts_val[0])
+
+
 def run(cfg: TrainConfig) -> dict:
     """Split, cache, train both phases, export, evaluate. Returns the model card."""
     import keras
-    import pandas as pd
 
     from server.predictor import Predictor
     from training.model import build_model, split_model
@@ -340,17 +388,9 @@ def run(cfg: TrainConfig) -> dict:
     keras.utils.set_random_seed(cfg.seed)
     log.info("config: %s", json.dumps(asdict(cfg)))
 
-    df = limit_per_class(D.load_metadata(Path(cfg.data_dir)), cfg.limit_per_class, cfg.seed)
-    df["split"] = D.split_by_lesion(df, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-    D.check_split(df, df["split"])
-    df[["image_id", "lesion_id", "dx", "split"]].to_csv(out_dir / "split.csv", index=False)
-    sizes = df.groupby("split").size().to_dict()
-    log.info("split by lesion_id: %s images (%s lesions)", sizes, df.groupby("split")["lesion_id"].nunique().to_dict())
-
-    images = D.load_images(list(df["path"]), cfg.input_size)
+    prepared = prepare_data(cfg, out_dir)
+    df, parts, y, images, sizes = prepared.df, prepared.parts, prepared.y, prepared.images, prepared.sizes
     timings["load_images"] = time.perf_counter() - t0
-    parts = {s: df.index[df["split"] == s].to_numpy() for s in D.SPLITS}
-    y = {s: df.loc[parts[s], "label"].to_numpy() for s in D.SPLITS}
 
     with distribution_strategy().scope():
         model = build_model(len(CLASS_CODES), cfg.input_size, cfg.alpha, cfg.weights, cfg.dense_units,
@@ -358,15 +398,12 @@ def run(cfg: TrainConfig) -> dict:
     bottom, top = split_model(model, cfg.cut)
 
     t = time.perf_counter()
-    acts_train = cached_activations(bottom, images[parts["train"]], list(df.loc[parts["train"], "image_id"]), cfg, "train")
-    acts_val = cached_activations(bottom, images[parts["val"]], list(df.loc[parts["val"], "image_id"]), cfg, "val")
+    acts_train, acts_val = cache_train_val(bottom, prepared, cfg)
     timings["cache"] = time.perf_counter() - t
     log.info("cached activations %s in %.0f s", acts_train.shape, timings["cache"])
 
     t = time.perf_counter()
-    pool = keras.Model(model.get_layer(cfg.cut).output, model.get_layer("head_pool").output)
-    pooled_train = np.stack([batched_predict(pool, a) for a in acts_train])
-    pooled_val = batched_predict(pool, acts_val[0])
+    pooled_train, pooled_val = pooled_features(model, cfg, acts_train, acts_val)
     train_head(model, pooled_train, y["train"], pooled_val, y["val"], cfg, out_dir)
     timings["phase1_head"] = time.perf_counter() - t
 
