@@ -1,10 +1,71 @@
-"""Gunicorn settings for the screening service (placeholder values; tuned by measurement later)."""
+"""Gunicorn settings for the screening service: ``gunicorn -c gunicorn.conf.py wsgi:app``.
+
+Chosen by measurement on the 2-core target (``bench/bench_predict.py``; figures in its
+output): MobileNetV2 inference is CPU-bound, and two worker processes with ONE TensorFlow
+intra-op thread each beat one worker with two threads, because TF's per-op thread
+hand-offs cost more than they save on a 224x224 image. Every setting can be overridden by
+the environment without editing this file.
+
+Slow clients: gunicorn itself does not buffer request bodies. A client that trickles an
+upload holds a worker thread while it does so. ``gthread`` keeps that from stalling the
+whole worker (the other thread, health probes and keep-alive connections continue), and
+``timeout`` restarts a worker whose main loop stops answering. For exposure beyond a
+trusted network, put a buffering proxy (nginx with ``client_max_body_size 11m`` and
+request buffering on) in front, as gunicorn's own deployment guide advises.
+"""
 
 import os
+import sys
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+
+# Processes x threads: 2 workers (one per core), each with 2 request threads so a slow
+# upload or a probe never waits behind an inference in the same process.
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = 1
-timeout = 60
-preload_app = False  # TensorFlow hangs in children forked after it initialised
-raw_env = ["TF_INTRA_OP_THREADS=1", "TF_INTER_OP_THREADS=1", "TF_CPP_MIN_LOG_LEVEL=2"]
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "2"))
+
+# One TF thread per op per worker (measured best, see above). setdefault, so an operator's
+# explicit value wins; gunicorn's raw_env would override it. Read by server.config in
+# each worker when the app is built (after the fork: preload_app stays off because
+# TensorFlow hangs in a child forked after it initialised).
+os.environ.setdefault("TF_INTRA_OP_THREADS", "1")
+os.environ.setdefault("TF_INTER_OP_THREADS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+preload_app = False
+
+# A prediction takes well under a second; 30 s also covers the model load at boot.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+graceful_timeout = 20
+keepalive = 5
+
+# Request-head limits (the body limit is Flask's MAX_CONTENT_LENGTH, answered with 413).
+limit_request_line = 4094
+limit_request_fields = 50
+limit_request_field_size = 8190
+
+# Gunicorn 23+ opens a control socket at ~/.gunicorn/gunicorn.ctl by default. Nothing here
+# uses it, and two instances on one host (a test server beside `make run`) would fight
+# over that one path, so it is off.
+control_socket_disable = True
+
+# Structured access log, one JSON object per line. It names the request id (the
+# X-Request-ID response header set by server.observability), never a query string,
+# filename or any upload byte. %(M)s is the duration in milliseconds.
+accesslog = os.environ.get("ACCESS_LOG", "-")
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info")
+access_log_format = (
+    '{"time": "%(t)s", "request_id": "%({x-request-id}o)s", "method": "%(m)s", "path": "%(U)s", '
+    '"status": %(s)s, "bytes": %(B)s, "duration_ms": %(M)s, "pid": "%(p)s"}'
+)
+
+
+def on_starting(server):
+    """Refuse to start, in one line, before forking workers that would all fail the same way."""
+    from server.boot import boot_problem
+
+    problem = boot_problem(os.environ)
+    if problem:
+        sys.stderr.write(f"error: {problem}\n")
+        sys.exit(3)

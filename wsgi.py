@@ -8,11 +8,17 @@ A missing or broken model, or a missing SECRET_KEY, stops the service with one l
 import os
 import sys
 
-from server import create_app
-from server.predictor import ModelLoadError
+# Before TensorFlow is first imported: keep its C++ start-up chatter out of the one-line
+# boot errors below (gunicorn.conf.py sets the same default).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-if not os.environ.get("SECRET_KEY"):
-    sys.stderr.write("error: SECRET_KEY is not set; production needs a fixed secret (e.g. `export SECRET_KEY=$(openssl rand -hex 32)`).\n")
+from server import create_app  # noqa: E402
+from server.boot import boot_problem  # noqa: E402
+from server.predictor import ModelLoadError  # noqa: E402
+
+_problem = boot_problem(os.environ)
+if _problem:
+    sys.stderr.write(f"error: {_problem}\n")
     sys.exit(3)  # gunicorn treats exit code 3 as a boot error and stops instead of respawning
 
 try:

@@ -1,0 +1,167 @@
+"""The service under a REAL gunicorn (gunicorn.conf.py + wsgi.py), over real HTTP on loopback.
+
+These catch what the Flask test client cannot: the body limit as gunicorn delivers it,
+the access log format, worker survival after bad uploads, and the one-line boot errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import image_bytes
+from tests.fixture_model import RED_CLASS
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN = [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py", "wsgi:app"]
+BOOT_SECONDS = 90  # two workers each import TensorFlow; the machine may be busy training
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_env(**overrides) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "MODEL_PATH", "WEB_CONCURRENCY")}
+    env.update({"HOST": "127.0.0.1", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    env.update({k: v for k, v in overrides.items() if v is not None})
+    return env
+
+
+def worker_pids(master: int) -> set[int]:
+    """PIDs whose parent is ``master`` (read from /proc: no psutil needed)."""
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == master:
+            pids.add(int(stat.parent.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def live(model_path, tmp_path_factory):
+    """A gunicorn on a free loopback port; always stopped in teardown."""
+    log_path = tmp_path_factory.mktemp("gunicorn") / "server.log"
+    port = free_port()
+    env = server_env(MODEL_PATH=str(model_path), SECRET_KEY="live-test-secret", PORT=str(port))
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(GUNICORN, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + BOOT_SECONDS
+        while True:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            try:
+                if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still loading
+                pass
+            assert time.monotonic() < deadline, "gunicorn did not become ready:\n" + log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        # Both workers answer readiness only once each has loaded its model; wait for both.
+        deadline = time.monotonic() + BOOT_SECONDS
+        while len(worker_pids(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        yield {"base": base, "proc": proc, "log": log_path}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_prediction_over_http(live):
+    resp = requests.post(f"{live['base']}/predict", files={"image": ("red.png", image_bytes((220, 30, 30)))}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["prediction"]["code"] == RED_CLASS
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+    raw = requests.post(f"{live['base']}/predict", data=image_bytes((220, 30, 30), fmt="JPEG"),
+                        headers={"Content-Type": "image/jpeg"}, timeout=30)
+    assert raw.status_code == 200 and raw.json()["prediction"]["code"] == RED_CLASS
+
+
+def test_bad_uploads_get_json_errors_and_workers_survive(live):
+    base, master = live["base"], live["proc"].pid
+    workers_before = worker_pids(master)
+    assert len(workers_before) == 2
+    big = image_bytes() + b"\x00" * (11 * 1024 * 1024)
+    cases = [
+        (dict(files={"image": ("big.png", big)}), 413, "payload_too_large"),
+        (dict(data=big, headers={"Content-Type": "image/png"}), 413, "payload_too_large"),
+        (dict(files={"image": ("notes.jpg", b"plain text, not a photo")}), 415, "unsupported_media_type"),
+        (dict(files={"image": ("cut.jpg", image_bytes(fmt="JPEG", size=(200, 200))[:400])}), 422, "invalid_image"),
+        (dict(files={"image": ("tiny.png", image_bytes(size=(1, 1)))}), 422, "invalid_image"),
+    ]
+    for kwargs, status, code in cases:
+        resp = requests.post(f"{base}/predict", timeout=30, **kwargs)
+        assert resp.status_code == status, (status, resp.text[:200])
+        assert resp.json()["error"]["code"] == code
+    assert requests.get(f"{base}/predict", timeout=10).status_code == 405
+    assert worker_pids(master) == workers_before  # no worker crashed or was restarted
+    again = requests.post(f"{base}/predict", files={"image": ("red.png", image_bytes((220, 30, 30)))}, timeout=30)
+    assert again.status_code == 200
+
+
+def test_access_log_is_structured_and_never_names_the_upload(live):
+    marker = "secret-patient-name-4821"
+    resp = requests.post(f"{live['base']}/predict", files={"image": (f"{marker}.png", image_bytes())},
+                         headers={"X-Request-ID": "trace-abc-123"}, timeout=30)
+    assert resp.status_code == 200 and resp.headers["X-Request-ID"] == "trace-abc-123"
+    deadline = time.monotonic() + 10
+    entries = []
+    while time.monotonic() < deadline:
+        text = live["log"].read_text(errors="replace")
+        entries = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        if any(e["request_id"] == "trace-abc-123" for e in entries):
+            break
+        time.sleep(0.2)
+    mine = [e for e in entries if e["request_id"] == "trace-abc-123"]
+    assert len(mine) == 1, text[-2000:]
+    assert mine[0]["status"] == 200 and mine[0]["path"] == "/predict" and mine[0]["duration_ms"] >= 0
+    assert marker not in text
+
+
+@pytest.mark.parametrize(
+    "env, words",
+    [
+        ({"SECRET_KEY": None, "MODEL_PATH": "{model}"}, "SECRET_KEY is not set"),
+        ({"SECRET_KEY": "x", "MODEL_PATH": "/nonexistent/dir/model.h5"}, "model file not found at /nonexistent/dir/model.h5"),
+    ],
+    ids=["no-secret-key", "missing-model"],
+)
+def test_boot_errors_are_one_clear_line(env, words, model_path):
+    env = {k: (v.format(model=model_path) if v else v) for k, v in env.items()}
+    started = time.monotonic()
+    # wsgi.py on its own: exactly one line on stderr, exit status 3.
+    direct = subprocess.run([sys.executable, "-c", "import wsgi"], cwd=ROOT, env=server_env(**env),
+                            capture_output=True, text=True, timeout=120)
+    assert direct.returncode == 3
+    lines = [line for line in direct.stderr.splitlines() if line.strip()]
+    assert lines == [lines[0]] and lines[0].startswith("error: ") and words in lines[0], direct.stderr
+    # Under gunicorn: the master refuses before forking workers, with the same one line.
+    served = subprocess.run(GUNICORN, cwd=ROOT, env=server_env(PORT=str(free_port()), **env),
+                            capture_output=True, text=True, timeout=120)
+    assert served.returncode == 3
+    errors = [line for line in served.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [lines[0]] and "Traceback" not in served.stderr, served.stderr
+    assert "Booting worker" not in served.stderr
+    assert time.monotonic() - started < 30  # no TensorFlow import on these paths
