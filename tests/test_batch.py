@@ -1,0 +1,62 @@
+"""The folder CLI (``python -m server.batch``) on the real colour fixture model."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from server.batch import COLUMNS, main
+from server.lesions import CLASS_CODES
+from tests.conftest import image_bytes
+from tests.fixture_model import BLUE_CLASS, GREEN_CLASS, RED_CLASS
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    d = tmp_path / "photos"
+    d.mkdir()
+    (d / "a_red.png").write_bytes(image_bytes((220, 30, 30)))
+    (d / "b_green.jpg").write_bytes(image_bytes((30, 200, 30), fmt="JPEG"))
+    (d / "c_blue.png").write_bytes(image_bytes((30, 30, 220), mode="P"))
+    (d / "d_notes.txt").write_bytes(b"not an image")
+    (d / "e_cut.jpg").write_bytes(image_bytes(fmt="JPEG", size=(200, 200))[:300])
+    (d / ".hidden.png").write_bytes(image_bytes())
+    (d / "sub").mkdir()
+    (d / "sub" / "skipped.png").write_bytes(image_bytes())
+    return d
+
+
+def read_rows(path):
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames == COLUMNS
+        return list(reader)
+
+
+def test_folder_is_screened_and_bad_files_do_not_stop_the_run(folder, tmp_path, model_path, capsys):
+    out = tmp_path / "probs.csv"
+    assert main([str(folder), "--out", str(out), "--model", str(model_path)]) == 0
+    rows = {r["file"]: r for r in read_rows(out)}
+    assert list(rows) == ["a_red.png", "b_green.jpg", "c_blue.png", "d_notes.txt", "e_cut.jpg"]
+    for name, code in [("a_red.png", RED_CLASS), ("b_green.jpg", GREEN_CLASS), ("c_blue.png", BLUE_CLASS)]:
+        row = rows[name]
+        assert row["error"] == "" and row["top_code"] == code
+        probs = [float(row[c]) for c in CLASS_CODES]
+        assert abs(sum(probs) - 1) <= 1e-6
+        assert float(row["top_probability"]) == max(probs)
+        assert float(row["malignant_probability"]) == pytest.approx(
+            float(row["mel"]) + float(row["bcc"]) + float(row["akiec"]), abs=1e-6)
+    assert rows["d_notes.txt"]["error"].startswith("unsupported_media_type")
+    assert rows["e_cut.jpg"]["error"].startswith("invalid_image")
+    assert rows["d_notes.txt"]["top_code"] == ""
+    assert "5 rows" in capsys.readouterr().out
+
+
+def test_missing_folder_and_missing_model_fail_with_one_line(tmp_path, folder, capsys):
+    assert main([str(tmp_path / "nope"), "--out", str(tmp_path / "x.csv")]) == 2
+    missing = tmp_path / "no-model.h5"
+    assert main([str(folder), "--out", str(tmp_path / "x.csv"), "--model", str(missing)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and str(missing) in err[1]
+    assert not (tmp_path / "x.csv").exists()
