@@ -276,7 +276,7 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
 
     story = [
         p(REPORT_TITLE, h1),
-        Table([[p(NOT_A_DIAGNOSIS + " Read the disclaimer at the end of this report.", banner)]],
+        Table([[p(NOT_A_DIAGNOSIS + " Please read the disclaimer below.", banner)]],
               colWidths=[width], style=[("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#24476b")),
                                         ("LEFTPADDING", (0, 0), (-1, -1), 6), ("TOPPADDING", (0, 0), (-1, -1), 4),
                                         ("BOTTOMPADDING", (0, 0), (-1, -1), 5)]),

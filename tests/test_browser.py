@@ -109,3 +109,19 @@ def test_client_side_check_stops_a_wrong_file_before_upload(browser, base_url, t
         assert page.get_attribute("#image", "aria-invalid") == "true"
     finally:
         page.close()
+
+
+def test_upload_works_with_javascript_disabled(browser, base_url, tmp_path):
+    image = tmp_path / "lesion.png"
+    image.write_bytes(image_bytes((210, 40, 40), size=(120, 90)))
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    try:
+        page.goto(base_url + "/")
+        assert page.is_hidden("#preview")  # no script, no preview: the plain form remains
+        page.set_input_files("#image", str(image))
+        with page.expect_navigation():
+            page.click("#submit")
+        assert page.inner_text("#predicted-class") == lesion_class(RED_CLASS).name
+    finally:
+        context.close()
