@@ -1,0 +1,186 @@
+"""Measure POST /predict latency and throughput against bare model inference (loopback only).
+
+    python bench/bench_predict.py --start                      # gunicorn on a free port, shipped model
+    python bench/bench_predict.py --start --model PATH.h5      # another exported model
+    python bench/bench_predict.py --start --synthetic          # untrained MobileNetV2 224 (same cost as the real one)
+    python bench/bench_predict.py --url http://127.0.0.1:8000  # a server already running
+
+Prints p50/p95 latency and req/s at concurrency 1, 4 and 16 (a bounded number of requests
+each), the bare ``Predictor.predict_arrays`` time (batch 1, median of N, one TF thread as
+each gunicorn worker uses), their ratio, and whether ONNX Runtime is available. The gap
+between the two is what HTTP, decoding and preprocessing cost: it says where to optimise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import requests  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from server.config import DEFAULT_MODEL_PATH  # noqa: E402
+
+
+def sample_jpeg(size=(600, 450), seed=0) -> bytes:
+    """A photo-sized JPEG with texture, so decode and resize cost what a real upload costs."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+    img = Image.fromarray(base).resize(size, Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def percentile(values, q) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def load_level(url: str, body: bytes, concurrency: int, total: int) -> dict:
+    """``total`` requests from ``concurrency`` threads, each with its own keep-alive session."""
+    sessions = [requests.Session() for _ in range(concurrency)]
+
+    def one(i):
+        started = time.perf_counter()
+        resp = sessions[i % concurrency].post(f"{url}/predict", files={"image": ("b.jpg", body, "image/jpeg")}, timeout=60)
+        resp.raise_for_status()
+        return (time.perf_counter() - started) * 1000.0
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(concurrency)))  # warm-up, one per thread
+        started = time.perf_counter()
+        latencies = list(pool.map(one, range(total)))
+        wall = time.perf_counter() - started
+    return {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95), "rps": total / wall}
+
+
+def bare_inference_ms(model_path: Path, n: int) -> float:
+    from server.predictor import Predictor, configure_tf_threads
+
+    configure_tf_threads(1, 1)  # as each gunicorn worker runs
+    predictor = Predictor.from_path(model_path)
+    x = np.zeros((1, predictor.input_size, predictor.input_size, 3), np.float32)
+    for _ in range(3):
+        predictor.predict_arrays(x)
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        predictor.predict_arrays(x)
+        times.append((time.perf_counter() - started) * 1000.0)
+    return statistics.median(times)
+
+
+def synthetic_model(out_dir: Path) -> Path:
+    """An untrained MobileNetV2 at 224 px exported like the real one: same inference cost."""
+    import keras
+
+    from training.export import base_card, export_model
+
+    base = keras.applications.MobileNetV2(input_shape=(224, 224, 3), include_top=False, weights=None, pooling="avg")
+    outputs = keras.layers.Dense(7, activation="softmax")(base.output)
+    card = base_card(name="synthetic-mobilenetv2", version="bench", input_size=224, architecture="MobileNetV2 (untrained)")
+    return export_model(keras.Model(base.input, outputs), out_dir, card)[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_gunicorn(model_path: Path, boot_seconds: float = 120):
+    port = free_port()
+    env = {**os.environ, "MODEL_PATH": str(model_path), "SECRET_KEY": os.environ.get("SECRET_KEY", "bench-secret"),
+           "PORT": str(port), "HOST": "127.0.0.1", "ACCESS_LOG": "/dev/null"}
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    proc = subprocess.Popen([gunicorn, "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + boot_seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"gunicorn exited: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+        try:
+            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return proc, url
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    stop(proc)
+    raise SystemExit("gunicorn did not become ready in time")
+
+
+def stop(proc) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def onnxruntime_status() -> str:
+    try:
+        import onnxruntime
+
+        return f"available (onnxruntime {onnxruntime.__version__}, providers {onnxruntime.get_available_providers()})"
+    except ImportError:
+        return "not installed"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="a running server (loopback)")
+    target.add_argument("--start", action="store_true", help="start gunicorn on a free loopback port")
+    parser.add_argument("--model", type=Path, default=None, help="exported .h5 (default: shipped model)")
+    parser.add_argument("--synthetic", action="store_true", help="build an untrained MobileNetV2 224 to measure with")
+    parser.add_argument("--requests", type=int, default=48, help="requests per concurrency level (bounded)")
+    parser.add_argument("--levels", default="1,4,16")
+    parser.add_argument("--bare-n", type=int, default=30)
+    args = parser.parse_args(argv)
+    if args.url and not args.url.startswith(("http://127.0.0.1", "http://localhost")):
+        parser.error("loopback only: --url must be http://127.0.0.1:PORT or http://localhost:PORT")
+
+    tmp = tempfile.TemporaryDirectory(prefix="bench-model-")
+    model_path = args.model or Path(os.environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH)
+    if args.synthetic:
+        model_path = synthetic_model(Path(tmp.name))
+    print(f"model: {model_path}")
+    print(f"ONNX Runtime: {onnxruntime_status()}")
+    proc, url = start_gunicorn(model_path) if args.start else (None, args.url.rstrip("/"))
+    try:
+        body = sample_jpeg()
+        print(f"upload: {len(body)} byte JPEG 600x450; {args.requests} requests per level; {url}")
+        print(f"{'concurrency':>11} {'p50 ms':>9} {'p95 ms':>9} {'req/s':>8}")
+        results = {}
+        for level in (int(v) for v in args.levels.split(",")):
+            results[level] = r = load_level(url, body, level, args.requests)
+            print(f"{level:>11} {r['p50']:>9.1f} {r['p95']:>9.1f} {r['rps']:>8.2f}")
+    finally:
+        if proc:
+            stop(proc)
+    bare = bare_inference_ms(model_path, args.bare_n)
+    first = results[min(results)]
+    print(f"bare inference (predict_arrays, batch 1, 1 TF thread, median of {args.bare_n}): {bare:.1f} ms")
+    print(f"ratio p50 /predict at concurrency {min(results)} to bare inference: {first['p50'] / bare:.2f}x")
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
