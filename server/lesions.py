@@ -19,6 +19,17 @@ DISCLAIMER = (
 
 RISK_LEVELS = ("high", "moderate", "low")
 
+# What the model cannot do, said on the model page, in every model card and in the PDF report.
+LIMITATIONS = (
+    "Trained on dermoscopic images only: photos taken with a dermatoscope, not ordinary phone photos; "
+    "not validated on smartphone or clinical close-up photos.",
+    "HAM10000 comes from Austrian and Australian clinics: lighter skin types are over-represented, "
+    "and results on darker skin are less reliable.",
+    "Seven classes only: other conditions are forced into one of them.",
+    "Rare classes (dermatofibroma, vascular lesions) have few training examples; their figures are uncertain.",
+    "Not a diagnosis: a clinician must examine any lesion of concern.",
+)
+
 
 @dataclass(frozen=True)
 class LesionClass:

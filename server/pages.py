@@ -28,7 +28,7 @@ from server import reports
 from server.api import EXTENSION_KEY, get_predictor, predict_upload
 from server.errors import ServiceError, error_response
 from server.imaging import ImageRejected
-from server.lesions import CATALOGUE, DISCLAIMER, RISK_LEVELS, lesion_class
+from server.lesions import CATALOGUE, DISCLAIMER, LIMITATIONS, RISK_LEVELS, lesion_class
 from server.prediction import Prediction
 from server.predictor import card_path_for
 from server.uploads import FIELD
@@ -38,13 +38,6 @@ bp = Blueprint("pages", __name__)
 REPORT_SALT = "report"
 REPORT_TOKEN_MAX_AGE_S = 24 * 3600  # a result page left open overnight still downloads its report
 CONFUSION_MATRIX = "confusion_matrix.png"
-# Shown only when a model card lists no limitations of its own (the card is the source of truth).
-FALLBACK_LIMITS = (
-    "Trained on dermoscopic images only: photos taken with a dermatoscope, not ordinary phone photos.",
-    "Lighter skin types are over-represented in the training data; results on darker skin are less reliable.",
-    "Not validated on smartphone photos.",
-    "Not a diagnosis: a clinician must examine any lesion of concern.",
-)
 # What the upload form says for each failure code; the API keeps its own, more technical wording.
 FORM_MESSAGES = {
     "missing_file": "Please choose a photo to upload.",
@@ -221,7 +214,7 @@ def model_page():
         "model.html",
         card=card,
         test_scalars=[(k.replace("_", " "), v) for k, v in test.items() if isinstance(v, (int, float))],
-        limitations=card.get("limitations") or FALLBACK_LIMITS,
+        limitations=card.get("limitations") or LIMITATIONS,
         has_confusion_matrix=(card_dir() / CONFUSION_MATRIX).is_file(),
         catalogue=CATALOGUE,
         risk_levels=RISK_LEVELS,

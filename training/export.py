@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from server.imaging import PREPROCESSING_ID
-from server.lesions import CLASS_CODES
+from server.lesions import CLASS_CODES, LIMITATIONS
 from server.predictor import file_sha256
 
 MODEL_FILENAME = "ham10000_mobilenetv2.h5"
@@ -37,13 +37,6 @@ INTENDED_USE = (
     "Screening aid for dermoscopic images of single pigmented skin lesions. Not a diagnosis; "
     "not for clinical decisions without a qualified clinician."
 )
-LIMITATIONS = [
-    "Trained on dermoscopic images only; not validated on smartphone or clinical close-up photos.",
-    "HAM10000 comes from Austrian and Australian clinics: lighter skin types are over-represented.",
-    "Seven classes only: other conditions (e.g. squamous cell carcinoma beyond Bowen's disease) are forced into one of them.",
-    "Rare classes (dermatofibroma, vascular lesions) have few training examples; their figures are uncertain.",
-    "Not a diagnosis: a clinician must examine any lesion of concern.",
-]
 
 
 def git_commit(cwd: Path | None = None) -> str | None:
@@ -70,7 +63,7 @@ def base_card(*, name: str, version: str, input_size: int, architecture: str, **
         "preprocessing": PREPROCESSING_ID,
         "architecture": architecture,
         "intended_use": INTENDED_USE,
-        "limitations": LIMITATIONS,
+        "limitations": list(LIMITATIONS),
         "data": {"source": HAM10000_SOURCE},
         "licence": HAM10000_LICENCE,
         **extra,
