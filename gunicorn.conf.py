@@ -1,10 +1,13 @@
 """Gunicorn settings for the screening service: ``gunicorn -c gunicorn.conf.py wsgi:app``.
 
-Chosen by measurement on the 2-core target (``bench/bench_predict.py``; figures in its
-output): MobileNetV2 inference is CPU-bound, and two worker processes with ONE TensorFlow
-intra-op thread each beat one worker with two threads, because TF's per-op thread
-hand-offs cost more than they save on a 224x224 image. Every setting can be overridden by
-the environment without editing this file.
+Workers and TF threads: issue #2 measured two worker processes with ONE TensorFlow
+intra-op thread each as best for MobileNetV2 on 2 cores. Re-measured with
+``bench/bench_predict.py --start --synthetic`` (untrained MobileNetV2 224, 600x450 JPEG,
+32 requests per level) while a training job shared the CPU: 2 workers x 1 TF thread gave
+24.5 / 20.6 / 26.1 req/s at concurrency 1 / 4 / 16, 1 worker x 2 TF threads 28.2 / 23.2 /
+27.8: within the noise of a loaded machine, so the issue's choice stands; two processes
+also keep serving when one is busy or restarting. Re-run the bench on an idle machine
+before changing it. Every setting can be overridden by the environment.
 
 Slow clients: gunicorn itself does not buffer request bodies. A client that trickles an
 upload holds a worker thread while it does so. ``gthread`` keeps that from stalling the
