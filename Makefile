@@ -53,7 +53,7 @@ train: $(VENV)/.installed
 	  --weights ../shared/weights/mobilenet_v2_1.0_224_imagenet_no_top.h5 --out-dir runs/latest
 
 bench: $(VENV)/.installed
-	$(PY) bench/bench_predict.py
+	$(PY) bench/bench_predict.py --start --model $(MODEL_PATH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

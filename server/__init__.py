@@ -34,9 +34,13 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     # Forms carry CSRF tokens; the JSON API is for non-browser clients (curl) and is exempt.
+    # Report downloads are exempt too: they only render what their signed token holds, and
+    # a CSRF token (1 h) would otherwise expire before the report token (24 h) does.
     from flask_wtf.csrf import CSRFProtect
 
-    CSRFProtect(app).exempt(api.bp)
+    csrf = CSRFProtect(app)
+    csrf.exempt(api.bp)
+    csrf.exempt(pages.report)
     if app.config["LOAD_MODEL"]:
         api.init_predictor(app)
     return app

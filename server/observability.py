@@ -43,7 +43,7 @@ def content_security_policy(nonce: str) -> str:
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer breaks Flask-WTF's HTTPS Referer check
     "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate CSP 2
 }
 

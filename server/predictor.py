@@ -86,6 +86,29 @@ def configure_tf_threads(intra_op: int, inter_op: int) -> None:
         pass
 
 
+def check_model_files(model_path, card_path=None) -> tuple[dict, str]:
+    """Check the model file and its card belong together, without importing TensorFlow.
+
+    Cheap enough for gunicorn's master to run before forking (``server/boot.py``), so a
+    missing file, a bad card or a swapped ``.h5`` stops the service with one line.
+    Returns the card and the file's sha256.
+    """
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise ModelLoadError(
+            f"model file not found at {model_path}: train one with `python -m training.train` "
+            "or set MODEL_PATH to an exported .h5"
+        )
+    card = load_card(Path(card_path) if card_path else card_path_for(model_path))
+    sha = file_sha256(model_path)
+    if card.get("sha256") and card["sha256"] != sha:
+        raise ModelLoadError(
+            f"{model_path} has sha256 {sha[:12]}…, but its card expects {card['sha256'][:12]}…: "
+            "the model and its card do not belong together"
+        )
+    return card, sha
+
+
 class Predictor:
     """A loaded model plus its card. ``predict_image`` is the only way the service predicts."""
 
@@ -111,18 +134,7 @@ class Predictor:
     def from_path(cls, model_path, card_path=None) -> "Predictor":
         """Load and validate; every failure is a ModelLoadError naming the path and the fix."""
         model_path = Path(model_path)
-        if not model_path.is_file():
-            raise ModelLoadError(
-                f"model file not found at {model_path}: train one with `python -m training.train` "
-                "or set MODEL_PATH to an exported .h5"
-            )
-        card = load_card(Path(card_path) if card_path else card_path_for(model_path))
-        sha = file_sha256(model_path)
-        if card.get("sha256") and card["sha256"] != sha:
-            raise ModelLoadError(
-                f"{model_path} has sha256 {sha[:12]}…, but its card expects {card['sha256'][:12]}…: "
-                "the model and its card do not belong together"
-            )
+        card, sha = check_model_files(model_path, card_path)
         try:
             import keras
 

@@ -422,7 +422,7 @@ def test_security_and_request_id_headers(client):
     assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "img-src 'self' data:" in csp
     assert "unsafe-inline" not in csp
     assert resp.headers["X-Content-Type-Options"] == "nosniff"
-    assert resp.headers["Referrer-Policy"] == "no-referrer"
+    assert resp.headers["Referrer-Policy"] == "same-origin"
     assert len(resp.headers["X-Request-ID"]) == 32
     assert client.get("/healthz").headers["X-Request-ID"] != resp.headers["X-Request-ID"]
 

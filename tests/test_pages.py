@@ -214,10 +214,6 @@ def test_error_pages_use_the_layout(client):
     assert "Screening aid, not a diagnosis." in body
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server/observability.py sends Referrer-Policy: no-referrer, so browsers send no Referer on the form "
-    "POST, and Flask-WTF's WTF_CSRF_SSL_STRICT check refuses every form over HTTPS (e.g. behind nginx "
-    "with X-Forwarded-Proto). Fix: Referrer-Policy 'same-origin' there; then remove this xfail."))
 def test_form_post_over_https_passes_csrf_as_a_browser_would_send_it(client):
     page = client.get("/", base_url="https://screening.example")
     token = TOKEN_RE.search(html(page)).group(1)

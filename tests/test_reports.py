@@ -150,9 +150,13 @@ def test_expired_report_token_is_refused(app, client):
     assert response.status_code == 400 and "too old" in html(response)
 
 
-def test_report_download_needs_csrf_token(client):
-    _csrf, token = result_page_token(client)
-    assert client.post("/report/txt", data={"token": token}).status_code == 400
+def test_report_download_is_guarded_by_its_signed_token_not_the_csrf_token(app):
+    """A result page left open past the CSRF token's hour must still download its report;
+    what guards the download is the signed report token, which a fresh client cannot forge."""
+    _csrf, token = result_page_token(app.test_client())
+    fresh = app.test_client()  # no session, no CSRF token: as after the CSRF token expired
+    assert fresh.post("/report/txt", data={"token": token}).status_code == 200
+    assert fresh.post("/report/txt", data={"token": token[:-3] + "abc"}).status_code == 400
 
 
 @pytest.mark.parametrize("query, headers, mimetype", [
