@@ -23,7 +23,10 @@ EXTENSION_KEY = "predictor"
 def init_predictor(app) -> None:
     """Load the model named by MODEL_PATH into the app (raises ModelLoadError)."""
     configure_tf_threads(app.config["TF_INTRA_OP_THREADS"], app.config["TF_INTER_OP_THREADS"])
-    app.extensions[EXTENSION_KEY] = Predictor.from_path(app.config["MODEL_PATH"], app.config.get("MODEL_CARD_PATH"))
+    app.extensions[EXTENSION_KEY] = Predictor.from_path(
+        app.config["MODEL_PATH"], app.config.get("MODEL_CARD_PATH"),
+        runtime=app.config["INFERENCE_RUNTIME"], threads=app.config["TF_INTRA_OP_THREADS"],
+    )
 
 
 def get_predictor() -> Predictor:
@@ -77,7 +80,7 @@ def readyz():
     predictor = current_app.extensions.get(EXTENSION_KEY)
     if predictor is None:
         return jsonify(status="not_ready", model_loaded=False), 503
-    return jsonify(status="ready", model_loaded=True, model=predictor.info.version)
+    return jsonify(status="ready", model_loaded=True, model=predictor.info.version, runtime=predictor.runtime)
 
 
 @bp.get("/api/model")

@@ -35,6 +35,8 @@ def config_from_env() -> dict:
         "MAX_CONTENT_LENGTH": max_upload_mb * 1024 * 1024 + 64 * 1024,  # + room for multipart framing
         "SECRET_KEY": os.environ.get("SECRET_KEY") or None,
         "TF_INTRA_OP_THREADS": _env_int("TF_INTRA_OP_THREADS", 0),
+        # auto: ONNX Runtime converted from the .h5 when it matches TensorFlow, else TensorFlow.
+        "INFERENCE_RUNTIME": os.environ.get("INFERENCE_RUNTIME", "auto"),
         "TF_INTER_OP_THREADS": _env_int("TF_INTER_OP_THREADS", 0),
         "LOAD_MODEL": os.environ.get("LOAD_MODEL", "1") != "0",
     }

@@ -8,3 +8,25 @@ def test_red_and_blue_images_get_different_classes(client):
     assert red.status_code == 200, red.json
     assert red.json["prediction"]["code"] == RED_CLASS
     assert blue.json["prediction"]["code"] == BLUE_CLASS
+
+
+def test_onnx_runtime_matches_tensorflow_on_the_fixture_model(model_path):
+    """The served runtime is derived from the .h5 and must give TensorFlow's answers."""
+    import numpy as np
+
+    from server.predictor import Predictor
+
+    onnx = Predictor.from_path(model_path, runtime="onnxruntime")
+    tf = Predictor.from_path(model_path, runtime="tensorflow")
+    assert (onnx.runtime, tf.runtime) == ("onnxruntime", "tensorflow")
+    batch = np.random.default_rng(1).uniform(-1, 1, (5, onnx.input_size, onnx.input_size, 3)).astype(np.float32)
+    np.testing.assert_allclose(onnx.predict_arrays(batch), tf.predict_arrays(batch), atol=1e-5)
+
+
+def test_unknown_runtime_is_a_clear_load_error(model_path):
+    import pytest
+
+    from server.predictor import ModelLoadError, Predictor
+
+    with pytest.raises(ModelLoadError, match="INFERENCE_RUNTIME"):
+        Predictor.from_path(model_path, runtime="tpu")
