@@ -45,7 +45,7 @@ _MODEL_INFO = {
 
 PREDICTION_SCHEMA = {
     "type": "object",
-    "required": ["prediction", "probabilities", "malignant_probability", "model", "timing", "created_at", "disclaimer"],
+    "required": ["prediction", "probabilities", "malignant_probability", "malignant_threshold", "malignant_flag", "model", "timing", "created_at", "disclaimer"],
     "properties": {
         "prediction": {
             "allOf": [_CLASS_PROB],
@@ -60,6 +60,11 @@ PREDICTION_SCHEMA = {
             "items": _CLASS_PROB,
             "description": "All classes, sorted by probability (highest first); they sum to 1.",
         },
+        "malignant_threshold": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
+                                "description": "Operating point on P(malignant), chosen on validation for "
+                                               "sensitivity >= 0.90; null if the model card has none."},
+        "malignant_flag": {"type": ["boolean", "null"],
+                           "description": "malignant_probability >= malignant_threshold: see a dermatologist."},
         "malignant_probability": {"type": "number", "minimum": 0, "maximum": 1,
                                   "description": "P(mel) + P(bcc) + P(akiec)."},
         "model": _MODEL_INFO,

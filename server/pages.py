@@ -189,6 +189,7 @@ def screen():
         timestamp=reports.format_timestamp(prediction.created_at),
         balanced_accuracy=reports.balanced_accuracy_text(prediction),
         malignant_codes=reports.malignant_codes(),
+        malignant_flag_text=reports.malignant_flag_text(prediction),
         uncertain_below=reports.UNCERTAIN_BELOW,
         lesion_class=lesion_class,
         image_uri=data_uri(thumbnail),

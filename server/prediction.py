@@ -43,10 +43,23 @@ class Prediction:
     inference_ms: float
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     disclaimer: str = DISCLAIMER
+    malignant_threshold: float | None = None  # the model card's screening operating point
 
     @property
     def top(self) -> ClassProbability:
         return self.classes[0]
+
+    @property
+    def malignant_flag(self) -> bool | None:
+        """True when P(malignant) reaches the operating point chosen on validation for
+        sensitivity >= 0.90; None when the model card defines no operating point.
+
+        It can be True while the top class is benign (say nevus 55%, melanoma 40%): a
+        screening aid flags such a lesion rather than reassure on the top class alone.
+        """
+        if self.malignant_threshold is None:
+            return None
+        return self.malignant_probability >= self.malignant_threshold
 
     @property
     def advice(self) -> str:
@@ -58,6 +71,8 @@ class Prediction:
             "prediction": {**asdict(self.top), "advice": self.advice},
             "probabilities": [asdict(c) for c in self.classes],
             "malignant_probability": self.malignant_probability,
+            "malignant_threshold": self.malignant_threshold,
+            "malignant_flag": self.malignant_flag,
             "model": asdict(self.model),
             "timing": {"inference_ms": self.inference_ms},
             "created_at": self.created_at,
@@ -74,11 +89,13 @@ class Prediction:
             inference_ms=float(data["timing"]["inference_ms"]),
             created_at=data["created_at"],
             disclaimer=data.get("disclaimer", DISCLAIMER),
+            malignant_threshold=data.get("malignant_threshold"),
         )
 
 
 def prediction_from_probabilities(
-    probabilities, model: ModelInfo, inference_ms: float, classes: tuple[str, ...] = CLASS_CODES
+    probabilities, model: ModelInfo, inference_ms: float, classes: tuple[str, ...] = CLASS_CODES,
+    malignant_threshold: float | None = None,
 ) -> Prediction:
     """Turn one softmax row into a Prediction.
 
@@ -98,7 +115,8 @@ def prediction_from_probabilities(
         for c, m, _ in ranked
     )
     malignant = sum(m for c, m in zip(classes, micro) if c in MALIGNANT_CODES) / _SCALE
-    return Prediction(classes=entries, malignant_probability=malignant, model=model, inference_ms=round(inference_ms, 2))
+    return Prediction(classes=entries, malignant_probability=malignant, model=model, inference_ms=round(inference_ms, 2),
+                      malignant_threshold=malignant_threshold)
 
 
 _SCALE = 1_000_000

@@ -223,4 +223,4 @@ class Predictor:
         start = time.perf_counter()
         probs = self.predict_arrays(x)[0]
         elapsed_ms = (time.perf_counter() - start) * 1000.0
-        return prediction_from_probabilities(probs, self.info, elapsed_ms, self.classes)
+        return prediction_from_probabilities(probs, self.info, elapsed_ms, self.classes, self.malignant_threshold)

@@ -51,8 +51,15 @@ def assess(prediction: Prediction) -> Assessment:
     top = prediction.top
     risk = top.risk
     uncertain = top.probability < UNCERTAIN_BELOW
-    see_dermatologist = uncertain or risk == "high"
+    flagged = bool(prediction.malignant_flag)
+    see_dermatologist = uncertain or risk == "high" or flagged
     advice: list[str] = []
+    if flagged and risk != "high":
+        advice.append(
+            f"Although the most likely class is benign, the combined probability of a malignant lesion "
+            f"({percent(prediction.malignant_probability)}) reaches this model's screening threshold "
+            f"({percent(prediction.malignant_threshold)}). Please have the lesion examined by a dermatologist."
+        )
     if uncertain:
         advice.append(
             f"The result is uncertain: the model's best guess has only {percent(top.probability)} probability "
@@ -64,7 +71,9 @@ def assess(prediction: Prediction) -> Assessment:
     if not see_dermatologist:
         advice.append("If the lesion changes, bleeds, itches or worries you, see a doctor whatever this result says.")
     if see_dermatologist:
-        headline = "See a dermatologist" + (" (uncertain result)" if uncertain and risk != "high" else "")
+        reason = " (uncertain result)" if uncertain and risk != "high" else ""
+        reason = " (possible malignancy)" if flagged and risk != "high" and not uncertain else reason
+        headline = "See a dermatologist" + reason
     elif risk == "moderate":
         headline = "Probably benign, but have it checked if you are unsure"
     else:
@@ -89,6 +98,15 @@ def format_timestamp(iso: str) -> str:
     offset = when.utcoffset()
     zone = "UTC" if not offset else when.strftime("UTC%z")
     return when.strftime("%Y-%m-%d %H:%M:%S ") + zone
+
+
+def malignant_flag_text(prediction: Prediction) -> str:
+    """How P(malignant) compares with the model's screening threshold, in words, or ''."""
+    if prediction.malignant_flag is None:
+        return ""
+    verdict = "at or above" if prediction.malignant_flag else "below"
+    return (f"{verdict} this model's screening threshold of {percent(prediction.malignant_threshold)}"
+            + (": flagged for a dermatologist" if prediction.malignant_flag else ""))
 
 
 def malignant_codes() -> str:
@@ -171,7 +189,8 @@ def text_report(prediction: Prediction) -> str:
         f"Predicted condition:  {top.name} ({top.code})",
         f"Confidence:           {percent(top.probability)}" + ("  (uncertain)" if verdict.uncertain else ""),
         f"Risk level:           {verdict.risk.upper()}",
-        f"Malignant probability ({malignant_codes()}): {percent(prediction.malignant_probability)}",
+        f"Malignant probability ({malignant_codes()}): {percent(prediction.malignant_probability)}"
+        + (f", {malignant_flag_text(prediction)}" if malignant_flag_text(prediction) else ""),
         "",
         "PROBABILITY BREAKDOWN (highest first)",
         "-------------------------------------",
@@ -293,7 +312,9 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
         [p("Confidence", small), p(percent(top.probability) + ("  (uncertain)" if verdict.uncertain else ""))],
         [p("Risk level", small), Paragraph(f'<font color="{RISK_COLOURS.get(verdict.risk, "#333333")}">'
                                            f"<b>{escape(verdict.risk.upper())}</b></font>", body)],
-        [p("Malignant probability", small), p(percent(prediction.malignant_probability))],
+        [p("Malignant probability", small),
+         p(percent(prediction.malignant_probability)
+           + (f" ({malignant_flag_text(prediction)})" if malignant_flag_text(prediction) else ""))],
     ] + [[p(k, small), p(v)] for k, v in meta]
     image_w = 46 * mm
     result_table = Table(result_rows, colWidths=[38 * mm, width - image_w - 38 * mm - 6 * mm],

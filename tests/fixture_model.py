@@ -48,6 +48,7 @@ def export_colour_model(out_dir: Path, size: int = FIXTURE_SIZE) -> Path:
         input_size=size,
         architecture="1x1 conv -> GAP -> dense (test fixture)",
         metrics={"test": {"balanced_accuracy": 0.5, "accuracy": 0.6}},
+        thresholds={"malignant": 0.5, "malignant_target_sensitivity": 0.9},
     )
     model_path, _ = export_model(build_colour_model(size), out_dir, card)
     return model_path

@@ -187,3 +187,38 @@ def test_predict_api_returns_reports_on_request(client, query, headers, mimetype
 def test_predict_api_refuses_unknown_format(client):
     response = client.post("/predict?format=docx", data={"image": (io.BytesIO(image_bytes()), "a.png")})
     assert response.status_code == 400 and response.json["error"]["code"] == "bad_request"
+
+
+def _benign_top_with_malignant_mass(threshold):
+    from server.lesions import CLASS_CODES
+
+    probs = dict.fromkeys(CLASS_CODES, 0.0) | {"nv": 0.55, "mel": 0.40, "bkl": 0.05}
+    info = ModelInfo(name="m", version="1", sha256="0" * 64, input_size=32)
+    return prediction_from_probabilities([probs[c] for c in CLASS_CODES], info, 1.0, malignant_threshold=threshold)
+
+
+def test_malignant_flag_sends_a_benign_top_class_to_a_dermatologist():
+    flagged = _benign_top_with_malignant_mass(0.30)
+    assert flagged.top.code == "nv" and flagged.malignant_flag is True
+    verdict = reports.assess(flagged)
+    assert verdict.see_dermatologist and "possible malignancy" in verdict.headline
+    assert "screening threshold of 30.0%: flagged" in reports.text_report(flagged)
+
+    below = _benign_top_with_malignant_mass(0.45)
+    assert below.malignant_flag is False and not reports.assess(below).see_dermatologist
+
+    no_operating_point = _benign_top_with_malignant_mass(None)
+    assert no_operating_point.malignant_flag is None and not reports.assess(no_operating_point).see_dermatologist
+
+
+def test_malignant_flag_fires_exactly_at_the_threshold():
+    at = _benign_top_with_malignant_mass(0.40)
+    assert at.malignant_probability == 0.40 and at.malignant_flag is True
+
+
+def test_malignant_flag_survives_the_signed_report_round_trip():
+    from server.prediction import Prediction
+
+    flagged = _benign_top_with_malignant_mass(0.30)
+    again = Prediction.from_dict(flagged.to_dict())
+    assert again == flagged and again.malignant_flag is True

@@ -30,3 +30,14 @@ def test_unknown_runtime_is_a_clear_load_error(model_path):
 
     with pytest.raises(ModelLoadError, match="INFERENCE_RUNTIME"):
         Predictor.from_path(model_path, runtime="tpu")
+
+
+def test_api_reports_the_malignant_flag_from_the_card_threshold(client):
+    import io
+
+    blue = client.post("/predict", data={"image": (io.BytesIO(image_bytes((30, 30, 220))), "b.png")}).json
+    green = client.post("/predict", data={"image": (io.BytesIO(image_bytes((30, 220, 30))), "g.png")}).json
+    assert blue["malignant_threshold"] == green["malignant_threshold"] == 0.5
+    assert blue["prediction"]["code"] == BLUE_CLASS and blue["malignant_probability"] >= 0.5
+    assert blue["malignant_flag"] is True
+    assert green["malignant_probability"] < 0.5 and green["malignant_flag"] is False
