@@ -69,11 +69,12 @@ def load_level(url: str, body: bytes, concurrency: int, total: int) -> dict:
     return {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95), "rps": total / wall}
 
 
-def bare_inference_ms(model_path: Path, n: int) -> float:
+def bare_inference_ms(model_path: Path, n: int, runtime: str) -> float:
+    """Median batch-1 time of one runtime, single-threaded as each gunicorn worker runs."""
     from server.predictor import Predictor, configure_tf_threads
 
-    configure_tf_threads(1, 1)  # as each gunicorn worker runs
-    predictor = Predictor.from_path(model_path)
+    configure_tf_threads(1, 1)
+    predictor = Predictor.from_path(model_path, runtime=runtime, threads=1)
     x = np.zeros((1, predictor.input_size, predictor.input_size, 3), np.float32)
     for _ in range(3):
         predictor.predict_arrays(x)
@@ -174,10 +175,15 @@ def main(argv=None) -> int:
     finally:
         if proc:
             stop(proc)
-    bare = bare_inference_ms(model_path, args.bare_n)
     first = results[min(results)]
-    print(f"bare inference (predict_arrays, batch 1, 1 TF thread, median of {args.bare_n}): {bare:.1f} ms")
-    print(f"ratio p50 /predict at concurrency {min(results)} to bare inference: {first['p50'] / bare:.2f}x")
+    for runtime in ("onnxruntime", "tensorflow"):
+        try:
+            bare = bare_inference_ms(model_path, args.bare_n, runtime)
+        except Exception as exc:  # report, do not hide, a runtime that cannot load this model
+            print(f"bare inference, {runtime}: unavailable ({exc})")
+            continue
+        print(f"bare inference, {runtime} (predict_arrays, batch 1, 1 thread, median of {args.bare_n}): {bare:.2f} ms; "
+              f"p50 /predict at concurrency {min(results)} is {first['p50'] / bare:.2f}x that")
     tmp.cleanup()
     return 0
 
