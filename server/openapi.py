@@ -45,7 +45,8 @@ _MODEL_INFO = {
 
 PREDICTION_SCHEMA = {
     "type": "object",
-    "required": ["prediction", "probabilities", "malignant_probability", "malignant_threshold", "malignant_flag", "model", "timing", "created_at", "disclaimer"],
+    "required": ["prediction", "probabilities", "malignant_probability", "malignant_threshold", "malignant_flag",
+                 "model", "timing", "created_at", "disclaimer"],
     "properties": {
         "prediction": {
             "allOf": [_CLASS_PROB],
