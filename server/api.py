@@ -26,6 +26,7 @@ def init_predictor(app) -> None:
     app.extensions[EXTENSION_KEY] = Predictor.from_path(
         app.config["MODEL_PATH"], app.config.get("MODEL_CARD_PATH"),
         runtime=app.config["INFERENCE_RUNTIME"], threads=app.config["TF_INTRA_OP_THREADS"],
+        tta=app.config.get("TTA"), ood=app.config.get("OOD_CHECK", True),
     )
 
 
@@ -36,18 +37,46 @@ def get_predictor() -> Predictor:
     return predictor
 
 
-def predict_upload():
-    """Read, validate and screen the request's image: shared by the API and the pages."""
+NOT_A_SKIN_LESION = (
+    "This image does not look like a photo of a skin lesion, so it was not screened. Please upload a close-up, "
+    "well-lit photo of the lesion alone (a dermoscopic photo if you have one). If this is a photo of a skin "
+    "lesion, the model cannot judge it: please show the lesion to a dermatologist."
+)
+
+
+def predict_upload(explain: bool = False, explain_class: str | None = None):
+    """Read, validate and screen the request's image: shared by the API and the pages.
+
+    An image the non-skin check flags gets no diagnosis: 422 ``not_a_skin_lesion``.
+    """
     started = time.perf_counter()
     predictor = get_predictor()
     image = open_upload(upload_bytes(request))
-    prediction = predictor.predict_image(image)
+    try:
+        prediction = predictor.predict_image(image, explain=explain, explain_class=explain_class)
+    except ValueError as exc:  # an unknown explain_class
+        raise ServiceError(400, "bad_request", str(exc)) from None
+    if prediction.out_of_distribution:
+        raise ServiceError(422, "not_a_skin_lesion", NOT_A_SKIN_LESION)
     return prediction, image, (time.perf_counter() - started) * 1000.0
+
+
+def flag_arg(name: str) -> bool:
+    """``?explain=1`` / true / yes / on -> True; absent, 0, false, no, off -> False; anything else 400."""
+    raw = (request.args.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ServiceError(400, "bad_request", f"{name} must be 1 or 0; got {raw!r}")
 
 
 @bp.post("/predict")
 def predict():
-    """JSON by default; ``?format=txt|pdf`` (or Accept: text/plain / application/pdf) returns a report."""
+    """JSON by default; ``?format=txt|pdf`` (or Accept: text/plain / application/pdf) returns a report.
+
+    ``?explain=1`` adds a Grad-CAM heatmap for the top class (``&explain_class=mel`` for another).
+    """
     from server import reports
 
     try:
@@ -55,7 +84,9 @@ def predict():
         paper = reports.paper_size(request.args.get("paper"))
     except ValueError as exc:
         raise ServiceError(400, "bad_request", str(exc)) from None
-    prediction, image, total_ms = predict_upload()
+    explain_class = request.args.get("explain_class") or None
+    explain = flag_arg("explain") or explain_class is not None or fmt == "pdf"  # the PDF shows the heatmap
+    prediction, image, total_ms = predict_upload(explain=explain, explain_class=explain_class)
     if fmt != "json":
         thumbnail = reports.thumbnail_jpeg(image) if fmt == "pdf" else None
         body, mimetype, filename = reports.render_report(prediction, thumbnail, fmt, paper, get_predictor().card)

@@ -39,6 +39,10 @@ def config_from_env() -> dict:
         "INFERENCE_RUNTIME": os.environ.get("INFERENCE_RUNTIME", "auto"),
         "TF_INTER_OP_THREADS": _env_int("TF_INTER_OP_THREADS", 0),
         "LOAD_MODEL": os.environ.get("LOAD_MODEL", "1") != "0",
+        # Test-time augmentation: auto (the model card's measured choice) | off | flips | full.
+        "TTA": os.environ.get("TTA", "auto"),
+        # The non-skin check (model card's feature statistics); OOD_CHECK=0 turns it off.
+        "OOD_CHECK": os.environ.get("OOD_CHECK", "1") != "0",
     }
 
 

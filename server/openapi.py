@@ -46,6 +46,7 @@ _MODEL_INFO = {
 PREDICTION_SCHEMA = {
     "type": "object",
     "required": ["prediction", "probabilities", "malignant_probability", "malignant_threshold", "malignant_flag",
+                 "uncertain", "uncertain_threshold", "uncertain_message", "calibration", "out_of_distribution",
                  "model", "timing", "created_at", "disclaimer"],
     "properties": {
         "prediction": {
@@ -68,12 +69,52 @@ PREDICTION_SCHEMA = {
                            "description": "malignant_probability >= malignant_threshold: see a dermatologist."},
         "malignant_probability": {"type": "number", "minimum": 0, "maximum": 1,
                                   "description": "P(mel) + P(bcc) + P(akiec)."},
+        "uncertain": {"type": "boolean",
+                      "description": "The calibrated top probability is below uncertain_threshold: the answer is not "
+                                     "reliable and the person should see a dermatologist."},
+        "uncertain_threshold": {"type": "number", "minimum": 0, "maximum": 1,
+                                "description": "The model card's thresholds.uncertain, chosen on validation "
+                                               "(0.5 when the card has none). A top probability equal to it is "
+                                               "not uncertain."},
+        "uncertain_message": {"type": ["string", "null"], "description": "Plain words for an uncertain answer."},
+        "calibration": {
+            "type": "object",
+            "required": ["temperature", "tta"],
+            "properties": {
+                "temperature": {"type": ["number", "null"],
+                                "description": "Temperature scaling applied to every probability in this answer "
+                                               "(fitted on validation); null: raw model output."},
+                "tta": {"type": "string", "enum": ["off", "flips", "full"],
+                        "description": "Test-time augmentation averaged into the probabilities."},
+            },
+        },
+        "out_of_distribution": {"type": ["boolean", "null"],
+                                "description": "Always false in a 200 answer (a flagged image is refused with 422 "
+                                               "not_a_skin_lesion); null when the model has no non-skin statistics."},
+        "ood": {"type": ["object", "null"],
+                "properties": {"distance": {"type": "number"}, "threshold": {"type": ["number", "null"]}},
+                "description": "The non-skin check: Mahalanobis distance of the image's features from the "
+                               "training images, and the threshold above which an image is refused."},
+        "heatmap": {
+            "type": "object",
+            "required": ["class", "grid", "png_base64"],
+            "description": "Only with ?explain=1: Grad-CAM for one class.",
+            "properties": {
+                "class": {"type": "string", "enum": list(CLASS_CODES)},
+                "png_base64": {"type": "string", "description": "PNG overlay of the heatmap on the centre square "
+                                                                "the model analysed (input_size px a side)."},
+                "grid": {"type": "array",
+                         "items": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 255}},
+                         "description": "The heatmap at the feature map's resolution, 0..255 (255 = strongest)."},
+            },
+        },
         "model": _MODEL_INFO,
         "timing": {
             "type": "object",
             "required": ["inference_ms"],
             "properties": {
                 "inference_ms": {"type": "number", "description": "Model time in milliseconds."},
+                "explain_ms": {"type": "number", "description": "Grad-CAM time in milliseconds (with explain=1)."},
                 "total_ms": {"type": "number", "description": "Decode, preprocess and model time in milliseconds."},
             },
         },
@@ -107,8 +148,19 @@ def openapi_document(max_upload_mb: int) -> dict:
                     "description": (
                         f"Send a JPEG or PNG (at most {max_upload_mb} MB, at least 32 px a side) as multipart field "
                         "`image`, or as the raw body with Content-Type image/jpeg or image/png. "
-                        "415: not a JPEG/PNG. 422: a JPEG/PNG that cannot be decoded or used."
+                        "415: not a JPEG/PNG. 422: a JPEG/PNG that cannot be decoded or used, or "
+                        "`not_a_skin_lesion`: the non-skin check found the image unlike the dermoscopic photos the "
+                        "model knows (a portrait, a screenshot, a chart, a flat colour...); it gets no diagnosis. "
+                        "Probabilities are calibrated by temperature scaling fitted on validation data."
                     ),
+                    "parameters": [
+                        {"name": "explain", "in": "query", "required": False,
+                         "schema": {"type": "string", "enum": ["0", "1"]},
+                         "description": "1: add a Grad-CAM heatmap (`heatmap`) for the top class."},
+                        {"name": "explain_class", "in": "query", "required": False,
+                         "schema": {"type": "string", "enum": list(CLASS_CODES)},
+                         "description": "The class to explain instead of the top one (implies explain=1)."},
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -127,7 +179,8 @@ def openapi_document(max_upload_mb: int) -> dict:
                         "400": _error_response("No image, an empty file or more than one file."),
                         "413": _error_response(f"The upload is over {max_upload_mb} MB."),
                         "415": _error_response("Not a JPEG or PNG."),
-                        "422": _error_response("A JPEG or PNG that is truncated, corrupt, too small or too many pixels."),
+                        "422": _error_response("A JPEG or PNG that is truncated, corrupt, too small or too many "
+                                               "pixels (invalid_image), or not a skin lesion (not_a_skin_lesion)."),
                         "503": _error_response("No model loaded."),
                     },
                 }

@@ -60,7 +60,9 @@ def _serializer() -> URLSafeTimedSerializer:
 def sign_report(prediction: Prediction, thumbnail: bytes | None) -> str:
     """Sign the result and its thumbnail so a later report request needs no storage."""
     thumb = base64.b64encode(thumbnail).decode("ascii") if thumbnail else None
-    return _serializer().dumps({"prediction": prediction.to_dict(), "thumbnail": thumb})
+    # The heatmap travels as its small grid (49 integers for MobileNetV2), not as a picture:
+    # the PDF redraws the overlay from the grid and the thumbnail, so the token stays small.
+    return _serializer().dumps({"prediction": prediction.to_dict(heatmap_png=False), "thumbnail": thumb})
 
 
 def load_report(token: str | None) -> tuple[Prediction, bytes | None]:
@@ -86,6 +88,12 @@ def load_report(token: str | None) -> tuple[Prediction, bytes | None]:
 
 def data_uri(jpeg: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+def heatmap_uri(prediction: Prediction) -> str | None:
+    if prediction.heatmap is None or not prediction.heatmap.png:
+        return None
+    return "data:image/png;base64," + base64.b64encode(prediction.heatmap.png).decode("ascii")
 
 
 def form_message(exc: ServiceError | ImageRejected) -> str:
@@ -175,7 +183,7 @@ def screen():
     """The form upload: validate, predict, and answer with the result page (nothing stored)."""
     try:
         check_form_upload()
-        prediction, image, total_ms = predict_upload()
+        prediction, image, total_ms = predict_upload(explain=True)  # the page shows where the model looked
     except (ServiceError, ImageRejected) as exc:
         if exc.code == "model_unavailable":
             raise
@@ -190,7 +198,8 @@ def screen():
         balanced_accuracy=reports.balanced_accuracy_text(prediction),
         malignant_codes=reports.malignant_codes(),
         malignant_flag_text=reports.malignant_flag_text(prediction),
-        uncertain_below=reports.UNCERTAIN_BELOW,
+        uncertain_below=prediction.uncertain_below,
+        heatmap_uri=heatmap_uri(prediction),
         lesion_class=lesion_class,
         image_uri=data_uri(thumbnail),
         report_token=sign_report(prediction, thumbnail),

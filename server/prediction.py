@@ -6,6 +6,7 @@ text report and the PDF all read the same frozen value, so they cannot disagree.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -33,6 +34,40 @@ class ClassProbability:
     probability: float
 
 
+# Used only when the model card carries no validated "uncertain" threshold (older cards).
+DEFAULT_UNCERTAIN_BELOW = 0.5
+UNCERTAIN_MESSAGE = (
+    "Uncertain result: the model's best guess has a calibrated probability of {p:.1%}, below the {t:.0%} "
+    "this model needs to be reliable. Please have the lesion examined by a dermatologist."
+)
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """Grad-CAM for one class: where in the centre square the evidence for it lies.
+
+    ``grid`` is the map at the feature map's resolution (7x7 for MobileNetV2) as integers
+    0..255: compact enough for the signed report token. ``png`` is the overlay on the
+    image the model saw, made by the predictor; a Prediction rebuilt from a report token
+    has the grid only, and the PDF redraws the overlay from it and the thumbnail.
+    """
+
+    class_code: str
+    grid: tuple[tuple[int, ...], ...]
+    png: bytes | None = None
+
+    def to_dict(self, with_png: bool = True) -> dict:
+        out = {"class": self.class_code, "grid": [list(row) for row in self.grid]}
+        if with_png and self.png is not None:
+            out["png_base64"] = base64.b64encode(self.png).decode("ascii")
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Heatmap":
+        png = base64.b64decode(data["png_base64"], validate=True) if data.get("png_base64") else None
+        return cls(class_code=data["class"], grid=tuple(tuple(int(v) for v in row) for row in data["grid"]), png=png)
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One screening answer. ``classes`` is sorted by probability, highest first."""
@@ -44,10 +79,42 @@ class Prediction:
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     disclaimer: str = DISCLAIMER
     malignant_threshold: float | None = None  # the model card's screening operating point
+    uncertain_threshold: float = DEFAULT_UNCERTAIN_BELOW  # the card's thresholds.uncertain (chosen on validation)
+    temperature: float | None = None  # calibration applied to the probabilities (None: raw model output)
+    tta: str = "off"  # test-time augmentation used: off | flips | full
+    ood_distance: float | None = None  # non-skin check: Mahalanobis distance of the pooled features
+    ood_threshold: float | None = None
+    heatmap: Heatmap | None = None
+    explain_ms: float | None = None
 
     @property
     def top(self) -> ClassProbability:
         return self.classes[0]
+
+    @property
+    def uncertain_below(self) -> float:
+        """The threshold in force: the card's, or 0.5 for a card that has none."""
+        return DEFAULT_UNCERTAIN_BELOW if self.uncertain_threshold is None else float(self.uncertain_threshold)
+
+    @property
+    def uncertain(self) -> bool:
+        """The calibrated top probability is below the threshold: the answer is not to be relied on.
+
+        A top probability exactly at the threshold is *not* uncertain.
+        """
+        return self.top.probability < self.uncertain_below
+
+    @property
+    def uncertain_message(self) -> str | None:
+        return UNCERTAIN_MESSAGE.format(p=self.top.probability, t=self.uncertain_below) if self.uncertain else None
+
+    @property
+    def out_of_distribution(self) -> bool | None:
+        """True when the image does not look like the dermoscopic images the model was trained on
+        (the API then refuses it with 422 ``not_a_skin_lesion``); None without non-skin statistics."""
+        if self.ood_distance is None or self.ood_threshold is None:
+            return None
+        return self.ood_distance > self.ood_threshold
 
     @property
     def malignant_flag(self) -> bool | None:
@@ -65,19 +132,36 @@ class Prediction:
     def advice(self) -> str:
         return lesion_class(self.top.code).advice
 
-    def to_dict(self) -> dict:
-        """The JSON shape of ``POST /predict`` (documented in ``/openapi.json``)."""
-        return {
+    def to_dict(self, heatmap_png: bool = True) -> dict:
+        """The JSON shape of ``POST /predict`` (documented in ``/openapi.json``).
+
+        ``heatmap_png=False`` leaves the overlay picture out (the report token keeps the grid only).
+        """
+        timing = {"inference_ms": self.inference_ms}
+        if self.explain_ms is not None:
+            timing["explain_ms"] = self.explain_ms
+        out = {
             "prediction": {**asdict(self.top), "advice": self.advice},
             "probabilities": [asdict(c) for c in self.classes],
             "malignant_probability": self.malignant_probability,
             "malignant_threshold": self.malignant_threshold,
             "malignant_flag": self.malignant_flag,
+            "uncertain": self.uncertain,
+            "uncertain_threshold": self.uncertain_below,
+            "uncertain_message": self.uncertain_message,
+            "calibration": {"temperature": self.temperature, "tta": self.tta},
+            "out_of_distribution": self.out_of_distribution,
+            "ood": None if self.ood_distance is None else {
+                "distance": round(self.ood_distance, 3),
+                "threshold": None if self.ood_threshold is None else round(self.ood_threshold, 3)},
             "model": asdict(self.model),
-            "timing": {"inference_ms": self.inference_ms},
+            "timing": timing,
             "created_at": self.created_at,
             "disclaimer": self.disclaimer,
         }
+        if self.heatmap is not None:
+            out["heatmap"] = self.heatmap.to_dict(with_png=heatmap_png)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "Prediction":
@@ -90,14 +174,21 @@ class Prediction:
             created_at=data["created_at"],
             disclaimer=data.get("disclaimer", DISCLAIMER),
             malignant_threshold=data.get("malignant_threshold"),
+            uncertain_threshold=data.get("uncertain_threshold", DEFAULT_UNCERTAIN_BELOW),
+            temperature=(data.get("calibration") or {}).get("temperature"),
+            tta=(data.get("calibration") or {}).get("tta", "off"),
+            ood_distance=(data.get("ood") or {}).get("distance"),
+            ood_threshold=(data.get("ood") or {}).get("threshold"),
+            heatmap=Heatmap.from_dict(data["heatmap"]) if data.get("heatmap") else None,
+            explain_ms=data["timing"].get("explain_ms"),
         )
 
 
 def prediction_from_probabilities(
     probabilities, model: ModelInfo, inference_ms: float, classes: tuple[str, ...] = CLASS_CODES,
-    malignant_threshold: float | None = None,
+    malignant_threshold: float | None = None, **extra,
 ) -> Prediction:
-    """Turn one softmax row into a Prediction.
+    """Turn one softmax row into a Prediction (``extra``: the other Prediction fields, e.g. uncertain_threshold).
 
     The row is renormalised in float64 and published in millionths: more digits claim a
     precision the model does not have. Rounding each value on its own can leave the sum
@@ -116,7 +207,7 @@ def prediction_from_probabilities(
     )
     malignant = sum(m for c, m in zip(classes, micro) if c in MALIGNANT_CODES) / _SCALE
     return Prediction(classes=entries, malignant_probability=malignant, model=model, inference_ms=round(inference_ms, 2),
-                      malignant_threshold=malignant_threshold)
+                      malignant_threshold=malignant_threshold, **extra)
 
 
 _SCALE = 1_000_000

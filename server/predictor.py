@@ -6,6 +6,19 @@ runs inference through ONNX Runtime on a graph converted from the ``.h5`` at sta
 (parity with TensorFlow checked each time), falling back to a ``tf.function`` with a fixed
 input signature. Measured on 2 cores at batch 1: ``Model.predict`` 126 ms, ``tf.function``
 24-30 ms, ONNX Runtime 5-6 ms.
+
+Since issue #6 the served graph has two outputs, the last convolutional feature map (the
+input of the GAP layer) and the probabilities, so one forward pass serves the prediction,
+the non-skin check (pooled features) and Grad-CAM (``server/explain.py``). On top of the
+raw model output ``predict_image`` applies, all from the model card:
+
+- test-time augmentation (``TTA``: off | flips | full; the card's choice unless set),
+  averaging the probabilities of flipped/rotated copies in one batch;
+- temperature scaling (``calibration.temperature``, fitted on validation): the
+  probabilities a Prediction carries are calibrated;
+- the "uncertain" threshold (``thresholds.uncertain``) and the malignant operating point;
+- the non-skin check: Mahalanobis distance of the pooled features from the training
+  distribution (``ood``: statistics in an .npz beside the card, pinned by sha256).
 """
 
 from __future__ import annotations
@@ -21,7 +34,7 @@ from PIL import Image
 
 from server.imaging import PREPROCESSING_ID, model_input
 from server.lesions import CLASS_CODES
-from server.prediction import ModelInfo, Prediction, prediction_from_probabilities
+from server.prediction import DEFAULT_UNCERTAIN_BELOW, ModelInfo, Prediction, prediction_from_probabilities
 
 
 log = logging.getLogger(__name__)
@@ -117,6 +130,33 @@ def check_model_files(model_path, card_path=None) -> tuple[dict, str]:
 
 RUNTIMES = ("auto", "onnxruntime", "tensorflow")
 PARITY_TOLERANCE = 1e-4  # max |p_onnx - p_tf| on probe images; float32 kernels differ far less
+TTA_MODES = ("off", "flips", "full")
+DEFAULT_TTA = "off"  # when neither TTA nor the card chooses
+
+
+def served_model(model):
+    """(model returning (feature map, probabilities), feature layer, GAP layer) or (model, None, None).
+
+    The feature map is the GAP layer's input: ``out_relu`` for MobileNetV2, ``conv_identity``
+    for the test fixture. A model without GAP is served as before, without explanations or
+    the non-skin check.
+    """
+    from server.explain import feature_layer_names
+
+    names = feature_layer_names(model)
+    if names is None:
+        return model, None, None
+    import keras
+
+    both = keras.Model(model.inputs, [model.get_layer(names[0]).output, model.output], name="served")
+    return both, names[0], names[1]
+
+
+def _as_pair(out):
+    """Runner output -> (feature map or None, probabilities)."""
+    if isinstance(out, (list, tuple)) and len(out) == 2:
+        return np.asarray(out[0]), np.asarray(out[1])
+    return None, np.asarray(out)
 
 
 def tensorflow_runner(model, size: int):
@@ -125,14 +165,20 @@ def tensorflow_runner(model, size: int):
 
     fn = tf.function(lambda x: model(x, training=False),
                      input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)], reduce_retracing=True)
-    return lambda batch: fn(batch).numpy()
+
+    def run(batch):
+        out = fn(batch)
+        return tuple(o.numpy() for o in out) if isinstance(out, (list, tuple)) else out.numpy()
+
+    return run
 
 
 def onnx_runner(model, size: int, threads: int = 0):
     """Convert the loaded Keras model to ONNX in memory and run it with ONNX Runtime.
 
     Derived from the ``.h5`` at every start rather than shipped beside it, so the ``.h5``
-    stays the single source of truth and no second file can go stale.
+    stays the single source of truth and no second file can go stale. A two-output model
+    (feature map, probabilities) becomes a two-output graph: one run gives both.
     """
     import onnxruntime as ort
     import tensorflow as tf
@@ -147,13 +193,16 @@ def onnx_runner(model, size: int, threads: int = 0):
         options.inter_op_num_threads = 1
     session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return lambda batch: session.run(None, {name: batch})[0]
+    n_out = len(session.get_outputs())
+    if n_out == 1:
+        return lambda batch: session.run(None, {name: batch})[0]
+    return lambda batch: tuple(session.run(None, {name: batch}))
 
 
 def parity_gap(runner_a, runner_b, size: int, seed: int = 0) -> float:
     """Largest probability difference between two runners on fixed random probe images."""
     probe = np.random.default_rng(seed).uniform(-1, 1, (3, size, size, 3)).astype(np.float32)
-    return float(np.abs(np.asarray(runner_a(probe)) - np.asarray(runner_b(probe))).max())
+    return float(np.abs(_as_pair(runner_a(probe))[1] - _as_pair(runner_b(probe))[1]).max())
 
 
 def choose_runner(model, size: int, runtime: str = "auto", threads: int = 0):
@@ -179,23 +228,123 @@ def choose_runner(model, size: int, runtime: str = "auto", threads: int = 0):
     return ort_run, "onnxruntime"
 
 
+# ---------------------------------------------------------------- calibration, TTA, non-skin check
+
+def temperature_scale(probs, temperature: float) -> np.ndarray:
+    """softmax(log p / T) row-wise: the model outputs probabilities, and log p are its logits
+    up to a per-row constant, which softmax ignores. T > 1 softens over-confident rows."""
+    logp = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, None)) / float(temperature)
+    logp -= logp.max(axis=-1, keepdims=True)
+    e = np.exp(logp)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def tta_views(x: np.ndarray, mode: str) -> np.ndarray:
+    """(n, s, s, 3) -> (n * v, s, s, 3): the copies averaged for test-time augmentation, view-major.
+
+    off: the image; flips: + horizontal and vertical flips; full: the 8 flips/rotations by 90°.
+    View 0 is always the image itself (its features serve Grad-CAM and the non-skin check).
+    """
+    if mode == "off":
+        return x
+    if mode == "flips":
+        views = [x, x[:, :, ::-1], x[:, ::-1]]
+    elif mode == "full":
+        views = [np.rot90(v, k, axes=(1, 2)) for v in (x, x[:, :, ::-1]) for k in range(4)]
+    else:
+        raise ValueError(f"TTA must be one of {', '.join(TTA_MODES)}; got {mode!r}")
+    return np.ascontiguousarray(np.concatenate(views, axis=0))
+
+
+def tta_count(mode: str) -> int:
+    return {"off": 1, "flips": 3, "full": 8}[mode]
+
+
+class OodStats:
+    """The non-skin check: Mahalanobis distance of pooled features from the training set.
+
+    ``d(x) = sqrt((P (x - mean)) . precision . (P (x - mean)))`` with an optional projection
+    ``P`` (PCA) and a Ledoit-Wolf shrinkage precision, both fitted on the training split by
+    ``training.calibrate``; an image is out of distribution when ``d`` exceeds the threshold
+    (a high percentile of the validation distances).
+    """
+
+    def __init__(self, mean, precision, threshold: float, projection=None):
+        self.mean = np.asarray(mean, np.float64)
+        self.precision = np.asarray(precision, np.float64)
+        self.projection = None if projection is None else np.asarray(projection, np.float64)
+        self.threshold = float(threshold)
+
+    def distances(self, pooled: np.ndarray) -> np.ndarray:
+        z = np.atleast_2d(np.asarray(pooled, np.float64)) - self.mean
+        if self.projection is not None:
+            z = z @ self.projection
+        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", z, self.precision, z), 0.0))
+
+    @classmethod
+    def from_card(cls, card: dict, card_dir: Path) -> "OodStats | None":
+        spec = card.get("ood")
+        if not spec:
+            return None
+        path = Path(card_dir) / spec["file"]
+        if not path.is_file():
+            raise ModelLoadError(f"the model card's non-skin statistics {path} are missing: run training.calibrate")
+        if spec.get("sha256") and file_sha256(path) != spec["sha256"]:
+            raise ModelLoadError(f"{path} does not match the sha256 its model card records")
+        with np.load(path) as data:
+            return cls(data["mean"], data["precision"], spec["threshold"],
+                       data["projection"] if "projection" in data.files else None)
+
+
 class Predictor:
     """A loaded model plus its card. ``predict_image`` is the only way the service predicts."""
 
-    def __init__(self, model, card: dict, sha256: str, runtime: str = "auto", threads: int = 0):
+    def __init__(self, model, card: dict, sha256: str, runtime: str = "auto", threads: int = 0,
+                 tta: str | None = None, ood: bool = True, card_dir: Path | None = None):
         self.card = card
         self.info = model_info_from_card(card, sha256)
         self.input_size = self.info.input_size
         self.classes = tuple(card["classes"])
-        self.malignant_threshold = card.get("thresholds", {}).get("malignant")
+        thresholds = card.get("thresholds", {})
+        self.malignant_threshold = thresholds.get("malignant")
+        self.uncertain_threshold = thresholds.get("uncertain")
         out_units = model.output_shape[-1]
         if out_units != len(self.classes):
             raise ModelLoadError(f"model has {out_units} outputs but its card lists {len(self.classes)} classes")
-        self._run, self.runtime = choose_runner(model, self.input_size, runtime, threads)
+        self.tta = self._resolve_tta(tta, card)
+        self.temperature = self._temperature_for(card, self.tta)
+        served, self.feature_layer, gap_layer = served_model(model)
+        self._run, self.runtime = choose_runner(served, self.input_size, runtime, threads)
+        self._gradient = None
+        if gap_layer is not None:
+            from server.explain import head_gradient
+
+            self._gradient = head_gradient(model, gap_layer)
+        self.ood = OodStats.from_card(card, card_dir) if (ood and card_dir is not None) else None
+        if self.ood is not None and self.feature_layer is None:
+            raise ModelLoadError("the card has non-skin statistics but the model has no pooled feature layer")
         self.predict_arrays(np.zeros((1, self.input_size, self.input_size, 3), np.float32))  # warm up, now
 
+    @staticmethod
+    def _resolve_tta(tta: str | None, card: dict) -> str:
+        chosen = (tta or "").strip().lower() or "auto"
+        if chosen == "auto":
+            chosen = (card.get("tta") or {}).get("default", DEFAULT_TTA)
+        if chosen not in TTA_MODES:
+            raise ModelLoadError(f"TTA={chosen!r} is not one of auto, {', '.join(TTA_MODES)}")
+        return chosen
+
+    @staticmethod
+    def _temperature_for(card: dict, tta: str) -> float | None:
+        """The temperature fitted for this TTA mode (each mode's averaged output has its own)."""
+        cal = card.get("calibration") or {}
+        by_tta = cal.get("temperature_by_tta") or {}
+        value = by_tta.get(tta, cal.get("temperature"))
+        return float(value) if value is not None else None
+
     @classmethod
-    def from_path(cls, model_path, card_path=None, runtime: str = "auto", threads: int = 0) -> "Predictor":
+    def from_path(cls, model_path, card_path=None, runtime: str = "auto", threads: int = 0,
+                  tta: str | None = None, ood: bool = True) -> "Predictor":
         """Load and validate; every failure is a ModelLoadError naming the path and the fix."""
         model_path = Path(model_path)
         card, sha = check_model_files(model_path, card_path)
@@ -205,11 +354,17 @@ class Predictor:
             model = keras.models.load_model(model_path, compile=False)
         except Exception as exc:  # h5py/keras raise many types for a corrupt file
             raise ModelLoadError(f"could not load model {model_path}: {exc.__class__.__name__}: {exc}") from None
-        return cls(model, card, sha, runtime, threads)
+        card_dir = (Path(card_path) if card_path else card_path_for(model_path)).parent
+        return cls(model, card, sha, runtime, threads, tta=tta, ood=ood, card_dir=card_dir)
+
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """Preprocessed (n, size, size, 3) -> (feature maps (n, h, w, k) or None, raw probabilities (n, classes))."""
+        return _as_pair(self._run(np.ascontiguousarray(batch, dtype=np.float32)))
 
     def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
-        """Preprocessed (n, size, size, 3) float32 -> (n, classes) probabilities."""
-        return np.asarray(self._run(np.ascontiguousarray(batch, dtype=np.float32)))
+        """Preprocessed (n, size, size, 3) float32 -> (n, classes) raw model probabilities
+        (no TTA, no temperature: what the trainer evaluates and calibrates)."""
+        return self.forward(batch)[1]
 
     def predict_arrays_batched(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Like ``predict_arrays`` for many images, in bounded-memory batches (evaluation, batch CLI)."""
@@ -217,10 +372,51 @@ class Predictor:
             return np.zeros((0, len(self.classes)), np.float32)
         return np.concatenate([self.predict_arrays(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
-    def predict_image(self, img: Image.Image) -> Prediction:
-        """An upright RGB image (from ``imaging.open_upload``) -> Prediction."""
+    def calibrated(self, probs: np.ndarray) -> np.ndarray:
+        return temperature_scale(probs, self.temperature) if self.temperature else np.asarray(probs, np.float64)
+
+    def class_index(self, code: str) -> int:
+        if code not in self.classes:
+            raise ValueError(f"explain_class must be one of {', '.join(self.classes)}; got {code!r}")
+        return self.classes.index(code)
+
+    def heatmap(self, image: Image.Image, feature_map: np.ndarray, class_index: int):
+        """Grad-CAM of one class over the centre square the model saw -> ``Heatmap``."""
+        from server import explain
+        from server.prediction import Heatmap
+
+        pooled = feature_map.mean(axis=(0, 1))[None]
+        grad = self._gradient(pooled, [class_index])[0]
+        cam = explain.grad_cam(feature_map, grad)
+        grid = explain.to_grid(cam)
+        png = explain.png_bytes(explain.overlay(image, explain.from_grid(grid), self.input_size))
+        return Heatmap(class_code=self.classes[class_index], grid=grid, png=png)
+
+    def predict_image(self, img: Image.Image, explain: bool = False, explain_class: str | None = None) -> Prediction:
+        """An upright RGB image (from ``imaging.open_upload``) -> Prediction.
+
+        ``explain`` adds a Grad-CAM heatmap for ``explain_class`` (default: the top class);
+        an image the non-skin check flags gets none (it gets no diagnosis either).
+        """
+        wanted = self.class_index(explain_class) if explain_class else None  # bad class: fail before work
         x = model_input(img, self.input_size)[None]
         start = time.perf_counter()
-        probs = self.predict_arrays(x)[0]
+        fmap, probs = self.forward(tta_views(x, self.tta))
+        probs = self.calibrated(probs.mean(axis=0, keepdims=True))[0]
         elapsed_ms = (time.perf_counter() - start) * 1000.0
-        return prediction_from_probabilities(probs, self.info, elapsed_ms, self.classes, self.malignant_threshold)
+        distance = None
+        if self.ood is not None and fmap is not None:
+            distance = float(self.ood.distances(fmap[0].mean(axis=(0, 1)))[0])
+        heatmap, explain_ms = None, None
+        out_of_distribution = distance is not None and distance > self.ood.threshold
+        if explain and fmap is not None and self._gradient is not None and not out_of_distribution:
+            t = time.perf_counter()
+            heatmap = self.heatmap(img, fmap[0], wanted if wanted is not None else int(np.argmax(probs)))
+            explain_ms = round((time.perf_counter() - t) * 1000.0, 2)
+        return prediction_from_probabilities(
+            probs, self.info, elapsed_ms, self.classes, self.malignant_threshold,
+            uncertain_threshold=DEFAULT_UNCERTAIN_BELOW if self.uncertain_threshold is None else self.uncertain_threshold,
+            temperature=self.temperature, tta=self.tta,
+            ood_distance=distance, ood_threshold=None if self.ood is None else self.ood.threshold,
+            heatmap=heatmap, explain_ms=explain_ms,
+        )

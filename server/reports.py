@@ -21,10 +21,9 @@ from server.prediction import Prediction
 SYSTEM_NAME = "Skin-lesion screening aid"
 REPORT_TITLE = "Skin-lesion screening report"
 NOT_A_DIAGNOSIS = "Screening aid, not a diagnosis."
-# Below this top-class probability the model is as likely wrong as right about its first
-# choice; we say so plainly and send the person to a dermatologist. Provisional until the
-# calibration work gives a validated threshold.
-UNCERTAIN_BELOW = 0.5
+# "Uncertain" is decided by the Prediction (``Prediction.uncertain``): its calibrated top
+# probability is below the model card's ``thresholds.uncertain``, chosen on validation
+# (0.5 only for a card without one). Nothing here re-derives it.
 THUMBNAIL_PX = 384
 REPORT_FORMATS = ("json", "txt", "pdf")
 PAPER_SIZES = ("a4", "letter")
@@ -50,7 +49,7 @@ def assess(prediction: Prediction) -> Assessment:
     """
     top = prediction.top
     risk = top.risk
-    uncertain = top.probability < UNCERTAIN_BELOW
+    uncertain = prediction.uncertain
     flagged = bool(prediction.malignant_flag)
     see_dermatologist = uncertain or risk == "high" or flagged
     advice: list[str] = []
@@ -63,7 +62,8 @@ def assess(prediction: Prediction) -> Assessment:
     if uncertain:
         advice.append(
             f"The result is uncertain: the model's best guess has only {percent(top.probability)} probability "
-            f"(below {percent(UNCERTAIN_BELOW, 0)}), so it cannot tell these conditions apart reliably for this image. "
+            f"(below the {percent(prediction.uncertain_below, 0)} this model needs to be reliable), so it cannot "
+            "tell these conditions apart reliably for this image. "
             "Please have the lesion examined by a dermatologist."
         )
     # When unsure, the class advice is about a guess, so say whose advice it is.
@@ -131,6 +131,25 @@ def thumbnail_jpeg(image: Image.Image, size: int = THUMBNAIL_PX, quality: int = 
     return buf.getvalue()
 
 
+def heatmap_jpeg(prediction: Prediction, thumbnail: bytes | None, size: int = 224) -> bytes | None:
+    """The Grad-CAM overlay as a JPEG for the PDF: drawn from the Prediction's heatmap grid over
+    the thumbnail's centre square (the token carries the grid, not a second picture)."""
+    if prediction.heatmap is None:
+        return None
+    from server import explain
+
+    if thumbnail:
+        with Image.open(io.BytesIO(thumbnail)) as im:
+            base = im.convert("RGB")
+    elif prediction.heatmap.png:
+        with Image.open(io.BytesIO(prediction.heatmap.png)) as im:
+            return explain.jpeg_bytes(im.convert("RGB"))
+    else:
+        base = Image.new("RGB", (size, size), (128, 128, 128))
+    cam = explain.from_grid(prediction.heatmap.grid)
+    return explain.jpeg_bytes(explain.overlay(base, cam, size))
+
+
 def report_filename(prediction: Prediction, ext: str) -> str:
     """A download name that sorts by time and says what it is."""
     stamp = "".join(ch for ch in prediction.created_at[:19] if ch.isdigit())
@@ -195,6 +214,9 @@ def text_report(prediction: Prediction) -> str:
         "PROBABILITY BREAKDOWN (highest first)",
         "-------------------------------------",
     ]
+    if prediction.temperature:
+        lines.insert(-2, f"Probabilities are calibrated (temperature scaling, T = {prediction.temperature:.2f}).")
+        lines.insert(-2, "")
     for c in prediction.classes:
         bar = "#" * round(c.probability * 20)
         lines.append(f"{percent(c.probability):>7}  {bar:<20}  {c.name} [{c.code}, {c.risk} risk]")
@@ -326,6 +348,14 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
         thumb = RLImage(io.BytesIO(thumbnail_jpeg), width=image_w, height=image_w * ratio)
     else:
         thumb = p("(no image)", small)
+    heat = heatmap_jpeg(prediction, thumbnail_jpeg)
+    if heat:
+        code = prediction.heatmap.class_code
+        thumb = Table([[thumb], [RLImage(io.BytesIO(heat), width=image_w, height=image_w)],
+                       [p(f"Where the model looked for {lesion_class(code).name} ({code}): Grad-CAM heatmap over the "
+                          "centre square it analysed; red = strongest evidence.", small)]],
+                      colWidths=[image_w], style=[("LEFTPADDING", (0, 0), (-1, -1), 0),
+                                                  ("TOPPADDING", (0, 0), (-1, -1), 1)])
     story.append(Table([[thumb, result_table]], colWidths=[image_w + 6 * mm, width - image_w - 6 * mm],
                        style=[("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0)]))
 

@@ -120,7 +120,7 @@ def test_reports_download_from_the_result_page_token(client):
         assert pdf.status_code == 200 and pdf.mimetype == "application/pdf"
         reader = PdfReader(io.BytesIO(pdf.data))
         assert round(float(reader.pages[0].mediabox.top)) == height
-        assert len(reader.pages[0].images) == 1, "the thumbnail travels in the token"
+        assert len(reader.pages[0].images) == 2, "the thumbnail and the heatmap grid travel in the token"
         assert f"{red.name} ({red.code})" in pdf_text(pdf.data)
         assert "colour-fixture" in pdf_text(pdf.data)  # model card summary from the serving model
 

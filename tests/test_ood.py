@@ -1,0 +1,110 @@
+"""The non-skin check (issue #6): fixture statistics built here, through the real Predictor and API."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from server.imaging import scale_pixels
+from server.predictor import ModelLoadError, Predictor
+from tests.conftest import image_bytes
+from tests.test_pages import html, upload
+from training.calibrate import fit_ood, ood_distances, save_ood
+
+SKIN_TONES = np.array([(225, 185, 160), (200, 150, 115), (170, 120, 90), (140, 95, 70), (120, 80, 60)], np.float32)
+
+
+def skin_like(rng, n: int, size: int = 32) -> np.ndarray:
+    """Skin-toned images with a darker blotch and noise: the fixture's 'lesion' distribution."""
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i in range(n):
+        base = SKIN_TONES[rng.integers(len(SKIN_TONES))] + rng.normal(0, 8, 3)
+        img = np.clip(base + rng.normal(0, 6, (size, size, 3)), 0, 255)
+        c = rng.integers(8, 24, 2)
+        img[c[0] - 5:c[0] + 5, c[1] - 5:c[1] + 5] *= rng.uniform(0.5, 0.8)
+        out[i] = img.astype(np.uint8)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ood_model(model_path, tmp_path_factory):
+    """A copy of the fixture model whose card carries non-skin statistics fitted on skin-like images."""
+    d = tmp_path_factory.mktemp("ood")
+    shutil.copy(model_path, d / model_path.name)
+    plain = Predictor.from_path(model_path, runtime="tensorflow")
+    rng = np.random.default_rng(0)
+
+    def pooled(x):
+        return plain.forward(scale_pixels(x))[0].mean(axis=(1, 2))
+
+    stats = fit_ood(pooled(skin_like(rng, 300)))
+    threshold = float(np.percentile(ood_distances(stats, pooled(skin_like(rng, 100))), 99))
+    card = json.loads(model_path.with_name("model_card.json").read_text())
+    card["ood"] = {"file": "ood_stats.npz", "sha256": save_ood(stats, d / "ood_stats.npz"), "threshold": threshold}
+    (d / "model_card.json").write_text(json.dumps(card))
+    return d / model_path.name
+
+
+@pytest.fixture(scope="module")
+def ood_predictor(ood_model):
+    return Predictor.from_path(ood_model, runtime="tensorflow")
+
+
+def test_non_skin_images_are_flagged_and_skin_like_ones_pass(ood_predictor):
+    rng = np.random.default_rng(42)  # new draws, not the fitting ones
+    for arr in skin_like(rng, 20):
+        p = ood_predictor.predict_image(Image.fromarray(arr))
+        assert p.out_of_distribution is False, p.ood_distance
+    for colour in [(30, 200, 40), (20, 40, 230), (255, 255, 255), (0, 0, 0), (128, 128, 128)]:
+        p = ood_predictor.predict_image(Image.new("RGB", (48, 48), colour))
+        assert p.out_of_distribution is True and p.ood_distance > p.ood_threshold
+    noise = Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    assert ood_predictor.predict_image(noise).out_of_distribution is True
+
+
+def test_flagged_image_gets_no_heatmap(ood_predictor):
+    p = ood_predictor.predict_image(Image.new("RGB", (48, 48), (30, 200, 40)), explain=True)
+    assert p.out_of_distribution and p.heatmap is None
+
+
+def test_api_refuses_a_non_skin_image_with_422_and_passes_skin(ood_model):
+    from server import create_app
+
+    client = create_app({"MODEL_PATH": str(ood_model), "TESTING": True, "SECRET_KEY": "s",
+                         "INFERENCE_RUNTIME": "tensorflow"}).test_client()
+    refused = client.post("/predict", data=image_bytes((30, 200, 40)), content_type="image/png")
+    assert refused.status_code == 422
+    assert refused.json["error"]["code"] == "not_a_skin_lesion"
+    assert "does not look like a photo of a skin lesion" in refused.json["error"]["message"]
+    assert "prediction" not in refused.json
+    pdf = client.post("/predict?format=pdf", data=image_bytes((30, 200, 40)), content_type="image/png")
+    assert pdf.status_code == 422
+    skin = Image.fromarray(skin_like(np.random.default_rng(7), 1)[0])
+    import io
+
+    buf = io.BytesIO()
+    skin.save(buf, format="PNG")
+    ok = client.post("/predict", data=buf.getvalue(), content_type="image/png")
+    assert ok.status_code == 200 and ok.json["out_of_distribution"] is False
+    assert ok.json["ood"]["distance"] <= ok.json["ood"]["threshold"]
+    # the form: the upload page again, with the reason, and no result
+    page = upload(client, image_bytes((30, 200, 40)))
+    assert page.status_code == 422
+    body = html(page)
+    assert "does not look like a photo of a skin lesion" in body and 'id="predicted-class"' not in body
+
+
+def test_tampered_statistics_stop_the_model_loading(ood_model, tmp_path):
+    for f in ood_model.parent.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    with np.load(tmp_path / "ood_stats.npz") as data:
+        stats = {k: data[k] for k in data.files}
+    stats["mean"] = stats["mean"] + 1
+    np.savez_compressed(tmp_path / "ood_stats.npz", **stats)
+    with pytest.raises(ModelLoadError, match="sha256"):
+        Predictor.from_path(tmp_path / ood_model.name, runtime="tensorflow")
+    assert Predictor.from_path(tmp_path / ood_model.name, runtime="tensorflow", ood=False).ood is None
