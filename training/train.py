@@ -446,6 +446,8 @@ def run(cfg: TrainConfig) -> dict:
         plot_history(out_dir / "history.csv", out_dir / "training_curves.png")
         plots.append("training_curves.png")
     write_report(out_dir, card, metrics, plots)
+    from training.calibrate import calibrate_run  # issue #6: temperature, uncertain/TTA choice, non-skin statistics
+    calibrate_run(out_dir, cfg.data_dir, seed=cfg.seed)
     log.info("test: balanced accuracy %.3f, accuracy %.3f, melanoma recall %.3f, malignant AUC %s",
              metrics["test"]["balanced_accuracy"], metrics["test"]["accuracy"],
              metrics["test"]["per_class"]["mel"]["recall"], metrics["test"].get("malignant", {}).get("auc"))
