@@ -12,7 +12,6 @@ import json
 import os
 import resource
 import shutil
-import struct
 import tempfile
 import time
 import zlib
@@ -24,14 +23,26 @@ import pytest
 from PIL import Image
 
 from server import create_app
-from server.imaging import MIN_SIDE, open_upload, to_rgb8
+from server.imaging import open_upload, to_rgb8
 from server.lesions import CATALOGUE, CLASS_CODES, MALIGNANT_CODES, RISK_LEVELS
 from server.openapi import openapi_document
 from server.predictor import ModelLoadError
 from tests.conftest import image_bytes
+from tests.corpus import (
+    BLUE,
+    BROKEN,
+    GREEN,
+    RED,
+    UNSUPPORTED,
+    cmyk_jpeg,
+    grey16,
+    halves,
+    mpo,
+    palette_with_transparent_red,
+    png_with_header,
+    save,
+)
 from tests.fixture_model import BLUE_CLASS, GREEN_CLASS, RED_CLASS
-
-RED, GREEN, BLUE = (220, 30, 30), (30, 200, 30), (30, 30, 220)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -78,28 +89,6 @@ def assert_valid_prediction(body: dict, expected_code: str | None = None) -> Non
         assert body["prediction"]["code"] == expected_code
 
 
-def png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
-
-
-def png_with_header(width: int, height: int, idat: bytes = zlib.compress(b"\x00" * 64)) -> bytes:
-    """A PNG whose IHDR claims ``width`` x ``height`` but carries almost no data."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
-
-
-def save(img: Image.Image, fmt: str, **kwargs) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kwargs)
-    return buf.getvalue()
-
-
-def halves(left, right, size=(64, 48), mode="RGB") -> Image.Image:
-    img = Image.new(mode, size, right)
-    img.paste(left, (0, 0, size[0] // 2, size[1]))
-    return img
-
-
 def probabilities(resp) -> dict:
     return {p["code"]: p["probability"] for p in resp.json["probabilities"]}
 
@@ -121,32 +110,16 @@ def test_raw_body_prediction(client, fmt, ctype):
     assert_valid_prediction(resp.json, BLUE_CLASS)
 
 
-def _palette_with_transparent_red() -> bytes:
-    # Blue left, red right; red is the transparent index, so it must become white, not red.
-    img = halves(BLUE, RED).quantize(colors=2)
-    red_index = next(i for i, c in enumerate(img.getpalette()[:6][::3]) if c > 128)
-    return save(img, "PNG", transparency=red_index)
-
-
-def _cmyk_jpeg(colour) -> bytes:
-    return save(Image.new("RGB", (64, 48), colour).convert("CMYK"), "JPEG", quality=95)
-
-
-def _mpo(colour) -> bytes:
-    frame = Image.new("RGB", (64, 48), colour)
-    return save(frame, "MPO", save_all=True, append_images=[frame])
-
-
 COLOUR_MODES = {
     "rgb-jpeg": (lambda: image_bytes(RED, fmt="JPEG"), RED_CLASS),
     "rgba-png": (lambda: image_bytes(GREEN, mode="RGBA"), GREEN_CLASS),
     "palette-png": (lambda: image_bytes(BLUE, mode="P"), BLUE_CLASS),
-    "palette-transparency-png": (_palette_with_transparent_red, BLUE_CLASS),
+    "palette-transparency-png": (palette_with_transparent_red, BLUE_CLASS),
     "rgba-half-transparent-png": (
         lambda: save(halves((220, 30, 30, 0), (30, 30, 220, 255), mode="RGBA"), "PNG"), BLUE_CLASS),
-    "cmyk-jpeg": (lambda: _cmyk_jpeg(BLUE), BLUE_CLASS),
+    "cmyk-jpeg": (lambda: cmyk_jpeg(BLUE), BLUE_CLASS),
     "progressive-jpeg": (lambda: image_bytes(GREEN, fmt="JPEG", progressive=True, quality=90), GREEN_CLASS),
-    "mpo-phone-jpeg": (lambda: _mpo(GREEN), GREEN_CLASS),
+    "mpo-phone-jpeg": (lambda: mpo(GREEN), GREEN_CLASS),
 }
 
 
@@ -158,16 +131,12 @@ def test_every_colour_mode_is_predicted_by_colour(client, name):
     assert_valid_prediction(resp.json, expected)
 
 
-def _grey16(level16: int) -> bytes:
-    return save(Image.fromarray(np.full((48, 64), level16, np.uint16)), "PNG")
-
-
 GREY_MODES = {
     # name: (bytes maker, the 8-bit grey the pixels must read as)
     "L": (lambda: image_bytes((60, 60, 60), mode="L"), 60),
     "LA": (lambda: save(Image.new("LA", (64, 48), (60, 255)), "PNG"), 60),
-    "I;16-dark": (lambda: _grey16(20000), 77),  # 20000/65535*255
-    "I;16-bright": (lambda: _grey16(60000), 233),
+    "I;16-dark": (lambda: grey16(20000), 77),  # 20000/65535*255
+    "I;16-bright": (lambda: grey16(60000), 233),
     "1-bit": (lambda: image_bytes((255, 255, 255), mode="1"), 255),
 }
 
@@ -235,27 +204,6 @@ def test_non_utf8_filename_is_still_predicted(client):
 # ---------------------------------------------------------------- error paths
 
 
-def _animated_gif() -> bytes:
-    frames = [Image.new("RGB", (64, 48), c) for c in (RED, BLUE)]
-    return save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
-
-
-def _truncated_jpeg() -> bytes:
-    noise = np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)
-    data = save(Image.fromarray(noise), "JPEG", quality=90)
-    return data[: len(data) * 2 // 3]
-
-
-UNSUPPORTED = {
-    "text-renamed.jpg": b"just some notes, not a photo\n" * 10,
-    "page.html": b"<!doctype html><html><body><img src=x onerror=alert(1)></body></html>",
-    "vector.svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><rect width="64" height="64"/></svg>',
-    "animated.gif": _animated_gif(),
-    "photo.webp": image_bytes(RED, fmt="WEBP"),
-    "scan.tiff": image_bytes(RED, fmt="TIFF"),
-}
-
-
 @pytest.mark.parametrize("filename", sorted(UNSUPPORTED))
 def test_non_jpeg_png_files_are_415(client, filename):
     assert_error(post_file(client, UNSUPPORTED[filename], filename), 415, "unsupported_media_type")
@@ -263,15 +211,6 @@ def test_non_jpeg_png_files_are_415(client, filename):
 
 def test_unsupported_format_sent_as_raw_image_body_is_415(client):
     assert_error(post_raw(client, image_bytes(RED, fmt="WEBP"), "image/webp"), 415, "unsupported_media_type")
-
-
-BROKEN = {
-    "truncated.jpg": _truncated_jpeg(),
-    "corrupt-header.jpg": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\xde\xad\xbe\xef" * 64,
-    "zero-pixels.png": png_with_header(0, 0, zlib.compress(b"")),
-    "one-pixel.png": image_bytes(RED, size=(1, 1)),
-    "too-thin.png": image_bytes(RED, size=(MIN_SIDE - 1, 400)),
-}
 
 
 @pytest.mark.parametrize("filename", sorted(BROKEN))
