@@ -114,3 +114,14 @@ def test_predictor_applies_the_cards_temperature_tta_and_threshold(calibrated_pr
     assert out.to_dict()["calibration"] == {"temperature": 2.5, "tta": "flips"}
     off = Predictor.from_path(model_path, runtime="tensorflow", tta="off")
     assert off.tta == "off" and off.temperature is None  # the fixture's own card has no calibration
+
+
+def test_tta_is_on_only_when_its_gain_pays_for_its_cost():
+    from training.calibrate import choose_tta
+
+    fast = {"off": 10.0, "flips": 25.0, "full": 60.0}
+    assert choose_tta({"off": 0.70, "flips": 0.705, "full": 0.708}, fast) == "off"  # gains below one point
+    assert choose_tta({"off": 0.70, "flips": 0.715, "full": 0.718}, fast) == "flips"  # cheapest near the best
+    assert choose_tta({"off": 0.70, "flips": 0.705, "full": 0.72}, fast) == "full"
+    slow = {"off": 10.0, "flips": 200.0, "full": 500.0}
+    assert choose_tta({"off": 0.70, "flips": 0.715, "full": 0.72}, slow) == "off"  # too slow to serve
