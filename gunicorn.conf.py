@@ -9,12 +9,24 @@ intra-op thread each as best for MobileNetV2 on 2 cores. Re-measured with
 also keep serving when one is busy or restarting. Re-run the bench on an idle machine
 before changing it. Every setting can be overridden by the environment.
 
-Slow clients: gunicorn itself does not buffer request bodies. A client that trickles an
-upload holds a worker thread while it does so. ``gthread`` keeps that from stalling the
-whole worker (the other thread, health probes and keep-alive connections continue), and
-``timeout`` restarts a worker whose main loop stops answering. For exposure beyond a
-trusted network, put a buffering proxy (nginx with ``client_max_body_size 11m`` and
-request buffering on) in front, as gunicorn's own deployment guide advises.
+Slow clients: gunicorn itself does not buffer request bodies, and gthread reads a body on a
+blocking socket with no timeout. Measured (issue #7): two uploads that sent their headers
+and 2 KB of a 500 KB body, then stalled, made every other request time out, for as long
+as the two clients stayed connected. Three settings now bound that:
+
+- ``UPLOAD_READ_TIMEOUT`` (app setting, default 10 s): a body read that waits longer than
+  this is answered 408 ``request_timeout`` and the connection closes (server/uploads.py).
+- ``threads`` 4 per worker (was 2): up to 3 stalled uploads cannot occupy a whole worker,
+  so others are served at once; with 8 stalled (every thread), a request waited 9.5 s
+  until the read timeout freed a thread, instead of forever.
+- ``timeout`` only restarts a worker whose main loop stops answering; it never cuts off a
+  slow client under gthread.
+
+Still unbounded here: a client trickling one byte every few seconds, or one that never
+finishes its request headers (gunicorn reads headers without a timeout). For exposure
+beyond a trusted network, put a buffering proxy (nginx with ``client_max_body_size 11m``,
+``client_body_timeout``/``client_header_timeout`` and request buffering on) in front, as
+gunicorn's own deployment guide advises.
 """
 
 import os
@@ -22,11 +34,11 @@ import sys
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 
-# Processes x threads: 2 workers (one per core), each with 2 request threads so a slow
-# upload or a probe never waits behind an inference in the same process.
+# Processes x threads: 2 workers (one per core), each with 4 request threads so a slow
+# upload or a probe never waits behind an inference in the same process (see above).
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "2"))
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 
 # One TF thread per op per worker (measured best, see above). setdefault, so an operator's
 # explicit value wins; gunicorn's raw_env would override it. Read by server.config in

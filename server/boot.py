@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.config import DEFAULT_MODEL_PATH
+from server.config import DEFAULT_MODEL_PATH, rate_limit_problem
 from server.predictor import ModelLoadError, check_model_files
 
 SECRET_KEY_MISSING = (
@@ -24,6 +24,9 @@ def boot_problem(environ) -> str | None:
     """The first reason this environment cannot serve, as one sentence, or None."""
     if not environ.get("SECRET_KEY"):
         return SECRET_KEY_MISSING
+    rate_problem = rate_limit_problem(environ.get("RATE_LIMIT", ""))
+    if rate_problem:
+        return rate_problem
     model_path = Path(environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH)
     try:
         check_model_files(model_path, environ.get("MODEL_CARD_PATH") or None)

@@ -24,6 +24,37 @@ def _env_int(name: str, default: int) -> int:
         raise SystemExit(f"{name}={raw!r} is not an integer") from None
 
 
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a number") from None
+
+
+def rate_limit_problem(raw: str) -> str | None:
+    """Why ``raw`` is not a Flask-Limiter rate ("60/minute", "5/second;100/hour"), or None."""
+    if not raw.strip():
+        return None
+    from limits import parse_many
+
+    try:
+        parse_many(raw.strip())
+    except ValueError:
+        return f"RATE_LIMIT={raw!r} is not a rate such as '60/minute'."
+    return None
+
+
+def _env_rate(name: str) -> str:
+    raw = os.environ.get(name, "")
+    problem = rate_limit_problem(raw)
+    if problem:
+        raise SystemExit(problem)
+    return raw.strip()
+
+
 def config_from_env() -> dict:
     """Build the Flask config dict from environment variables."""
     max_upload_mb = _env_int("MAX_UPLOAD_MB", 10)
@@ -43,6 +74,16 @@ def config_from_env() -> dict:
         "TTA": os.environ.get("TTA", "auto"),
         # The non-skin check (model card's feature statistics); OOD_CHECK=0 turns it off.
         "OOD_CHECK": os.environ.get("OOD_CHECK", "1") != "0",
+        # Never debug from the environment: Flask would otherwise read FLASK_DEBUG=1 and run
+        # the production app in debug mode. Tests and `flask --debug` can still override it.
+        "DEBUG": False,
+        # Optional per-client limit on POST /predict, e.g. "60/minute" (Flask-Limiter syntax);
+        # empty = off. Counted per worker process in memory, keyed on the client address.
+        "RATE_LIMIT": _env_rate("RATE_LIMIT"),
+        "RATE_LIMIT_STORAGE_URI": os.environ.get("RATE_LIMIT_STORAGE_URI", "memory://"),
+        # Seconds a request body may stall between two reads under gunicorn before the
+        # client is answered 408 and disconnected (a slowloris upload must not hold a thread).
+        "UPLOAD_READ_TIMEOUT": _env_float("UPLOAD_READ_TIMEOUT", 10.0),
     }
 
 

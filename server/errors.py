@@ -29,6 +29,7 @@ _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
     429: "too_many_requests",
@@ -69,6 +70,8 @@ def handle_http_exception(exc: HTTPException):
         from flask import current_app
 
         message = f"The upload is larger than the {current_app.config['MAX_UPLOAD_MB']} MB limit."
+    elif status == 429:  # Flask-Limiter's description is the limit itself, e.g. "60 per 1 minute"
+        message = f"Too many requests from this client (limit: {message}). Wait and try again (see Retry-After)."
     body, status = error_response(status, _HTTP_CODES.get(status, exc.name.lower().replace(" ", "_")), message)
     return body, status, protocol_headers(exc)
 

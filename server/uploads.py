@@ -7,13 +7,59 @@ body sent with an ``image/*`` Content-Type. The bytes stay in memory; nothing is
 from __future__ import annotations
 
 import io
+import socket
 
-from flask import Request
+from flask import Request, current_app, has_app_context
 from flask.wrappers import Request as FlaskRequest
+from werkzeug.utils import cached_property
 
 from server.errors import ServiceError
 
 FIELD = "image"
+STALLED_UPLOAD = "The upload stalled: nothing arrived for {timeout:g} s. Please try again on a steadier connection."
+
+
+class StallGuardedInput:
+    """``wsgi.input`` that turns a read timeout on the client socket into a 408 ServiceError.
+
+    Gunicorn's gthread worker reads the body with a blocking socket and no timeout, so a
+    client that sends its headers and part of a body, then stalls, would hold a request
+    thread until it disconnects (measured: two such clients starved a 2x2 server). The
+    socket gets ``UPLOAD_READ_TIMEOUT`` (see ``guard_input``); when a read times out, the
+    rest of the body is refused (read side shut down, so gunicorn does not try to drain it)
+    and the client is answered 408 on a connection that then closes.
+    """
+
+    def __init__(self, raw, sock: socket.socket, timeout: float):
+        self._raw, self._sock, self._timeout = raw, sock, timeout
+
+    def _guard(self, read, *args):
+        try:
+            return read(*args)
+        except TimeoutError:
+            try:
+                self._sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+            raise ServiceError(408, "request_timeout", STALLED_UPLOAD.format(timeout=self._timeout)) from None
+
+    def read(self, *args):
+        return self._guard(self._raw.read, *args)
+
+    def readline(self, *args):
+        return self._guard(self._raw.readline, *args)
+
+    def __iter__(self):
+        return iter(self.readline, b"")
+
+
+def guard_input(environ: dict, timeout: float | None) -> None:
+    """Bound each read of this request's body under gunicorn (``gunicorn.socket``)."""
+    sock = environ.get("gunicorn.socket")
+    if not timeout or sock is None or isinstance(environ.get("wsgi.input"), StallGuardedInput):
+        return
+    sock.settimeout(timeout)  # gthread sets it back to blocking before the next request
+    environ["wsgi.input"] = StallGuardedInput(environ["wsgi.input"], sock, timeout)
 
 
 class InMemoryRequest(FlaskRequest):
@@ -26,6 +72,13 @@ class InMemoryRequest(FlaskRequest):
 
     def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
         return io.BytesIO()
+
+    @cached_property
+    def stream(self):
+        """The body stream, with a stalled client cut off after UPLOAD_READ_TIMEOUT (408)."""
+        if has_app_context():
+            guard_input(self.environ, current_app.config.get("UPLOAD_READ_TIMEOUT"))
+        return super().stream
 
     def _get_stream_for_parsing(self):
         """Repair non-UTF-8 part headers before Werkzeug parses the body.
