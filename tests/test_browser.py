@@ -89,7 +89,7 @@ def test_upload_result_and_reports_in_a_browser(browser, base_url, tmp_path):
         reader = PdfReader(str(pdf_path))
         pdf_text = " ".join(" ".join(p.extract_text() for p in reader.pages).split())
         assert f"{red.name} ({red.code})" in pdf_text
-        assert len(reader.pages[0].images) == 1
+        assert len(reader.pages[0].images) == 2  # the thumbnail and the Grad-CAM heatmap
         shutil.copy(pdf_path, ARTIFACTS / "report.pdf")
         assert not errors, f"browser console errors (CSP?): {errors}"
     finally:
