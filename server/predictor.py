@@ -292,8 +292,20 @@ class OodStats:
         if spec.get("sha256") and file_sha256(path) != spec["sha256"]:
             raise ModelLoadError(f"{path} does not match the sha256 its model card records")
         with np.load(path) as data:
-            return cls(data["mean"], data["precision"], spec["threshold"],
-                       data["projection"] if "projection" in data.files else None)
+            return cls.from_arrays({k: data[k] for k in data.files}, spec["threshold"])
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, threshold: float) -> "OodStats":
+        """From the stored arrays: the precision whole, or (compact) its scaled upper triangle (float16)."""
+        if "precision" in arrays:
+            precision = np.asarray(arrays["precision"], np.float64)
+        else:
+            triu = np.asarray(arrays["precision_triu"], np.float64) * float(arrays.get("precision_scale", 1.0))
+            dim = int(arrays["dim"])
+            precision = np.zeros((dim, dim))
+            precision[np.triu_indices(dim)] = triu
+            precision = precision + np.triu(precision, 1).T
+        return cls(arrays["mean"], precision, threshold, arrays.get("projection"))
 
 
 class Predictor:

@@ -13,7 +13,7 @@ from server.imaging import scale_pixels
 from server.predictor import ModelLoadError, Predictor
 from tests.conftest import image_bytes
 from tests.test_pages import html, upload
-from training.calibrate import fit_ood, ood_distances, save_ood
+from training.calibrate import compact_ood, fit_ood, ood_distances, save_ood
 
 SKIN_TONES = np.array([(225, 185, 160), (200, 150, 115), (170, 120, 90), (140, 95, 70), (120, 80, 60)], np.float32)
 
@@ -41,7 +41,7 @@ def ood_model(model_path, tmp_path_factory):
     def pooled(x):
         return plain.forward(scale_pixels(x))[0].mean(axis=(1, 2))
 
-    stats = fit_ood(pooled(skin_like(rng, 300)))
+    stats = compact_ood(fit_ood(pooled(skin_like(rng, 300))))  # stored as the service ships it
     threshold = float(np.percentile(ood_distances(stats, pooled(skin_like(rng, 100))), 99))
     card = json.loads(model_path.with_name("model_card.json").read_text())
     card["ood"] = {"file": "ood_stats.npz", "sha256": save_ood(stats, d / "ood_stats.npz"), "threshold": threshold}
@@ -108,3 +108,16 @@ def test_tampered_statistics_stop_the_model_loading(ood_model, tmp_path):
     with pytest.raises(ModelLoadError, match="sha256"):
         Predictor.from_path(tmp_path / ood_model.name, runtime="tensorflow")
     assert Predictor.from_path(tmp_path / ood_model.name, runtime="tensorflow", ood=False).ood is None
+
+
+def test_compact_statistics_keep_distances_and_pca_works():
+    rng = np.random.default_rng(3)
+    mix = rng.normal(size=(40, 40))
+    train = rng.normal(size=(2000, 40)) @ mix * rng.uniform(0.01, 5, 40)
+    probe = np.vstack([rng.normal(size=(50, 40)) @ mix, rng.normal(5, 1, (5, 40))])
+    exact = fit_ood(train)
+    ratio = ood_distances(compact_ood(exact), probe) / ood_distances(exact, probe)
+    np.testing.assert_allclose(ratio, 1.0, atol=0.01)
+    reduced = fit_ood(train, dims=10)
+    assert reduced["projection"].shape == (40, 10) and reduced["precision"].shape == (10, 10)
+    assert ood_distances(reduced, probe).shape == (55,)
