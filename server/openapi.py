@@ -91,10 +91,10 @@ PREDICTION_SCHEMA = {
         "out_of_distribution": {"type": ["boolean", "null"],
                                 "description": "Always false in a 200 answer (a flagged image is refused with 422 "
                                                "not_a_skin_lesion); null when the model has no non-skin statistics."},
-        "ood": {"type": ["object", "null"],
-                "properties": {"distance": {"type": "number"}, "threshold": {"type": ["number", "null"]}},
-                "description": "The non-skin check: Mahalanobis distance of the image's features from the "
-                               "training images, and the threshold above which an image is refused."},
+        "ood_score": {"type": ["number", "null"], "minimum": 0,
+                      "description": "The non-skin check: Mahalanobis distance of the image's deep features, and of "
+                                     "its picture statistics, from the training images, each divided by its "
+                                     "threshold; the larger of the two. Above 1 the image is refused (422)."},
         "heatmap": {
             "type": "object",
             "required": ["class", "grid", "png_base64"],

@@ -82,8 +82,7 @@ class Prediction:
     uncertain_threshold: float = DEFAULT_UNCERTAIN_BELOW  # the card's thresholds.uncertain (chosen on validation)
     temperature: float | None = None  # calibration applied to the probabilities (None: raw model output)
     tta: str = "off"  # test-time augmentation used: off | flips | full
-    ood_distance: float | None = None  # non-skin check: Mahalanobis distance of the pooled features
-    ood_threshold: float | None = None
+    ood_score: float | None = None  # non-skin check: distance / threshold, the larger of its two tests
     heatmap: Heatmap | None = None
     explain_ms: float | None = None
 
@@ -112,9 +111,9 @@ class Prediction:
     def out_of_distribution(self) -> bool | None:
         """True when the image does not look like the dermoscopic images the model was trained on
         (the API then refuses it with 422 ``not_a_skin_lesion``); None without non-skin statistics."""
-        if self.ood_distance is None or self.ood_threshold is None:
+        if self.ood_score is None:
             return None
-        return self.ood_distance > self.ood_threshold
+        return self.ood_score > 1.0
 
     @property
     def malignant_flag(self) -> bool | None:
@@ -151,9 +150,7 @@ class Prediction:
             "uncertain_message": self.uncertain_message,
             "calibration": {"temperature": self.temperature, "tta": self.tta},
             "out_of_distribution": self.out_of_distribution,
-            "ood": None if self.ood_distance is None else {
-                "distance": round(self.ood_distance, 3),
-                "threshold": None if self.ood_threshold is None else round(self.ood_threshold, 3)},
+            "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
             "model": asdict(self.model),
             "timing": timing,
             "created_at": self.created_at,
@@ -177,8 +174,7 @@ class Prediction:
             uncertain_threshold=data.get("uncertain_threshold", DEFAULT_UNCERTAIN_BELOW),
             temperature=(data.get("calibration") or {}).get("temperature"),
             tta=(data.get("calibration") or {}).get("tta", "off"),
-            ood_distance=(data.get("ood") or {}).get("distance"),
-            ood_threshold=(data.get("ood") or {}).get("threshold"),
+            ood_score=data.get("ood_score"),
             heatmap=Heatmap.from_dict(data["heatmap"]) if data.get("heatmap") else None,
             explain_ms=data["timing"].get("explain_ms"),
         )

@@ -17,8 +17,9 @@ raw model output ``predict_image`` applies, all from the model card:
 - temperature scaling (``calibration.temperature``, fitted on validation): the
   probabilities a Prediction carries are calibrated;
 - the "uncertain" threshold (``thresholds.uncertain``) and the malignant operating point;
-- the non-skin check: Mahalanobis distance of the pooled features from the training
-  distribution (``ood``: statistics in an .npz beside the card, pinned by sha256).
+- the non-skin check: Mahalanobis distances of the pooled features and of a few picture
+  statistics from the training distribution (``ood``: statistics in an .npz beside the
+  card, pinned by sha256).
 """
 
 from __future__ import annotations
@@ -282,7 +283,8 @@ class OodStats:
         return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", z, self.precision, z), 0.0))
 
     @classmethod
-    def from_card(cls, card: dict, card_dir: Path) -> "OodStats | None":
+    def from_card(cls, card: dict, card_dir: Path) -> "tuple[OodStats, OodStats | None] | None":
+        """(feature statistics, image statistics or None) from the card's ``ood`` and its .npz, or None."""
         spec = card.get("ood")
         if not spec:
             return None
@@ -292,11 +294,16 @@ class OodStats:
         if spec.get("sha256") and file_sha256(path) != spec["sha256"]:
             raise ModelLoadError(f"{path} does not match the sha256 its model card records")
         with np.load(path) as data:
-            return cls.from_arrays({k: data[k] for k in data.files}, spec["threshold"])
+            arrays = {k: data[k] for k in data.files}
+        image = cls.from_arrays(arrays, spec["image_threshold"], "image_") if "image_mean" in arrays else None
+        return cls.from_arrays(arrays, spec["threshold"]), image
 
     @classmethod
-    def from_arrays(cls, arrays: dict, threshold: float) -> "OodStats":
+    def from_arrays(cls, arrays: dict, threshold: float, prefix: str = "") -> "OodStats":
         """From the stored arrays: the precision whole, or (compact) its scaled upper triangle (float16)."""
+        arrays = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        if prefix == "":
+            arrays = {k: v for k, v in arrays.items() if not k.startswith("image_")}
         if "precision" in arrays:
             precision = np.asarray(arrays["precision"], np.float64)
         else:
@@ -306,6 +313,37 @@ class OodStats:
             precision[np.triu_indices(dim)] = triu
             precision = precision + np.triu(precision, 1).T
         return cls(arrays["mean"], precision, threshold, arrays.get("projection"))
+
+
+def image_statistics(x: np.ndarray) -> np.ndarray:
+    """(n, s, s, 3) model inputs in [-1, 1] -> (n, 12) low-level statistics of the picture.
+
+    The second half of the non-skin check: deep features alone let some near-empty pictures
+    through (a flat colour, a smooth gradient, a page of text can land near the lesions'
+    mean). A photo of skin has a skin-like colour, some texture and few pure-white or
+    pure-black pixels; these statistics say so in a few numbers (log or logit scaled so
+    they are roughly Gaussian), and a second Mahalanobis distance checks them.
+    """
+    u = (np.asarray(x, np.float32) + 1.0) * 127.5
+    grey = u.mean(axis=-1)
+    gx, gy = np.abs(np.diff(grey, axis=2)), np.abs(np.diff(grey, axis=1))
+    grad = 0.5 * (gx.mean(axis=(1, 2)) + gy.mean(axis=(1, 2)))
+    sharp = 0.5 * ((gx > 40).mean(axis=(1, 2)) + (gy > 40).mean(axis=(1, 2)))
+    white = (u.min(axis=-1) > 240).mean(axis=(1, 2))
+    black = (u.max(axis=-1) < 15).mean(axis=(1, 2))
+    mx, mn = u.max(axis=-1), u.min(axis=-1)
+    saturation = ((mx - mn) / np.maximum(mx, 1.0)).mean(axis=(1, 2))
+    fine = np.abs(grey[:, 1:-1, 1:-1] * 4 - grey[:, :-2, 1:-1] - grey[:, 2:, 1:-1] - grey[:, 1:-1, :-2]
+                  - grey[:, 1:-1, 2:]).mean(axis=(1, 2))  # Laplacian: sensor noise and skin texture
+
+    def logit(p):
+        p = np.clip(p, 1e-3, 1 - 1e-3)
+        return np.log(p / (1 - p))
+
+    return np.stack([
+        *(u.mean(axis=(1, 2)) / 255.0).T, *np.log1p(u.std(axis=(1, 2))).T,
+        np.log1p(grad), logit(sharp), logit(white), logit(black), logit(saturation), np.log1p(fine),
+    ], axis=1)
 
 
 class Predictor:
@@ -332,7 +370,8 @@ class Predictor:
             from server.explain import head_gradient
 
             self._gradient = head_gradient(model, gap_layer)
-        self.ood = OodStats.from_card(card, card_dir) if (ood and card_dir is not None) else None
+        stats = OodStats.from_card(card, card_dir) if (ood and card_dir is not None) else None
+        self.ood, self.ood_image = stats if stats else (None, None)
         if self.ood is not None and self.feature_layer is None:
             raise ModelLoadError("the card has non-skin statistics but the model has no pooled feature layer")
         self.predict_arrays(np.zeros((1, self.input_size, self.input_size, 3), np.float32))  # warm up, now
@@ -404,6 +443,16 @@ class Predictor:
         png = explain.png_bytes(explain.overlay(image, explain.from_grid(grid), self.input_size))
         return Heatmap(class_code=self.classes[class_index], grid=grid, png=png)
 
+    def ood_score(self, x: np.ndarray, feature_map: np.ndarray) -> float | None:
+        """The non-skin score of one image: the larger of its two Mahalanobis distances (deep
+        features; picture statistics) each divided by its threshold. Above 1: not a skin lesion."""
+        if self.ood is None:
+            return None
+        score = float(self.ood.distances(feature_map.mean(axis=(0, 1)))[0]) / self.ood.threshold
+        if self.ood_image is not None:
+            score = max(score, float(self.ood_image.distances(image_statistics(x))[0]) / self.ood_image.threshold)
+        return score
+
     def predict_image(self, img: Image.Image, explain: bool = False, explain_class: str | None = None) -> Prediction:
         """An upright RGB image (from ``imaging.open_upload``) -> Prediction.
 
@@ -416,11 +465,9 @@ class Predictor:
         fmap, probs = self.forward(tta_views(x, self.tta))
         probs = self.calibrated(probs.mean(axis=0, keepdims=True))[0]
         elapsed_ms = (time.perf_counter() - start) * 1000.0
-        distance = None
-        if self.ood is not None and fmap is not None:
-            distance = float(self.ood.distances(fmap[0].mean(axis=(0, 1)))[0])
+        score = self.ood_score(x, fmap[0]) if fmap is not None else None
         heatmap, explain_ms = None, None
-        out_of_distribution = distance is not None and distance > self.ood.threshold
+        out_of_distribution = score is not None and score > 1.0
         if explain and fmap is not None and self._gradient is not None and not out_of_distribution:
             t = time.perf_counter()
             heatmap = self.heatmap(img, fmap[0], wanted if wanted is not None else int(np.argmax(probs)))
@@ -429,6 +476,6 @@ class Predictor:
             probs, self.info, elapsed_ms, self.classes, self.malignant_threshold,
             uncertain_threshold=DEFAULT_UNCERTAIN_BELOW if self.uncertain_threshold is None else self.uncertain_threshold,
             temperature=self.temperature, tta=self.tta,
-            ood_distance=distance, ood_threshold=None if self.ood is None else self.ood.threshold,
+            ood_score=score,
             heatmap=heatmap, explain_ms=explain_ms,
         )

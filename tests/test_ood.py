@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from server.imaging import scale_pixels
-from server.predictor import ModelLoadError, Predictor
+from server.predictor import ModelLoadError, Predictor, image_statistics
 from tests.conftest import image_bytes
 from tests.test_pages import html, upload
 from training.calibrate import compact_ood, fit_ood, ood_distances, save_ood
@@ -41,10 +41,15 @@ def ood_model(model_path, tmp_path_factory):
     def pooled(x):
         return plain.forward(scale_pixels(x))[0].mean(axis=(1, 2))
 
-    stats = compact_ood(fit_ood(pooled(skin_like(rng, 300))))  # stored as the service ships it
-    threshold = float(np.percentile(ood_distances(stats, pooled(skin_like(rng, 100))), 99))
+    train, val = skin_like(rng, 300), skin_like(rng, 100)
+    stats = compact_ood(fit_ood(pooled(train)))  # stored as the service ships it
+    threshold = float(np.percentile(ood_distances(stats, pooled(val)), 99))
+    pix = fit_ood(image_statistics(scale_pixels(train)))
+    pix_threshold = float(np.percentile(ood_distances(pix, image_statistics(scale_pixels(val))), 99))
+    stats.update(image_mean=pix["mean"], image_precision=pix["precision"])
     card = json.loads(model_path.with_name("model_card.json").read_text())
-    card["ood"] = {"file": "ood_stats.npz", "sha256": save_ood(stats, d / "ood_stats.npz"), "threshold": threshold}
+    card["ood"] = {"file": "ood_stats.npz", "sha256": save_ood(stats, d / "ood_stats.npz"), "threshold": threshold,
+                   "image_threshold": pix_threshold}
     (d / "model_card.json").write_text(json.dumps(card))
     return d / model_path.name
 
@@ -58,10 +63,10 @@ def test_non_skin_images_are_flagged_and_skin_like_ones_pass(ood_predictor):
     rng = np.random.default_rng(42)  # new draws, not the fitting ones
     for arr in skin_like(rng, 20):
         p = ood_predictor.predict_image(Image.fromarray(arr))
-        assert p.out_of_distribution is False, p.ood_distance
+        assert p.out_of_distribution is False and 0 < p.ood_score <= 1, p.ood_score
     for colour in [(30, 200, 40), (20, 40, 230), (255, 255, 255), (0, 0, 0), (128, 128, 128)]:
         p = ood_predictor.predict_image(Image.new("RGB", (48, 48), colour))
-        assert p.out_of_distribution is True and p.ood_distance > p.ood_threshold
+        assert p.out_of_distribution is True and p.ood_score > 1
     noise = Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 48, 3), dtype=np.uint8))
     assert ood_predictor.predict_image(noise).out_of_distribution is True
 
@@ -90,7 +95,7 @@ def test_api_refuses_a_non_skin_image_with_422_and_passes_skin(ood_model):
     skin.save(buf, format="PNG")
     ok = client.post("/predict", data=buf.getvalue(), content_type="image/png")
     assert ok.status_code == 200 and ok.json["out_of_distribution"] is False
-    assert ok.json["ood"]["distance"] <= ok.json["ood"]["threshold"]
+    assert 0 < ok.json["ood_score"] <= 1
     # the form: the upload page again, with the reason, and no result
     page = upload(client, image_bytes((30, 200, 40)))
     assert page.status_code == 422
@@ -121,3 +126,18 @@ def test_compact_statistics_keep_distances_and_pca_works():
     reduced = fit_ood(train, dims=10)
     assert reduced["projection"].shape == (40, 10) and reduced["precision"].shape == (10, 10)
     assert ood_distances(reduced, probe).shape == (55,)
+
+
+def test_picture_statistics_alone_separate_flat_and_text_pictures_from_skin(ood_predictor):
+    """The second test on its own: a flat skin-coloured square and a page of text are far from skin photos."""
+    from PIL import ImageDraw
+
+    stats = ood_predictor.ood_image
+    assert stats is not None
+    rng = np.random.default_rng(5)
+    skin = stats.distances(image_statistics(scale_pixels(skin_like(rng, 10))))
+    page = Image.new("RGB", (32, 32), (255, 255, 255))
+    ImageDraw.Draw(page).text((1, 10), "error 404", fill=(0, 0, 0))
+    odd = [Image.new("RGB", (32, 32), (200, 150, 115)), page]
+    far = stats.distances(image_statistics(scale_pixels(np.stack([np.asarray(i) for i in odd]))))
+    assert far.min() > stats.threshold >= skin.max()

@@ -21,7 +21,10 @@ writes into the card (the card's sha256 is of the .h5, which does not change):
 - ``ood``: the non-skin check. Mean and Ledoit-Wolf shrinkage precision of the pooled
   GAP features of training images (optionally in a PCA subspace), stored in
   ``ood_stats.npz`` beside the card (sha256 in the card); the threshold is the
-  ``--ood-percentile`` (99th) percentile of the validation distances. It measures the
+  ``--ood-percentile`` (99.5th) percentile of the validation distances. A second, small
+  Mahalanobis test on 12 picture statistics (colour, spread, edges, white/black shares,
+  texture) with the same rule catches near-empty pictures (flat colours, gradients, text)
+  that deep features can place near the lesions. It measures the
   false-flag rate on the test split and the true-flag rate on non-skin images made here
   (flat colours, gradients, noise, text screenshots, charts, logos, photos that ship with
   matplotlib and scikit-learn).
@@ -45,7 +48,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from server.imaging import centre_square, scale_pixels
-from server.predictor import TTA_MODES, temperature_scale, tta_count, tta_views
+from server.predictor import TTA_MODES, image_statistics, temperature_scale, tta_count, tta_views
 
 log = logging.getLogger("training.calibrate")
 
@@ -54,7 +57,7 @@ OOD_FILENAME = "ood_stats.npz"
 UNCERTAIN_TARGET_ACCURACY = 0.90
 TTA_MIN_GAIN = 0.01
 TTA_MAX_FORWARD_MS = 150.0  # one image's TTA batch on the serving CPU; /predict must stay interactive
-OOD_PERCENTILE = 99.0
+OOD_PERCENTILE = 99.5  # each of the two tests: together they flag <= 1% of validation lesions
 FULL_VIEWS = tta_count("full")
 FLIP_VIEWS = (0, 4, 6)  # in tta_views("full") order: the image, its horizontal flip, its vertical flip
 
@@ -272,15 +275,19 @@ def _photos(size: int) -> list:
 # ---------------------------------------------------------------- running the model
 
 def run_views(predictor, images_uint8: np.ndarray, views: bool, batch: int = 16):
-    """(pooled features of the plain image (n, k), probabilities (n, v, classes)) for uint8 squares."""
-    feats, probs = [], []
+    """(pooled features (n, k), probabilities (n, v, classes), picture statistics (n, 12)) for uint8 squares.
+
+    Features and statistics are of the plain image; probabilities of every TTA view when ``views``.
+    """
+    feats, probs, stats = [], [], []
     for i in range(0, len(images_uint8), batch):
         x = scale_pixels(images_uint8[i:i + batch])
         n = len(x)
         fmap, p = predictor.forward(tta_views(x, "full") if views else x)
         feats.append(fmap[:n].mean(axis=(1, 2)))
         probs.append(p.reshape(-1 if views else 1, n, p.shape[-1]).transpose(1, 0, 2))
-    return np.concatenate(feats), np.concatenate(probs)
+        stats.append(image_statistics(x))
+    return np.concatenate(feats), np.concatenate(probs), np.concatenate(stats)
 
 
 def tta_average(view_probs: np.ndarray, mode: str) -> np.ndarray:
@@ -359,9 +366,9 @@ def calibrate_run(run_dir, data_dir, uncertain_target: float = UNCERTAIN_TARGET_
     log.info("images loaded in %.0f s: %s", time.perf_counter() - t0, {k: len(v[1]) for k, v in data.items()})
 
     t = time.perf_counter()
-    feats, view_probs, labels = {}, {}, {}
+    feats, view_probs, labels, pix = {}, {}, {}, {}
     for s in ("train", "val", "test"):
-        feats[s], view_probs[s] = run_views(predictor, data[s][0], views=s != "train")
+        feats[s], view_probs[s], pix[s] = run_views(predictor, data[s][0], views=s != "train")
         labels[s] = data[s][1]
         log.info("%s: forward passes done (%.0f s)", s, time.perf_counter() - t)
     preds_npz = run_dir / "predictions.npz"
@@ -425,14 +432,24 @@ def calibrate_run(run_dir, data_dir, uncertain_target: float = UNCERTAIN_TARGET_
         d_val, d_test = ood_distances(stats, feats["val"]), ood_distances(stats, feats["test"])
         storage_error = float(np.max(np.abs(d_val - d_val_exact) / np.maximum(d_val_exact, 1e-9)))
     threshold = float(np.percentile(d_val, ood_percentile))
+    # The second test: picture statistics (12 numbers), full covariance, same percentile rule.
+    pix_stats = fit_ood(pix["train"])
+    pv, pt = ood_distances(pix_stats, pix["val"]), ood_distances(pix_stats, pix["test"])
+    pix_threshold = float(np.percentile(pv, ood_percentile))
+    stats.update({"image_mean": pix_stats["mean"], "image_precision": pix_stats["precision"].astype(np.float32)})
     nonskin = nonskin_images(size)
     ns_x = np.stack([np.asarray(centre_square(img.convert("RGB"), size), np.uint8) for _, img in nonskin])
-    ns_feats, _ = run_views(predictor, ns_x, views=False)
-    d_ns = ood_distances(stats, ns_feats)
-    flagged = d_ns > threshold
+    ns_feats, _, ns_pix = run_views(predictor, ns_x, views=False)
+    d_ns, p_ns = ood_distances(stats, ns_feats), ood_distances(pix_stats, ns_pix)
+
+    def score(d_feat, d_pix):
+        return np.maximum(d_feat / threshold, d_pix / pix_threshold)
+
+    s_val, s_test, s_ns = score(d_val, pv), score(d_test, pt), score(d_ns, p_ns)
+    flagged = s_ns > 1.0
     by_kind: dict[str, list] = {}
-    for (kind, _), f in zip(nonskin, flagged):
-        by_kind.setdefault(kind, []).append(bool(f))
+    for (kind, _), f, fd, fp in zip(nonskin, flagged, d_ns > threshold, p_ns > pix_threshold):
+        by_kind.setdefault(kind, []).append((bool(f), bool(fd), bool(fp)))
     sha = save_ood(stats, run_dir / OOD_FILENAME)
     ood = {
         "method": ("Mahalanobis distance of the pooled GAP features from the training split's mean, Ledoit-Wolf "
@@ -443,10 +460,20 @@ def calibrate_run(run_dir, data_dir, uncertain_target: float = UNCERTAIN_TARGET_
         "storage": f"mean float32, precision upper triangle {stats['precision_triu'].dtype} scaled by its maximum",
         "storage_max_relative_distance_error_val": storage_error,
         "threshold": threshold, "threshold_rule": f"{ood_percentile:g}th percentile of validation distances",
-        "val_false_flag_rate": float((d_val > threshold).mean()),
-        "test_false_flag_rate": float((d_test > threshold).mean()),
+        "image_statistics": "server.predictor.image_statistics: mean colour, colour spread, gradient, sharp-edge, "
+                            "white, black and saturation shares, fine texture (12 numbers); Ledoit-Wolf precision",
+        "image_threshold": pix_threshold,
+        "rule": "refused when either distance exceeds its threshold (score = max of distance / threshold > 1)",
+        "val_false_flag_rate": float((s_val > 1).mean()),
+        "test_false_flag_rate": float((s_test > 1).mean()),
+        "test_false_flag_rate_features_only": float((d_test > threshold).mean()),
+        "test_false_flag_rate_image_only": float((pt > pix_threshold).mean()),
         "nonskin_true_flag_rate": float(flagged.mean()), "nonskin_images": int(len(flagged)),
-        "nonskin_by_kind": {k: {"n": len(v), "flagged": int(sum(v))} for k, v in by_kind.items()},
+        "nonskin_true_flag_rate_features_only": float((d_ns > threshold).mean()),
+        "nonskin_true_flag_rate_image_only": float((p_ns > pix_threshold).mean()),
+        "nonskin_by_kind": {k: {"n": len(v), "flagged": sum(a for a, _, _ in v),
+                                "by_features": sum(b for _, b, _ in v), "by_image": sum(c for _, _, c in v)}
+                            for k, v in by_kind.items()},
         "distance_percentiles": {"val_50": float(np.percentile(d_val, 50)), "test_99": float(np.percentile(d_test, 99)),
                                  "nonskin_min": float(d_ns.min()), "nonskin_median": float(np.median(d_ns))},
         "api": "422 not_a_skin_lesion: no diagnosis is given for a flagged image",
@@ -517,9 +544,13 @@ def write_report_section(path: Path, trust: dict) -> None:
         "",
         f"- Uncertain rule: {unc['rule']}.",
         f"- TTA rule: {tta['rule']}.",
-        f"- Non-skin check: {ood['method']}; threshold {ood['threshold']:.2f} = {ood['threshold_rule']}.",
+        f"- Non-skin check: {ood['method']}; threshold {ood['threshold']:.2f} = {ood['threshold_rule']}; "
+        f"plus picture statistics (threshold {ood['image_threshold']:.2f}, same rule); {ood['rule']}.",
         "- Non-skin images by kind (flagged/n): "
-        + ", ".join(f"{k} {v['flagged']}/{v['n']}" for k, v in ood["nonskin_by_kind"].items()) + ".", "",
+        + ", ".join(f"{k} {v['flagged']}/{v['n']}" for k, v in ood["nonskin_by_kind"].items()) + ".",
+        f"- Features alone flag {ood['nonskin_true_flag_rate_features_only']:.3f} of non-skin images and "
+        f"{ood['test_false_flag_rate_features_only']:.4f} of test lesions; picture statistics alone "
+        f"{ood['nonskin_true_flag_rate_image_only']:.3f} and {ood['test_false_flag_rate_image_only']:.4f}.", "",
     ]
     text = path.read_text() if path.is_file() else ""
     if REPORT_MARK in text:
