@@ -11,7 +11,9 @@ import socket
 
 from flask import Request, current_app, has_app_context
 from flask.wrappers import Request as FlaskRequest
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.utils import cached_property
+from werkzeug.wsgi import LimitedStream
 
 from server.errors import ServiceError
 
@@ -53,6 +55,26 @@ class StallGuardedInput:
         return iter(self.readline, b"")
 
 
+class StrictMaxStream(LimitedStream):
+    """A streamed (chunked) body capped at MAX_CONTENT_LENGTH that is refused, not cut, past it.
+
+    Werkzeug's capped stream raises 413 when read in pieces past the cap, but ``read()``
+    of the whole body stops AT the cap and returns the first 10 MB as if that were all:
+    a chunked 11 MB PNG was screened (200), a chunked 11 MB multipart upload lost its
+    closing boundary and was answered "no file" (400). Both must be 413.
+    """
+
+    def __init__(self, stream, limit: int):
+        super().__init__(stream, limit, is_max=True)
+        self._source = stream
+
+    def readall(self) -> bytes:
+        data = super().readall()
+        if self.is_exhausted and self._source.read(1):
+            raise RequestEntityTooLarge()
+        return data
+
+
 def guard_input(environ: dict, timeout: float | None) -> None:
     """Bound each read of this request's body under gunicorn (``gunicorn.socket``)."""
     sock = environ.get("gunicorn.socket")
@@ -75,9 +97,13 @@ class InMemoryRequest(FlaskRequest):
 
     @cached_property
     def stream(self):
-        """The body stream, with a stalled client cut off after UPLOAD_READ_TIMEOUT (408)."""
+        """The body stream: a stalled client is cut off after UPLOAD_READ_TIMEOUT (408), and a
+        chunked body over MAX_CONTENT_LENGTH is refused (413) instead of truncated."""
         if has_app_context():
             guard_input(self.environ, current_app.config.get("UPLOAD_READ_TIMEOUT"))
+        limit = self.max_content_length
+        if self.content_length is None and limit is not None and self.environ.get("wsgi.input_terminated"):
+            return StrictMaxStream(self.environ["wsgi.input"], limit)  # chunked: the server ends the stream
         return super().stream
 
     def _get_stream_for_parsing(self):
