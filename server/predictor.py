@@ -374,7 +374,9 @@ class Predictor:
         self.ood, self.ood_image = stats if stats else (None, None)
         if self.ood is not None and self.feature_layer is None:
             raise ModelLoadError("the card has non-skin statistics but the model has no pooled feature layer")
-        self.predict_arrays(np.zeros((1, self.input_size, self.input_size, 3), np.float32))  # warm up, now
+        fmap, _ = self.forward(np.zeros((1, self.input_size, self.input_size, 3), np.float32))  # warm up, now
+        if self._gradient is not None and fmap is not None:
+            self._gradient(fmap.mean(axis=(1, 2)), [0])  # trace the head gradient now, not on the first request
 
     @staticmethod
     def _resolve_tta(tta: str | None, card: dict) -> str:
