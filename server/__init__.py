@@ -41,12 +41,15 @@ def create_app(config: dict | None = None) -> Flask:
     csrf = CSRFProtect(app)
     csrf.exempt(api.bp)
     csrf.exempt(pages.report)
-    if app.config.get("RATE_LIMIT"):  # optional per-client limit on POST /predict, off by default
+    if app.config.get("RATE_LIMIT"):  # optional per-client limit on screening, off by default
         from flask_limiter import Limiter
         from flask_limiter.util import get_remote_address
 
         limiter = Limiter(get_remote_address, app=app, storage_uri=app.config["RATE_LIMIT_STORAGE_URI"], headers_enabled=True)
-        app.view_functions["api.predict"] = limiter.limit(app.config["RATE_LIMIT"])(app.view_functions["api.predict"])
+        # One budget for both ways to run the model: POST /predict and the upload form's POST /screen.
+        screening = limiter.shared_limit(app.config["RATE_LIMIT"], scope="screening")
+        for endpoint in ("api.predict", "pages.screen"):
+            app.view_functions[endpoint] = screening(app.view_functions[endpoint])
     if app.config["LOAD_MODEL"]:
         api.init_predictor(app)
     return app

@@ -118,6 +118,20 @@ def test_rate_limit_answers_429_json_after_the_limit(monkeypatch, model_path):
     assert client.get("/openapi.json").status_code == 200
 
 
+def test_rate_limit_budget_is_shared_with_the_upload_form(monkeypatch, model_path):
+    """The form's POST /screen runs the same model: it must not be a way around the limit."""
+    monkeypatch.setenv("RATE_LIMIT", "2/minute")
+    app = create_app({"MODEL_PATH": str(model_path), "SECRET_KEY": "x", "TESTING": True, "WTF_CSRF_ENABLED": False})
+    client = app.test_client()
+    form = {"image": (io.BytesIO(image_bytes(RED)), "lesion.png")}
+    assert client.post("/screen", data=form, content_type="multipart/form-data").status_code == 200
+    assert client.post("/predict", data=image_bytes(RED), content_type="image/png").status_code == 200
+    assert client.post("/predict", data=image_bytes(RED), content_type="image/png").status_code == 429
+    form = {"image": (io.BytesIO(image_bytes(RED)), "lesion.png")}
+    page = client.post("/screen", data=form, content_type="multipart/form-data", headers={"Accept": "text/html"})
+    assert page.status_code == 429 and page.mimetype == "text/html"
+
+
 def test_bad_rate_limit_refuses_to_start(monkeypatch):
     from server.boot import boot_problem
 
