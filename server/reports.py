@@ -338,8 +338,11 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
          p(percent(prediction.malignant_probability)
            + (f" ({malignant_flag_text(prediction)})" if malignant_flag_text(prediction) else ""))],
     ] + [[p(k, small), p(v)] for k, v in meta]
-    image_w = 46 * mm
-    result_table = Table(result_rows, colWidths=[38 * mm, width - image_w - 38 * mm - 6 * mm],
+    heat = heatmap_jpeg(prediction, thumbnail_jpeg)
+    # With a heatmap the photo and the heatmap sit side by side, smaller, so the report keeps to one page.
+    image_w = 31 * mm if heat else 46 * mm
+    left_w = 2 * image_w + 3 * mm if heat else image_w
+    result_table = Table(result_rows, colWidths=[38 * mm, width - left_w - 38 * mm - 6 * mm],
                          style=[("VALIGN", (0, 0), (-1, -1), "TOP"), ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
                                 ("TOPPADDING", (0, 0), (-1, -1), 2), ("LEFTPADDING", (0, 0), (-1, -1), 0)])
     if thumbnail_jpeg:
@@ -348,15 +351,15 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
         thumb = RLImage(io.BytesIO(thumbnail_jpeg), width=image_w, height=image_w * ratio)
     else:
         thumb = p("(no image)", small)
-    heat = heatmap_jpeg(prediction, thumbnail_jpeg)
     if heat:
         code = prediction.heatmap.class_code
-        thumb = Table([[thumb], [RLImage(io.BytesIO(heat), width=image_w, height=image_w)],
-                       [p(f"Where the model looked for {lesion_class(code).name} ({code}): Grad-CAM heatmap over the "
-                          "centre square it analysed; red = strongest evidence.", small)]],
-                      colWidths=[image_w], style=[("LEFTPADDING", (0, 0), (-1, -1), 0),
-                                                  ("TOPPADDING", (0, 0), (-1, -1), 1)])
-    story.append(Table([[thumb, result_table]], colWidths=[image_w + 6 * mm, width - image_w - 6 * mm],
+        thumb = Table([[thumb, RLImage(io.BytesIO(heat), width=image_w, height=image_w)],
+                       [p(f"Right: where the model looked for {lesion_class(code).name} ({code}), a Grad-CAM heatmap "
+                          "over the centre square it analysed; red = strongest evidence.", small), ""]],
+                      colWidths=[image_w + 3 * mm, image_w],
+                      style=[("LEFTPADDING", (0, 0), (-1, -1), 0), ("TOPPADDING", (0, 0), (-1, -1), 1),
+                             ("VALIGN", (0, 0), (-1, -1), "TOP"), ("SPAN", (0, 1), (1, 1))])
+    story.append(Table([[thumb, result_table]], colWidths=[left_w + 6 * mm, width - left_w - 6 * mm],
                        style=[("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0)]))
 
     story.append(p("Advice", h2))

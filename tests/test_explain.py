@@ -126,3 +126,16 @@ def test_report_token_stays_small_with_the_heatmap(client):
     assert len(token) < 200_000, "the token is posted back as a form field; keep it far under form limits"
     pdf = client.post("/report/pdf", data={"token": token})
     assert pdf.status_code == 200 and pdf.mimetype == "application/pdf"
+
+
+def test_pdf_shows_the_heatmap_and_still_fits_one_page(predictor):
+    from pypdf import PdfReader
+
+    from server import reports
+
+    img = squares_image(200)
+    prediction = predictor.predict_image(img, explain=True, explain_class=RED_CLASS)
+    data = reports.pdf_report(prediction, reports.thumbnail_jpeg(img))
+    reader = PdfReader(io.BytesIO(data))
+    assert len(reader.pages) == 1 and len(reader.pages[0].images) == 2
+    assert "where the model looked" in reader.pages[0].extract_text().lower()
