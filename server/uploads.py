@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import socket
 
-from flask import Request, current_app, has_app_context
+from flask import Request, after_this_request, current_app, has_request_context, request
 from flask.wrappers import Request as FlaskRequest
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.utils import cached_property
@@ -75,13 +75,30 @@ class StrictMaxStream(LimitedStream):
         return data
 
 
-def guard_input(environ: dict, timeout: float | None) -> None:
-    """Bound each read of this request's body under gunicorn (``gunicorn.socket``)."""
+def guard_input(environ: dict, timeout: float | None) -> bool:
+    """Bound each read of this request's body under gunicorn (``gunicorn.socket``).
+
+    Returns True when it did; ``release_socket`` must then lift the timeout before the
+    response is written (Python bounds a whole ``sendall`` by it, which would cut off a
+    large report on a slow link).
+    """
     sock = environ.get("gunicorn.socket")
     if not timeout or sock is None or isinstance(environ.get("wsgi.input"), StallGuardedInput):
-        return
-    sock.settimeout(timeout)  # gthread sets it back to blocking before the next request
+        return False
+    sock.settimeout(timeout)
     environ["wsgi.input"] = StallGuardedInput(environ["wsgi.input"], sock, timeout)
+    return True
+
+
+def release_socket(response):
+    """after_this_request hook: the body has been read, the response may take its time."""
+    sock = request.environ.get("gunicorn.socket")
+    if sock is not None:
+        try:
+            sock.settimeout(None)
+        except OSError:
+            pass
+    return response
 
 
 class InMemoryRequest(FlaskRequest):
@@ -99,8 +116,8 @@ class InMemoryRequest(FlaskRequest):
     def stream(self):
         """The body stream: a stalled client is cut off after UPLOAD_READ_TIMEOUT (408), and a
         chunked body over MAX_CONTENT_LENGTH is refused (413) instead of truncated."""
-        if has_app_context():
-            guard_input(self.environ, current_app.config.get("UPLOAD_READ_TIMEOUT"))
+        if has_request_context() and guard_input(self.environ, current_app.config.get("UPLOAD_READ_TIMEOUT")):
+            after_this_request(release_socket)
         limit = self.max_content_length
         if self.content_length is None and limit is not None and self.environ.get("wsgi.input_terminated"):
             return StrictMaxStream(self.environ["wsgi.input"], limit)  # chunked: the server ends the stream

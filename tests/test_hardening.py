@@ -74,6 +74,43 @@ def test_chunked_uploads_get_the_same_answers(client, kind_name):
     check_answer(kind, resp.status_code, resp.mimetype, resp.get_json(silent=True))
 
 
+# ---------------------------------------------------------------- a stalled body, in process
+
+
+@pytest.fixture()
+def socket_app(model_path):
+    return create_app({"MODEL_PATH": str(model_path), "SECRET_KEY": "x", "TESTING": True, "UPLOAD_READ_TIMEOUT": 0.5})
+
+
+def post_over_socket(app, sent: bytes, declared: int):
+    """POST whose body comes from a real socket, as under gunicorn (``gunicorn.socket``)."""
+    server_side, client_side = socket.socketpair()
+    client_side.sendall(sent)
+    try:
+        started = time.monotonic()
+        environ = {"wsgi.input": server_side.makefile("rb"), "CONTENT_LENGTH": str(declared), "gunicorn.socket": server_side}
+        resp = app.test_client().post("/predict", content_type="image/png", environ_overrides=environ)
+        return resp, time.monotonic() - started, server_side.gettimeout()
+    finally:
+        server_side.close()
+        client_side.close()
+
+
+def test_a_stalled_body_is_answered_408_after_the_read_timeout(socket_app):
+    resp, elapsed, timeout_after = post_over_socket(socket_app, image_bytes(RED)[:40], declared=100_000)
+    assert resp.status_code == 408 and resp.json["error"]["code"] == "request_timeout", resp.data[:200]
+    assert "0.5 s" in resp.json["error"]["message"]
+    assert 0.4 <= elapsed < 3.0
+    assert timeout_after is None  # lifted before the response is written
+
+
+def test_a_complete_body_over_a_socket_is_screened_and_the_socket_released(socket_app):
+    body = image_bytes(RED)
+    resp, elapsed, timeout_after = post_over_socket(socket_app, body, declared=len(body))
+    assert resp.status_code == 200 and resp.json["prediction"]["code"] == RED_CLASS
+    assert timeout_after is None  # a large report on a slow link must not be cut off by the read timeout
+
+
 # ---------------------------------------------------------------- no debug mode, ever
 
 
