@@ -101,7 +101,6 @@ def test_focal_loss_matches_hand_computed_value():
 @pytest.mark.slow
 def test_cli_smoke_run_exports_a_model_the_service_serves(dataset, tmp_path):
     from server import create_app
-    from tests.conftest import image_bytes
     from training.train import main
 
     out = tmp_path / "run"
@@ -120,7 +119,9 @@ def test_cli_smoke_run_exports_a_model_the_service_serves(dataset, tmp_path):
     assert split.groupby("lesion_id")["split"].nunique().max() == 1
 
     app = create_app({"MODEL_PATH": str(out / "ham10000_mobilenetv2.h5"), "SECRET_KEY": "x", "TESTING": True})
-    res = app.test_client().post("/predict", data=image_bytes((40, 30, 35), fmt="JPEG"), content_type="image/jpeg")
+    held_out = split.loc[split["split"] == "test", "image_id"].iloc[0]  # a photo like those it learned from
+    photo = (dataset / "images" / f"{held_out}.jpg").read_bytes()
+    res = app.test_client().post("/predict", data=photo, content_type="image/jpeg")
     assert res.status_code == 200, res.json
     probs = [c["probability"] for c in res.json["probabilities"]]
     assert sum(probs) == pytest.approx(1.0, abs=1e-5)
