@@ -79,9 +79,8 @@ def ablation_markdown(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Head ablations on the trainer's cached activations.")
     p.add_argument("--out", default="runs/ablation.md")
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="trainer options (--data-dir, --weights, --cache-dir, ...)")
-    args = p.parse_args(argv)
-    cfg = T.parse_args(args.rest)
+    args, rest = p.parse_known_args(argv)  # everything else is a trainer option (--data-dir, --cache-dir, ...)
+    cfg = T.parse_args(rest)
     out_dir = Path(args.out).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     T.setup_logging(out_dir)
