@@ -47,6 +47,20 @@ def sample_jpeg(size=(600, 450), seed=0) -> bytes:
     return buf.getvalue()
 
 
+SHARED_IMAGES = ROOT.parent / "shared" / "data" / "ham10000" / "images"
+
+
+def upload_for(image: Path | None) -> tuple[bytes, str]:
+    """The JPEG every client posts: --image, else a real HAM10000 photo from ../shared when
+    present (the trained model's non-skin check refuses synthetic noise), else a 600x450
+    textured JPEG with the decode cost of a photo."""
+    if image is None and SHARED_IMAGES.is_dir():
+        image = next(iter(sorted(SHARED_IMAGES.glob("*.jpg"))), None)
+    if image is not None:
+        return image.read_bytes(), f"{image.name}"
+    return sample_jpeg(), "synthetic 600x450 JPEG"
+
+
 def percentile(values, q) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -165,8 +179,8 @@ def main(argv=None) -> int:
     print(f"ONNX Runtime: {onnxruntime_status()}")
     proc, url = start_gunicorn(model_path) if args.start else (None, args.url.rstrip("/"))
     try:
-        body = sample_jpeg()
-        print(f"upload: {len(body)} byte JPEG 600x450; {args.requests} requests per level; {url}")
+        body, what = upload_for(None)
+        print(f"upload: {what}, {len(body)} bytes; {args.requests} requests per level; {url}")
         print(f"{'concurrency':>11} {'p50 ms':>9} {'p95 ms':>9} {'req/s':>8}")
         results = {}
         for level in (int(v) for v in args.levels.split(",")):

@@ -34,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import requests  # noqa: E402
 
-from bench_predict import free_port, sample_jpeg, synthetic_model  # noqa: E402
+from bench_predict import free_port, synthetic_model, upload_for  # noqa: E402
 from server.config import DEFAULT_MODEL_PATH  # noqa: E402
 
 GUNICORN = [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py", "wsgi:app"]
@@ -165,20 +165,6 @@ def summarise(records, wall_s: float) -> dict:
     pct = (lambda q: float(np.percentile(ok, q))) if ok else (lambda q: float("nan"))
     return {"requests": len(records), "ok": len(ok), "rps": len(ok) / wall_s, "p50": pct(50), "p95": pct(95),
             "p99": pct(99), "errors": errors, "server_errors": server_errors, "outcomes": dict(outcomes)}
-
-
-SHARED_IMAGES = ROOT.parent / "shared" / "data" / "ham10000" / "images"
-
-
-def upload_for(image: Path | None) -> tuple[bytes, str]:
-    """The JPEG every client posts: --image, else a real HAM10000 photo from ../shared when
-    present (the trained model's non-skin check refuses synthetic noise), else a 600x450
-    textured JPEG with the decode cost of a photo."""
-    if image is None and SHARED_IMAGES.is_dir():
-        image = next(iter(sorted(SHARED_IMAGES.glob("*.jpg"))), None)
-    if image is not None:
-        return image.read_bytes(), f"{image.name}"
-    return sample_jpeg(), "synthetic 600x450 JPEG"
 
 
 def requests_per_worker(log_path: Path) -> dict[str, int]:
