@@ -122,6 +122,7 @@ def test_tta_is_on_only_when_its_gain_pays_for_its_cost():
     fast = {"off": 10.0, "flips": 25.0, "full": 60.0}
     assert choose_tta({"off": 0.70, "flips": 0.705, "full": 0.708}, fast) == "off"  # gains below one point
     assert choose_tta({"off": 0.70, "flips": 0.715, "full": 0.718}, fast) == "flips"  # cheapest near the best
-    assert choose_tta({"off": 0.70, "flips": 0.705, "full": 0.72}, fast) == "full"
+    assert choose_tta({"off": 0.70, "flips": 0.705, "full": 0.72}, fast) == "off"  # 2 points for 6x the cost
+    assert choose_tta({"off": 0.70, "flips": 0.705, "full": 0.73}, fast) == "full"  # 3 points pay for 2.6 doublings
     slow = {"off": 10.0, "flips": 200.0, "full": 500.0}
     assert choose_tta({"off": 0.70, "flips": 0.715, "full": 0.72}, slow) == "off"  # too slow to serve

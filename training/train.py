@@ -87,7 +87,8 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--weights", default=d.weights,
                    help="'imagenet' (Keras download), a path to a no-top MobileNetV2 .h5, or 'none'")
     p.add_argument("--smoke", action="store_true",
-                   help="a quick end-to-end run: 64 px, alpha 0.35, 1-2 epochs, at most 40 images a class")
+                   help="a quick end-to-end run: 64 px, 1-2 epochs, at most 40 images a class "
+                        "(alpha 0.35 with --weights none, else the weights' alpha 1.0)")
     for name, default in asdict(d).items():
         if name in ("data_dir", "out_dir", "weights", "smoke"):
             continue
@@ -100,6 +101,8 @@ def parse_args(argv=None) -> TrainConfig:
     if cfg.smoke:
         for k, v in SMOKE_OVERRIDES.items():
             setattr(cfg, k, v)
+        if cfg.weights not in (None, "", "none", "None"):
+            cfg.alpha = 1.0  # pretrained no-top weights exist per alpha; the ones people have are alpha 1.0
     for k, v in args.items():
         if v is not None:
             setattr(cfg, k, v)
