@@ -402,7 +402,7 @@ def calibrate_run(run_dir, data_dir, uncertain_target: float = UNCERTAIN_TARGET_
                for m, k in (("off", 1), (tta_default, tta_count(tta_default)))}
     tta = {
         "default": tta_default,
-        "rule": (f"the cheapest mode whose validation balanced-accuracy gain over 'off' is >= {tta_min_gain}, "
+        "rule": (f"the cheapest mode whose validation balanced-accuracy gain over 'off' is >= {tta_min_gain} per doubling of its cost, "
                  f"within 0.005 of the best mode, and whose one-image forward pass takes <= {TTA_MAX_FORWARD_MS:g} ms "
                  "here; else off"),
         "val_balanced_accuracy": val_ba, "val_gain": {m: val_ba[m] - val_ba["off"] for m in TTA_MODES},
