@@ -325,13 +325,16 @@ def image_statistics(x: np.ndarray) -> np.ndarray:
     they are roughly Gaussian), and a second Mahalanobis distance checks them.
     """
     u = (np.asarray(x, np.float32) + 1.0) * 127.5
-    grey = u.mean(axis=-1)
+    r, g, b = u[..., 0], u[..., 1], u[..., 2]
+    # Channel max/min/mean element-wise: numpy's reductions over a last axis of length 3
+    # are strided and were half the cost of a whole prediction.
+    mx, mn = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
+    grey = (r + g + b) / np.float32(3.0)
     gx, gy = np.abs(np.diff(grey, axis=2)), np.abs(np.diff(grey, axis=1))
     grad = 0.5 * (gx.mean(axis=(1, 2)) + gy.mean(axis=(1, 2)))
     sharp = 0.5 * ((gx > 40).mean(axis=(1, 2)) + (gy > 40).mean(axis=(1, 2)))
-    white = (u.min(axis=-1) > 240).mean(axis=(1, 2))
-    black = (u.max(axis=-1) < 15).mean(axis=(1, 2))
-    mx, mn = u.max(axis=-1), u.min(axis=-1)
+    white = (mn > 240).mean(axis=(1, 2))
+    black = (mx < 15).mean(axis=(1, 2))
     saturation = ((mx - mn) / np.maximum(mx, 1.0)).mean(axis=(1, 2))
     fine = np.abs(grey[:, 1:-1, 1:-1] * 4 - grey[:, :-2, 1:-1] - grey[:, 2:, 1:-1] - grey[:, 1:-1, :-2]
                   - grey[:, 1:-1, 2:]).mean(axis=(1, 2))  # Laplacian: sensor noise and skin texture
