@@ -177,10 +177,12 @@ def openapi_document(max_upload_mb: int) -> dict:
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Prediction"}}},
                         },
                         "400": _error_response("No image, an empty file or more than one file."),
+                        "408": _error_response("The upload stalled for UPLOAD_READ_TIMEOUT seconds (request_timeout)."),
                         "413": _error_response(f"The upload is over {max_upload_mb} MB."),
                         "415": _error_response("Not a JPEG or PNG."),
                         "422": _error_response("A JPEG or PNG that is truncated, corrupt, too small or too many "
                                                "pixels (invalid_image), or not a skin lesion (not_a_skin_lesion)."),
+                        "429": _error_response("Over RATE_LIMIT, when one is set (too_many_requests)."),
                         "503": _error_response("No model loaded."),
                     },
                 }
