@@ -215,6 +215,57 @@ def report(fmt: str):
     return report_response(prediction, thumbnail, fmt, paper, current_card())
 
 
+_METRIC_LABELS = {  # key -> (label, as a percentage?)
+    "n": ("Test images", False),
+    "balanced_accuracy": ("Balanced accuracy", True),
+    "accuracy": ("Accuracy", True),
+    "macro_auc_ovr": ("Macro one-vs-rest AUC", False),
+    "log_loss": ("Log loss (lower is better)", False),
+}
+
+
+def metric_rows(test: dict) -> list[tuple[str, str]]:
+    """The card's scalar test figures as (label, text): rates as percentages, AUC and log loss as numbers."""
+    rows = []
+    for key, value in test.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        label, as_percent = _METRIC_LABELS.get(key, (key.replace("_", " ").capitalize(), False))
+        text = reports.percent(value) if as_percent else (str(value) if isinstance(value, int) else f"{value:.3f}")
+        rows.append((label, text))
+    return rows
+
+
+def safeguards(card: dict) -> list[tuple[str, str]]:
+    """The card's safety settings in plain words, for the model page (absent ones are left out)."""
+    out = []
+    thresholds = card.get("thresholds") or {}
+    test_mal = ((card.get("metrics") or {}).get("test") or {}).get("malignant") or {}
+    if thresholds.get("malignant") is not None:
+        text = (f"A lesion is flagged for a dermatologist when the combined probability of melanoma, basal cell "
+                f"carcinoma and actinic keratosis reaches {reports.percent(thresholds['malignant'])}, chosen on "
+                f"validation images to catch at least 90% of malignant lesions.")
+        if "sensitivity" in test_mal:
+            text += (f" On the test images it caught {reports.percent(test_mal['sensitivity'])} of malignant lesions "
+                     f"and cleared {reports.percent(test_mal['specificity'])} of benign ones.")
+        out.append(("Malignant flag", text))
+    if thresholds.get("uncertain") is not None:
+        out.append(("Uncertain answers", f"When the model's top probability is below "
+                    f"{reports.percent(thresholds['uncertain'], 0)}, the answer is called uncertain and you are "
+                    "advised to see a dermatologist."))
+    calibration = card.get("calibration") or {}
+    if calibration.get("temperature") is not None:
+        out.append(("Calibration", f"Probabilities are temperature-scaled (T = {calibration['temperature']:.3f}); "
+                    f"calibration error on test {calibration.get('ece_test_before', float('nan')):.3f} before, "
+                    f"{calibration.get('ece_test_after', float('nan')):.3f} after."))
+    ood = card.get("ood") or {}
+    if "nonskin_true_flag_rate" in ood:
+        out.append(("Non-skin images", f"Images that do not look like a skin lesion are refused without a diagnosis: "
+                    f"{reports.percent(ood['nonskin_true_flag_rate'])} of the non-skin test pictures were refused, and "
+                    f"{reports.percent(ood.get('test_false_flag_rate', 0.0))} of real lesion photos were wrongly refused."))
+    return out
+
+
 @bp.get("/model")
 def model_page():
     card = get_predictor().card
@@ -223,8 +274,9 @@ def model_page():
     return render_template(
         "model.html",
         card=card,
-        test_scalars=[(k.replace("_", " "), v) for k, v in test.items() if isinstance(v, (int, float))],
+        test_scalars=metric_rows(test),
         limitations=card.get("limitations") or LIMITATIONS,
+        safeguards=safeguards(card),
         has_confusion_matrix=(card_dir() / CONFUSION_MATRIX).is_file(),
         catalogue=CATALOGUE,
         risk_levels=RISK_LEVELS,

@@ -222,3 +222,30 @@ def test_form_post_over_https_passes_csrf_as_a_browser_would_send_it(client):
     response = client.post("/screen", base_url="https://screening.example", headers=headers,
                            data={"csrf_token": token, "image": (io.BytesIO(image_bytes((220, 30, 30))), "a.png")})
     assert response.status_code == 200
+
+
+def test_model_page_states_the_cards_safeguards(client):
+    body = html(client.get("/model"))
+    assert "How it guards against its own mistakes" in body
+    assert "reaches 50.0%" in body  # the fixture card's malignant operating point
+
+
+def test_safeguards_leave_out_what_a_card_lacks():
+    from server.pages import safeguards
+
+    assert safeguards({}) == []
+    full = safeguards({"thresholds": {"malignant": 0.43, "uncertain": 0.72},
+                       "metrics": {"test": {"malignant": {"sensitivity": 0.864, "specificity": 0.757}}},
+                       "calibration": {"temperature": 1.027, "ece_test_before": 0.0616, "ece_test_after": 0.0594},
+                       "ood": {"nonskin_true_flag_rate": 0.932, "test_false_flag_rate": 0.0063}})
+    assert [label for label, _ in full] == ["Malignant flag", "Uncertain answers", "Calibration", "Non-skin images"]
+    assert "86.4%" in full[0][1] and "72%" in full[1][1] and "1.027" in full[2][1] and "93.2%" in full[3][1]
+
+
+def test_metric_rows_show_rates_as_percentages_and_losses_as_numbers():
+    from server.pages import metric_rows
+
+    rows = dict(metric_rows({"n": 1431, "balanced_accuracy": 0.622, "log_loss": 0.741, "macro_auc_ovr": 0.922,
+                                  "per_class": {}}))
+    assert rows == {"Test images": "1431", "Balanced accuracy": "62.2%", "Log loss (lower is better)": "0.741",
+                    "Macro one-vs-rest AUC": "0.922"}
