@@ -20,7 +20,9 @@ from server.config import DEFAULT_MODEL_PATH
 from server.imaging import ImageRejected, open_upload
 from server.lesions import CLASS_CODES
 
-COLUMNS = ["file", "top_code", "top_probability", "malignant_probability", *CLASS_CODES, "error"]
+COLUMNS = ["file", "top_code", "top_probability", "malignant_probability", "malignant_flag", "uncertain",
+           *CLASS_CODES, "error"]
+NOT_A_SKIN_LESION = "not_a_skin_lesion: the image does not look like a skin-lesion photo; no diagnosis given"
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -37,12 +39,16 @@ def predict_row(predictor, path: Path, folder: Path) -> dict:
         return {**row, "error": f"{exc.code}: {exc.message}"}
     except OSError as exc:
         return {**row, "error": f"unreadable: {exc.strerror or exc}"}
+    if prediction.out_of_distribution:  # as the API: a non-skin image gets no diagnosis
+        return {**row, "error": NOT_A_SKIN_LESION}
     by_code = {c.code: c.probability for c in prediction.classes}
     return {
         **row,
         "top_code": prediction.top.code,
         "top_probability": prediction.top.probability,
         "malignant_probability": prediction.malignant_probability,
+        "malignant_flag": "" if prediction.malignant_flag is None else int(prediction.malignant_flag),
+        "uncertain": int(prediction.uncertain),
         **by_code,
         "error": "",
     }

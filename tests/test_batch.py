@@ -10,6 +10,7 @@ from server.batch import COLUMNS, main
 from server.lesions import CLASS_CODES
 from tests.conftest import image_bytes
 from tests.fixture_model import BLUE_CLASS, GREEN_CLASS, RED_CLASS
+from tests.test_ood import ood_model  # noqa: F401  (fixture: the colour model with non-skin statistics)
 
 
 @pytest.fixture()
@@ -60,3 +61,22 @@ def test_missing_folder_and_missing_model_fail_with_one_line(tmp_path, folder, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and str(missing) in err[1]
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_flags_are_columns_and_non_skin_images_get_no_diagnosis(tmp_path, ood_model):  # noqa: F811 (the imported fixture)
+    import numpy as np
+    from PIL import Image
+
+    from tests.test_ood import skin_like
+
+    d = tmp_path / "mixed"
+    d.mkdir()
+    Image.fromarray(skin_like(np.random.default_rng(5), 1)[0]).save(d / "a_skin.png")
+    (d / "b_flat.png").write_bytes(image_bytes((255, 255, 255), size=(48, 48)))
+    out = tmp_path / "mixed.csv"
+    assert main([str(d), "--out", str(out), "--model", str(ood_model)]) == 0
+    rows = {r["file"]: r for r in read_rows(out)}
+    assert rows["a_skin.png"]["error"] == "" and rows["a_skin.png"]["uncertain"] in ("0", "1")
+    assert rows["a_skin.png"]["malignant_flag"] in ("0", "1")
+    assert rows["b_flat.png"]["error"].startswith("not_a_skin_lesion")
+    assert rows["b_flat.png"]["top_code"] == "" and rows["b_flat.png"]["mel"] == ""

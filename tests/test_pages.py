@@ -246,6 +246,6 @@ def test_metric_rows_show_rates_as_percentages_and_losses_as_numbers():
     from server.pages import metric_rows
 
     rows = dict(metric_rows({"n": 1431, "balanced_accuracy": 0.622, "log_loss": 0.741, "macro_auc_ovr": 0.922,
-                                  "per_class": {}}))
+                             "per_class": {}}))
     assert rows == {"Test images": "1431", "Balanced accuracy": "62.2%", "Log loss (lower is better)": "0.741",
                     "Macro one-vs-rest AUC": "0.922"}
