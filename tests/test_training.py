@@ -143,3 +143,33 @@ def test_shared_ham10000_split_is_grouped(shared_data_dir):
     D.check_split(df, split)
     shares = split.value_counts(normalize=True)
     assert 0.12 < shares["test"] < 0.17 and 0.12 < shares["val"] < 0.17
+
+
+@pytest.mark.slow
+def test_phase2_with_weight_ema_keeps_the_average_not_the_last_weights(tmp_path):
+    """With ``--ema-momentum`` the kept weights are the running average. With a momentum
+    near 1 that average hardly leaves its start, while the raw weights travel: so what is
+    kept must stay close to where fine-tuning began."""
+    from training.model import build_model, split_model
+    from training.train import TrainConfig, fine_tune
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (24, 32, 32, 3)).astype(np.float32)
+    labels = np.arange(24) % len(CLASS_CODES)
+
+    def drift(ema_momentum: float) -> float:
+        cfg = TrainConfig(data_dir="", cut="block_9_add", batch_size=8, epochs=2, lr=1e-2, patience=5,
+                          ema_momentum=ema_momentum, label_smoothing=0.0)
+        model = build_model(len(CLASS_CODES), 32, 0.35, None, 8, 0.0, seed=1)
+        bottom, top = split_model(model, cfg.cut)
+        acts = bottom(images, training=False).numpy()[None]
+        start = [w.copy() for w in top.get_layer("head_out").get_weights()]
+        out = tmp_path / f"ema{ema_momentum}"
+        out.mkdir()
+        fine_tune(model, top, acts, labels, acts, labels, cfg, out)
+        end = top.get_layer("head_out").get_weights()
+        return float(sum(np.abs(e - s).sum() for e, s in zip(end, start)))
+
+    raw, averaged = drift(0.0), drift(0.9999)
+    assert raw > 0
+    assert averaged < 0.1 * raw
