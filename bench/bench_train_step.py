@@ -35,7 +35,7 @@ def images_per_second(cut: str, input_size: int, batch: int, steps: int) -> floa
     import tensorflow as tf
 
     from server.lesions import CLASS_CODES
-    from training.model import build_model, set_trainable_from, split_model, layer_after
+    from training.model import build_model, layer_after, set_trainable_from, split_model
 
     model = build_model(len(CLASS_CODES), input_size, 1.0, None, 256, 0.3, seed=0)
     if cut == "none":

@@ -17,7 +17,6 @@ status 1 if any other request failed, or no replacement answered within --recove
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -31,7 +30,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from load_test import Load, Server, model_for, requests_per_worker, summarise, upload_for, warm_up  # noqa: E402
+from load_test import Load, Server, load_parser, model_for, requests_per_worker, summarise, upload_for, warm_up  # noqa: E402
 
 
 def process_gone(pid: int) -> bool:
@@ -78,16 +77,10 @@ def first_probe_answered_by(log_path: Path, pid: int, sent: dict) -> float | Non
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--model", type=Path, help="exported .h5 (default: MODEL_PATH or the shipped model)")
-    which.add_argument("--synthetic", action="store_true", help="untrained MobileNetV2 224 (same inference cost)")
-    parser.add_argument("--seconds", type=float, default=60.0, help="total load duration (at most 300)")
+    parser = load_parser(__doc__.split("\n\n")[0], "total load duration (at most 300)")
     parser.add_argument("--kill-at", type=float, default=10.0, help="seconds into the load to SIGKILL a worker")
-    parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--recovery-wait", type=float, default=150.0,
                         help="seconds after the kill to wait for the replacement's first answer (at most 300)")
-    parser.add_argument("--image", type=Path, help="the JPEG to post (default: a HAM10000 photo from ../shared)")
     args = parser.parse_args(argv)
     if not (1 <= args.seconds <= 300 and 0 < args.kill_at < args.seconds and args.recovery_wait <= 300):
         parser.error("need 1 <= --seconds <= 300, 0 < --kill-at < --seconds and --recovery-wait <= 300")

@@ -181,14 +181,21 @@ def warm_up(url: str, body: bytes, n: int = 8) -> None:
         requests.post(f"{url}/predict", files={"image": ("w.jpg", body, "image/jpeg")}, timeout=60).raise_for_status()
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def load_parser(description: str, seconds_help: str) -> argparse.ArgumentParser:
+    """The options every load-driving bench script shares: which model, how long, how many
+    clients, which image. Scripts add their own on top."""
+    parser = argparse.ArgumentParser(description=description)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--model", type=Path, help="exported .h5 (default: MODEL_PATH or the shipped model)")
     which.add_argument("--synthetic", action="store_true", help="untrained MobileNetV2 224 (same inference cost)")
-    parser.add_argument("--seconds", type=float, default=60.0, help="load duration (bounded: at most 600)")
+    parser.add_argument("--seconds", type=float, default=60.0, help=seconds_help)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--image", type=Path, help="the JPEG to post (default: a HAM10000 photo from ../shared)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = load_parser(__doc__.split("\n\n")[0], "load duration (bounded: at most 600)")
     args = parser.parse_args(argv)
     if not 1 <= args.seconds <= 600:
         parser.error("--seconds must be between 1 and 600")
