@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine (both are safe to re-run):
 #   make run    start the service under gunicorn on the shipped model
 #   make test   run the whole test suite (installs what the tests need first)
+# Both install the versions pinned in constraints.txt; `make lock` refreshes it from setup.cfg.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -8,30 +9,54 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PORT ?= 8000
 MODEL_PATH ?= saved_models/ham10000_mobilenetv2.h5
+# The browser tests need these two (Debian's chromium and poppler-utils); `make browser` installs them when missing.
+CHROMIUM ?= /usr/bin/chromium
+PDFTOPPM ?= /usr/bin/pdftoppm
+BROWSER_PACKAGES := chromium poppler-utils
+# Each step that can fail says in one line what failed and what to run by hand.
+fail = { echo "error: $(1)" >&2; exit 1; }
 
-.PHONY: run test test-fast install install-test browser lint train evaluate bench clean
+.PHONY: run test test-fast install install-test browser lock lint train evaluate bench clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e .
-	touch $@
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+	  || $(call fail,this service needs Python 3.11 or newer and '$(PYTHON)' is $$($(PYTHON) -V 2>&1); install python3.11+ and run: make PYTHON=python3.11 $(MAKECMDGOALS))
+	@$(PYTHON) -m venv $(VENV) \
+	  || { rm -rf $(VENV); $(call fail,could not create $(VENV) with $(PYTHON); on Debian/Ubuntu run: apt-get install -y python3-venv; then re-run make); }
 
-$(VENV)/.installed-test: $(VENV)/.installed setup.cfg
-	$(PIP) install -q -e '.[test,dev]'
-	touch $@
+$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt | $(PY)
+	@$(PIP) install -q --upgrade pip && $(PIP) install -q -c constraints.txt -e . \
+	  || $(call fail,installing the service into $(VENV) failed (see above); by hand: $(PIP) install -c constraints.txt -e .)
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed setup.cfg constraints.txt
+	@$(PIP) install -q -c constraints.txt -e '.[test,dev]' \
+	  || $(call fail,installing the test extras failed (see above); by hand: $(PIP) install -c constraints.txt -e '.[test,dev]')
+	@touch $@
 
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test browser
 
-# The browser tests drive Debian's Chromium through Playwright (its own browser download fails offline).
+# The browser tests drive Debian's Chromium through Playwright (its own browser download fails offline);
+# the PDF checks render pages with poppler's pdftoppm. Installs both when either is missing, as root or through sudo.
 browser:
-	@if [ ! -x /usr/bin/chromium ]; then \
-	  echo "installing Debian chromium for the browser tests"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium poppler-utils >/dev/null; \
+	@if [ ! -x "$(CHROMIUM)" ] || [ ! -x "$(PDFTOPPM)" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	  elif command -v sudo >/dev/null; then SUDO=sudo; \
+	  else $(call fail,$(BROWSER_PACKAGES) are missing and installing them needs root or sudo; as root run: apt-get install -y $(BROWSER_PACKAGES)); fi; \
+	  echo "installing Debian's $(BROWSER_PACKAGES) for the browser tests"; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+	    && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PACKAGES) >/dev/null \
+	    || $(call fail,apt-get could not install $(BROWSER_PACKAGES) (see above); by hand: $${SUDO:+sudo }apt-get update && $${SUDO:+sudo }apt-get install -y $(BROWSER_PACKAGES)); \
 	fi
+
+# Refresh constraints.txt: the newest versions setup.cfg allows, pinned for the Python that runs it
+# (3.11 on x86-64 Linux here). Then `make test`, and commit constraints.txt with what it changed.
+lock: | $(PY)
+	$(PIP) install -q pip-tools
+	$(VENV)/bin/pip-compile -q --upgrade --extra test --extra dev --strip-extras --allow-unsafe \
+	  --no-emit-index-url --no-emit-find-links -o constraints.txt setup.cfg
 
 run: $(VENV)/.installed
 	@if [ ! -f "$(MODEL_PATH)" ]; then \

@@ -12,7 +12,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from server.errors import ServiceError
 from server.imaging import open_upload
-from server.openapi import openapi_document
+from server.openapi import QUERY_PARAMETERS, openapi_document
 from server.predictor import Predictor, configure_tf_threads
 from server.uploads import upload_bytes
 
@@ -61,9 +61,21 @@ def predict_upload(explain: bool = False, explain_class: str | None = None):
     return prediction, image, (time.perf_counter() - started) * 1000.0
 
 
+def query_arg(name: str) -> str | None:
+    """This request's ``?name=``, for a parameter ``server/openapi.py`` declares on this route.
+
+    The one place the API reads the query string: reading a parameter the document does not
+    name is a bug, refused here (a 500 the tests catch) and by a test that reads this module.
+    """
+    declared = {p["name"] for p in QUERY_PARAMETERS.get((request.method.lower(), request.url_rule.rule), [])}
+    if name not in declared:
+        raise LookupError(f"{request.method} {request.url_rule.rule} reads ?{name}, which server/openapi.py does not declare")
+    return request.args.get(name)
+
+
 def flag_arg(name: str) -> bool:
     """``?explain=1`` / true / yes / on -> True; absent, 0, false, no, off -> False; anything else 400."""
-    raw = (request.args.get(name) or "").strip().lower()
+    raw = (query_arg(name) or "").strip().lower()
     if raw in ("", "0", "false", "no", "off"):
         return False
     if raw in ("1", "true", "yes", "on"):
@@ -80,11 +92,11 @@ def predict():
     from server import reports
 
     try:
-        fmt = reports.requested_format(request.args.get("format"), request.accept_mimetypes)
-        paper = reports.paper_size(request.args.get("paper"))
+        fmt = reports.requested_format(query_arg("format"), request.accept_mimetypes)
+        paper = reports.paper_size(query_arg("paper"))
     except ValueError as exc:
         raise ServiceError(400, "bad_request", str(exc)) from None
-    explain_class = request.args.get("explain_class") or None
+    explain_class = query_arg("explain_class") or None
     explain = flag_arg("explain") or explain_class is not None or fmt == "pdf"  # the PDF shows the heatmap
     prediction, image, total_ms = predict_upload(explain=explain, explain_class=explain_class)
     if fmt != "json":

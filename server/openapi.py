@@ -1,12 +1,17 @@
 """The OpenAPI 3 description of the JSON API, served at ``/openapi.json``.
 
 Kept as data beside the code it describes; ``tests/test_api.py`` validates real
-responses against these schemas so the document cannot drift from the service.
+responses against these schemas and ``tests/test_fuzz.py`` fuzzes the service from it,
+so the document cannot drift from the service. The query parameters are declared here
+once (``QUERY_PARAMETERS``): the handlers read them through ``server.api.query_arg``,
+which refuses a name this module does not declare.
 """
 
 from __future__ import annotations
 
 from server.lesions import CLASS_CODES, RISK_LEVELS
+from server.reports import PAPER_SIZES, REPORT_FORMATS
+from server.uploads import FIELD
 
 _ERROR = {
     "type": "object",
@@ -124,13 +129,40 @@ PREDICTION_SCHEMA = {
 }
 
 
-def _error_response(description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+def _error_response(description: str, *codes: str) -> dict:
+    """An error answer: the Error shape, with ``error.code`` limited to the codes this status can carry."""
+    schema = {"allOf": [{"$ref": "#/components/schemas/Error"},
+                        {"properties": {"error": {"properties": {"code": {"enum": list(codes)}}}}}]}
+    return {"description": f"{description} Codes: {', '.join(codes)}.", "content": {"application/json": {"schema": schema}}}
+
+
+def _query(name: str, schema: dict, description: str) -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+_FLAG = {"type": "string", "enum": ["0", "1"]}
+# Every query parameter an API operation reads, keyed by (method, path): the one declaration
+# that both the document and the handlers (through server.api.query_arg) use.
+QUERY_PARAMETERS = {
+    ("post", "/predict"): [
+        _query("format", {"type": "string", "enum": list(REPORT_FORMATS)},
+               "The answer's form: json (default), txt (a plain-text report) or pdf (a PDF report, with the "
+               "Grad-CAM heatmap). Without it, the Accept header chooses among application/json, text/plain "
+               "and application/pdf."),
+        _query("paper", {"type": "string", "enum": list(PAPER_SIZES)},
+               "The PDF report's paper size: a4 (default) or letter (US Letter)."),
+        _query("explain", _FLAG, "1: add a Grad-CAM heatmap (`heatmap`) for the top class."),
+        _query("explain_class", {"type": "string", "enum": list(CLASS_CODES)},
+               "The class to explain instead of the top one (implies explain=1)."),
+    ],
+}
+
+_BINARY = {"type": "string", "format": "binary"}
+_STATUS = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
 
 
 def openapi_document(max_upload_mb: int) -> dict:
     """Build the OpenAPI 3.1 document (3.1 so schemas are plain JSON Schema)."""
-    image_body = {"type": "string", "format": "binary"}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -153,45 +185,62 @@ def openapi_document(max_upload_mb: int) -> dict:
                         "model knows (a portrait, a screenshot, a chart, a flat colour...); it gets no diagnosis. "
                         "Probabilities are calibrated by temperature scaling fitted on validation data."
                     ),
-                    "parameters": [
-                        {"name": "explain", "in": "query", "required": False,
-                         "schema": {"type": "string", "enum": ["0", "1"]},
-                         "description": "1: add a Grad-CAM heatmap (`heatmap`) for the top class."},
-                        {"name": "explain_class", "in": "query", "required": False,
-                         "schema": {"type": "string", "enum": list(CLASS_CODES)},
-                         "description": "The class to explain instead of the top one (implies explain=1)."},
-                    ],
+                    "parameters": QUERY_PARAMETERS[("post", "/predict")],
                     "requestBody": {
                         "required": True,
                         "content": {
                             "multipart/form-data": {
-                                "schema": {"type": "object", "required": ["image"], "properties": {"image": image_body}}
+                                "schema": {"type": "object", "required": [FIELD], "properties": {FIELD: _BINARY}}
                             },
-                            "image/jpeg": {"schema": image_body},
-                            "image/png": {"schema": image_body},
+                            "image/jpeg": {"schema": _BINARY},
+                            "image/png": {"schema": _BINARY},
                         },
                     },
                     "responses": {
                         "200": {
-                            "description": "The screening result.",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Prediction"}}},
+                            "description": "The screening result: JSON, or the text or PDF report with format=txt|pdf "
+                                           "(or Accept: text/plain / application/pdf).",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/Prediction"}},
+                                "text/plain": {"schema": {"type": "string"}},
+                                "application/pdf": {"schema": _BINARY},
+                            },
                         },
-                        "400": _error_response("No image, an empty file or more than one file."),
-                        "408": _error_response("The upload stalled for UPLOAD_READ_TIMEOUT seconds (request_timeout)."),
-                        "413": _error_response(f"The upload is over {max_upload_mb} MB."),
-                        "415": _error_response("Not a JPEG or PNG."),
-                        "422": _error_response("A JPEG or PNG that is truncated, corrupt, too small or too many "
-                                               "pixels (invalid_image), or not a skin lesion (not_a_skin_lesion)."),
-                        "429": _error_response("Over RATE_LIMIT, when one is set (too_many_requests)."),
-                        "503": _error_response("No model loaded."),
+                        "400": _error_response("No image, an empty file, more than one file, a malformed upload, or a "
+                                               "query parameter outside its documented values.",
+                                               "missing_file", "empty_file", "too_many_files", "bad_request"),
+                        "408": _error_response("The upload stalled for UPLOAD_READ_TIMEOUT seconds.", "request_timeout"),
+                        "413": _error_response(f"The upload is over {max_upload_mb} MB.", "payload_too_large"),
+                        "415": _error_response("Not a JPEG or PNG.", "unsupported_media_type"),
+                        "422": _error_response("A JPEG or PNG that is truncated, corrupt, too small or too many pixels "
+                                               "(invalid_image), or not a skin lesion (not_a_skin_lesion).",
+                                               "invalid_image", "not_a_skin_lesion"),
+                        "429": _error_response("Over RATE_LIMIT, when one is set.", "too_many_requests"),
+                        "503": _error_response("No model loaded.", "model_unavailable"),
                     },
                 }
             },
-            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "The process is up."}}}},
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness",
+                    "responses": {"200": {"description": "The process is up.",
+                                          "content": {"application/json": {"schema": _STATUS}}}},
+                }
+            },
             "/readyz": {
                 "get": {
                     "summary": "Readiness",
-                    "responses": {"200": {"description": "A model is loaded."}, "503": {"description": "No model loaded."}},
+                    "responses": {
+                        "200": {"description": "A model is loaded: its version and the inference runtime serving it.",
+                                "content": {"application/json": {"schema": {
+                                    "allOf": [_STATUS], "required": ["model_loaded", "model", "runtime"],
+                                    "properties": {"model_loaded": {"const": True}, "model": {"type": "string"},
+                                                   "runtime": {"type": "string"}}}}}},
+                        "503": {"description": "No model loaded.",
+                                "content": {"application/json": {"schema": {
+                                    "allOf": [_STATUS], "required": ["model_loaded"],
+                                    "properties": {"model_loaded": {"const": False}}}}}},
+                    },
                 }
             },
             "/api/model": {
@@ -200,7 +249,7 @@ def openapi_document(max_upload_mb: int) -> dict:
                     "responses": {
                         "200": {"description": "Classes, preprocessing, metrics, training data and licence.",
                                 "content": {"application/json": {"schema": {"type": "object"}}}},
-                        "503": _error_response("No model loaded."),
+                        "503": _error_response("No model loaded.", "model_unavailable"),
                     },
                 }
             },

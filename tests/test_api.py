@@ -7,6 +7,7 @@ back. Responses are validated against the OpenAPI document the service publishes
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import os
@@ -340,6 +341,56 @@ def test_openapi_document_is_valid_and_matches_the_routes(client, app):
             assert method.upper() in rule_methods, (method, path)
 
 
+def route_handlers(module: Path):
+    """(method, path, function node) for every ``@bp.get/post("...")`` handler in a server module."""
+    for node in ast.parse(module.read_text()).body:
+        for deco in getattr(node, "decorator_list", []):
+            if isinstance(deco, ast.Call) and isinstance(deco.func, ast.Attribute) and getattr(deco.func.value, "id", "") == "bp":
+                yield deco.func.attr, deco.args[0].value, node
+
+
+def test_handlers_read_exactly_the_query_parameters_the_document_declares():
+    """A handler reading a parameter the document does not name (or the document naming one no
+    handler reads) fails here: the API reads the query string only through ``query_arg``."""
+    api = ROOT / "server" / "api.py"
+    tree = ast.parse(api.read_text())
+    readers = {fn.name for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef)
+               for node in ast.walk(fn) if isinstance(node, ast.Attribute) and node.attr == "args"
+               and getattr(node.value, "id", "") == "request"}
+    assert readers == {"query_arg"}, f"read the query string through query_arg, not request.args, in {readers}"
+    doc = openapi_document(10)
+    for method, path, fn in route_handlers(api):
+        read = {call.args[0].value for call in ast.walk(fn) if isinstance(call, ast.Call)
+                and getattr(call.func, "id", "") in ("query_arg", "flag_arg")}
+        documented = {p["name"] for p in doc["paths"][path][method].get("parameters", []) if p["in"] == "query"}
+        assert read == documented, (method, path)
+
+
+def test_an_undeclared_query_parameter_is_refused(app):
+    from server.api import query_arg
+
+    with app.test_request_context("/predict?format=pdf&colour=red", method="POST"):
+        assert query_arg("format") == "pdf"
+        with pytest.raises(LookupError, match="colour"):
+            query_arg("colour")
+
+
+def test_a_pdf_report_can_be_requested_from_the_document_alone(client):
+    """What a client generated from /openapi.json does: find the operation that can answer
+    application/pdf, the query parameter that selects it and the upload field, then ask."""
+    doc = client.get("/openapi.json").json
+    (path, method, op), = [(path, method, op) for path, methods in doc["paths"].items()
+                           for method, op in methods.items()
+                           if "application/pdf" in op["responses"]["200"].get("content", {})]
+    (param,) = [p for p in op["parameters"] if p["in"] == "query" and "pdf" in p["schema"].get("enum", [])]
+    (field,) = op["requestBody"]["content"]["multipart/form-data"]["schema"]["required"]
+    resp = client.open(path, method=method.upper(), query_string={param["name"]: "pdf"},
+                       data={field: (io.BytesIO(image_bytes(RED)), "lesion.png")})
+    assert (method, path, param["name"], field) == ("post", "/predict", "format", "image")
+    assert resp.status_code == 200 and resp.mimetype == "application/pdf"
+    assert resp.data.startswith(b"%PDF-")
+
+
 def test_docs_page_renders_the_document_without_external_assets(client):
     resp = client.get("/docs")
     assert resp.status_code == 200 and resp.mimetype == "text/html"
@@ -350,6 +401,9 @@ def test_docs_page_renders_the_document_without_external_assets(client):
     assert "--data-binary" in html
     for status in ("413", "415", "422"):
         assert f"<code>{status}</code>" in html
+    for param in ("format", "paper", "explain", "explain_class"):
+        assert f"<td><code>{param}</code></td>" in html
+    assert "<code>application/pdf</code>" in html and "<code>application/json</code>: Error" in html
     assert "src=\"http" not in html and "href=\"http" not in html and "<script" not in html
     nonce = html.split('<style nonce="', 1)[1].split('"', 1)[0]
     assert f"'nonce-{nonce}'" in resp.headers["Content-Security-Policy"]

@@ -79,10 +79,12 @@ SCREENABLE = st.sampled_from([image_bytes(RED), image_bytes(GREEN, fmt="JPEG"), 
 
 def test_predict_with_real_images_and_fuzzed_parameters(api_schema):
     """Random bytes never reach the model (415/422), so this run swaps a real JPEG/PNG into
-    each generated request: the query parameters and media types are fuzzed, the answer must
-    be a schema-valid 200 (or a documented 4xx for a parameter combination the API refuses)."""
+    each generated request: the query parameters (report format and paper included) and media types are fuzzed, the
+    answer must be a schema-valid 200 (or a documented 4xx for a parameter combination the API
+    refuses), and every media type the document lists for a 200 must come back."""
     operation = api_schema["/predict"]["POST"]
     seen: list[int] = []
+    media_types: set[str] = set()
 
     @given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE), image=SCREENABLE)
     @settings(max_examples=MAX_EXAMPLES, derandomize=True, deadline=None, database=None,
@@ -93,7 +95,11 @@ def test_predict_with_real_images_and_fuzzed_parameters(api_schema):
         seen.append(response.status_code)
         assert response.status_code < 500, (case.query, response.status_code, response.text[:300])
         case.validate_response(response, checks=CHECKS)
+        if response.status_code == 200:
+            media_types.add(response.headers["content-type"][0].split(";")[0])
 
     fuzz()
-    print(f"\nPOST /predict [positive, real images]: {len(seen)} requests, statuses {dict(sorted(Counter(seen).items()))}")
+    print(f"\nPOST /predict [positive, real images]: {len(seen)} requests, statuses {dict(sorted(Counter(seen).items()))}, "
+          f"200 answers as {sorted(media_types)}")
     assert seen.count(200) >= len(seen) // 2, Counter(seen)
+    assert media_types == set(DOCUMENT["paths"]["/predict"]["post"]["responses"]["200"]["content"])  # the reports too
