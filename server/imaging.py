@@ -31,6 +31,10 @@ SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG"})
 SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
 MIN_SIDE = 32  # below this a photo cannot show a lesion's structure
 MAX_PIXELS = 40_000_000  # a 40 MP photo is plausible; a 30000x30000 PNG is a decompression bomb
+# MobileNetV2's input range: x / PIXEL_SCALE - PIXEL_OFFSET maps [0, 255] to [-1, 1].
+# The trainer's tf.data pipeline applies the same two constants to tensors.
+PIXEL_SCALE = 127.5
+PIXEL_OFFSET = 1.0
 
 # Pillow's own bomb guard warns at MAX_IMAGE_PIXELS and raises at twice that. Our check in
 # ``open_upload`` reads the header dimensions and refuses anything over MAX_PIXELS before
@@ -139,7 +143,7 @@ def centre_square(img: Image.Image, size: int) -> Image.Image:
 
 def scale_pixels(rgb: np.ndarray) -> np.ndarray:
     """Map uint8 RGB to float32 in [-1, 1], the range MobileNetV2 was trained on."""
-    return rgb.astype(np.float32) / 127.5 - 1.0
+    return rgb.astype(np.float32) / PIXEL_SCALE - PIXEL_OFFSET
 
 
 def model_input(img: Image.Image, size: int) -> np.ndarray:

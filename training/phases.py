@@ -1,0 +1,162 @@
+"""The two training phases, each resumable, and the per-epoch validation they share.
+
+1. ``warm_up_head``: the new head is fitted on pooled features of the frozen ImageNet
+   network, so that its random initial gradients never reach the pretrained layers.
+   Features are computed once (no augmentation), which makes this phase cost one
+   forward pass over the training split instead of full augmented epochs.
+2. ``fine_tune``: the whole network trains (BatchNorm frozen) on fresh augmented views
+   every epoch, AdamW with a linear warm-up then cosine decay. Each epoch writes a
+   backup (``keras.callbacks.BackupAndRestore``: weights, optimizer, epoch) so a cut-off
+   run continues with ``--resume``, and the weights with the best validation balanced
+   accuracy so far (``best.weights.h5``), which are what the run keeps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("training")
+
+BEST_WEIGHTS = "best.weights.h5"
+HEAD_WEIGHTS = "head.weights.h5"
+BACKUP_DIR = "backup"
+HISTORY = "history.csv"
+
+
+def batched_predict(model, x: np.ndarray, batch_size: int = 64, scale: bool = False) -> np.ndarray:
+    """``model(x)`` in inference mode, batch by batch.
+
+    With ``scale`` the input is uint8 RGB and each batch is scaled to [-1, 1] on the way
+    in, so a whole split never has to exist as float32 (7,152 images at 192 px: 3 GB).
+    """
+    import tensorflow as tf
+
+    from training.augment import to_model_range
+
+    def call(t):
+        return model(to_model_range(t) if scale else t, training=False)
+
+    fn = tf.function(call, reduce_retracing=True)
+    return np.concatenate([fn(tf.convert_to_tensor(x[i:i + batch_size], tf.uint8 if scale else tf.float32)).numpy()
+                           for i in range(0, len(x), batch_size)])
+
+
+def validation_callback(predict_fn, x_val, y_val, optimizer=None):
+    """Adds ``val_balanced_accuracy`` (and the learning rate) to each epoch's logs.
+
+    It must come before any callback that reads those keys (checkpoint, CSV logger).
+    """
+    import keras
+    from sklearn.metrics import balanced_accuracy_score
+
+    class ValBalancedAccuracy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs if logs is not None else {}
+            logs["val_balanced_accuracy"] = float(balanced_accuracy_score(y_val, predict_fn(x_val).argmax(1)))
+            if optimizer is not None:
+                logs["learning_rate"] = float(optimizer.learning_rate)
+            log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in sorted(logs.items())))
+
+    return ValBalancedAccuracy()
+
+
+def warm_up_head(model, pooled_train, y_train, class_weight_per_class, pooled_val, y_val, *, epochs: int, lr: float,
+                 loss, num_classes: int, out_dir: Path, resume: bool) -> None:
+    """Phase 1: fit the head on pooled features; the best epoch on validation is kept."""
+    import keras
+
+    from training.model import head_model
+
+    path = Path(out_dir) / HEAD_WEIGHTS
+    head = head_model(model)
+    if resume and path.is_file():
+        head.load_weights(path)
+        log.info("phase 1: reusing %s", path)
+        return
+    head.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=["accuracy"])
+    eye = np.eye(num_classes, dtype=np.float32)
+    head.fit(pooled_train, eye[y_train], sample_weight=class_weight_per_class[y_train], batch_size=64,
+             epochs=epochs, verbose=2,
+             callbacks=[validation_callback(lambda v: batched_predict(head, v, 256), pooled_val, y_val),
+                        keras.callbacks.EarlyStopping("val_balanced_accuracy", mode="max", patience=max(2, epochs // 3),
+                                                      restore_best_weights=True),
+                        keras.callbacks.CSVLogger(Path(out_dir) / "history_phase1.csv")])
+    head.save_weights(path)
+
+
+def best_so_far(history_csv: Path) -> float | None:
+    """The best validation balanced accuracy a cut-off run already reached, to resume from."""
+    import pandas as pd
+
+    if not history_csv.is_file() or history_csv.stat().st_size == 0:
+        return None
+    hist = pd.read_csv(history_csv)
+    return float(hist["val_balanced_accuracy"].max()) if "val_balanced_accuracy" in hist and len(hist) else None
+
+
+def cosine_with_warmup(peak_lr: float, steps_per_epoch: int, epochs: int, warmup_epochs: float):
+    """Linear warm-up from 0 to ``peak_lr``, then cosine decay to 0 at the last step."""
+    import keras
+
+    total = max(1, steps_per_epoch * epochs)
+    warmup = min(total - 1, int(steps_per_epoch * warmup_epochs))
+    return keras.optimizers.schedules.CosineDecay(0.0, max(1, total - warmup), warmup_target=peak_lr,
+                                                  warmup_steps=warmup)
+
+
+def fine_tune(model, make_dataset, n_train: int, x_val, y_val, *, batch_size: int, epochs: int, lr: float,
+              warmup_epochs: float, weight_decay: float, ema_momentum: float, loss, out_dir: Path,
+              resume: bool) -> None:
+    """Phase 2: the whole network (BatchNorm frozen), then the best epoch's weights are loaded.
+
+    ``make_dataset(first_draw)`` returns the endless training stream whose augmentation
+    seeds start at ``first_draw``, so a resumed run draws new views rather than replaying
+    the first epochs' ones.
+    """
+    import keras
+
+    from training.model import set_trainable_from
+
+    out_dir = Path(out_dir)
+    backup, best_path, history = out_dir / BACKUP_DIR, out_dir / BEST_WEIGHTS, out_dir / HISTORY
+    if not resume:
+        for stale in (best_path, history):
+            stale.unlink(missing_ok=True)
+        if backup.exists():
+            import shutil
+
+            shutil.rmtree(backup)
+    set_trainable_from(model, model.layers[1].name)
+    steps = math.ceil(n_train / batch_size)
+    use_ema = ema_momentum > 0
+    optimizer = keras.optimizers.AdamW(cosine_with_warmup(lr, steps, epochs, warmup_epochs), weight_decay=weight_decay,
+                                       use_ema=use_ema, ema_momentum=ema_momentum if use_ema else 0.99)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=False)
+    done = len(_read_rows(history)) if resume else 0
+    best = best_so_far(history) if resume else None
+    # SwapEMAWeights goes first, so that scoring and the best-epoch snapshot see the average.
+    ema = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if use_ema else []
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(backup), save_freq="epoch", delete_checkpoint=False),
+        *ema,
+        validation_callback(lambda v: batched_predict(model, v), x_val, y_val, optimizer),
+        keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_balanced_accuracy", mode="max",
+                                        save_best_only=True, save_weights_only=True, initial_value_threshold=best),
+        keras.callbacks.CSVLogger(str(history), append=resume),
+    ]
+    if done:
+        log.info("phase 2: resuming after epoch %d (best validation balanced accuracy so far %.4f)", done, best or 0)
+    model.fit(make_dataset(done * steps * batch_size), steps_per_epoch=steps, epochs=epochs, verbose=2,
+              callbacks=callbacks)
+    if best_path.is_file():
+        model.load_weights(best_path)
+
+
+def _read_rows(history_csv: Path) -> list[str]:
+    if not history_csv.is_file():
+        return []
+    return [line for line in history_csv.read_text().splitlines()[1:] if line.strip()]
