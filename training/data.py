@@ -1,4 +1,4 @@
-"""HAM10000 metadata, the lesion-grouped split, image loading and augmentation.
+"""HAM10000 metadata, the lesion-grouped split, image loading and class weights.
 
 The split is by ``lesion_id``: HAM10000 holds 2,545 extra photographs of lesions already
 in the set, and letting one lesion's photographs fall on both sides of a split inflates
@@ -118,18 +118,3 @@ def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
     """'Balanced' weights n / (k * n_c): rare classes count as much as common ones."""
     counts = np.bincount(labels, minlength=num_classes).astype(float)
     return {c: float(len(labels) / (num_classes * counts[c])) if counts[c] else 0.0 for c in range(num_classes)}
-
-
-def epoch_indices(labels: np.ndarray, rng: np.random.Generator, oversample: bool) -> np.ndarray:
-    """Indices for one epoch: a shuffle, or with ``oversample`` an equal draw per class.
-
-    Oversampling keeps the epoch the same length and draws each class len/k times with
-    replacement, so rare classes are repeated (with different augmented variants) rather
-    than the epoch growing to 7x the nevus count.
-    """
-    if not oversample:
-        return rng.permutation(len(labels))
-    classes = np.unique(labels)
-    per_class = int(np.ceil(len(labels) / len(classes)))
-    picks = [rng.choice(np.flatnonzero(labels == c), per_class, replace=True) for c in classes]
-    return rng.permutation(np.concatenate(picks))[: len(labels)]
