@@ -1,0 +1,68 @@
+"""The shipped model: its files agree with each other, and the figures its card quotes are its own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import balanced_accuracy_score
+
+from server.imaging import PREPROCESSING_ID, model_input, open_upload
+from server.lesions import CLASS_CODES
+from server.predictor import file_sha256
+
+SAVED = Path(__file__).resolve().parents[1] / "saved_models"
+MODEL = SAVED / "ham10000_mobilenetv2.h5"
+
+
+@pytest.fixture(scope="module")
+def card() -> dict:
+    return json.loads((SAVED / "model_card.json").read_text())
+
+
+def test_the_card_pins_the_shipped_files(card):
+    assert card["sha256"] == file_sha256(MODEL)
+    assert MODEL.stat().st_size < 20_000_000
+    assert card["classes"] == list(CLASS_CODES)
+    assert card["preprocessing"] == PREPROCESSING_ID
+    assert card["input_size"] in (160, 192, 224)
+    ood = card["ood"]
+    assert file_sha256(SAVED / ood["file"]) == ood["sha256"]
+    assert {"malignant", "uncertain"} <= set(card["thresholds"])
+    assert card["training"]["hardware"].split("TensorFlow ")[1]  # the TensorFlow version that trained it
+
+
+def test_the_quoted_test_figures_are_recomputed_from_the_saved_predictions(card):
+    with np.load(SAVED / "predictions.npz") as saved:
+        probs, labels = saved["test_probs"], saved["test_labels"]
+    split = pd.read_csv(SAVED / "split.csv")
+    test = split[split["split"] == "test"]
+    assert len(labels) == len(test) == card["metrics"]["test"]["n"]
+    assert list(labels) == [CLASS_CODES.index(dx) for dx in test["dx"]]
+    assert balanced_accuracy_score(labels, probs.argmax(1)) == pytest.approx(card["metrics"]["test"]["balanced_accuracy"])
+    metrics = json.loads((SAVED / "metrics.json").read_text())
+    assert metrics["test"]["balanced_accuracy"] == pytest.approx(card["metrics"]["test"]["balanced_accuracy"])
+    # No lesion of the test split was seen in training or used for a choice.
+    assert not set(test["lesion_id"]) & set(split.loc[split["split"] != "test", "lesion_id"])
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_the_shipped_model_reproduces_its_saved_test_predictions_through_the_upload_path(card, shared_data_dir):
+    """Five held-out photos a class, read as uploads are: the same probabilities the figures came from."""
+    from server.predictor import Predictor
+
+    split = pd.read_csv(SAVED / "split.csv")
+    test = split[split["split"] == "test"].reset_index(drop=True)
+    picks = np.concatenate([test.index[test["dx"] == code][:5] for code in CLASS_CODES])
+    predictor = Predictor.from_path(MODEL, runtime="tensorflow", tta="off", ood=False)
+    batch = np.stack([model_input(open_upload((shared_data_dir / "images" / f"{test.loc[i, 'image_id']}.jpg").read_bytes()),
+                                  predictor.input_size) for i in picks])
+    probs = predictor.predict_arrays(batch)
+    with np.load(SAVED / "predictions.npz") as saved:
+        assert np.abs(probs - saved["test_probs"][picks]).max() < 1e-4
+    hits = (probs.argmax(1) == [CLASS_CODES.index(d) for d in test.loc[picks, "dx"]]).mean()
+    assert hits > 1 / len(CLASS_CODES)  # far above chance on balanced picks, or the wrong model shipped
