@@ -9,8 +9,8 @@ The recipe (keras-io's fine-tuning guide, sized for a 2-core CPU):
 2. phase 1 warms up the head on pooled features of the frozen ImageNet network;
 3. phase 2 fine-tunes the whole network, BatchNorm frozen, on views augmented afresh every
    epoch (``training.augment``), AdamW with warm-up and cosine decay; each epoch is
-   checkpointed (``--resume`` continues a cut-off run) and the epoch with the best
-   validation *balanced* accuracy is kept;
+   checkpointed (``--resume`` continues a cut-off run); the last epoch's weights are kept
+   (``--keep best``: the epoch with the best raw validation *balanced* accuracy);
 4. post-hoc logit adjustment, its strength chosen on validation, is folded into the last
    layer's bias (``training.posthoc``);
 5. export ``.h5`` + ``model_card.json``, then score the exported file through the
@@ -73,6 +73,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     ema_momentum: float = 0.0
     logit_adjustment: bool = True
+    keep: str = "last"  # the weights at the end of the schedule, or "best": the best raw validation epoch
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     limit_per_class: int = 0
@@ -83,13 +84,15 @@ class TrainConfig:
 
 SMOKE_OVERRIDES = dict(input_size=64, store_size=72, alpha=0.35, dense_units=32, head_epochs=2, epochs=1,
                        batch_size=16, limit_per_class=40)
-CHOICES = {"imbalance": IMBALANCE_CHOICES, "loss": LOSS_CHOICES}
+KEEP_CHOICES = ("last", "best")
+CHOICES = {"imbalance": IMBALANCE_CHOICES, "loss": LOSS_CHOICES, "keep": KEEP_CHOICES}
 HELP = {
     "imbalance": "class_weight: balanced weights n/(k n_c); sqrt: their square root; sampling: every class drawn "
                  "equally often; none",
     "logit_adjustment": "subtract tau*log(prior) from the logits, tau chosen on validation (0 or 1)",
     "store_size": "side at which training images are held in memory (>= input size)",
     "min_crop_area": "smallest random crop, as a share of the stored image",
+    "keep": "which fine-tuned weights to export: the last epoch's, or the best raw validation epoch's",
 }
 
 
@@ -258,7 +261,7 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
     from training.augment import AugmentConfig, training_dataset
     from training.losses import make_loss
     from training.model import build_model
-    from training.phases import batched_predict, fine_tune, warm_up_head
+    from training.phases import batched_predict, epochs_done, fine_tune, warm_up_head
     from training.posthoc import choose_tau, class_prior, fold_into_bias
 
     out_dir = Path(cfg.out_dir)
@@ -293,6 +296,8 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
     timings["phase1_head"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    resumed_after = epochs_done(out_dir) if resume else 0
+    prior = class_prior(y["train"], k)
     aug = AugmentConfig(min_crop_area=cfg.min_crop_area, down_up_prob=cfg.down_up_prob)
     x_val = scale_pixels(images["val"])
     if cfg.epochs > 0:
@@ -303,11 +308,11 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
                                                 balanced_sampling=cfg.imbalance == "sampling", first_draw=first_draw),
             len(y["train"]), x_val, y["val"], batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr,
             warmup_epochs=cfg.warmup_epochs, weight_decay=cfg.weight_decay, ema_momentum=cfg.ema_momentum,
-            loss=loss, out_dir=out_dir, resume=resume)
+            loss=loss, out_dir=out_dir, resume=resume, keep=cfg.keep,
+            prior=prior if cfg.logit_adjustment else None)
     timings["phase2_finetune"] = time.perf_counter() - t
     del images["train"]
 
-    prior = class_prior(y["train"], k)
     tau, tau_scores = 0.0, {}
     if cfg.logit_adjustment:
         tau, tau_scores = choose_tau(batched_predict(model, x_val), y["val"], prior)
@@ -315,11 +320,11 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
         log.info("logit adjustment: tau %.2f (validation balanced accuracy by tau: %s)", tau, tau_scores)
     adjustment = {"tau": tau, "prior": dict(zip(CLASS_CODES, np.round(prior, 5).tolist())),
                   "val_balanced_accuracy_by_tau": {str(t): round(s, 4) for t, s in tau_scores.items()}}
-    return export_and_evaluate(model, cfg, prepared, adjustment, timings, t0, score_test)
+    return export_and_evaluate(model, cfg, prepared, adjustment, timings, t0, score_test, resumed_after)
 
 
 def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment: dict, timings: dict, t0: float,
-                        score_test: bool) -> dict:
+                        score_test: bool, resumed_after: int = 0) -> dict:
     """Export the model and card, then score the exported file through the service's Predictor."""
     from server.predictor import Predictor
 
@@ -332,7 +337,8 @@ def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment:
         architecture=(f"MobileNetV2 (alpha {cfg.alpha:g}, {cfg.input_size} px), whole network fine-tuned (BatchNorm frozen); head GAP -> "
                       f"Dense({cfg.dense_units}, ReLU) -> Dropout({cfg.dropout:g}) -> Dense({len(CLASS_CODES)}, softmax)"),
         training={"config": asdict(cfg), "git_commit": git_commit(), "weights_source": weights_source(cfg.weights),
-                  "hardware": hardware_summary(), "logit_adjustment": adjustment},
+                  "hardware": hardware_summary(), "logit_adjustment": adjustment,
+                  "resumed_after_epoch": resumed_after},
     )
     card["data"].update(split_by="lesion_id", split_sizes={k: int(v) for k, v in sizes.items()},
                         split_file="split.csv", class_counts=df["dx"].value_counts().to_dict())
@@ -402,9 +408,12 @@ def write_report(out_dir: Path, card: dict, metrics: dict, plots: list[str]) -> 
         f"weight EMA momentum {cfg.get('ema_momentum', 0)}",
         f"- Recipe: {cfg['input_size']} px, head warm-up {cfg['head_epochs']} epochs, then {cfg['epochs']} whole-network "
         f"epochs on fresh augmentations, AdamW peak learning rate {cfg['lr']:g} (warm-up {cfg['warmup_epochs']:g} epoch, "
-        f"cosine decay); post-hoc logit adjustment tau {card['training']['logit_adjustment']['tau']:g} (chosen on validation)",
+        f"cosine decay), {cfg.get('keep', 'best')} epoch kept; post-hoc logit adjustment tau "
+        f"{card['training']['logit_adjustment']['tau']:g} (chosen on validation)",
         f"- Seed {cfg['seed']}; hardware {card['training']['hardware']}; total {durations['total'] / 60:.1f} min "
-        f"({', '.join(f'{k} {v:.0f} s' for k, v in durations.items() if k != 'total')})",
+        f"({', '.join(f'{k} {v:.0f} s' for k, v in durations.items() if k != 'total')})"
+        + (f"; resumed after epoch {resumed}, so these times cover only the resumed invocation (train.log has the "
+           "whole run)" if (resumed := card["training"].get("resumed_after_epoch")) else ""),
         f"- Malignant threshold {card['thresholds']['malignant']:.3f}, chosen on validation for sensitivity >= 0.90", "",
         metrics_markdown(metrics["test"], "Test split"),
         metrics_markdown(metrics["val"], "Validation split"),
