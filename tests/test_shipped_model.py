@@ -66,3 +66,46 @@ def test_the_shipped_model_reproduces_its_saved_test_predictions_through_the_upl
         assert np.abs(probs - saved["test_probs"][picks]).max() < 1e-4
     hits = (probs.argmax(1) == [CLASS_CODES.index(d) for d in test.loc[picks, "dx"]]).mean()
     assert hits > 1 / len(CLASS_CODES)  # far above chance on balanced picks, or the wrong model shipped
+
+
+@pytest.fixture(scope="module")
+def shipped_client():
+    from server import create_app
+
+    app = create_app({"MODEL_PATH": str(MODEL), "SECRET_KEY": "test", "TESTING": True, "INFERENCE_RUNTIME": "tensorflow"})
+    return app.test_client()
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).convert("RGB").save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["chelsea", "coffee", "astronaut", "rocket", "page", "brick", "grass", "retina"])
+def test_the_shipped_model_refuses_everyday_photographs(shipped_client, name):
+    """scikit-image's photographs (a cat first) are not lesions: no diagnosis, a 422.
+
+    The thresholds were fitted on HAM10000's training and validation images only; these
+    pictures check them, they did not set them.
+    """
+    skimage_data = pytest.importorskip("skimage.data")
+    res = shipped_client.post("/predict", data=png_bytes(getattr(skimage_data, name)()), content_type="image/png")
+    assert res.status_code == 422, res.get_json()
+    assert res.get_json()["error"]["code"] == "not_a_skin_lesion"
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_the_shipped_model_screens_a_held_out_lesion(shipped_client, shared_data_dir):
+    split = pd.read_csv(SAVED / "split.csv")
+    image_id = split.loc[(split["split"] == "test") & (split["dx"] == "nv"), "image_id"].iloc[0]
+    res = shipped_client.post("/predict", data=(shared_data_dir / "images" / f"{image_id}.jpg").read_bytes(),
+                              content_type="image/jpeg")
+    assert res.status_code == 200, res.get_json()
+    assert res.get_json()["out_of_distribution"] is False
