@@ -50,7 +50,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from server.imaging import scale_pixels
-from server.model.card import ModelCard
+from server.model.card import ModelCard, thawed
 from server.model.nonskin import image_statistics
 from server.model.trust import TTA_MODES, temperature_scale, tta_average, tta_count, tta_views
 from server.thresholds import UNCERTAIN_TARGET_ACCURACY
@@ -192,7 +192,7 @@ def calibrate(predictor, card: ModelCard, run_dir, data_dir, uncertain_target: f
     trust = {"tta": tta, "calibration": calibration, "uncertain": uncertain, "ood": ood,
              "predictions_parity_max_abs": parity, "duration_s": round(time.perf_counter() - t0, 1)}
     if "malignant" in card.test_metrics:
-        trust["malignant_test"] = card.test_metrics["malignant"]
+        trust["malignant_test"] = thawed(card.test_metrics["malignant"])
     return card, trust
 
 
