@@ -15,7 +15,7 @@ and 2 KB of a 500 KB body, then stalled, made every other request time out, for 
 as the two clients stayed connected. Three settings now bound that:
 
 - ``UPLOAD_READ_TIMEOUT`` (app setting, default 10 s): a body read that waits longer than
-  this is answered 408 ``request_timeout`` and the connection closes (server/uploads.py).
+  this is answered 408 ``request_timeout`` and the connection closes (server/web/uploads.py).
 - ``threads`` 4 per worker (was 2): up to 3 stalled uploads cannot occupy a whole worker,
   so others are served at once; with 8 stalled (every thread), a request waited 9.5 s
   until the read timeout freed a thread, instead of forever.
@@ -65,7 +65,7 @@ limit_request_field_size = 8190
 control_socket_disable = True
 
 # Structured access log, one JSON object per line. It names the request id (the
-# X-Request-ID response header set by server.observability), never a query string,
+# X-Request-ID response header set by server.web.observability), never a query string,
 # filename or any upload byte. %(M)s is the duration in milliseconds.
 accesslog = os.environ.get("ACCESS_LOG", "-")
 errorlog = "-"

@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from server import create_app  # noqa: E402
 from server.boot import boot_problem  # noqa: E402
-from server.predictor import ModelLoadError  # noqa: E402
+from server.model.files import ModelLoadError  # noqa: E402
 
 _problem = boot_problem(os.environ)
 if _problem:

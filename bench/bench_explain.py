@@ -58,7 +58,8 @@ def main(argv=None) -> int:
     p.add_argument("-n", type=int, default=60)
     args = p.parse_args(argv)
 
-    from server.predictor import Predictor, configure_tf_threads
+    from server.model.predictor import Predictor
+    from server.model.runtime import configure_tf_threads
 
     configure_tf_threads(1, 1)
     tmp = tempfile.TemporaryDirectory()

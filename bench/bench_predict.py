@@ -85,7 +85,8 @@ def load_level(url: str, body: bytes, concurrency: int, total: int) -> dict:
 
 def bare_inference_ms(model_path: Path, n: int, runtime: str) -> float:
     """Median batch-1 time of one runtime, single-threaded as each gunicorn worker runs."""
-    from server.predictor import Predictor, configure_tf_threads
+    from server.model.predictor import Predictor
+    from server.model.runtime import configure_tf_threads
 
     configure_tf_threads(1, 1)
     predictor = Predictor.from_path(model_path, runtime=runtime, threads=1)

@@ -16,7 +16,7 @@ def create_app(config: dict | None = None) -> Flask:
     fails here, once, with a ModelLoadError naming the path, rather than on every request.
     """
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
-    from server.uploads import InMemoryRequest
+    from server.web.uploads import InMemoryRequest
 
     app.request_class = InMemoryRequest  # uploads never touch the disk
     app.config.update(config_from_env())
@@ -27,7 +27,8 @@ def create_app(config: dict | None = None) -> Flask:
     ensure_secret_key(app.config)
     logging.getLogger("server").setLevel(logging.INFO)
 
-    from server import api, errors, observability, pages
+    from server.web import api, errors, observability, pages
+    from server.web.service import init_predictor
 
     observability.init_app(app)
     app.register_blueprint(errors.bp)
@@ -51,5 +52,5 @@ def create_app(config: dict | None = None) -> Flask:
         for endpoint in ("api.predict", "pages.screen"):
             app.view_functions[endpoint] = screening(app.view_functions[endpoint])
     if app.config["LOAD_MODEL"]:
-        api.init_predictor(app)
+        init_predictor(app)
     return app

@@ -3,9 +3,9 @@
     python -m server.batch FOLDER --out probs.csv [--model PATH]
     lesion-predict-folder FOLDER --out probs.csv            (installed entry point)
 
-Files go through exactly the path an upload takes (``imaging.open_upload`` then
-``Predictor.predict_image``), so a batch result equals what the API would answer. A file
-that cannot be screened gets its reason in the ``error`` column and the run goes on.
+Files go through the screening use case an upload takes (``server.screening.screen``), so
+a batch result equals what the API would answer. A file that cannot be screened gets its
+reason (``code: message``, as the API would say it) in the ``error`` column and the run goes on.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import sys
 from pathlib import Path
 
 from server.config import DEFAULT_MODEL_PATH
-from server.imaging import ImageRejected, open_upload
 from server.lesions import CLASS_CODES
+from server.problems import ServiceError
+from server.screening import ScreeningOptions, screen
 
 COLUMNS = ["file", "top_code", "top_probability", "malignant_probability", "malignant_flag", "uncertain",
            *CLASS_CODES, "error"]
-NOT_A_SKIN_LESION = "not_a_skin_lesion: the image does not look like a skin-lesion photo; no diagnosis given"
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -34,13 +34,11 @@ def predict_row(predictor, path: Path, folder: Path) -> dict:
     """One CSV row: the prediction, or the reason this file could not be screened."""
     row = {"file": str(path.relative_to(folder))}
     try:
-        prediction = predictor.predict_image(open_upload(path.read_bytes()))
-    except ImageRejected as exc:
+        prediction = screen(path.read_bytes(), ScreeningOptions(), predictor)
+    except ServiceError as exc:  # as the API: not a usable JPEG/PNG, or not a skin lesion (no diagnosis)
         return {**row, "error": f"{exc.code}: {exc.message}"}
     except OSError as exc:
         return {**row, "error": f"unreadable: {exc.strerror or exc}"}
-    if prediction.out_of_distribution:  # as the API: a non-skin image gets no diagnosis
-        return {**row, "error": NOT_A_SKIN_LESION}
     by_code = {c.code: c.probability for c in prediction.classes}
     return {
         **row,
@@ -78,7 +76,8 @@ def main(argv=None) -> int:
         print(f"error: {args.folder} is not a folder", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from server.predictor import ModelLoadError, Predictor
+    from server.model.files import ModelLoadError
+    from server.model.predictor import Predictor
 
     try:
         predictor = Predictor.from_path(args.model)

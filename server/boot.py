@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from server.config import DEFAULT_MODEL_PATH, rate_limit_problem
-from server.predictor import ModelLoadError, check_model_files
+from server.model.files import ModelLoadError, check_model_files
 
 SECRET_KEY_MISSING = (
     "SECRET_KEY is not set; production needs a fixed secret (e.g. `export SECRET_KEY=$(openssl rand -hex 32)`)."

@@ -1,4 +1,4 @@
-"""Upload bytes -> validated RGB image -> model input. The ONE preprocessing path.
+"""Upload bytes -> validated RGB image -> model input (and its thumbnail). The ONE preprocessing path.
 
 Training (``training/``) and serving both call these functions, so a model never sees
 pixels prepared differently from the ones it learned on. The geometry is fixed and
@@ -22,6 +22,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from server.problems import ImageRejected
+
 PREPROCESSING_ID = "exif-rgb8/centre-square/bilinear/mobilenet_v2[-1,1]"
 # MPO is how Pillow names the multi-picture JPEGs many phone cameras write: a JPEG whose
 # first frame is the photo. Refusing it would refuse ordinary phone photos.
@@ -29,6 +31,7 @@ SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG"})
 # File signatures of the formats we accept. Bytes that start like a JPEG or PNG but that
 # Pillow cannot identify are a broken JPEG/PNG (422), not an unsupported format (415).
 SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
+THUMBNAIL_PX = 384  # the upload's copy on the result page, in the report token and the PDF
 MIN_SIDE = 32  # below this a photo cannot show a lesion's structure
 MAX_PIXELS = 40_000_000  # a 40 MP photo is plausible; a 30000x30000 PNG is a decompression bomb
 # MobileNetV2's input range: x / PIXEL_SCALE - PIXEL_OFFSET maps [0, 255] to [-1, 1].
@@ -43,21 +46,6 @@ PIXEL_OFFSET = 1.0
 # which swaps process-wide state and is not safe in a threaded worker.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
-
-class ImageRejected(ValueError):
-    """An upload that cannot be screened, with the HTTP status and code to report.
-
-    415 ``unsupported_media_type``: the bytes are not a JPEG or PNG at all.
-    422 ``invalid_image``: a JPEG or PNG that cannot be decoded or used (truncated,
-    corrupt, too small, too large in pixels).
-    """
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 def _unsupported(detail: str) -> ImageRejected:
@@ -159,3 +147,20 @@ def load_square_uint8(path, size: int) -> np.ndarray:
     with Image.open(path) as img:
         img = to_rgb8(ImageOps.exif_transpose(img))
         return np.asarray(centre_square(img, size), dtype=np.uint8)
+
+
+def jpeg_bytes(img: Image.Image, quality: int = 80) -> bytes:
+    """Encode a picture as JPEG in memory (thumbnails, the PDF's heatmap)."""
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
+
+
+def thumbnail_jpeg(image: Image.Image, size: int = THUMBNAIL_PX, quality: int = 80) -> bytes:
+    """A small JPEG of the upload for the result page, the report token and the PDF.
+
+    Made in memory only: the service never writes an upload to disk.
+    """
+    thumb = image.convert("RGB")
+    thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
+    return jpeg_bytes(thumb, quality)

@@ -1,7 +1,9 @@
 """The ``Prediction`` value: made once by the predictor, rendered by the API, pages and reports.
 
 Nothing downstream recomputes a probability, a ranking or a risk level: JSON, HTML, the
-text report and the PDF all read the same frozen value, so they cannot disagree.
+text report and the PDF all read the same frozen value, so they cannot disagree. The
+screening use case (``server/screening.py``) adds what it measured around the model:
+``total_ms`` and, when a presenter needs one, the upload's thumbnail.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from server.lesions import CLASS_CODES, DISCLAIMER, MALIGNANT_CODES, lesion_class
+from server.thresholds import DEFAULT_UNCERTAIN_BELOW, refuses_as_non_skin
 
 
 @dataclass(frozen=True)
@@ -34,8 +37,6 @@ class ClassProbability:
     probability: float
 
 
-# Used only when the model card carries no validated "uncertain" threshold (older cards).
-DEFAULT_UNCERTAIN_BELOW = 0.5
 UNCERTAIN_MESSAGE = (
     "Uncertain result: the model's best guess has a calibrated probability of {p:.1%}, below the {t:.0%} "
     "this model needs to be reliable. Please have the lesion examined by a dermatologist."
@@ -48,8 +49,9 @@ class Heatmap:
 
     ``grid`` is the map at the feature map's resolution (7x7 for MobileNetV2) as integers
     0..255: compact enough for the signed report token. ``png`` is the overlay on the
-    image the model saw, made by the predictor; a Prediction rebuilt from a report token
-    has the grid only, and the PDF redraws the overlay from it and the thumbnail.
+    image the model saw, drawn from the grid by ``server.model.explain.render``; a
+    Prediction rebuilt from a report token has the grid only, and the PDF redraws the
+    overlay from it and the thumbnail with the same renderer.
     """
 
     class_code: str
@@ -85,6 +87,8 @@ class Prediction:
     ood_score: float | None = None  # non-skin check: distance / threshold, the larger of its two tests
     heatmap: Heatmap | None = None
     explain_ms: float | None = None
+    total_ms: float | None = None  # decode, preprocess and model time, measured by the screening use case
+    thumbnail: bytes | None = field(default=None, repr=False)  # a small JPEG of the upload, for pages and the PDF
 
     @property
     def top(self) -> ClassProbability:
@@ -113,12 +117,12 @@ class Prediction:
         (the API then refuses it with 422 ``not_a_skin_lesion``); None without non-skin statistics."""
         if self.ood_score is None:
             return None
-        return self.ood_score > 1.0
+        return bool(refuses_as_non_skin(self.ood_score))
 
     @property
     def malignant_flag(self) -> bool | None:
-        """True when P(malignant) reaches the operating point chosen on validation for
-        sensitivity >= 0.90; None when the model card defines no operating point.
+        """True when P(malignant) reaches the operating point chosen on validation for the
+        card's target sensitivity; None when the model card defines no operating point.
 
         It can be True while the top class is benign (say nevus 55%, melanoma 40%): a
         screening aid flags such a lesion rather than reassure on the top class alone.
@@ -139,6 +143,8 @@ class Prediction:
         timing = {"inference_ms": self.inference_ms}
         if self.explain_ms is not None:
             timing["explain_ms"] = self.explain_ms
+        if self.total_ms is not None:
+            timing["total_ms"] = self.total_ms
         out = {
             "prediction": {**asdict(self.top), "advice": self.advice},
             "probabilities": [asdict(c) for c in self.classes],
@@ -177,6 +183,7 @@ class Prediction:
             ood_score=data.get("ood_score"),
             heatmap=Heatmap.from_dict(data["heatmap"]) if data.get("heatmap") else None,
             explain_ms=data["timing"].get("explain_ms"),
+            total_ms=data["timing"].get("total_ms"),
         )
 
 

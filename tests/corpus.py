@@ -227,7 +227,7 @@ def check_answer(kind: Kind, status: int, mimetype: str, body: dict | None) -> N
     import jsonschema
 
     from server.lesions import CLASS_CODES
-    from server.openapi import openapi_document
+    from server.web.openapi import openapi_document
 
     schemas = openapi_document(10)["components"]["schemas"]
     assert status == kind.status, (kind.name, status, body)

@@ -26,8 +26,8 @@ from PIL import Image
 from server import create_app
 from server.imaging import open_upload, to_rgb8
 from server.lesions import CATALOGUE, CLASS_CODES, MALIGNANT_CODES, RISK_LEVELS
-from server.openapi import openapi_document
-from server.predictor import ModelLoadError
+from server.web.openapi import openapi_document
+from server.model.files import ModelLoadError
 from tests.conftest import image_bytes
 from tests.corpus import (
     BLUE,
@@ -352,7 +352,7 @@ def route_handlers(module: Path):
 def test_handlers_read_exactly_the_query_parameters_the_document_declares():
     """A handler reading a parameter the document does not name (or the document naming one no
     handler reads) fails here: the API reads the query string only through ``query_arg``."""
-    api = ROOT / "server" / "api.py"
+    api = ROOT / "server" / "web" / "api.py"
     tree = ast.parse(api.read_text())
     readers = {fn.name for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef)
                for node in ast.walk(fn) if isinstance(node, ast.Attribute) and node.attr == "args"
@@ -367,7 +367,7 @@ def test_handlers_read_exactly_the_query_parameters_the_document_declares():
 
 
 def test_an_undeclared_query_parameter_is_refused(app):
-    from server.api import query_arg
+    from server.web.api import query_arg
 
     with app.test_request_context("/predict?format=pdf&colour=red", method="POST"):
         assert query_arg("format") == "pdf"
@@ -456,7 +456,7 @@ def test_missing_model_names_the_path(tmp_path):
 
 
 def test_corrupt_h5_names_the_path(model_copy):
-    from server.predictor import file_sha256
+    from server.model.files import file_sha256
 
     model_copy.write_bytes(os.urandom(4096))
     _edit_card(model_copy, sha256=file_sha256(model_copy))  # so the load itself is what fails

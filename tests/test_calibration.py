@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from server import reports
-from server.prediction import DEFAULT_UNCERTAIN_BELOW, ModelInfo, prediction_from_probabilities
-from server.predictor import Predictor, temperature_scale
-from training.calibrate import choose_uncertain_threshold, ece, fit_temperature, nll
+from server.prediction import ModelInfo, prediction_from_probabilities
+from server.thresholds import DEFAULT_UNCERTAIN_BELOW
+from server.model.predictor import Predictor
+from server.model.trust import temperature_scale
+from training.calibration import choose_uncertain_threshold, ece, fit_temperature, nll
 
 MODEL = ModelInfo(name="m", version="1", sha256="0" * 64, input_size=32)
 
@@ -117,7 +119,7 @@ def test_predictor_applies_the_cards_temperature_tta_and_threshold(calibrated_pr
 
 
 def test_tta_is_on_only_when_its_gain_pays_for_its_cost():
-    from training.calibrate import choose_tta
+    from training.calibration import choose_tta
 
     fast = {"off": 10.0, "flips": 25.0, "full": 60.0}
     assert choose_tta({"off": 0.70, "flips": 0.705, "full": 0.708}, fast) == "off"  # gains below one point

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server import explain
+from server.model import explain
 from tests.fixture_model import BLUE_CLASS, FIXTURE_SIZE, RED_CLASS
 from tests.test_pages import html, upload
 

@@ -25,7 +25,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from server.openapi import openapi_document
+from server.web.openapi import openapi_document
 from tests.conftest import image_bytes
 from tests.corpus import BLUE, GREEN, RED
 

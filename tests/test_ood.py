@@ -10,10 +10,13 @@ import pytest
 from PIL import Image
 
 from server.imaging import scale_pixels
-from server.predictor import ModelLoadError, Predictor, image_statistics
+from server.model.files import ModelLoadError
+from server.model.nonskin import image_statistics
+from server.model.predictor import Predictor
 from tests.conftest import image_bytes
 from tests.test_pages import html, upload
-from training.calibrate import compact_ood, fit_ood, ood_distances, save_ood
+from server.model.nonskin import compact_ood, ood_distances
+from training.nonskin import fit_ood, save_ood
 
 SKIN_TONES = np.array([(225, 185, 160), (200, 150, 115), (170, 120, 90), (140, 95, 70), (120, 80, 60)], np.float32)
 
@@ -132,7 +135,7 @@ def test_picture_statistics_alone_separate_flat_and_text_pictures_from_skin(ood_
     """The second test on its own: a flat skin-coloured square and a page of text are far from skin photos."""
     from PIL import ImageDraw
 
-    stats = ood_predictor.ood_image
+    stats = ood_predictor.ood.check("picture")
     assert stats is not None
     rng = np.random.default_rng(5)
     skin = stats.distances(image_statistics(scale_pixels(skin_like(rng, 10))))

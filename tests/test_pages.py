@@ -231,7 +231,7 @@ def test_model_page_states_the_cards_safeguards(client):
 
 
 def test_safeguards_leave_out_what_a_card_lacks():
-    from server.pages import safeguards
+    from server.web.presenters import safeguards
 
     assert safeguards({}) == []
     full = safeguards({"thresholds": {"malignant": 0.43, "uncertain": 0.72},
@@ -243,7 +243,7 @@ def test_safeguards_leave_out_what_a_card_lacks():
 
 
 def test_metric_rows_show_rates_as_percentages_and_losses_as_numbers():
-    from server.pages import metric_rows
+    from server.web.presenters import metric_rows
 
     rows = dict(metric_rows({"n": 1431, "balanced_accuracy": 0.622, "log_loss": 0.741, "macro_auc_ovr": 0.922,
                              "per_class": {}}))

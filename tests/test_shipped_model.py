@@ -12,7 +12,7 @@ from sklearn.metrics import balanced_accuracy_score
 
 from server.imaging import PREPROCESSING_ID, model_input, open_upload
 from server.lesions import CLASS_CODES
-from server.predictor import file_sha256
+from server.model.files import file_sha256
 
 SAVED = Path(__file__).resolve().parents[1] / "saved_models"
 MODEL = SAVED / "ham10000_mobilenetv2.h5"
@@ -53,7 +53,7 @@ def test_the_quoted_test_figures_are_recomputed_from_the_saved_predictions(card)
 @pytest.mark.shared_data
 def test_the_shipped_model_reproduces_its_saved_test_predictions_through_the_upload_path(card, shared_data_dir):
     """Five held-out photos a class, read as uploads are: the same probabilities the figures came from."""
-    from server.predictor import Predictor
+    from server.model.predictor import Predictor
 
     split = pd.read_csv(SAVED / "split.csv")
     test = split[split["split"] == "test"].reset_index(drop=True)

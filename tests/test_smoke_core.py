@@ -14,7 +14,7 @@ def test_onnx_runtime_matches_tensorflow_on_the_fixture_model(model_path):
     """The served runtime is derived from the .h5 and must give TensorFlow's answers."""
     import numpy as np
 
-    from server.predictor import Predictor
+    from server.model.predictor import Predictor
 
     onnx = Predictor.from_path(model_path, runtime="onnxruntime")
     tf = Predictor.from_path(model_path, runtime="tensorflow")
@@ -26,7 +26,8 @@ def test_onnx_runtime_matches_tensorflow_on_the_fixture_model(model_path):
 def test_unknown_runtime_is_a_clear_load_error(model_path):
     import pytest
 
-    from server.predictor import ModelLoadError, Predictor
+    from server.model.files import ModelLoadError
+    from server.model.predictor import Predictor
 
     with pytest.raises(ModelLoadError, match="INFERENCE_RUNTIME"):
         Predictor.from_path(model_path, runtime="tpu")

@@ -16,8 +16,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from server.lesions import CLASS_CODES, MALIGNANT_CODES
-
-MALIGNANT_TARGET_SENSITIVITY = 0.90
+from server.thresholds import MALIGNANT_TARGET_SENSITIVITY
 
 
 def malignant_scores(probs: np.ndarray, classes=CLASS_CODES) -> np.ndarray:
@@ -208,7 +207,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", default="evaluation")
     args = parser.parse_args(argv)
 
-    from server.predictor import Predictor
+    from server.model.predictor import Predictor
 
     predictor = Predictor.from_path(args.model)
     paths, labels = _labelled_items(args)

@@ -7,17 +7,16 @@ the exact ``.h5`` bytes so a swapped file is caught at load time.
 
 from __future__ import annotations
 
-import json
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
 from server.imaging import PREPROCESSING_ID
 from server.lesions import CLASS_CODES, LIMITATIONS
-from server.predictor import file_sha256
+from server.model.card import CARD_FILENAME, ModelCard
+from server.model.files import file_sha256
 
 MODEL_FILENAME = "ham10000_mobilenetv2.h5"
-CARD_FILENAME = "model_card.json"
 
 HAM10000_SOURCE = {
     "name": "HAM10000 (Human Against Machine with 10000 training images)",
@@ -70,13 +69,17 @@ def base_card(*, name: str, version: str, input_size: int, architecture: str, **
     }
 
 
-def export_model(model, out_dir: Path, card: dict, filename: str = MODEL_FILENAME) -> tuple[Path, Path]:
-    """Save ``model`` as legacy HDF5 without optimizer state and write its card beside it."""
+def save_model(model, out_dir: Path, filename: str = MODEL_FILENAME) -> tuple[Path, str]:
+    """Save ``model`` as legacy HDF5 without optimizer state: (its path, its sha256)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / filename
     model.save(model_path, include_optimizer=False)
-    card = {**card, "model_file": filename, "sha256": file_sha256(model_path)}
-    card_path = out_dir / CARD_FILENAME
-    card_path.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
-    return model_path, card_path
+    return model_path, file_sha256(model_path)
+
+
+def export_model(model, out_dir: Path, card: dict, filename: str = MODEL_FILENAME) -> tuple[Path, Path]:
+    """Save ``model`` and write its card (checked as a ``ModelCard``) beside it, pinned to the file's sha256."""
+    model_path, sha = save_model(model, out_dir, filename)
+    card = ModelCard.from_dict({**card, "model_file": filename, "sha256": sha})
+    return model_path, card.write(Path(out_dir) / CARD_FILENAME)

@@ -15,7 +15,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
-from server.errors import ServiceError
+from server.problems import ServiceError
 
 FIELD = "image"
 STALLED_UPLOAD = "The upload stalled: nothing arrived for {timeout:g} s. Please try again on a steadier connection."

@@ -3,7 +3,7 @@
 Kept as data beside the code it describes; ``tests/test_api.py`` validates real
 responses against these schemas and ``tests/test_fuzz.py`` fuzzes the service from it,
 so the document cannot drift from the service. The query parameters are declared here
-once (``QUERY_PARAMETERS``): the handlers read them through ``server.api.query_arg``,
+once (``QUERY_PARAMETERS``): the handlers read them through ``server.web.api.query_arg``,
 which refuses a name this module does not declare.
 """
 
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from server.lesions import CLASS_CODES, RISK_LEVELS
 from server.reports import PAPER_SIZES, REPORT_FORMATS
-from server.uploads import FIELD
+from server.thresholds import MALIGNANT_TARGET_SENSITIVITY
+from server.web.uploads import FIELD
 
 _ERROR = {
     "type": "object",
@@ -69,7 +70,8 @@ PREDICTION_SCHEMA = {
         },
         "malignant_threshold": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
                                 "description": "Operating point on P(malignant), chosen on validation for "
-                                               "sensitivity >= 0.90; null if the model card has none."},
+                                               f"sensitivity >= {MALIGNANT_TARGET_SENSITIVITY:.2f}; null if the model "
+                                               "card has none."},
         "malignant_flag": {"type": ["boolean", "null"],
                            "description": "malignant_probability >= malignant_threshold: see a dermatologist."},
         "malignant_probability": {"type": "number", "minimum": 0, "maximum": 1,
@@ -142,7 +144,7 @@ def _query(name: str, schema: dict, description: str) -> dict:
 
 _FLAG = {"type": "string", "enum": ["0", "1"]}
 # Every query parameter an API operation reads, keyed by (method, path): the one declaration
-# that both the document and the handlers (through server.api.query_arg) use.
+# that both the document and the handlers (through server.web.api.query_arg) use.
 QUERY_PARAMETERS = {
     ("post", "/predict"): [
         _query("format", {"type": "string", "enum": list(REPORT_FORMATS)},

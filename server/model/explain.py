@@ -14,7 +14,8 @@ The class score is the pre-softmax logit of the class (as in Selvaraju et al., 2
 
 This module's rendering half is numpy + Pillow only (no matplotlib, no TensorFlow), so
 the reports can redraw a heatmap from the compact grid a signed report token carries.
-TensorFlow is imported only inside ``head_gradient`` (called by the Predictor).
+TensorFlow is imported only inside ``feature_layer_names`` and ``head_gradient`` (called by
+the Predictor and the runtime).
 """
 
 from __future__ import annotations
@@ -90,15 +91,18 @@ def overlay(image: Image.Image, cam: np.ndarray, size: int, alpha: float = OVERL
     return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), mode="RGB")
 
 
+def render(image: Image.Image, grid, size: int) -> Image.Image:
+    """THE heatmap renderer: a quantised grid drawn over the centre square of ``image``, size x size.
+
+    The predictor draws the JSON's and the result page's PNG with it, the PDF report its JPEG:
+    every picture of a heatmap comes from the grid the Prediction carries.
+    """
+    return overlay(image, from_grid(grid), size)
+
+
 def png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=1)  # fast: level 1 costs ~1 ms at 224 px, level 6 several
-    return buf.getvalue()
-
-
-def jpeg_bytes(img: Image.Image, quality: int = 80) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality, optimize=True)
     return buf.getvalue()
 
 

@@ -1,4 +1,4 @@
-"""One error type for the whole service, answered as JSON for API clients and HTML for browsers.
+"""The service's one error type (``server.problems.ServiceError``), answered as JSON for API clients and HTML for browsers.
 
 Every failure a client can cause ends here as ``{"error": {"code", "message"}}`` with a
 fitting status, so integrators can branch on ``code`` and people read ``message``.
@@ -11,18 +11,10 @@ import logging
 from flask import Blueprint, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from server.imaging import ImageRejected
+from server.problems import ServiceError
 
 log = logging.getLogger(__name__)
 bp = Blueprint("errors", __name__)
-
-
-class ServiceError(Exception):
-    """A client-facing failure: HTTP status, a stable machine code and a human message."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 _HTTP_CODES = {
@@ -54,11 +46,7 @@ def error_response(status: int, code: str, message: str):
 
 @bp.app_errorhandler(ServiceError)
 def handle_service_error(exc: ServiceError):
-    return error_response(exc.status, exc.code, exc.message)
-
-
-@bp.app_errorhandler(ImageRejected)
-def handle_image_rejected(exc: ImageRejected):
+    """Every client-caused failure, an upload that cannot be screened (``ImageRejected``) included."""
     return error_response(exc.status, exc.code, exc.message)
 
 
@@ -86,7 +74,7 @@ def protocol_headers(exc: HTTPException) -> dict:
 
 @bp.app_errorhandler(Exception)
 def handle_unexpected(exc: Exception):
-    from server.observability import current_request_id
+    from server.web.observability import current_request_id
 
     log.exception("unhandled error on %s %s (request id %s)", request.method, request.path, current_request_id())
     return error_response(500, "internal_error", "The server hit an unexpected error. Please try again.")

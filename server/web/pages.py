@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from pathlib import Path
+from dataclasses import replace
 
 from flask import (
     Blueprint,
@@ -24,14 +24,14 @@ from flask import (
 from flask_wtf.csrf import CSRFError
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
-from server import reports
-from server.api import EXTENSION_KEY, get_predictor, predict_upload
-from server.errors import ServiceError, error_response
-from server.imaging import ImageRejected
+from server import reports, screening
 from server.lesions import CATALOGUE, DISCLAIMER, LIMITATIONS, RISK_LEVELS, lesion_class
 from server.prediction import Prediction
-from server.predictor import card_path_for
-from server.uploads import FIELD
+from server.problems import ServiceError
+from server.web.errors import error_response
+from server.web.presenters import data_uri, heatmap_uri, metric_rows, safeguards
+from server.web.service import card_dir, current_card, current_predictor, loaded_predictor
+from server.web.uploads import FIELD, upload_bytes
 
 bp = Blueprint("pages", __name__)
 
@@ -57,15 +57,15 @@ def _serializer() -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=REPORT_SALT)
 
 
-def sign_report(prediction: Prediction, thumbnail: bytes | None) -> str:
+def sign_report(prediction: Prediction) -> str:
     """Sign the result and its thumbnail so a later report request needs no storage."""
-    thumb = base64.b64encode(thumbnail).decode("ascii") if thumbnail else None
+    thumb = base64.b64encode(prediction.thumbnail).decode("ascii") if prediction.thumbnail else None
     # The heatmap travels as its small grid (49 integers for MobileNetV2), not as a picture:
     # the PDF redraws the overlay from the grid and the thumbnail, so the token stays small.
     return _serializer().dumps({"prediction": prediction.to_dict(heatmap_png=False), "thumbnail": thumb})
 
 
-def load_report(token: str | None) -> tuple[Prediction, bytes | None]:
+def load_report(token: str | None) -> Prediction:
     """Verify and unpack a report token, or raise a 400 ServiceError a person can act on."""
     if not token:
         raise ServiceError(400, "missing_report_token", "This report request carries no result. Please upload the image again.")
@@ -83,20 +83,10 @@ def load_report(token: str | None) -> tuple[Prediction, bytes | None]:
         thumbnail = base64.b64decode(data["thumbnail"], validate=True) if data.get("thumbnail") else None
     except (KeyError, TypeError, ValueError, binascii.Error):
         raise ServiceError(400, "invalid_report_token", "This report link is not valid. Please upload the image again.") from None
-    return prediction, thumbnail
+    return replace(prediction, thumbnail=thumbnail)
 
 
-def data_uri(jpeg: bytes) -> str:
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
-
-
-def heatmap_uri(prediction: Prediction) -> str | None:
-    if prediction.heatmap is None or not prediction.heatmap.png:
-        return None
-    return "data:image/png;base64," + base64.b64encode(prediction.heatmap.png).decode("ascii")
-
-
-def form_message(exc: ServiceError | ImageRejected) -> str:
+def form_message(exc: ServiceError) -> str:
     if exc.code == "payload_too_large":
         return f"The file is larger than {current_app.config['MAX_UPLOAD_MB']} MB. Please choose a smaller photo."
     if exc.code == "invalid_image":
@@ -126,7 +116,7 @@ def check_form_upload() -> None:
 
 
 def model_ready() -> bool:
-    return current_app.extensions.get(EXTENSION_KEY) is not None
+    return loaded_predictor() is not None
 
 
 def render_upload(error: str | None = None, status: int = 200):
@@ -134,26 +124,15 @@ def render_upload(error: str | None = None, status: int = 200):
                            model_ready=model_ready()), status
 
 
-def report_response(prediction: Prediction, thumbnail: bytes | None, fmt: str, paper: str | None,
-                    card: dict | None) -> Response:
+def report_response(prediction: Prediction, fmt: str, paper: str | None) -> Response:
     """A txt or pdf report download, rebuilt from a verified token."""
     try:
-        body, mimetype, filename = reports.render_report(prediction, thumbnail, fmt, paper, card)
+        body, mimetype, filename = reports.render_report(prediction, fmt, paper, current_card())
     except ValueError as exc:
         raise ServiceError(400, "bad_report_request", str(exc)) from None
     response = Response(body, mimetype=mimetype)
     response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
-
-
-def current_card() -> dict | None:
-    predictor = current_app.extensions.get(EXTENSION_KEY)
-    return predictor.card if predictor is not None else None
-
-
-def card_dir() -> Path:
-    configured = current_app.config.get("MODEL_CARD_PATH")
-    return (Path(configured) if configured else card_path_for(Path(current_app.config["MODEL_PATH"]))).parent
 
 
 @bp.app_context_processor
@@ -183,12 +162,14 @@ def screen():
     """The form upload: validate, predict, and answer with the result page (nothing stored)."""
     try:
         check_form_upload()
-        prediction, image, total_ms = predict_upload(explain=True)  # the page shows where the model looked
-    except (ServiceError, ImageRejected) as exc:
+        predictor = current_predictor()
+        # The page shows where the model looked, and the upload's thumbnail.
+        options = screening.ScreeningOptions(explain=True, thumbnail=True)
+        prediction = screening.screen(upload_bytes(request), options, predictor)
+    except ServiceError as exc:
         if exc.code == "model_unavailable":
             raise
         return render_upload(error=form_message(exc), status=exc.status)
-    thumbnail = reports.thumbnail_jpeg(image)
     return render_template(
         "result.html",
         prediction=prediction,
@@ -201,81 +182,28 @@ def screen():
         uncertain_below=prediction.uncertain_below,
         heatmap_uri=heatmap_uri(prediction),
         lesion_class=lesion_class,
-        image_uri=data_uri(thumbnail),
-        report_token=sign_report(prediction, thumbnail),
-        total_ms=total_ms,
+        image_uri=data_uri(prediction.thumbnail),
+        report_token=sign_report(prediction),
+        total_ms=prediction.total_ms,
     )
 
 
 @bp.post("/report/<any(txt, pdf):fmt>")
 def report(fmt: str):
     """Rebuild a report from the signed token the result page carries (no upload, no storage)."""
-    prediction, thumbnail = load_report(request.form.get("token"))
+    prediction = load_report(request.form.get("token"))
     paper = request.args.get("paper") or request.form.get("paper")
-    return report_response(prediction, thumbnail, fmt, paper, current_card())
-
-
-_METRIC_LABELS = {  # key -> (label, as a percentage?)
-    "n": ("Test images", False),
-    "balanced_accuracy": ("Balanced accuracy", True),
-    "accuracy": ("Accuracy", True),
-    "macro_auc_ovr": ("Macro one-vs-rest AUC", False),
-    "log_loss": ("Log loss (lower is better)", False),
-}
-
-
-def metric_rows(test: dict) -> list[tuple[str, str]]:
-    """The card's scalar test figures as (label, text): rates as percentages, AUC and log loss as numbers."""
-    rows = []
-    for key, value in test.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            continue
-        label, as_percent = _METRIC_LABELS.get(key, (key.replace("_", " ").capitalize(), False))
-        text = reports.percent(value) if as_percent else (str(value) if isinstance(value, int) else f"{value:.3f}")
-        rows.append((label, text))
-    return rows
-
-
-def safeguards(card: dict) -> list[tuple[str, str]]:
-    """The card's safety settings in plain words, for the model page (absent ones are left out)."""
-    out = []
-    thresholds = card.get("thresholds") or {}
-    test_mal = ((card.get("metrics") or {}).get("test") or {}).get("malignant") or {}
-    if thresholds.get("malignant") is not None:
-        text = (f"A lesion is flagged for a dermatologist when the combined probability of melanoma, basal cell "
-                f"carcinoma and actinic keratosis reaches {reports.percent(thresholds['malignant'])}, chosen on "
-                f"validation images to catch at least 90% of malignant lesions.")
-        if "sensitivity" in test_mal:
-            text += (f" On the test images it caught {reports.percent(test_mal['sensitivity'])} of malignant lesions "
-                     f"and cleared {reports.percent(test_mal['specificity'])} of benign ones.")
-        out.append(("Malignant flag", text))
-    if thresholds.get("uncertain") is not None:
-        out.append(("Uncertain answers", f"When the model's top probability is below "
-                    f"{reports.percent(thresholds['uncertain'], 0)}, the answer is called uncertain and you are "
-                    "advised to see a dermatologist."))
-    calibration = card.get("calibration") or {}
-    if calibration.get("temperature") is not None:
-        out.append(("Calibration", f"Probabilities are temperature-scaled (T = {calibration['temperature']:.3f}); "
-                    f"calibration error on test {calibration.get('ece_test_before', float('nan')):.3f} before, "
-                    f"{calibration.get('ece_test_after', float('nan')):.3f} after."))
-    ood = card.get("ood") or {}
-    if "nonskin_true_flag_rate" in ood:
-        out.append(("Non-skin images", f"Images that do not look like a skin lesion are refused without a diagnosis: "
-                    f"{reports.percent(ood['nonskin_true_flag_rate'])} of the non-skin test pictures were refused, and "
-                    f"{reports.percent(ood.get('test_false_flag_rate', 0.0))} of real lesion photos were wrongly refused."))
-    return out
+    return report_response(prediction, fmt, paper)
 
 
 @bp.get("/model")
 def model_page():
-    card = get_predictor().card
-    metrics = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
-    test = metrics.get("test") if isinstance(metrics.get("test"), dict) else {}
+    card = current_predictor().card
     return render_template(
         "model.html",
         card=card,
-        test_scalars=metric_rows(test),
-        limitations=card.get("limitations") or LIMITATIONS,
+        test_scalars=metric_rows(card.test_metrics),
+        limitations=card.limitations or LIMITATIONS,
         safeguards=safeguards(card),
         has_confusion_matrix=(card_dir() / CONFUSION_MATRIX).is_file(),
         catalogue=CATALOGUE,

@@ -1,0 +1,1 @@
+"""The model: its card, its runtime, the predictor, Grad-CAM, and the TensorFlow-free trust maths."""

@@ -1,0 +1,178 @@
+"""A loaded model with its card: images in, ``Prediction`` values out.
+
+TensorFlow is imported here and in ``training/`` only (through ``server/model/runtime.py``
+and ``server/model/explain.py``). The service builds one Predictor per process (after
+gunicorn forks: TensorFlow's thread pools do not survive a fork).
+
+The served graph has two outputs, the last convolutional feature map (the input of the
+GAP layer) and the probabilities, so one forward pass serves the prediction, the non-skin
+check (pooled features) and Grad-CAM (``server/model/explain.py``). On top of the raw
+model output ``predict_image`` applies, all from the model card:
+
+- test-time augmentation (``TTA``: off | flips | full; the card's choice unless set) and
+  temperature scaling (``calibration``), the maths in ``server/model/trust.py``;
+- the "uncertain" threshold and the malignant operating point (``card.thresholds``);
+- the non-skin check (``server/model/nonskin.py``; statistics in an .npz beside the card,
+  pinned by sha256).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from server.imaging import model_input
+from server.model import explain
+from server.model.card import ModelCard
+from server.model.files import ModelLoadError, card_path_for, check_model_files, file_sha256
+from server.model.nonskin import FEATURES, PICTURE, NonSkinCheck, image_statistics
+from server.model.runtime import as_pair, choose_runner, served_model
+from server.model.trust import TTA_MODES, temperature_scale, tta_views
+from server.prediction import Heatmap, ModelInfo, Prediction, prediction_from_probabilities
+from server.thresholds import DEFAULT_UNCERTAIN_BELOW, refuses_as_non_skin
+
+
+def model_info(card: ModelCard, sha256: str) -> ModelInfo:
+    return ModelInfo(name=card.name, version=card.version, sha256=sha256, input_size=card.input_size,
+                     test_balanced_accuracy=card.test_metrics.get("balanced_accuracy"))
+
+
+def resolve_tta(tta: str | None, card: ModelCard) -> str:
+    """The TTA mode to serve: the setting, or with ``auto`` (or none) the card's measured choice."""
+    chosen = (tta or "").strip().lower() or "auto"
+    if chosen == "auto":
+        chosen = card.tta_default
+    if chosen not in TTA_MODES:
+        raise ModelLoadError(f"TTA={chosen!r} is not one of auto, {', '.join(TTA_MODES)}")
+    return chosen
+
+
+def load_nonskin(card: ModelCard, card_dir: Path) -> NonSkinCheck | None:
+    """The card's non-skin checks, from the .npz its ``ood`` section pins by sha256, or None."""
+    spec = card.ood
+    if spec is None:
+        return None
+    path = Path(card_dir) / spec.file
+    if not path.is_file():
+        raise ModelLoadError(f"the model card's non-skin statistics {path} are missing: run training.calibrate")
+    if spec.sha256 and file_sha256(path) != spec.sha256:
+        raise ModelLoadError(f"{path} does not match the sha256 its model card records")
+    return NonSkinCheck.load(path, spec.threshold, spec.image_threshold)
+
+
+class Predictor:
+    """A loaded model plus its card. ``predict_image`` is the only way the service predicts."""
+
+    def __init__(self, model, card: ModelCard, sha256: str, runtime: str = "auto", threads: int = 0,
+                 tta: str | None = None, ood: bool = True, card_dir: Path | None = None):
+        self.card = card
+        self.info = model_info(card, sha256)
+        self.input_size = card.input_size
+        self.classes = card.classes
+        self.malignant_threshold = card.thresholds.malignant
+        self.uncertain_threshold = card.thresholds.uncertain
+        out_units = model.output_shape[-1]
+        if out_units != len(self.classes):
+            raise ModelLoadError(f"model has {out_units} outputs but its card lists {len(self.classes)} classes")
+        self.tta = resolve_tta(tta, card)
+        self.temperature = card.temperature_for(self.tta)
+        served, self.feature_layer, gap_layer = served_model(model)
+        self._run, self.runtime = choose_runner(served, self.input_size, runtime, threads)
+        self._gradient = explain.head_gradient(model, gap_layer) if gap_layer is not None else None
+        self.ood = load_nonskin(card, card_dir) if (ood and card_dir is not None) else None
+        if self.ood is not None and self.feature_layer is None:
+            raise ModelLoadError("the card has non-skin statistics but the model has no pooled feature layer")
+        fmap, _ = self.forward(np.zeros((1, self.input_size, self.input_size, 3), np.float32))  # warm up, now
+        if self._gradient is not None and fmap is not None:
+            self._gradient(fmap.mean(axis=(1, 2)), [0])  # trace the head gradient now, not on the first request
+
+    @classmethod
+    def load(cls, model_path, card: ModelCard, sha256: str, card_dir: Path | None = None, runtime: str = "auto",
+             threads: int = 0, tta: str | None = None, ood: bool = True) -> "Predictor":
+        """Load the ``.h5`` for a card already checked against it (the trainer's in-memory card)."""
+        try:
+            import keras
+
+            model = keras.models.load_model(model_path, compile=False)
+        except Exception as exc:  # h5py/keras raise many types for a corrupt file
+            raise ModelLoadError(f"could not load model {model_path}: {exc.__class__.__name__}: {exc}") from None
+        return cls(model, card, sha256, runtime, threads, tta=tta, ood=ood, card_dir=card_dir)
+
+    @classmethod
+    def from_path(cls, model_path, card_path=None, runtime: str = "auto", threads: int = 0,
+                  tta: str | None = None, ood: bool = True) -> "Predictor":
+        """Load and validate; every failure is a ModelLoadError naming the path and the fix."""
+        model_path = Path(model_path)
+        card, sha = check_model_files(model_path, card_path)
+        card_dir = (Path(card_path) if card_path else card_path_for(model_path)).parent
+        return cls.load(model_path, card, sha, card_dir, runtime, threads, tta=tta, ood=ood)
+
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """Preprocessed (n, size, size, 3) -> (feature maps (n, h, w, k) or None, raw probabilities (n, classes))."""
+        return as_pair(self._run(np.ascontiguousarray(batch, dtype=np.float32)))
+
+    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """Preprocessed (n, size, size, 3) float32 -> (n, classes) raw model probabilities
+        (no TTA, no temperature: what the trainer evaluates and calibrates)."""
+        return self.forward(batch)[1]
+
+    def predict_arrays_batched(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Like ``predict_arrays`` for many images, in bounded-memory batches (evaluation)."""
+        if len(images) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        return np.concatenate([self.predict_arrays(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+    def calibrated(self, probs: np.ndarray) -> np.ndarray:
+        return temperature_scale(probs, self.temperature) if self.temperature else np.asarray(probs, np.float64)
+
+    def class_index(self, code: str) -> int:
+        if code not in self.classes:
+            raise ValueError(f"explain_class must be one of {', '.join(self.classes)}; got {code!r}")
+        return self.classes.index(code)
+
+    def heatmap(self, image: Image.Image, feature_map: np.ndarray, class_index: int) -> Heatmap:
+        """Grad-CAM of one class over the centre square the model saw -> ``Heatmap``."""
+        pooled = feature_map.mean(axis=(0, 1))[None]
+        grad = self._gradient(pooled, [class_index])[0]
+        grid = explain.to_grid(explain.grad_cam(feature_map, grad))
+        png = explain.png_bytes(explain.render(image, grid, self.input_size))
+        return Heatmap(class_code=self.classes[class_index], grid=grid, png=png)
+
+    def ood_score(self, x: np.ndarray, feature_map: np.ndarray) -> float | None:
+        """The non-skin score of one image (the largest distance / threshold of its checks), or None."""
+        if self.ood is None:
+            return None
+        signals = {FEATURES: feature_map.mean(axis=(0, 1))[None]}
+        if PICTURE in self.ood.signals_needed():
+            signals[PICTURE] = image_statistics(x)
+        return float(self.ood.score(signals)[0])
+
+    def predict_image(self, img: Image.Image, explain: bool = False, explain_class: str | None = None) -> Prediction:
+        """An upright RGB image (from ``imaging.open_upload``) -> Prediction.
+
+        ``explain`` adds a Grad-CAM heatmap for ``explain_class`` (default: the top class);
+        an image the non-skin check flags gets none (it gets no diagnosis either).
+        """
+        wanted = self.class_index(explain_class) if explain_class else None  # bad class: fail before work
+        x = model_input(img, self.input_size)[None]
+        start = time.perf_counter()
+        fmap, probs = self.forward(tta_views(x, self.tta))
+        probs = self.calibrated(probs.mean(axis=0, keepdims=True))[0]
+        elapsed_ms = (time.perf_counter() - start) * 1000.0
+        score = self.ood_score(x, fmap[0]) if fmap is not None else None
+        heatmap, explain_ms = None, None
+        refused = score is not None and refuses_as_non_skin(score)
+        if explain and fmap is not None and self._gradient is not None and not refused:
+            t = time.perf_counter()
+            heatmap = self.heatmap(img, fmap[0], wanted if wanted is not None else int(np.argmax(probs)))
+            explain_ms = round((time.perf_counter() - t) * 1000.0, 2)
+        return prediction_from_probabilities(
+            probs, self.info, elapsed_ms, self.classes, self.malignant_threshold,
+            uncertain_threshold=DEFAULT_UNCERTAIN_BELOW if self.uncertain_threshold is None else self.uncertain_threshold,
+            temperature=self.temperature, tta=self.tta,
+            ood_score=score,
+            heatmap=heatmap, explain_ms=explain_ms,
+        )

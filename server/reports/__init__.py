@@ -1,0 +1,45 @@
+"""Prediction -> what a person reads: the assessment, the text report and the PDF report.
+
+``render_report`` is what the API (``/predict?format=``) and the pages (report downloads)
+both send. Everything here is a pure function of a ``Prediction`` (its thumbnail
+included) and, for the PDF, the model card.
+"""
+
+from __future__ import annotations
+
+from server.imaging import thumbnail_jpeg
+from server.model.card import ModelCard
+from server.prediction import Prediction
+from server.reports.assessment import (
+    NOT_A_DIAGNOSIS,
+    REPORT_TITLE,
+    SYSTEM_NAME,
+    Assessment,
+    assess,
+    balanced_accuracy_text,
+    format_timestamp,
+    malignant_codes,
+    malignant_flag_text,
+    percent,
+)
+from server.reports.formats import PAPER_SIZES, REPORT_FORMATS, paper_size, report_filename, requested_format
+from server.reports.pdf import pdf_report
+from server.reports.text import text_report
+
+__all__ = ["NOT_A_DIAGNOSIS", "PAPER_SIZES", "REPORT_FORMATS", "REPORT_TITLE", "SYSTEM_NAME", "Assessment", "assess",
+           "balanced_accuracy_text", "format_timestamp", "malignant_codes", "malignant_flag_text", "paper_size",
+           "pdf_report", "percent", "render_report", "requested_format", "text_report", "thumbnail_jpeg"]
+
+
+def render_report(prediction: Prediction, fmt: str, paper: str | None = None,
+                  card: ModelCard | None = None) -> tuple[str | bytes, str, str]:
+    """(body, mimetype, filename) of a txt or pdf report.
+
+    Raises ValueError for an unknown format or paper size.
+    """
+    if fmt == "txt":
+        return text_report(prediction), "text/plain; charset=utf-8", report_filename(prediction, "txt")
+    if fmt == "pdf":
+        body = pdf_report(prediction, prediction.thumbnail, paper=paper_size(paper), card=card)
+        return body, "application/pdf", report_filename(prediction, "pdf")
+    raise ValueError(f"no report format {fmt!r}; use txt or pdf")

@@ -1,0 +1,224 @@
+"""Prediction -> the PDF report: the text report's content, plus thumbnail, heatmap, bar chart and model card."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+
+from PIL import Image
+
+from server.imaging import jpeg_bytes
+from server.lesions import lesion_class
+from server.model import explain
+from server.model.card import ModelCard
+from server.prediction import Prediction
+from server.reports.assessment import (
+    NOT_A_DIAGNOSIS,
+    REPORT_TITLE,
+    SYSTEM_NAME,
+    assess,
+    balanced_accuracy_text,
+    format_timestamp,
+    malignant_flag_text,
+    percent,
+)
+from server.reports.formats import paper_size
+
+
+FRAME_PADDING = 6  # points: reportlab Frame default padding
+RISK_COLOURS = {"high": "#b3261e", "moderate": "#8a5300", "low": "#1d6b35"}
+
+
+def _card_summary(prediction: Prediction, card: ModelCard | None) -> list[tuple[str, str]]:
+    """Model-card rows for the PDF; card details only when the card is the predicting model's."""
+    model = prediction.model
+    rows = [
+        ("Model", f"{model.name}, version {model.version}"),
+        ("Model file sha256", model.sha256[:16] + "..."),
+        ("Input size", f"{model.input_size} x {model.input_size} px"),
+        ("Test balanced accuracy", balanced_accuracy_text(prediction)),
+    ]
+    if card and card.version == model.version and card.name == model.name:
+        if card.architecture:
+            rows.append(("Architecture", card.architecture))
+        if card.intended_use:
+            rows.append(("Intended use", card.intended_use))
+        source = card.data.get("source")
+        if source:
+            rows.append(("Training data", _named(source)))
+        if card.licence:
+            rows.append(("Licence", _named(card.licence)))
+        if card.limitations:
+            rows.append(("Limitations", "\n".join(f"- {item}" for item in card.limitations)))
+    return rows
+
+
+def _named(value) -> str:
+    """A card entry that is either text or an object with a name (data source, licence)."""
+    return value.get("name", str(value)) if isinstance(value, Mapping) else str(value)
+
+
+def _probability_bar(probability: float, colour, width: float, height: float):
+    """One horizontal bar (reportlab Drawing) on a light track, for the breakdown table."""
+    from reportlab.graphics.shapes import Drawing, Rect
+    from reportlab.lib import colors
+
+    drawing = Drawing(width, height)
+    drawing.add(Rect(0, 1, width, height - 2, fillColor=colors.HexColor("#e7ebef"), strokeColor=None))
+    if probability > 0:
+        drawing.add(Rect(0, 1, max(width * probability, 0.8), height - 2, fillColor=colour, strokeColor=None))
+    return drawing
+
+
+def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str = "a4",
+               card: ModelCard | None = None) -> bytes:
+    """The text report's content as a printable PDF, plus thumbnail, bar chart and model card.
+
+    A content width of 174 mm (18 mm sides on A4) and 15 mm top/bottom margins fit both A4
+    (210 x 297 mm) and US Letter (216 x 279 mm), so the layout is the same on either paper
+    and a typical report fits one page of each.
+    """
+    from xml.sax.saxutils import escape
+
+    from reportlab.lib import colors
+    from reportlab.lib.enums import TA_LEFT
+    from reportlab.lib.pagesizes import A4, LETTER
+    from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+    from reportlab.lib.units import mm
+    from reportlab.platypus import Image as RLImage
+    from reportlab.platypus import (
+        KeepTogether,
+        Paragraph,
+        SimpleDocTemplate,
+        Spacer,
+        Table,
+    )
+
+    pagesize = {"a4": A4, "letter": LETTER}[paper_size(paper)]
+    margin = 15 * mm  # top and bottom; the sides are wider (see width)
+    width = min(pagesize[0] - 2 * margin, 174 * mm)
+    top = prediction.top
+    verdict = assess(prediction)
+    risk_colour = colors.HexColor(RISK_COLOURS.get(verdict.risk, "#333333"))
+
+    styles = getSampleStyleSheet()
+    body = ParagraphStyle("body", parent=styles["BodyText"], fontSize=9, leading=11.5, alignment=TA_LEFT,
+                          spaceBefore=0, spaceAfter=0)
+    small = ParagraphStyle("small", parent=body, fontSize=8, leading=10)
+    h1 = ParagraphStyle("h1", parent=styles["Title"], fontSize=18, leading=22, alignment=TA_LEFT, spaceAfter=2)
+    h2 = ParagraphStyle("h2", parent=styles["Heading2"], fontSize=11.5, leading=14, spaceBefore=7, spaceAfter=3)
+    banner = ParagraphStyle("banner", parent=body, textColor=colors.white, fontName="Helvetica-Bold")
+
+    def p(text: str, style=body) -> Paragraph:
+        return Paragraph(escape(text).replace("\n", "<br/>"), style)
+
+    story = [
+        p(REPORT_TITLE, h1),
+        Table([[p(NOT_A_DIAGNOSIS + " Please read the disclaimer below.", banner)]],
+              colWidths=[width], style=[("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#24476b")),
+                                        ("LEFTPADDING", (0, 0), (-1, -1), 6), ("TOPPADDING", (0, 0), (-1, -1), 4),
+                                        ("BOTTOMPADDING", (0, 0), (-1, -1), 5)]),
+        Spacer(1, 6),
+    ]
+    meta = [
+        ("Date and time", format_timestamp(prediction.created_at)),
+        ("System", SYSTEM_NAME),
+        ("Model", f"{prediction.model.name}, version {prediction.model.version}"),
+        ("Test balanced accuracy", balanced_accuracy_text(prediction)),
+    ]
+    result_rows = [
+        [p("Predicted condition", small), Paragraph(f"<b>{escape(top.name)}</b> ({escape(top.code)})", body)],
+        [p("Confidence", small), p(percent(top.probability) + ("  (uncertain)" if verdict.uncertain else ""))],
+        [p("Risk level", small), Paragraph(f'<font color="{RISK_COLOURS.get(verdict.risk, "#333333")}">'
+                                           f"<b>{escape(verdict.risk.upper())}</b></font>", body)],
+        [p("Malignant probability", small),
+         p(percent(prediction.malignant_probability)
+           + (f" ({malignant_flag_text(prediction)})" if malignant_flag_text(prediction) else ""))],
+    ] + [[p(k, small), p(v)] for k, v in meta]
+    heat = heatmap_jpeg(prediction, thumbnail_jpeg)
+    # With a heatmap the photo and the heatmap sit side by side, smaller, so the report keeps to one page.
+    image_w = 31 * mm if heat else 46 * mm
+    left_w = 2 * image_w + 3 * mm if heat else image_w
+    result_table = Table(result_rows, colWidths=[38 * mm, width - left_w - 38 * mm - 6 * mm],
+                         style=[("VALIGN", (0, 0), (-1, -1), "TOP"), ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
+                                ("TOPPADDING", (0, 0), (-1, -1), 2), ("LEFTPADDING", (0, 0), (-1, -1), 0)])
+    if thumbnail_jpeg:
+        with Image.open(io.BytesIO(thumbnail_jpeg)) as im:
+            ratio = im.height / im.width
+        thumb = RLImage(io.BytesIO(thumbnail_jpeg), width=image_w, height=image_w * ratio)
+    else:
+        thumb = p("(no image)", small)
+    if heat:
+        code = prediction.heatmap.class_code
+        thumb = Table([[thumb, RLImage(io.BytesIO(heat), width=image_w, height=image_w)],
+                       [p(f"Right: where the model looked for {lesion_class(code).name} ({code}), a Grad-CAM heatmap "
+                          "over the centre square it analysed; red = strongest evidence.", small), ""]],
+                      colWidths=[image_w + 3 * mm, image_w],
+                      style=[("LEFTPADDING", (0, 0), (-1, -1), 0), ("TOPPADDING", (0, 0), (-1, -1), 1),
+                             ("VALIGN", (0, 0), (-1, -1), "TOP"), ("SPAN", (0, 1), (1, 1))])
+    story.append(Table([[thumb, result_table]], colWidths=[left_w + 6 * mm, width - left_w - 6 * mm],
+                       style=[("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0)]))
+
+    story.append(p("Advice", h2))
+    advice_rows = [[Paragraph(f"<b>{escape(verdict.headline)}.</b>", body)]] + [[p(a)] for a in verdict.advice]
+    story.append(Table(advice_rows, colWidths=[width], style=[
+        ("LINEBEFORE", (0, 0), (0, -1), 3, risk_colour), ("LEFTPADDING", (0, 0), (-1, -1), 8),
+        ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#f4f6f8"))]))
+
+    bar_w = 52 * mm
+    breakdown = [[p("Condition", small), p("Risk", small), p("Probability", small), ""]]
+    for c in prediction.classes:
+        breakdown.append([p(f"{c.name} ({c.code})"), p(c.risk, small),
+                          _probability_bar(c.probability, colors.HexColor(RISK_COLOURS.get(c.risk, "#555555")),
+                                           bar_w, 9),
+                          p(percent(c.probability))])
+    story.append(KeepTogether([
+        p("Probability breakdown (highest first)", h2),
+        Table(breakdown, colWidths=[width - bar_w - 18 * mm - 18 * mm, 18 * mm, bar_w + 2 * mm, 16 * mm],
+              style=[("VALIGN", (0, 0), (-1, -1), "MIDDLE"), ("LINEBELOW", (0, 0), (-1, 0), 0.5, colors.grey),
+                     ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.HexColor("#f7f8fa")]),
+                     ("ALIGN", (3, 0), (3, -1), "RIGHT"), ("TOPPADDING", (0, 0), (-1, -1), 2),
+                     ("BOTTOMPADDING", (0, 0), (-1, -1), 2)]),
+    ]))
+
+    story.append(KeepTogether([p("About the predicted condition", h2), p(lesion_class(top.code).description)]))
+    story.append(KeepTogether([p("Disclaimer", h2), p(prediction.disclaimer)]))
+    card_rows = [[p(k, small), p(v, small)] for k, v in _card_summary(prediction, card)]
+    story.append(KeepTogether([
+        p("Model card summary", h2),
+        Table(card_rows, colWidths=[38 * mm, width - 38 * mm],
+              style=[("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0),
+                     ("TOPPADDING", (0, 0), (-1, -1), 1), ("BOTTOMPADDING", (0, 0), (-1, -1), 1)]),
+    ]))
+
+    def footer(canvas, doc):
+        canvas.saveState()
+        canvas.setFont("Helvetica", 7.5)
+        canvas.setFillColor(colors.HexColor("#555555"))
+        canvas.drawString(side + FRAME_PADDING, 9 * mm, f"{SYSTEM_NAME} - {NOT_A_DIAGNOSIS}")
+        canvas.drawRightString(pagesize[0] - side - FRAME_PADDING, 9 * mm, f"Page {doc.page}")
+        canvas.restoreState()
+
+    buf = io.BytesIO()
+    side = (pagesize[0] - width) / 2 - FRAME_PADDING  # the frame's own padding brings content to ``width``
+    doc = SimpleDocTemplate(buf, pagesize=pagesize, leftMargin=side, rightMargin=side,
+                            topMargin=margin, bottomMargin=margin + 3 * mm,
+                            title=REPORT_TITLE, author=SYSTEM_NAME, subject=f"{top.name} ({top.code})")
+    doc.build(story, onFirstPage=footer, onLaterPages=footer)
+    return buf.getvalue()
+
+
+def heatmap_jpeg(prediction: Prediction, thumbnail: bytes | None, size: int = 224) -> bytes | None:
+    """The Grad-CAM overlay as a JPEG for the PDF: drawn from the Prediction's heatmap grid over
+    the thumbnail's centre square (the token carries the grid, not a second picture)."""
+    if prediction.heatmap is None:
+        return None
+    if thumbnail:
+        with Image.open(io.BytesIO(thumbnail)) as im:
+            base = im.convert("RGB")
+    elif prediction.heatmap.png:
+        with Image.open(io.BytesIO(prediction.heatmap.png)) as im:
+            return jpeg_bytes(im.convert("RGB"))
+    else:
+        base = Image.new("RGB", (size, size), (128, 128, 128))
+    return jpeg_bytes(explain.render(base, prediction.heatmap.grid, size))

@@ -1,0 +1,44 @@
+"""The screening use case: one upload in, one ``Prediction`` out, the same for every caller.
+
+``screen`` is what the API (``POST /predict``), the upload form (``POST /screen``) and the
+batch CLI all run: decode and validate the bytes, predict, refuse a non-skin image, and
+time the whole (``total_ms`` travels inside the Prediction). A failure the upload caused
+is an ``ImageRejected`` (status, code, message), whoever asked.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+from server.imaging import open_upload, thumbnail_jpeg
+from server.prediction import Prediction
+from server.problems import ServiceError, not_a_skin_lesion
+
+
+@dataclass(frozen=True)
+class ScreeningOptions:
+    """What the caller wants beyond the prediction itself."""
+
+    explain: bool = False  # add a Grad-CAM heatmap
+    explain_class: str | None = None  # of this class instead of the top one
+    thumbnail: bool = False  # keep a small JPEG of the upload (result page, PDF report)
+
+
+def screen(upload: bytes, options: ScreeningOptions, predictor) -> Prediction:
+    """Read, validate and screen one upload with ``predictor`` (a ``server.model.predictor.Predictor``).
+
+    Raises ``ImageRejected`` for bytes that are not a usable JPEG/PNG and for an image the
+    non-skin check flags (422 ``not_a_skin_lesion``: no diagnosis), and a 400
+    ``ServiceError`` for an unknown ``explain_class``.
+    """
+    started = time.perf_counter()
+    image = open_upload(upload)
+    try:
+        prediction = predictor.predict_image(image, explain=options.explain, explain_class=options.explain_class)
+    except ValueError as exc:  # an unknown explain_class
+        raise ServiceError(400, "bad_request", str(exc)) from None
+    if prediction.out_of_distribution:
+        raise not_a_skin_lesion()
+    total_ms = round((time.perf_counter() - started) * 1000.0, 2)
+    return replace(prediction, total_ms=total_ms, thumbnail=thumbnail_jpeg(image) if options.thumbnail else None)

@@ -1,0 +1,1 @@
+"""The web edge: blueprints (API, pages, errors), the OpenAPI document, uploads, request ids, the model accessor."""

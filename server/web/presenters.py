@@ -1,0 +1,75 @@
+"""Presenters for the pages: pictures as data URIs, the model card's figures and safeguards in words."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+
+from server.model.card import ModelCard
+from server.prediction import Prediction
+from server.reports import percent
+
+
+def data_uri(jpeg: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+def heatmap_uri(prediction: Prediction) -> str | None:
+    if prediction.heatmap is None or not prediction.heatmap.png:
+        return None
+    return "data:image/png;base64," + base64.b64encode(prediction.heatmap.png).decode("ascii")
+
+
+_METRIC_LABELS = {  # key -> (label, as a percentage?)
+    "n": ("Test images", False),
+    "balanced_accuracy": ("Balanced accuracy", True),
+    "accuracy": ("Accuracy", True),
+    "macro_auc_ovr": ("Macro one-vs-rest AUC", False),
+    "log_loss": ("Log loss (lower is better)", False),
+}
+
+
+def metric_rows(test: Mapping) -> list[tuple[str, str]]:
+    """The card's scalar test figures as (label, text): rates as percentages, AUC and log loss as numbers."""
+    rows = []
+    for key, value in test.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        label, as_percent = _METRIC_LABELS.get(key, (key.replace("_", " ").capitalize(), False))
+        text = percent(value) if as_percent else (str(value) if isinstance(value, int) else f"{value:.3f}")
+        rows.append((label, text))
+    return rows
+
+
+def safeguards(card: ModelCard | Mapping) -> list[tuple[str, str]]:
+    """The card's safety settings in plain words, for the model page (absent ones are left out).
+
+    ``card`` may also be a card document holding only some sections.
+    """
+    card = card if isinstance(card, ModelCard) else ModelCard.partial(card)
+    out = []
+    thresholds = card.thresholds
+    test_mal = card.test_metrics.get("malignant") or {}
+    if thresholds.malignant is not None:
+        text = (f"A lesion is flagged for a dermatologist when the combined probability of melanoma, basal cell "
+                f"carcinoma and actinic keratosis reaches {percent(thresholds.malignant)}, chosen on "
+                f"validation images to catch at least {percent(thresholds.malignant_target, 0)} of malignant lesions.")
+        if "sensitivity" in test_mal:
+            text += (f" On the test images it caught {percent(test_mal['sensitivity'])} of malignant lesions "
+                     f"and cleared {percent(test_mal['specificity'])} of benign ones.")
+        out.append(("Malignant flag", text))
+    if thresholds.uncertain is not None:
+        out.append(("Uncertain answers", f"When the model's top probability is below "
+                    f"{percent(thresholds.uncertain, 0)}, the answer is called uncertain and you are "
+                    "advised to see a dermatologist."))
+    calibration = card.calibration
+    if calibration is not None and calibration.temperature is not None:
+        out.append(("Calibration", f"Probabilities are temperature-scaled (T = {calibration.temperature:.3f}); "
+                    f"calibration error on test {calibration.figure('ece_test_before', float('nan')):.3f} before, "
+                    f"{calibration.figure('ece_test_after', float('nan')):.3f} after."))
+    ood = card.ood
+    if ood is not None and ood.figure("nonskin_true_flag_rate") is not None:
+        out.append(("Non-skin images", f"Images that do not look like a skin lesion are refused without a diagnosis: "
+                    f"{percent(ood.figure('nonskin_true_flag_rate'))} of the non-skin test pictures were refused, and "
+                    f"{percent(ood.figure('test_false_flag_rate', 0.0))} of real lesion photos were wrongly refused."))
+    return out

@@ -1,0 +1,102 @@
+"""``report.md`` for a run, written once from its card, its metrics and the trust figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from server.model.card import ModelCard
+from server.model.trust import TTA_MODES
+from training.evaluate import metrics_markdown
+
+PLOTS = ("confusion_matrix.png", "confusion_matrix_normalised.png", "roc.png", "training_curves.png")
+
+
+def existing_plots(out_dir: Path) -> list[str]:
+    """The run's plots that exist, in report order."""
+    return [p for p in PLOTS if (Path(out_dir) / p).is_file()]
+
+
+def write_report(out_dir: Path, card: ModelCard, metrics: dict, plots: list[str], trust: dict | None = None) -> None:
+    """``report.md``, written once: the run's figures, what it was trained on, the plots, the trust figures."""
+    training = card.training
+    cfg = training["config"]
+    durations = training["durations_s"]
+    text = [
+        f"# {card.name} {card.version}: evaluation", "",
+        "A screening aid, not a diagnosis. Figures are on a split grouped by `lesion_id`: no lesion's "
+        "photographs appear in two splits. The test split was used once, after every choice was made on validation.", "",
+        f"- Architecture: {card.architecture}",
+        f"- Data: {card.data['source']['name']} ({card.licence['name']}); split sizes {dict(card.data['split_sizes'])}",
+        f"- Imbalance: {cfg['imbalance']}, loss {cfg['loss']}, label smoothing {cfg['label_smoothing']}, "
+        f"weight EMA momentum {cfg.get('ema_momentum', 0)}",
+        f"- Recipe: {cfg['input_size']} px, head warm-up {cfg['head_epochs']} epochs, then {cfg['epochs']} whole-network "
+        f"epochs on fresh augmentations, AdamW peak learning rate {cfg['lr']:g} (warm-up {cfg['warmup_epochs']:g} epoch, "
+        f"cosine decay), {cfg.get('keep', 'best')} epoch kept; post-hoc logit adjustment tau "
+        f"{training['logit_adjustment']['tau']:g} (chosen on validation)",
+        f"- Seed {cfg['seed']}; hardware {training['hardware']}; total {durations['total'] / 60:.1f} min "
+        f"({', '.join(f'{k} {v:.0f} s' for k, v in durations.items() if k != 'total')})"
+        + (f"; resumed after epoch {resumed}, so these times cover only the resumed invocation (train.log has the "
+           "whole run)" if (resumed := training.get("resumed_after_epoch")) else ""),
+        f"- Malignant threshold {card.thresholds.malignant:.3f}, chosen on validation for sensitivity >= "
+        f"{card.thresholds.malignant_target:.2f}", "",
+        metrics_markdown(metrics["test"], "Test split"),
+        metrics_markdown(metrics["val"], "Validation split"),
+        *[f"![{p}]({p})" for p in plots], "",
+    ]
+    ablation = out_dir / "ablation.md"
+    if ablation.is_file():
+        text += ["## Ablation (validation balanced accuracy)", "", ablation.read_text()]
+    if trust is not None:
+        text += ["", *trust_section(trust)]
+    (out_dir / "report.md").write_text("\n".join(text) + "\n")
+
+
+def summary_table(trust: dict) -> dict:
+    cal, ood, tta = trust["calibration"], trust["ood"], trust["tta"]
+    mal = trust.get("malignant_test") or {}
+    return {
+        "ece_test_before": round(cal["ece_test_before"], 4), "ece_test_after": round(cal["ece_test_after"], 4),
+        "temperature": round(cal["temperature"], 3),
+        "malignant_test_sensitivity": mal.get("sensitivity"), "malignant_test_specificity": mal.get("specificity"),
+        "nonskin_true_flag_rate": round(ood["nonskin_true_flag_rate"], 3),
+        "test_false_flag_rate": round(ood["test_false_flag_rate"], 4),
+        "uncertain_threshold": trust["uncertain"]["threshold"],
+        "tta_default": tta["default"], "tta_val_gain": {k: round(v, 4) for k, v in tta["val_gain"].items()},
+        "tta_cost_ratio": {k: round(v, 2) for k, v in tta["cost_ratio"].items()},
+    }
+
+
+def trust_section(trust: dict) -> list[str]:
+    """The trust figures of ``training.calibrate`` as a report section (lines)."""
+    cal, unc, ood, tta = trust["calibration"], trust["uncertain"], trust["ood"], trust["tta"]
+    mal = trust.get("malignant_test") or {}
+
+    def f(v, d=3):
+        return "n/a" if v is None else f"{v:.{d}f}"
+
+    return [
+        "## Trustworthy outputs (training.calibrate)", "",
+        "| figure | value |", "|---|---|",
+        f"| temperature (TTA {cal['tta']}) | {f(cal['temperature'])} |",
+        f"| ECE test, {cal['ece_bins']} bins, before -> after | {f(cal['ece_test_before'], 4)} -> {f(cal['ece_test_after'], 4)} |",
+        f"| NLL test before -> after | {f(cal['nll_test_before'], 4)} -> {f(cal['nll_test_after'], 4)} |",
+        f"| malignant sensitivity / specificity (test) | {f(mal.get('sensitivity'))} / {f(mal.get('specificity'))} |",
+        f"| uncertain threshold (calibrated top p) | {f(unc['threshold'], 2)} |",
+        f"| answered (not uncertain) val / test | {f(unc['val']['coverage'])} / {f(unc['test']['coverage'])} |",
+        f"| accuracy of answered val / test | {f(unc['val']['accuracy_answered'])} / {f(unc['test']['accuracy_answered'])} |",
+        f"| non-skin images flagged | {f(ood['nonskin_true_flag_rate'])} of {ood['nonskin_images']} |",
+        f"| lesion test images falsely flagged | {f(ood['test_false_flag_rate'], 4)} |",
+        f"| TTA default | {tta['default']} |",
+        *[f"| TTA {m}: val BA gain / cost ratio | {tta['val_gain'][m]:+.4f} / {tta['cost_ratio'][m]:.2f}x |"
+          for m in TTA_MODES],
+        "",
+        f"- Uncertain rule: {unc['rule']}.",
+        f"- TTA rule: {tta['rule']}.",
+        f"- Non-skin check: {ood['method']}; threshold {ood['threshold']:.2f} = {ood['threshold_rule']}; "
+        f"plus picture statistics (threshold {ood['image_threshold']:.2f}, same rule); {ood['rule']}.",
+        "- Non-skin images by kind (flagged/n): "
+        + ", ".join(f"{k} {v['flagged']}/{v['n']}" for k, v in ood["nonskin_by_kind"].items()) + ".",
+        f"- Features alone flag {ood['nonskin_true_flag_rate_features_only']:.3f} of non-skin images and "
+        f"{ood['test_false_flag_rate_features_only']:.4f} of test lesions; picture statistics alone "
+        f"{ood['nonskin_true_flag_rate_image_only']:.3f} and {ood['test_false_flag_rate_image_only']:.4f}.", "",
+    ]
