@@ -134,10 +134,17 @@ def post(port: int, body: bytes, source: str = "127.0.0.1", headers: dict | None
         conn.close()
 
 
-def nginx_log(stack: Stack) -> dict[str, dict]:
-    """nginx's access log by request id."""
-    lines = (stack.run_dir / "nginx-access.log").read_text().splitlines()
-    return {e["request_id"]: e for e in map(json.loads, lines) if e["request_id"]}
+def nginx_log(stack: Stack, records) -> dict[str, dict]:
+    """nginx's access log by request id, once it holds every request in ``records`` (nginx logs a
+    request just after its client has the answer, so the last few may lag a moment)."""
+    wanted = {r[-1] for r in records}
+    deadline = time.monotonic() + 10
+    while True:
+        lines = (stack.run_dir / "nginx-access.log").read_text().splitlines()
+        entries = {e["request_id"]: e for e in map(json.loads, lines) if e["request_id"]}
+        if wanted <= entries.keys() or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.1)
 
 
 @pytest.fixture()
@@ -171,7 +178,7 @@ def test_two_hosts_behind_nginx_share_the_limit_the_secret_and_survive_losing_on
     # 1. Requests spread over every instance (each from its own client address: no limit in play).
     spread = [post(stack.port, image, next(addresses)) for _ in range(20)]
     assert all(status == 200 for status, _, _ in spread), spread[:3]
-    log = nginx_log(stack)
+    log = nginx_log(stack, spread)
     per_instance = {name: 0 for name in upstream.values()}
     for _, _, rid in spread:
         per_instance[upstream[log[rid]["upstream"]]] += 1
@@ -192,7 +199,7 @@ def test_two_hosts_behind_nginx_share_the_limit_the_secret_and_survive_losing_on
     client = "127.0.0.2"
     limited = [post(stack.port, image, client) for _ in range(3 * LIMIT)]
     statuses = [s for s, _, _ in limited]
-    log = nginx_log(stack)
+    log = nginx_log(stack, limited)
     by_status: dict[int, dict[str, int]] = {}
     for status, _, rid in limited:
         counts = by_status.setdefault(status, {name: 0 for name in upstream.values()})
@@ -246,7 +253,7 @@ def test_two_hosts_behind_nginx_share_the_limit_the_secret_and_survive_losing_on
     for t in threads:
         t.join()
     assert not alive(two.pid)
-    log = nginx_log(stack)
+    log = nginx_log(stack, records)
     one_addr, two_addr = one.url.split("//")[1], two.url.split("//")[1]
     before = [r for r in records if r[0] < killed_at]
     failed = [r for r in records if r[2] != 200]
