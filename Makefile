@@ -13,10 +13,14 @@ MODEL_PATH ?= saved_models/ham10000_mobilenetv2.h5
 CHROMIUM ?= /usr/bin/chromium
 PDFTOPPM ?= /usr/bin/pdftoppm
 BROWSER_PACKAGES := chromium poppler-utils
+# The scale-out test (tests/test_scale_out.py) runs Debian's nginx and redis-server; `make services` installs them when missing.
+NGINX ?= /usr/sbin/nginx
+REDIS_SERVER ?= /usr/bin/redis-server
+SERVICE_PACKAGES := nginx redis-server
 # Each step that can fail says in one line what failed and what to run by hand.
 fail = { echo "error: $(1)" >&2; exit 1; }
 
-.PHONY: run test test-fast install install-test browser lock lint train evaluate bench clean
+.PHONY: run test test-fast install install-test browser services lock lint train evaluate bench clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
@@ -36,20 +40,29 @@ $(VENV)/.installed-test: $(VENV)/.installed setup.cfg constraints.txt
 
 install: $(VENV)/.installed
 
-install-test: $(VENV)/.installed-test browser
+install-test: $(VENV)/.installed-test browser services
 
-# The browser tests drive Debian's Chromium through Playwright (its own browser download fails offline);
-# the PDF checks render pages with poppler's pdftoppm. Installs both when either is missing, as root or through sudo.
-browser:
-	@if [ ! -x "$(CHROMIUM)" ] || [ ! -x "$(PDFTOPPM)" ]; then \
+# Installs Debian packages $(1) when any of the files $(2) is missing, as root or through sudo, for $(3).
+define apt_install
+@if ! (for f in $(2); do [ -x "$$f" ] || exit 1; done); then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; \
 	  elif command -v sudo >/dev/null; then SUDO=sudo; \
-	  else $(call fail,$(BROWSER_PACKAGES) are missing and installing them needs root or sudo; as root run: apt-get install -y $(BROWSER_PACKAGES)); fi; \
-	  echo "installing Debian's $(BROWSER_PACKAGES) for the browser tests"; \
+	  else $(call fail,$(1) are missing and installing them needs root or sudo; as root run: apt-get install -y $(1)); fi; \
+	  echo "installing Debian's $(1) for $(3)"; \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-	    && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PACKAGES) >/dev/null \
-	    || $(call fail,apt-get could not install $(BROWSER_PACKAGES) (see above); by hand: $${SUDO:+sudo }apt-get update && $${SUDO:+sudo }apt-get install -y $(BROWSER_PACKAGES)); \
+	    && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null \
+	    || $(call fail,apt-get could not install $(1) (see above); by hand: $${SUDO:+sudo }apt-get update && $${SUDO:+sudo }apt-get install -y $(1)); \
 	fi
+endef
+
+# The browser tests drive Debian's Chromium through Playwright (its own browser download fails offline);
+# the PDF checks render pages with poppler's pdftoppm. Installs both when either is missing.
+browser:
+	$(call apt_install,$(BROWSER_PACKAGES),$(CHROMIUM) $(PDFTOPPM),the browser tests)
+
+# nginx in front of several gunicorn instances, Redis for their shared rate limit (deploy/stack.py).
+services:
+	$(call apt_install,$(SERVICE_PACKAGES),$(NGINX) $(REDIS_SERVER),the scale-out test)
 
 # Refresh constraints.txt: the newest versions setup.cfg allows, pinned for the Python that runs it
 # (3.11 on x86-64 Linux here). Then `make test`, and commit constraints.txt with what it changed.

@@ -27,10 +27,11 @@ def create_app(config: dict | None = None) -> Flask:
     ensure_secret_key(app.config)
     logging.getLogger("server").setLevel(logging.INFO)
 
-    from server.web import api, errors, observability, pages
+    from server.web import api, errors, observability, pages, scaleout
     from server.web.service import init_predictor
 
     observability.init_app(app)
+    scaleout.init_app(app)  # behind a proxy: the client's address from X-Forwarded-For
     app.register_blueprint(errors.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
@@ -46,7 +47,7 @@ def create_app(config: dict | None = None) -> Flask:
         from flask_limiter import Limiter
         from flask_limiter.util import get_remote_address
 
-        limiter = Limiter(get_remote_address, app=app, storage_uri=app.config["RATE_LIMIT_STORAGE_URI"], headers_enabled=True)
+        limiter = Limiter(get_remote_address, app=app, headers_enabled=True, **scaleout.limiter_options(app.config))
         # One budget for both ways to run the model: POST /predict and the upload form's POST /screen.
         screening = limiter.shared_limit(app.config["RATE_LIMIT"], scope="screening")
         for endpoint in ("api.predict", "pages.screen"):

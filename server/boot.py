@@ -14,6 +14,7 @@ from pathlib import Path
 
 from server.config import DEFAULT_MODEL_PATH, rate_limit_problem
 from server.model.files import ModelLoadError, check_model_files
+from server.web.scaleout import storage_problem
 
 SECRET_KEY_MISSING = (
     "SECRET_KEY is not set; production needs a fixed secret (e.g. `export SECRET_KEY=$(openssl rand -hex 32)`)."
@@ -24,7 +25,7 @@ def boot_problem(environ) -> str | None:
     """The first reason this environment cannot serve, as one sentence, or None."""
     if not environ.get("SECRET_KEY"):
         return SECRET_KEY_MISSING
-    rate_problem = rate_limit_problem(environ.get("RATE_LIMIT", ""))
+    rate_problem = rate_limit_problem(environ.get("RATE_LIMIT", "")) or storage_problem(environ.get("RATE_LIMIT_STORAGE_URI", ""))
     if rate_problem:
         return rate_problem
     model_path = Path(environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH)

@@ -78,9 +78,10 @@ def config_from_env() -> dict:
         # the production app in debug mode. Tests and `flask --debug` can still override it.
         "DEBUG": False,
         # Optional per-client limit on POST /predict, e.g. "60/minute" (Flask-Limiter syntax);
-        # empty = off. Counted per worker process in memory, keyed on the client address.
+        # empty = off. Keyed on the client address; counted in RATE_LIMIT_STORAGE_URI (server/web/scaleout.py).
         "RATE_LIMIT": _env_rate("RATE_LIMIT"),
-        "RATE_LIMIT_STORAGE_URI": os.environ.get("RATE_LIMIT_STORAGE_URI", "memory://"),
+        "RATE_LIMIT_STORAGE_URI": os.environ.get("RATE_LIMIT_STORAGE_URI") or "memory://",  # redis://... for several hosts
+        "TRUSTED_PROXY_HOPS": _env_int("TRUSTED_PROXY_HOPS", 0),  # 1 behind deploy/nginx.conf (server/web/scaleout.py)
         # Seconds a request body may stall between two reads under gunicorn before the
         # client is answered 408 and disconnected (a slowloris upload must not hold a thread).
         "UPLOAD_READ_TIMEOUT": _env_float("UPLOAD_READ_TIMEOUT", 10.0),

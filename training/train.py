@@ -27,7 +27,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,14 +58,6 @@ def setup_logging(out_dir: Path) -> None:
         log.addHandler(handler)
 
 
-def distribution_strategy():
-    """MirroredStrategy over several GPUs, else the default (one GPU or the CPU)."""
-    import tensorflow as tf
-
-    gpus = tf.config.list_logical_devices("GPU")
-    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
-
-
 def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict:
     """Split, load, warm up the head, fine-tune, adjust, export, evaluate. Returns the model card."""
     import keras
@@ -75,10 +67,14 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
     from training.model import build_model
     from training.phases import batched_predict, epochs_done, fine_tune, warm_up_head
     from training.posthoc import choose_tau, class_prior, fold_into_bias
+    from training.strategy import choose_strategy, describe, finish_worker, worker_out_dir
 
+    strategy = choose_strategy()  # first: MultiWorkerMirroredStrategy (TF_CONFIG) must precede any other TF call
+    cfg = replace(cfg, out_dir=worker_out_dir(cfg.out_dir, strategy))  # only the chief writes the run folder
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(out_dir)
+    log.info("strategy: %s", describe(strategy))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     keras.utils.set_random_seed(cfg.seed)
@@ -92,7 +88,7 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
     loss = make_loss(cfg.loss, cfg.label_smoothing, cfg.focal_gamma)
     log.info("class loss weights (%s): %s", cfg.imbalance, dict(zip(CLASS_CODES, np.round(weights, 3).tolist())))
 
-    with distribution_strategy().scope():
+    with strategy.scope():
         model = build_model(k, cfg.input_size, cfg.alpha, cfg.weights, cfg.dense_units, cfg.dropout, cfg.seed)
 
     t = time.perf_counter()
@@ -132,7 +128,9 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
         log.info("logit adjustment: tau %.2f (validation balanced accuracy by tau: %s)", tau, tau_scores)
     adjustment = {"tau": tau, "prior": dict(zip(CLASS_CODES, np.round(prior, 5).tolist())),
                   "val_balanced_accuracy_by_tau": {str(t): round(s, 4) for t, s in tau_scores.items()}}
-    return export_and_evaluate(model, cfg, prepared, adjustment, timings, t0, score_test, resumed_after)
+    card = export_and_evaluate(model, cfg, prepared, adjustment, timings, t0, score_test, resumed_after)
+    finish_worker(cfg.out_dir, strategy, model)
+    return card
 
 
 def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment: dict, timings: dict, t0: float,
