@@ -80,6 +80,8 @@ def _confidence(prediction: Prediction, card: ModelCard | None) -> tuple[str, ..
     if isinstance(trust.get("accuracy_answered"), (int, float)):
         lines.append(f"Answers at least {percent(prediction.uncertain_below, 0)} confident were right about "
                      f"{round(trust['accuracy_answered'] * 100)} times in 100 on the test images.")
+    else:
+        lines.append(f"Below {percent(prediction.uncertain_below, 0)} an answer counts as uncertain.")
     return tuple(lines)
 
 

@@ -26,6 +26,7 @@ from server.reports.formats import paper_size
 
 FRAME_PADDING = 6  # points: reportlab Frame default padding
 RISK_COLOURS = {"high": "#b3261e", "moderate": "#8a5300", "low": "#1d6b35"}
+NEUTRAL = "#6b7785"
 TONE_COLOURS = RISK_COLOURS | {"uncertain": "#8a5300"}  # the verdict's colour: an uncertain answer is never green
 
 
@@ -33,6 +34,8 @@ def _card_summary(prediction: Prediction, card: ModelCard | None) -> list[tuple[
     """Model-card rows for the PDF; card details only when the card is the predicting model's."""
     model = prediction.model
     rows = [
+        ("Date and time", format_timestamp(prediction.created_at)),
+        ("System", SYSTEM_NAME),
         ("Model", f"{model.name}, version {model.version}"),
         ("Model file sha256", model.sha256[:16] + "..."),
         ("Input size", f"{model.input_size} x {model.input_size} px"),
@@ -148,20 +151,10 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
         ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#f4f6f8"))]))
     story.append(Spacer(1, 6))
 
-    meta = [
-        ("Date and time", format_timestamp(prediction.created_at)),
-        ("System", SYSTEM_NAME),
-        ("Model", f"{prediction.model.name}, version {prediction.model.version}"),
-        ("Test balanced accuracy", balanced_accuracy_text(prediction)),
-    ]
-    result_rows = [[p(k, small), p(v)] for k, v in meta]
     heat = heatmap_jpeg(prediction, thumbnail_jpeg)
-    # With a heatmap the photo and the heatmap sit side by side, smaller, so the report keeps to one page.
-    image_w = 31 * mm if heat else 46 * mm
+    # The photo and the heatmap sit small, side by side, beside the breakdown, so a report keeps to one page.
+    image_w = 28 * mm if heat else 40 * mm
     left_w = 2 * image_w + 3 * mm if heat else image_w
-    result_table = Table(result_rows, colWidths=[38 * mm, width - left_w - 38 * mm - 6 * mm],
-                         style=[("VALIGN", (0, 0), (-1, -1), "TOP"), ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
-                                ("TOPPADDING", (0, 0), (-1, -1), 2), ("LEFTPADDING", (0, 0), (-1, -1), 0)])
     if thumbnail_jpeg:
         with Image.open(io.BytesIO(thumbnail_jpeg)) as im:
             ratio = im.height / im.width
@@ -176,23 +169,26 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
                       colWidths=[image_w + 3 * mm, image_w],
                       style=[("LEFTPADDING", (0, 0), (-1, -1), 0), ("TOPPADDING", (0, 0), (-1, -1), 1),
                              ("VALIGN", (0, 0), (-1, -1), "TOP"), ("SPAN", (0, 1), (1, 1))])
-    story.append(Table([[thumb, result_table]], colWidths=[left_w + 6 * mm, width - left_w - 6 * mm],
-                       style=[("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0)]))
 
-    bar_w = 52 * mm
+    right_w = width - left_w - 6 * mm
+    bar_w = 30 * mm
     breakdown = [[p("Condition", small), p("Risk", small), p("Probability", small), ""]]
     for c in prediction.classes:
-        breakdown.append([p(f"{c.name} ({c.code})"), p(c.risk, small),
-                          _probability_bar(c.probability, colors.HexColor(RISK_COLOURS.get(c.risk, "#555555")),
-                                           bar_w, 9),
-                          p(percent(c.probability))])
+        # as on the page: when the answer sends the person to a dermatologist, no bar is green
+        colour = NEUTRAL if verdict.see_dermatologist and c.risk == "low" else RISK_COLOURS.get(c.risk, NEUTRAL)
+        breakdown.append([p(f"{c.name} ({c.code})", small), p(c.risk, small),
+                          _probability_bar(c.probability, colors.HexColor(colour), bar_w, 9),
+                          p(percent(c.probability), small)])
+    breakdown_table = Table(
+        breakdown, colWidths=[right_w - bar_w - 2 * mm - 15 * mm - 14 * mm, 15 * mm, bar_w + 2 * mm, 14 * mm],
+        style=[("VALIGN", (0, 0), (-1, -1), "MIDDLE"), ("LINEBELOW", (0, 0), (-1, 0), 0.5, colors.grey),
+               ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.HexColor("#f7f8fa")]),
+               ("ALIGN", (3, 0), (3, -1), "RIGHT"), ("TOPPADDING", (0, 0), (-1, -1), 1),
+               ("BOTTOMPADDING", (0, 0), (-1, -1), 1), ("LEFTPADDING", (0, 0), (-1, -1), 2)])
     story.append(KeepTogether([
-        p("Probability breakdown (highest first)", h2),
-        Table(breakdown, colWidths=[width - bar_w - 18 * mm - 18 * mm, 18 * mm, bar_w + 2 * mm, 16 * mm],
-              style=[("VALIGN", (0, 0), (-1, -1), "MIDDLE"), ("LINEBELOW", (0, 0), (-1, 0), 0.5, colors.grey),
-                     ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.HexColor("#f7f8fa")]),
-                     ("ALIGN", (3, 0), (3, -1), "RIGHT"), ("TOPPADDING", (0, 0), (-1, -1), 2),
-                     ("BOTTOMPADDING", (0, 0), (-1, -1), 2)]),
+        p("Your photo and the probability breakdown (highest first)", h2),
+        Table([[thumb, breakdown_table]], colWidths=[left_w + 6 * mm, right_w],
+              style=[("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0)]),
     ]))
 
     if verdict.uncertain:

@@ -126,7 +126,7 @@ def bar_sentence(card_or_test) -> str:
         more = len(short) - 1
         return ("This model does not meet the product's quality bar: on its held-out test images its "
                 f"{first.label[0].lower() + first.label[1:]} is {first.show(first.value)}, against a bar of {first.bar[2:]}"
-                + (f", and {more} more of the bar's {len(checks)} figures fall short" if more else "") + ".")
+                + (f", and {more} more of its {len(checks)} figures {'falls' if more == 1 else 'fall'} short" if more else "") + ".")
     missing = ", ".join(c.label for c in checks if c.met is None)
     return f"This model is not shown to meet the product's quality bar: its card does not record {missing}."
 
