@@ -41,6 +41,7 @@ class LesionClass:
     malignant: bool
     description: str
     advice: str
+    in_words: str = ""  # the class inside a sentence, lower case: "melanoma", "a mole (melanocytic nevus)"
 
 
 CATALOGUE: tuple[LesionClass, ...] = (
@@ -54,6 +55,7 @@ CATALOGUE: tuple[LesionClass, ...] = (
             "Bowen's disease is an early, superficial form of squamous cell carcinoma."
         ),
         advice="See a dermatologist: these lesions are usually treated, and some progress to skin cancer.",
+        in_words="actinic keratosis",
     ),
     LesionClass(
         code="bcc",
@@ -65,6 +67,7 @@ CATALOGUE: tuple[LesionClass, ...] = (
             "the tissue around it if left untreated. Often a pearly bump or a sore that does not heal."
         ),
         advice="See a dermatologist soon: basal cell carcinoma needs treatment.",
+        in_words="basal cell carcinoma",
     ),
     LesionClass(
         code="bkl",
@@ -76,6 +79,7 @@ CATALOGUE: tuple[LesionClass, ...] = (
             "harmless growths that can look worrying because they are dark or warty."
         ),
         advice="Usually harmless. Have it checked if it changes, itches or bleeds.",
+        in_words="a benign keratosis-like lesion",
     ),
     LesionClass(
         code="df",
@@ -87,6 +91,7 @@ CATALOGUE: tuple[LesionClass, ...] = (
             "injury such as an insect bite."
         ),
         advice="Usually harmless. Have it checked if it grows or changes.",
+        in_words="a dermatofibroma",
     ),
     LesionClass(
         code="mel",
@@ -99,6 +104,7 @@ CATALOGUE: tuple[LesionClass, ...] = (
             "over 6 mm, and change over time."
         ),
         advice="See a dermatologist promptly: a suspected melanoma should be examined without delay.",
+        in_words="melanoma",
     ),
     LesionClass(
         code="nv",
@@ -109,6 +115,7 @@ CATALOGUE: tuple[LesionClass, ...] = (
             "A common mole: a benign cluster of pigment cells. Most adults have many of them."
         ),
         advice="Usually harmless. Watch for changes in size, shape or colour and have those checked.",
+        in_words="a mole (melanocytic nevus)",
     ),
     LesionClass(
         code="vasc",
@@ -120,12 +127,22 @@ CATALOGUE: tuple[LesionClass, ...] = (
             "granulomas. Most are benign, but some bleed easily or look like other lesions."
         ),
         advice="Usually benign. Have it checked if it bleeds, grows quickly or you are unsure.",
+        in_words="a vascular lesion",
     ),
 )
 
 CLASS_CODES: tuple[str, ...] = tuple(c.code for c in CATALOGUE)
 MALIGNANT_CODES: frozenset[str] = frozenset(c.code for c in CATALOGUE if c.malignant)
 _BY_CODE = {c.code: c for c in CATALOGUE}
+# The malignant classes, the most dangerous first, as the pages and reports name them.
+MALIGNANT_IN_WORDS_ORDER = ("mel", "bcc", "akiec")
+
+
+def malignant_in_words() -> str:
+    """'melanoma, basal cell carcinoma or actinic keratosis': what "malignant" adds up, in words."""
+    codes = sorted(MALIGNANT_CODES, key=lambda c: (MALIGNANT_IN_WORDS_ORDER + (c,)).index(c))
+    names = [_BY_CODE[c].in_words for c in codes]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def lesion_class(code: str) -> LesionClass:

@@ -23,3 +23,15 @@ NONSKIN_REFUSE_ABOVE = 1.0
 def refuses_as_non_skin(score):
     """The one non-skin rule: True where ``score`` (a float or an array) is above the limit."""
     return score > NONSKIN_REFUSE_ABOVE
+
+
+# The product's quality bar: what a model must reach on the held-out test split before the
+# service may call it good enough (README, "The shipped model"). (card figure, words, minimum);
+# ``server.reports.quality`` reads the figures from the card and says, in words, which are met.
+QUALITY_BAR = (
+    ("balanced_accuracy", "Balanced accuracy", 0.80),
+    ("accuracy", "Accuracy", 0.85),
+    ("melanoma_recall", "Melanoma recall", 0.80),
+    ("malignant_auc", "Malignant AUC", 0.95),
+    ("lowest_class_recall", "Lowest class recall", 0.60),
+)

@@ -8,7 +8,7 @@
 
   var input = document.getElementById("image");
   var zone = document.getElementById("dropzone");
-  var errorBox = document.getElementById("client-error");
+  var errorBox = document.getElementById("upload-error");
   var preview = document.getElementById("preview");
   var previewImg = document.getElementById("preview-img");
   var previewName = document.getElementById("preview-name");

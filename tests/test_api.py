@@ -7,6 +7,8 @@ back. Responses are validated against the OpenAPI document the service publishes
 
 from __future__ import annotations
 
+import re
+
 import ast
 import io
 import json
@@ -391,22 +393,47 @@ def test_a_pdf_report_can_be_requested_from_the_document_alone(client):
     assert resp.data.startswith(b"%PDF-")
 
 
-def test_docs_page_renders_the_document_without_external_assets(client):
+def test_docs_page_renders_the_whole_document_without_external_assets(client):
+    import html as html_lib
+
+    from server.web.docs import error_codes, field_rows
+
     resp = client.get("/docs")
     assert resp.status_code == 200 and resp.mimetype == "text/html"
-    html = resp.get_data(as_text=True)
-    for path in openapi_document(10)["paths"]:
-        assert f"<code>{path}</code>" in html
-    assert "curl -F image=@lesion.jpg http://localhost/predict" in html
-    assert "--data-binary" in html
-    for status in ("413", "415", "422"):
-        assert f"<code>{status}</code>" in html
-    for param in ("format", "paper", "explain", "explain_class"):
-        assert f"<td><code>{param}</code></td>" in html
-    assert "<code>application/pdf</code>" in html and "<code>application/json</code>: Error" in html
-    assert "src=\"http" not in html and "href=\"http" not in html and "<script" not in html
-    nonce = html.split('<style nonce="', 1)[1].split('"', 1)[0]
-    assert f"'nonce-{nonce}'" in resp.headers["Content-Security-Policy"]
+    page = resp.get_data(as_text=True)
+    document = openapi_document(10)
+    for path, methods in document["paths"].items():
+        for method, op in methods.items():
+            anchor = f"{method}-{path.strip('/').replace('/', '-').replace('.', '-')}"
+            section = page[page.index(f'<section class="card op" id="{anchor}"'):]
+            section = section[:section.index("</section>")]
+            assert f"<code>{path}</code>" in section
+            for param in op.get("parameters", []):  # every parameter, with every value it allows
+                row = re.search(rf'<tr class="param" data-name="{param["name"]}">.*?</tr>', section).group(0)
+                for value in param["schema"].get("enum", []):
+                    assert value in row
+            for media in (op.get("requestBody") or {}).get("content", {}):
+                assert f'data-media-type="{media}"' in section
+            for status, response in op["responses"].items():
+                row = re.search(rf'<tr class="response" data-status="{status}">.*?</tr>', section, re.S).group(0)
+                for media, spec in (response.get("content") or {}).items():
+                    assert f'data-media-type="{media}"' in row
+                    for code in error_codes(spec["schema"]):
+                        assert f'<code class="error-code">{code}</code>' in row
+    for name, schema in document["components"]["schemas"].items():
+        for field in field_rows(schema):
+            assert f'<tr class="field" data-name="{html_lib.escape(field["name"])}">' in page
+    assert 'data-name="prediction.advice"' in page and 'data-name="calibration.temperature"' in page
+    assert "number or null" in page and "['" not in page and "[&#39;" not in page  # types in words, not Python lists
+    assert "curl -F image=@lesion.jpg http://localhost/predict" in page and "--data-binary" in page
+    assert "src=\"http" not in page and "href=\"http" not in page and "<script" not in page
+    assert "<style" not in page, "styles come from /static/style.css (the CSP allows no inline style)"
+    assert '<link rel="icon" href="/static/favicon.svg"' in page
+
+
+def test_favicon_ico_is_served(client):
+    resp = client.get("/favicon.ico")
+    assert resp.status_code == 200 and resp.mimetype == "image/svg+xml"
 
 
 def test_security_and_request_id_headers(client):

@@ -14,7 +14,8 @@ import pytest
 
 from server.lesions import DISCLAIMER, lesion_class
 from tests.conftest import image_bytes
-from tests.fixture_model import RED_CLASS
+from tests.fixture_model import BLUE_CLASS, RED_CLASS
+from tests.test_ood import ood_model  # noqa: F401  (fixture: the colour model with non-skin statistics)
 
 pytestmark = pytest.mark.slow
 
@@ -80,6 +81,7 @@ def test_upload_result_and_reports_in_a_browser(browser, base_url, tmp_path):
         text = Path(txt_info.value.path()).read_text()
         assert txt_info.value.suggested_filename.endswith(".txt")
         assert f"Predicted condition:  {red.name} ({red.code})" in text
+        assert text.index("RESULT: ") < text.index("WHAT TO DO") < text.index("PROBABILITY BREAKDOWN")
         assert " ".join(DISCLAIMER.split()) in " ".join(text.split())
 
         with page.expect_download() as pdf_info:
@@ -103,7 +105,7 @@ def test_client_side_check_stops_a_wrong_file_before_upload(browser, base_url, t
     try:
         page.goto(base_url + "/")
         page.set_input_files("#image", str(not_image))
-        assert "not a JPEG or PNG" in page.inner_text("#client-error")
+        assert "not a JPEG or PNG" in page.inner_text("#upload-error")
         page.click("#submit")
         assert page.url.rstrip("/") == base_url  # the form was not sent
         assert page.get_attribute("#image", "aria-invalid") == "true"
@@ -123,5 +125,174 @@ def test_upload_works_with_javascript_disabled(browser, base_url, tmp_path):
         with page.expect_navigation():
             page.click("#submit")
         assert page.inner_text("#predicted-class") == lesion_class(RED_CLASS).name
+    finally:
+        context.close()
+
+
+# ---------------------------------------------------------------- issue #14: the answer first, on a phone too
+
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 900}
+VIEWPORTS = {"phone": PHONE, "desktop": DESKTOP}
+GREY = (128, 128, 128)  # the colour fixture cannot tell: an uncertain answer
+# Every green the stylesheet uses (--low, --low-bg), as computed styles give them, and any other clear green.
+GREEN_JS = """root => {
+  const known = ['rgb(29, 107, 53)', 'rgb(232, 245, 236)'];
+  const green = c => { const m = c.match(/rgba?\\((\\d+), (\\d+), (\\d+)/); if (!m) return false;
+    const [r, g, b] = m.slice(1).map(Number); return known.includes(`rgb(${r}, ${g}, ${b})`) || (g - Math.max(r, b) > 40); };
+  const hits = [];
+  for (const el of [root, ...root.querySelectorAll('*')]) {
+    if (!el.getClientRects().length) continue;
+    const s = getComputedStyle(el);
+    for (const p of ['color', 'background-color', 'border-left-color', 'fill'])
+      if (green(s[p]) && !(p === 'fill' && el.tagName !== 'rect'))
+        hits.push(`${el.tagName}#${el.id}.${el.className.baseVal ?? el.className} ${p} ${s[p]}`);
+  }
+  return hits;
+}"""
+
+
+def watch(page) -> list[str]:
+    """Requests answered 404 or 5xx while the page loads (the favicon included)."""
+    failures: list[str] = []
+    page.on("response", lambda r: failures.append(f"{r.status} {r.url}") if r.status == 404 or r.status >= 500 else None)
+    return failures
+
+
+def overflow(page) -> int:
+    return page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+
+
+def screen_in_browser(page, base_url, image_path):
+    page.goto(base_url + "/")
+    page.set_input_files("#image", str(image_path))
+    with page.expect_navigation():
+        page.click("#submit")
+
+
+def assert_answer_above_the_fold(page, viewport):
+    for selector in ("#verdict", "#advice"):
+        box = page.locator(selector).bounding_box()
+        assert box and box["y"] >= 0 and box["y"] + box["height"] <= viewport["height"], \
+            f"{selector} is not on the first screen: {box}"
+
+
+@pytest.fixture(scope="module")
+def shot_dir():
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.mark.parametrize("viewport_name", ["phone", "desktop"])
+@pytest.mark.parametrize("case, colour", [("confident", (220, 30, 30)), ("flagged", (30, 30, 220)), ("uncertain", GREY)])
+def test_the_answer_comes_first_as_one_message(browser, base_url, tmp_path, shot_dir, viewport_name, case, colour):
+    viewport = VIEWPORTS[viewport_name]
+    image = tmp_path / "lesion.png"
+    image.write_bytes(image_bytes(colour, size=(64, 64)))
+    context = browser.new_context(viewport=viewport)
+    page = context.new_page()
+    failures = watch(page)
+    try:
+        screen_in_browser(page, base_url, image)
+        assert overflow(page) <= 0, "the page scrolls sideways"
+        assert_answer_above_the_fold(page, viewport)
+        if viewport_name == "phone":
+            assert page.locator("#confidence").bounding_box()["y"] < viewport["height"], "the confidence is below the fold"
+            # photo, heatmap and breakdown follow the answer
+            photo, advice = page.locator(".result-image").first.bounding_box(), page.locator("#advice").bounding_box()
+            assert photo["y"] > advice["y"]
+        verdict = page.inner_text("#verdict")
+        assert page.inner_text("#confidence-meaning").strip(), "the confidence says what it means"
+        assert "melanoma, basal cell carcinoma or actinic keratosis" in page.inner_text("#malignant-meaning")
+        if case == "uncertain":
+            assert verdict.startswith("Uncertain: the model cannot tell")
+            assert page.locator("#predicted-class").count() == 0 and page.locator("#risk-level").count() == 0
+            assert 2 <= page.locator("#leading li").count() <= 3
+            assert page.evaluate(GREEN_JS, page.query_selector("main")) == [], "an uncertain answer shows no green"
+        elif case == "flagged":
+            assert verdict.startswith("Flagged as possibly malignant")
+            assert page.inner_text("#predicted-class") == lesion_class(BLUE_CLASS).name
+            assert page.evaluate(GREEN_JS, page.query_selector("main")) == [], "a flagged answer is never green"
+        else:
+            red = lesion_class(RED_CLASS)
+            assert page.inner_text("#predicted-class") == red.name
+            assert page.inner_text("#risk-level") == f"{red.risk.capitalize()} risk"
+            # the detector sees green where there is some: the low-risk classes of the breakdown
+            assert page.evaluate(GREEN_JS, page.query_selector("#breakdown"))
+        page.screenshot(path=str(shot_dir / f"result-{case}-{viewport_name}.png"))
+        assert not failures, failures
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def ood_base_url(ood_model):  # noqa: F811 (the imported fixture)
+    from werkzeug.serving import make_server
+
+    from server import create_app
+
+    app = create_app({"MODEL_PATH": str(ood_model), "TESTING": True, "SECRET_KEY": "test-secret"})
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("viewport_name", ["phone", "desktop"])
+def test_a_refused_image_says_so_first_and_offers_another_try(browser, ood_base_url, tmp_path, viewport_name):
+    viewport = VIEWPORTS[viewport_name]
+    image = tmp_path / "green.png"
+    image.write_bytes(image_bytes((30, 200, 40), size=(64, 64)))
+    context = browser.new_context(viewport=viewport)
+    page = context.new_page()
+    failures = watch(page)
+    try:
+        screen_in_browser(page, ood_base_url, image)
+        assert page.inner_text("#verdict") == "Not screened: this image was refused"
+        assert "does not look like a photo of a skin lesion" in page.inner_text("#refusal-message")
+        assert page.locator("#predicted-class").count() == 0 and page.locator("#upload-form").count() == 1
+        assert_answer_above_the_fold(page, viewport)
+        assert overflow(page) <= 0
+        assert not failures, failures
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("viewport_name", ["phone", "desktop"])
+@pytest.mark.parametrize("path", ["/", "/model", "/docs"])
+def test_pages_fit_the_screen_and_load_without_404s(browser, base_url, viewport_name, path):
+    context = browser.new_context(viewport=VIEWPORTS[viewport_name])
+    page = context.new_page()
+    failures = watch(page)
+    try:
+        page.goto(base_url + path)
+        page.wait_for_load_state("networkidle")
+        assert overflow(page) <= 0, f"{path} scrolls sideways on a {viewport_name}"
+        assert not failures, failures
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("javascript", [True, False])
+def test_errors_read_the_same_with_or_without_javascript(browser, base_url, tmp_path, javascript):
+    """A 12 MB upload: the message on the form, by the file input, which has the focus."""
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff\xd8" + b"\0" * (12 * 1024 * 1024))
+    context = browser.new_context(java_script_enabled=javascript, viewport=PHONE)
+    page = context.new_page()
+    try:
+        page.goto(base_url + "/")
+        page.set_input_files("#image", str(big))
+        if javascript:
+            page.click("#submit")  # upload.js stops it before it is sent
+        else:
+            with page.expect_navigation():
+                page.click("#submit")
+            assert page.locator("#upload-form").count() == 1
+        assert page.inner_text("#upload-error") == "The file is larger than 10 MB. Please choose a smaller photo."
+        assert page.evaluate("document.activeElement && document.activeElement.id") == "image"
+        assert page.get_attribute("#image", "aria-invalid") == "true"
     finally:
         context.close()

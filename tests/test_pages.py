@@ -89,6 +89,11 @@ def test_uncertain_result_says_so_and_sends_to_a_dermatologist(client):
     top = float(re.search(r'id="confidence">([\d.]+)%', body).group(1))
     assert top < 50
     assert "uncertain" in body and "See a dermatologist" in body
+    assert 'id="predicted-class"' not in body and 'id="risk-level"' not in body, "an uncertain answer names no class"
+    assert re.search(r'<h1 class="verdict-title" id="verdict">Uncertain: the model cannot tell', body)
+    leading = re.findall(r'<li><span class="leading-name">([^<]+)</span> <span class="leading-p">([\d.]+)%', body)
+    assert 2 <= len(leading) <= 3
+    assert "risk-low" not in body[:body.index('id="breakdown"')] and "bars-neutral" in body
 
 
 @pytest.mark.parametrize(
@@ -119,11 +124,28 @@ def test_file_just_over_the_limit_is_refused_by_the_page(client):
     assert 'id="upload-form"' in html(response)
 
 
-def test_body_over_max_content_length_gets_a_friendly_html_413(client):
-    response = upload(client, b"\0" * (10 * 1024 * 1024 + 128 * 1024), "huge.png")
+def test_body_over_max_content_length_gets_the_form_with_its_message(client):
+    """Refused before the view runs (a 12 MB upload without JavaScript): the same form, message and focus as a GIF."""
+    response = upload(client, b"\0" * (12 * 1024 * 1024), "huge.png")
     assert response.status_code == 413
     assert response.mimetype == "text/html"
-    assert "larger than the 10 MB limit" in html(response)
+    body = html(response)
+    assert 'id="upload-form"' in body and DISCLAIMER in body
+    assert re.search(r'id="upload-error"[^>]*>The file is larger than 10 MB\. Please choose a smaller photo\.</p>', body)
+    assert re.search(r'<input type="file" id="image"[^>]* aria-invalid="true" autofocus>', body)
+
+
+@pytest.mark.parametrize("data, filename", [(b"GIF89a" + b"\0" * 64, "anim.gif"), (b"\0" * (12 * 1024 * 1024), "big.png")])
+def test_form_errors_sit_on_the_form_by_the_focused_file_input(client, data, filename):
+    body = html(upload(client, data, filename))
+    form = body[body.index('id="upload-form"'):body.index("</form>")]
+    assert re.search(r'id="upload-error"[^>]*>[^<]+</p>', form), "the message is inside the form"
+    assert "autofocus" in form and 'aria-invalid="true"' in form
+
+
+def test_api_over_max_content_length_still_answers_json(client):
+    response = client.post("/predict", data=b"\0" * (12 * 1024 * 1024), content_type="image/png")
+    assert response.status_code == 413 and response.json["error"]["code"] == "payload_too_large"
 
 
 def test_missing_csrf_token_is_refused(client):
@@ -249,3 +271,32 @@ def test_metric_rows_show_rates_as_percentages_and_losses_as_numbers():
                              "per_class": {}}))
     assert rows == {"Test images": "1431", "Balanced accuracy": "62.2%", "Log loss (lower is better)": "0.741",
                     "Macro one-vs-rest AUC": "0.922"}
+
+
+def test_model_page_states_the_quality_bar_and_per_class_figures(calibrated_card_client):
+    body = html(calibrated_card_client.get("/model"))
+    assert re.search(r'id="bar-verdict"><strong>No\.</strong> This model does not meet the product&#39;s quality bar', body)
+    rows = re.findall(r'<tr><th scope="row">([^<]+)</th><td>([\d.]+)%</td><td>([\d.]+)%</td><td>(\d+)</td></tr>', body)
+    assert [r[0] for r in rows] == ["Melanoma", "Melanocytic nevus (mole)"]
+    assert rows[0][1:] == ("35.3", "67.3", "159")
+
+
+def test_model_page_without_the_figures_does_not_claim_the_bar(client):
+    body = html(client.get("/model"))
+    assert "<strong>No.</strong>" in body  # the fixture's 50% balanced accuracy is below the bar
+    assert 'id="per-class"' not in body  # its card records no per-class figures
+
+
+@pytest.fixture()
+def calibrated_card_client(model_path, tmp_path):
+    import json
+    import shutil
+
+    from server import create_app
+
+    shutil.copy(model_path, tmp_path / model_path.name)
+    card = json.loads(model_path.with_name("model_card.json").read_text())
+    card["metrics"]["test"]["per_class"] = {"mel": {"precision": 0.3531, "recall": 0.6730, "support": 159},
+                                            "nv": {"precision": 0.9694, "recall": 0.7276, "support": 958}}
+    (tmp_path / "model_card.json").write_text(json.dumps(card))
+    return create_app({"MODEL_PATH": str(tmp_path / model_path.name), "SECRET_KEY": "k"}).test_client()

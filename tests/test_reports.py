@@ -41,19 +41,26 @@ def test_text_report_has_every_field():
     assert "Predicted condition:  Melanoma (mel)" in text
     assert "Confidence:           81.0%" in text
     assert "Risk level:           HIGH" in text
-    assert "Malignant probability (akiec + bcc + mel): 86.0%" in text
+    assert "Malignant (melanoma, basal cell carcinoma or actinic keratosis): 86.0% combined" in squash(text)
+    assert "akiec + bcc + mel" not in text
+    assert text.index("RESULT: Melanoma: high risk. See a dermatologist.") < text.index("WHAT TO DO") \
+        < text.index("WHAT THE NUMBERS MEAN") < text.index("PROBABILITY BREAKDOWN")
     rows = re.findall(r"^ *([\d.]+)%  [# ]{20}  (.+) \[(\w+), (\w+) risk\]$", text, flags=re.MULTILINE)
     assert [code for _, _, code, _ in rows] == ["mel", "nv", "bkl", "bcc", "akiec", "vasc", "df"]
     assert [float(p) for p, *_ in rows] == sorted((float(p) for p, *_ in rows), reverse=True)
     assert lesion_class("mel").advice.split(":")[0] in text
-    assert "uncertain" not in text
+    assert "(uncertain)" not in text and "Uncertain" not in text
     assert squash(DISCLAIMER) in squash(text)
 
 
 def test_text_report_flags_uncertain_and_low_risk_results():
     unsure = reports.text_report(prediction_from_probabilities(UNSURE, MODEL, 1.0))
     assert "(uncertain)" in unsure and "dermatologist" in unsure
-    assert "Risk level:           LOW" in unsure
+    assert "RESULT: Uncertain: the model cannot tell. See a dermatologist." in unsure
+    # no single class is the answer: no predicted condition, no risk level, the leading classes with their share
+    assert "Predicted condition" not in unsure and "Risk level" not in unsure
+    assert re.search(r"Leading possibilities.*\n +42\.0%  Melanocytic nevus \(mole\) \[nv\]\n +35\.0%  Melanoma \[mel\]\n"
+                     r" +10\.0%  Benign keratosis-like lesion \[bkl\]\n\n", unsure)
     calm = reports.assess(prediction_from_probabilities([0.01, 0.01, 0.02, 0.01, 0.02, 0.9, 0.03], MODEL, 1.0))
     assert not calm.see_dermatologist and calm.risk == "low"
 
@@ -222,3 +229,53 @@ def test_malignant_flag_survives_the_signed_report_round_trip():
     flagged = _benign_top_with_malignant_mass(0.30)
     again = Prediction.from_dict(flagged.to_dict())
     assert again == flagged and again.malignant_flag is True
+
+
+def shipped_card():
+    import json
+    from pathlib import Path
+
+    from server.model.card import ModelCard
+
+    return ModelCard.from_dict(json.loads((Path(__file__).resolve().parents[1] / "saved_models" / "model_card.json").read_text()))
+
+
+def test_the_shipped_model_is_said_to_fall_short_of_the_quality_bar():
+    from server.reports import quality
+    from server.thresholds import QUALITY_BAR
+
+    card = shipped_card()
+    checks = {c.key: c for c in quality.bar_checks(card)}
+    assert set(checks) == {key for key, _, _ in QUALITY_BAR}
+    assert checks["balanced_accuracy"].value == pytest.approx(0.690, abs=5e-4) and checks["balanced_accuracy"].met is False
+    assert checks["melanoma_recall"].value == pytest.approx(0.673, abs=5e-4)
+    assert quality.meets_bar(list(checks.values())) is False
+    sentence = quality.bar_sentence(card)
+    assert sentence.startswith("This model does not meet the product's quality bar") and "69.0%" in sentence
+    rows = {r.code: r for r in quality.class_figures(card)}
+    assert len(rows) == 7 and rows["mel"].precision == pytest.approx(0.353, abs=5e-4) and rows["mel"].support == 159
+
+
+def test_numbers_carry_their_context_from_the_card():
+    card = shipped_card()
+    model = ModelInfo(name=card.name, version=card.version, sha256="ab" * 32, input_size=192, test_balanced_accuracy=0.69)
+    melanoma = prediction_from_probabilities(CONFIDENT, model, 1.0, malignant_threshold=0.245, uncertain_threshold=0.73)
+    text = squash(reports.text_report(melanoma, card))
+    assert "Of 100 test lesions the model gave this answer for, about 35 turned out to be melanoma" in text
+    assert "right about 90 times in 100" in text and "does not meet the product's quality bar" in text
+    unsure = squash(reports.text_report(prediction_from_probabilities(UNSURE, model, 1.0, uncertain_threshold=0.73), card))
+    assert "answers this unsure were right only about 50 times in 100" in unsure
+    # a card of another model adds nothing (a report token made before the model changed)
+    other = squash(reports.text_report(prediction_from_probabilities(CONFIDENT, MODEL, 1.0), card))
+    assert "Of 100 test lesions" not in other and "quality bar" not in other
+    pdf = pdf_text(reports.pdf_report(melanoma, None, card=card))
+    assert pdf.index("Flagged as possibly malignant") < pdf.index("What to do") < pdf.index("probability breakdown")
+    assert "about 35 turned out to be melanoma" in pdf
+
+
+def test_an_uncertain_or_flagged_verdict_is_never_green():
+    unsure = reports.assess(prediction_from_probabilities(UNSURE, MODEL, 1.0))
+    assert unsure.kind == "uncertain" and unsure.tone == "uncertain" and not unsure.names_a_class
+    assert [c.code for c in unsure.leading] == ["nv", "mel", "bkl"]
+    flagged = reports.assess(_benign_top_with_malignant_mass(0.30))
+    assert flagged.kind == "flagged" and flagged.tone == "high" and flagged.risk == "low"

@@ -18,8 +18,8 @@ from server.reports.assessment import (
     assess,
     balanced_accuracy_text,
     format_timestamp,
-    malignant_codes,
     malignant_flag_text,
+    malignant_text,
     percent,
 )
 from server.reports.formats import PAPER_SIZES, REPORT_FORMATS, paper_size, report_filename, requested_format
@@ -27,7 +27,7 @@ from server.reports.pdf import pdf_report
 from server.reports.text import text_report
 
 __all__ = ["NOT_A_DIAGNOSIS", "PAPER_SIZES", "REPORT_FORMATS", "REPORT_TITLE", "SYSTEM_NAME", "Assessment", "assess",
-           "balanced_accuracy_text", "format_timestamp", "malignant_codes", "malignant_flag_text", "paper_size",
+           "balanced_accuracy_text", "format_timestamp", "malignant_flag_text", "malignant_text", "paper_size",
            "pdf_report", "percent", "render_report", "requested_format", "text_report", "thumbnail_jpeg"]
 
 
@@ -38,7 +38,7 @@ def render_report(prediction: Prediction, fmt: str, paper: str | None = None,
     Raises ValueError for an unknown format or paper size.
     """
     if fmt == "txt":
-        return text_report(prediction), "text/plain; charset=utf-8", report_filename(prediction, "txt")
+        return text_report(prediction, card), "text/plain; charset=utf-8", report_filename(prediction, "txt")
     if fmt == "pdf":
         body = pdf_report(prediction, prediction.thumbnail, paper=paper_size(paper), card=card)
         return body, "application/pdf", report_filename(prediction, "pdf")

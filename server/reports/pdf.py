@@ -19,7 +19,6 @@ from server.reports.assessment import (
     assess,
     balanced_accuracy_text,
     format_timestamp,
-    malignant_flag_text,
     percent,
 )
 from server.reports.formats import paper_size
@@ -27,12 +26,16 @@ from server.reports.formats import paper_size
 
 FRAME_PADDING = 6  # points: reportlab Frame default padding
 RISK_COLOURS = {"high": "#b3261e", "moderate": "#8a5300", "low": "#1d6b35"}
+NEUTRAL = "#6b7785"
+TONE_COLOURS = RISK_COLOURS | {"uncertain": "#8a5300"}  # the verdict's colour: an uncertain answer is never green
 
 
 def _card_summary(prediction: Prediction, card: ModelCard | None) -> list[tuple[str, str]]:
     """Model-card rows for the PDF; card details only when the card is the predicting model's."""
     model = prediction.model
     rows = [
+        ("Date and time", format_timestamp(prediction.created_at)),
+        ("System", SYSTEM_NAME),
         ("Model", f"{model.name}, version {model.version}"),
         ("Model file sha256", model.sha256[:16] + "..."),
         ("Input size", f"{model.input_size} x {model.input_size} px"),
@@ -98,8 +101,7 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
     margin = 15 * mm  # top and bottom; the sides are wider (see width)
     width = min(pagesize[0] - 2 * margin, 174 * mm)
     top = prediction.top
-    verdict = assess(prediction)
-    risk_colour = colors.HexColor(RISK_COLOURS.get(verdict.risk, "#333333"))
+    verdict = assess(prediction, card)
 
     styles = getSampleStyleSheet()
     body = ParagraphStyle("body", parent=styles["BodyText"], fontSize=9, leading=11.5, alignment=TA_LEFT,
@@ -120,28 +122,39 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
                                         ("BOTTOMPADDING", (0, 0), (-1, -1), 5)]),
         Spacer(1, 6),
     ]
-    meta = [
-        ("Date and time", format_timestamp(prediction.created_at)),
-        ("System", SYSTEM_NAME),
-        ("Model", f"{prediction.model.name}, version {prediction.model.version}"),
-        ("Test balanced accuracy", balanced_accuracy_text(prediction)),
-    ]
-    result_rows = [
-        [p("Predicted condition", small), Paragraph(f"<b>{escape(top.name)}</b> ({escape(top.code)})", body)],
-        [p("Confidence", small), p(percent(top.probability) + ("  (uncertain)" if verdict.uncertain else ""))],
-        [p("Risk level", small), Paragraph(f'<font color="{RISK_COLOURS.get(verdict.risk, "#333333")}">'
-                                           f"<b>{escape(verdict.risk.upper())}</b></font>", body)],
-        [p("Malignant probability", small),
-         p(percent(prediction.malignant_probability)
-           + (f" ({malignant_flag_text(prediction)})" if malignant_flag_text(prediction) else ""))],
-    ] + [[p(k, small), p(v)] for k, v in meta]
+    # The verdict first, in the order the result page uses: what it is, what to do, what the numbers mean.
+    tone_colour = colors.HexColor(TONE_COLOURS.get(verdict.tone, "#333333"))
+    story.append(Table([[p(verdict.title, banner)]], colWidths=[width],
+                       style=[("BACKGROUND", (0, 0), (-1, -1), tone_colour), ("LEFTPADDING", (0, 0), (-1, -1), 8),
+                              ("TOPPADDING", (0, 0), (-1, -1), 5), ("BOTTOMPADDING", (0, 0), (-1, -1), 6)]))
+    if verdict.uncertain:
+        summary = [[p("Leading possibilities", small),
+                    p("; ".join(f"{c.name} ({c.code}) {percent(c.probability)}" for c in verdict.leading)
+                      + ". None of them is the answer.")]]
+    else:
+        risk = escape(verdict.risk.upper())
+        if verdict.flagged and verdict.risk != "high":
+            risk += " for this class alone; the lesion is flagged"
+        summary = [[p("Predicted condition", small), Paragraph(f"<b>{escape(top.name)}</b> ({escape(top.code)})", body)],
+                   [p("Risk level", small), Paragraph(f'<font color="{RISK_COLOURS.get(verdict.risk, "#333333")}">'
+                                                      f"<b>{risk}</b></font>", body)]]
+    summary += [[p("What to do", small), Paragraph(f"<b>{escape(verdict.headline)}.</b>", body)]]
+    summary += [["", p(a)] for a in verdict.advice]
+    summary += [[p("Confidence", small), p(percent(top.probability) + ("  (uncertain)" if verdict.uncertain else "")
+                                           + "\n" + " ".join(verdict.confidence))],
+                [p("Malignant probability", small), p(verdict.malignant)]]
+    if verdict.quality:
+        summary.append([p("The model", small), p(verdict.quality)])
+    story.append(Table(summary, colWidths=[38 * mm, width - 38 * mm], style=[
+        ("VALIGN", (0, 0), (-1, -1), "TOP"), ("LINEBEFORE", (0, 0), (0, -1), 3, tone_colour),
+        ("LEFTPADDING", (0, 0), (-1, -1), 6), ("TOPPADDING", (0, 0), (-1, -1), 2), ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
+        ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#f4f6f8"))]))
+    story.append(Spacer(1, 6))
+
     heat = heatmap_jpeg(prediction, thumbnail_jpeg)
-    # With a heatmap the photo and the heatmap sit side by side, smaller, so the report keeps to one page.
-    image_w = 31 * mm if heat else 46 * mm
+    # The photo and the heatmap sit small, side by side, beside the breakdown, so a report keeps to one page.
+    image_w = 28 * mm if heat else 40 * mm
     left_w = 2 * image_w + 3 * mm if heat else image_w
-    result_table = Table(result_rows, colWidths=[38 * mm, width - left_w - 38 * mm - 6 * mm],
-                         style=[("VALIGN", (0, 0), (-1, -1), "TOP"), ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
-                                ("TOPPADDING", (0, 0), (-1, -1), 2), ("LEFTPADDING", (0, 0), (-1, -1), 0)])
     if thumbnail_jpeg:
         with Image.open(io.BytesIO(thumbnail_jpeg)) as im:
             ratio = im.height / im.width
@@ -156,32 +169,33 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
                       colWidths=[image_w + 3 * mm, image_w],
                       style=[("LEFTPADDING", (0, 0), (-1, -1), 0), ("TOPPADDING", (0, 0), (-1, -1), 1),
                              ("VALIGN", (0, 0), (-1, -1), "TOP"), ("SPAN", (0, 1), (1, 1))])
-    story.append(Table([[thumb, result_table]], colWidths=[left_w + 6 * mm, width - left_w - 6 * mm],
-                       style=[("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0)]))
 
-    story.append(p("Advice", h2))
-    advice_rows = [[Paragraph(f"<b>{escape(verdict.headline)}.</b>", body)]] + [[p(a)] for a in verdict.advice]
-    story.append(Table(advice_rows, colWidths=[width], style=[
-        ("LINEBEFORE", (0, 0), (0, -1), 3, risk_colour), ("LEFTPADDING", (0, 0), (-1, -1), 8),
-        ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#f4f6f8"))]))
-
-    bar_w = 52 * mm
+    right_w = width - left_w - 6 * mm
+    bar_w = 30 * mm
     breakdown = [[p("Condition", small), p("Risk", small), p("Probability", small), ""]]
     for c in prediction.classes:
-        breakdown.append([p(f"{c.name} ({c.code})"), p(c.risk, small),
-                          _probability_bar(c.probability, colors.HexColor(RISK_COLOURS.get(c.risk, "#555555")),
-                                           bar_w, 9),
-                          p(percent(c.probability))])
+        # as on the page: when the answer sends the person to a dermatologist, no bar is green
+        colour = NEUTRAL if verdict.see_dermatologist and c.risk == "low" else RISK_COLOURS.get(c.risk, NEUTRAL)
+        breakdown.append([p(f"{c.name} ({c.code})", small), p(c.risk, small),
+                          _probability_bar(c.probability, colors.HexColor(colour), bar_w, 9),
+                          p(percent(c.probability), small)])
+    breakdown_table = Table(
+        breakdown, colWidths=[right_w - bar_w - 2 * mm - 15 * mm - 14 * mm, 15 * mm, bar_w + 2 * mm, 14 * mm],
+        style=[("VALIGN", (0, 0), (-1, -1), "MIDDLE"), ("LINEBELOW", (0, 0), (-1, 0), 0.5, colors.grey),
+               ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.HexColor("#f7f8fa")]),
+               ("ALIGN", (3, 0), (3, -1), "RIGHT"), ("TOPPADDING", (0, 0), (-1, -1), 1),
+               ("BOTTOMPADDING", (0, 0), (-1, -1), 1), ("LEFTPADDING", (0, 0), (-1, -1), 2)])
     story.append(KeepTogether([
-        p("Probability breakdown (highest first)", h2),
-        Table(breakdown, colWidths=[width - bar_w - 18 * mm - 18 * mm, 18 * mm, bar_w + 2 * mm, 16 * mm],
-              style=[("VALIGN", (0, 0), (-1, -1), "MIDDLE"), ("LINEBELOW", (0, 0), (-1, 0), 0.5, colors.grey),
-                     ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.HexColor("#f7f8fa")]),
-                     ("ALIGN", (3, 0), (3, -1), "RIGHT"), ("TOPPADDING", (0, 0), (-1, -1), 2),
-                     ("BOTTOMPADDING", (0, 0), (-1, -1), 2)]),
+        p("Your photo and the probability breakdown (highest first)", h2),
+        Table([[thumb, breakdown_table]], colWidths=[left_w + 6 * mm, right_w],
+              style=[("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0)]),
     ]))
 
-    story.append(KeepTogether([p("About the predicted condition", h2), p(lesion_class(top.code).description)]))
+    if verdict.uncertain:
+        story.append(KeepTogether([p("About the leading possibilities", h2)]
+                                  + [p(f"{c.name}: {lesion_class(c.code).description}") for c in verdict.leading]))
+    else:
+        story.append(KeepTogether([p("About the predicted condition", h2), p(lesion_class(top.code).description)]))
     story.append(KeepTogether([p("Disclaimer", h2), p(prediction.disclaimer)]))
     card_rows = [[p(k, small), p(v, small)] for k, v in _card_summary(prediction, card)]
     story.append(KeepTogether([
@@ -203,7 +217,7 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
     side = (pagesize[0] - width) / 2 - FRAME_PADDING  # the frame's own padding brings content to ``width``
     doc = SimpleDocTemplate(buf, pagesize=pagesize, leftMargin=side, rightMargin=side,
                             topMargin=margin, bottomMargin=margin + 3 * mm,
-                            title=REPORT_TITLE, author=SYSTEM_NAME, subject=f"{top.name} ({top.code})")
+                            title=REPORT_TITLE, author=SYSTEM_NAME, subject=verdict.title)
     doc.build(story, onFirstPage=footer, onLaterPages=footer)
     return buf.getvalue()
 

@@ -1,10 +1,15 @@
-"""Prediction -> the plain-text report: reads well in an email, a terminal or on paper."""
+"""Prediction -> the plain-text report: reads well in an email, a terminal or on paper.
+
+It reads top down like the result page: the verdict, what to do, what the numbers mean,
+then the breakdown and the details (``server.reports.assessment.Assessment``).
+"""
 
 from __future__ import annotations
 
 import textwrap
 
 from server.lesions import lesion_class
+from server.model.card import ModelCard
 from server.prediction import Prediction
 from server.reports.assessment import (
     NOT_A_DIAGNOSIS,
@@ -13,8 +18,6 @@ from server.reports.assessment import (
     assess,
     balanced_accuracy_text,
     format_timestamp,
-    malignant_codes,
-    malignant_flag_text,
     percent,
 )
 
@@ -23,42 +26,49 @@ def _wrap(text: str, indent: str = "") -> str:
     return textwrap.fill(text, width=78, initial_indent=indent, subsequent_indent=indent)
 
 
-def text_report(prediction: Prediction) -> str:
-    """A plain-text report that reads well in an email, a terminal or on paper."""
+def _heading(text: str) -> list[str]:
+    return ["", text, "-" * len(text)]
+
+
+def text_report(prediction: Prediction, card: ModelCard | None = None) -> str:
+    """A plain-text report; ``card`` (the model's card) adds the test figures behind the numbers."""
     top = prediction.top
-    verdict = assess(prediction)
+    verdict = assess(prediction, card)
     rule = "=" * len(REPORT_TITLE)
-    lines = [
-        REPORT_TITLE,
-        rule,
-        NOT_A_DIAGNOSIS,
-        "",
+    lines = [REPORT_TITLE, rule, NOT_A_DIAGNOSIS, ""]
+    lines += [_wrap("RESULT: " + verdict.title)]
+    if verdict.uncertain:
+        lines.append("Leading possibilities (none of them is the answer):")
+        lines += [f"  {percent(c.probability):>6}  {c.name} [{c.code}]" for c in verdict.leading]
+    else:
+        risk = verdict.risk.upper()
+        if verdict.flagged and verdict.risk != "high":
+            risk += " for this class alone; the lesion is flagged (see above)"
+        lines += [f"Predicted condition:  {top.name} ({top.code})", f"Risk level:           {risk}"]
+    lines += _heading("WHAT TO DO")
+    lines += [_wrap(verdict.headline + ".")] + [_wrap(a, "  ") for a in verdict.advice]
+    lines += _heading("WHAT THE NUMBERS MEAN")
+    lines.append(f"Confidence:           {percent(top.probability)}" + ("  (uncertain)" if verdict.uncertain else ""))
+    lines += [_wrap(line, "  ") for line in verdict.confidence]
+    lines.append(_wrap(verdict.malignant))
+    if verdict.quality:
+        lines.append(_wrap(verdict.quality))
+    if prediction.temperature:
+        lines.append(f"Probabilities are calibrated (temperature scaling, T = {prediction.temperature:.2f}).")
+    lines += _heading("PROBABILITY BREAKDOWN (highest first)")
+    for c in prediction.classes:
+        bar = "#" * round(c.probability * 20)
+        lines.append(f"{percent(c.probability):>7}  {bar:<20}  {c.name} [{c.code}, {c.risk} risk]")
+    about = verdict.leading if verdict.uncertain else (top,)
+    lines += _heading("ABOUT THE LEADING POSSIBILITIES" if verdict.uncertain else "ABOUT THE PREDICTED CONDITION")
+    lines += [_wrap((f"{c.name}: " if verdict.uncertain else "") + lesion_class(c.code).description) for c in about]
+    lines += _heading("MODEL AND DATE")
+    lines += [
         f"Date and time:        {format_timestamp(prediction.created_at)}",
         f"System:               {SYSTEM_NAME}",
         f"Model:                {prediction.model.name}, version {prediction.model.version}",
         f"Model file sha256:    {prediction.model.sha256[:16]}",
         f"Test balanced accuracy of the model: {balanced_accuracy_text(prediction)}",
-        "",
-        "RESULT",
-        "------",
-        f"Predicted condition:  {top.name} ({top.code})",
-        f"Confidence:           {percent(top.probability)}" + ("  (uncertain)" if verdict.uncertain else ""),
-        f"Risk level:           {verdict.risk.upper()}",
-        f"Malignant probability ({malignant_codes()}): {percent(prediction.malignant_probability)}"
-        + (f", {malignant_flag_text(prediction)}" if malignant_flag_text(prediction) else ""),
-        "",
-        "PROBABILITY BREAKDOWN (highest first)",
-        "-------------------------------------",
     ]
-    if prediction.temperature:
-        lines.insert(-2, f"Probabilities are calibrated (temperature scaling, T = {prediction.temperature:.2f}).")
-        lines.insert(-2, "")
-    for c in prediction.classes:
-        bar = "#" * round(c.probability * 20)
-        lines.append(f"{percent(c.probability):>7}  {bar:<20}  {c.name} [{c.code}, {c.risk} risk]")
-    lines += ["", "ADVICE", "------", _wrap(verdict.headline + ".")]
-    lines += [_wrap(a, "  ") for a in verdict.advice]
-    lines += ["", "ABOUT THE PREDICTED CONDITION", "-----------------------------",
-              _wrap(lesion_class(top.code).description)]
-    lines += ["", "DISCLAIMER", "----------", _wrap(prediction.disclaimer), ""]
+    lines += _heading("DISCLAIMER") + [_wrap(prediction.disclaimer), ""]
     return "\n".join(lines)

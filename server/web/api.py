@@ -11,6 +11,7 @@ from flask import Blueprint, current_app, jsonify, request
 from server import reports
 from server.problems import ServiceError
 from server.screening import ScreeningOptions, screen
+from server.web import docs as docs_rows
 from server.web.openapi import QUERY_PARAMETERS, openapi_document
 from server.web.service import current_predictor, loaded_predictor
 from server.web.uploads import upload_bytes
@@ -96,14 +97,7 @@ def docs():
     from flask import render_template
 
     document = openapi_document(current_app.config["MAX_UPLOAD_MB"])
-    return render_template("api_docs.html", doc=document, operations=docs_operations(document),
+    schemas = docs_rows.schemas(document)
+    return render_template("api_docs.html", doc=document, operations=docs_rows.operations(document), schemas=schemas,
+                           schema_names={s["name"] for s in schemas}, inline_code=docs_rows.inline_code,
                            base_url=request.host_url.rstrip("/"))
-
-
-def docs_operations(document: dict) -> list[dict]:
-    """Flatten the document's paths into (method, path, operation) rows for the docs page."""
-    rows = []
-    for path, methods in document["paths"].items():
-        for method, operation in methods.items():
-            rows.append({"method": method.upper(), "path": path, "op": operation})
-    return rows

@@ -23,12 +23,14 @@ from flask import (
 )
 from flask_wtf.csrf import CSRFError
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from server import reports, screening
 from server.lesions import CATALOGUE, DISCLAIMER, LIMITATIONS, RISK_LEVELS, lesion_class
 from server.prediction import Prediction
 from server.problems import ServiceError
 from server.web.errors import error_response
+from server.reports import quality
 from server.web.presenters import data_uri, heatmap_uri, metric_rows, safeguards
 from server.web.service import card_dir, current_card, current_predictor, loaded_predictor
 from server.web.uploads import FIELD, upload_bytes
@@ -119,9 +121,16 @@ def model_ready() -> bool:
     return loaded_predictor() is not None
 
 
-def render_upload(error: str | None = None, status: int = 200):
+def render_upload(error: str | None = None, status: int = 200, refusal: ServiceError | None = None):
+    """The upload form; with ``error`` the message sits on the form, by the file input, which takes focus.
+
+    ``refusal``: an image the service would not screen (not a skin lesion): the page opens with
+    that verdict, in the words the refusal carries, and ``looks_like`` (what the image seemed to
+    show, when the refusal says) before the form, ready for another photo.
+    """
     return render_template("upload.html", error=error, max_upload_mb=current_app.config["MAX_UPLOAD_MB"],
-                           model_ready=model_ready()), status
+                           model_ready=model_ready(), refusal=refusal,
+                           looks_like=getattr(refusal, "looks_like", None) if refusal else None), status
 
 
 def report_response(prediction: Prediction, fmt: str, paper: str | None) -> Response:
@@ -169,16 +178,16 @@ def screen():
     except ServiceError as exc:
         if exc.code == "model_unavailable":
             raise
+        if exc.code == "not_a_skin_lesion":
+            return render_upload(status=exc.status, refusal=exc)
         return render_upload(error=form_message(exc), status=exc.status)
     return render_template(
         "result.html",
         prediction=prediction,
-        verdict=reports.assess(prediction),
+        verdict=reports.assess(prediction, current_card()),
         percent=reports.percent,
         timestamp=reports.format_timestamp(prediction.created_at),
         balanced_accuracy=reports.balanced_accuracy_text(prediction),
-        malignant_codes=reports.malignant_codes(),
-        malignant_flag_text=reports.malignant_flag_text(prediction),
         uncertain_below=prediction.uncertain_below,
         heatmap_uri=heatmap_uri(prediction),
         lesion_class=lesion_class,
@@ -186,6 +195,16 @@ def screen():
         report_token=sign_report(prediction),
         total_ms=prediction.total_ms,
     )
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def form_upload_too_large(exc: RequestEntityTooLarge):
+    """A body over MAX_CONTENT_LENGTH is refused before the view runs (reading the form for CSRF):
+    on the form, the person gets the same message on the same page as with JavaScript."""
+    if request.endpoint != "pages.screen":
+        return error_response(413, "payload_too_large",
+                              f"The upload is larger than the {current_app.config['MAX_UPLOAD_MB']} MB limit.")
+    return render_upload(error=form_message(ServiceError(413, "payload_too_large", "upload too large")), status=413)
 
 
 @bp.post("/report/<any(txt, pdf):fmt>")
@@ -203,12 +222,24 @@ def model_page():
         "model.html",
         card=card,
         test_scalars=metric_rows(card.test_metrics),
+        class_figures=quality.class_figures(card),
+        bar_checks=quality.bar_checks(card),
+        meets_bar=quality.meets_bar(quality.bar_checks(card)),
+        bar_sentence=quality.bar_sentence(card),
+        lowest_class=quality.lowest_class(card),
+        percent=reports.percent,
         limitations=card.limitations or LIMITATIONS,
         safeguards=safeguards(card),
         has_confusion_matrix=(card_dir() / CONFUSION_MATRIX).is_file(),
         catalogue=CATALOGUE,
         risk_levels=RISK_LEVELS,
     )
+
+
+@bp.get("/favicon.ico")
+def favicon():
+    """Browsers ask for /favicon.ico on pages that name no icon (a JSON answer, a PDF): the same SVG icon."""
+    return send_from_directory(current_app.static_folder, "favicon.svg", mimetype="image/svg+xml", max_age=86400)
 
 
 @bp.get("/model/confusion_matrix.png")
