@@ -88,7 +88,9 @@ lint: install-test
 
 train: $(VENV)/.installed
 	$(PY) -m training.train --data-dir ../shared/data/ham10000 \
-	  --weights ../shared/weights/mobilenet_v2_1.0_224_imagenet_no_top.h5 --out-dir runs/latest
+	  --weights ../shared/weights/mobilenet_v2_1.0_224_imagenet_no_top.h5 \
+	  --imagenet-weights ../shared/weights/mobilenet_v2_1.0_224_imagenet_with_top.h5 \
+	  --imagenet-labels ../shared/weights/imagenet_labels.txt --out-dir runs/latest
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench_predict.py --start --model $(MODEL_PATH)

@@ -84,7 +84,8 @@ class Prediction:
     uncertain_threshold: float = DEFAULT_UNCERTAIN_BELOW  # the card's thresholds.uncertain (chosen on validation)
     temperature: float | None = None  # calibration applied to the probabilities (None: raw model output)
     tta: str = "off"  # test-time augmentation used: off | flips | full
-    ood_score: float | None = None  # non-skin check: distance / threshold, the larger of its two tests
+    ood_score: float | None = None  # non-skin check: the largest of its checks' ratios (above 1: refused)
+    looks_like: str | None = None  # what a refused image seemed to show (ImageNet's top class), when known
     heatmap: Heatmap | None = None
     explain_ms: float | None = None
     total_ms: float | None = None  # decode, preprocess and model time, measured by the screening use case

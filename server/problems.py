@@ -13,9 +13,10 @@ from __future__ import annotations
 class ServiceError(Exception):
     """A client-facing failure: HTTP status, a stable machine code and a human message."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, details: dict | None = None):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.details = dict(details or {})  # more fields for the JSON error object, e.g. looks_like
 
 
 class ImageRejected(ServiceError, ValueError):
@@ -29,6 +30,22 @@ NOT_A_SKIN_LESION = (
 )
 
 
-def not_a_skin_lesion() -> ImageRejected:
-    """The refusal of an image the non-skin check flags: no diagnosis is given for it."""
-    return ImageRejected(422, "not_a_skin_lesion", NOT_A_SKIN_LESION)
+LOOKS_LIKE = "To the model it looks like: {label}."
+
+
+class NotASkinLesion(ImageRejected):
+    """The refusal of an image the non-skin check flags: no diagnosis is given for it.
+
+    ``looks_like`` (what the ImageNet classifier saw, when it was confident) leads the
+    message and rides in the JSON as ``error.looks_like``; ``reason`` is the message
+    without it, for a page that shows the two apart.
+    """
+
+    def __init__(self, looks_like: str | None = None):
+        self.looks_like, self.reason = looks_like, NOT_A_SKIN_LESION
+        message = NOT_A_SKIN_LESION if looks_like is None else f"{LOOKS_LIKE.format(label=looks_like)} {NOT_A_SKIN_LESION}"
+        super().__init__(422, "not_a_skin_lesion", message, {"looks_like": looks_like})
+
+
+def not_a_skin_lesion(looks_like: str | None = None) -> NotASkinLesion:
+    return NotASkinLesion(looks_like)

@@ -39,6 +39,6 @@ def screen(upload: bytes, options: ScreeningOptions, predictor) -> Prediction:
     except ValueError as exc:  # an unknown explain_class
         raise ServiceError(400, "bad_request", str(exc)) from None
     if prediction.out_of_distribution:
-        raise not_a_skin_lesion()
+        raise not_a_skin_lesion(prediction.looks_like)
     total_ms = round((time.perf_counter() - started) * 1000.0, 2)
     return replace(prediction, total_ms=total_ms, thumbnail=thumbnail_jpeg(image) if options.thumbnail else None)

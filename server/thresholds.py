@@ -20,6 +20,23 @@ DEFAULT_UNCERTAIN_BELOW = 0.5
 NONSKIN_REFUSE_ABOVE = 1.0
 
 
+# A refusal names what the image seemed to show only when the ImageNet classifier gives
+# its top class at least this probability (a cat photo: 0.5-0.7; a flat colour: < 0.1).
+LOOKS_LIKE_MIN_PROBABILITY = 0.25
+# Each distance check's threshold is this percentile of the validation lesions' distances,
+# the lowest of the candidates that keeps the combined false refusals within the targets
+# below (validation lesions, and validation lesions made harder: darker, brighter, blurred,
+# rotated, with a ruler or hair, at 150 px). Floors use the matching low percentile.
+NONSKIN_PERCENTILE_CANDIDATES = (99.5, 99.6, 99.7, 99.8, 99.9)
+NONSKIN_FLOOR_PERCENTILE = 0.1
+# The ImageNet check runs only for images whose own features lie beyond this percentile of
+# the validation lesions' distances: the three quarters of lesions that look most typical
+# skip it and its cost (a second MobileNetV2 pass), and no validation figure changed.
+NONSKIN_IMAGENET_GATE_PERCENTILE = 75
+NONSKIN_MAX_FALSE_REFUSALS = 0.01
+NONSKIN_MAX_FALSE_REFUSALS_HARD = 0.02
+
+
 def refuses_as_non_skin(score):
     """The one non-skin rule: True where ``score`` (a float or an array) is above the limit."""
     return score > NONSKIN_REFUSE_ABOVE

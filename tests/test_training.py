@@ -285,3 +285,28 @@ def test_weight_ema_keeps_the_average_not_the_last_weights(tmp_path):
     raw, averaged = drift(0.0), drift(0.9999)
     assert raw > 0
     assert averaged < 0.5 * raw
+
+
+@pytest.mark.slow
+def test_cli_exports_the_imagenet_branch_and_fits_its_check(dataset, tmp_path):
+    """With ImageNet's classifier (from ../shared), the run's one .h5 carries it and the card's check reads it."""
+    from tests.conftest import SHARED
+    from training.train import main
+
+    weights, labels = SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_with_top.h5", SHARED / "weights" / "imagenet_labels.txt"
+    if not (weights.is_file() and labels.is_file()):
+        pytest.skip(f"ImageNet classifier not found under {SHARED / 'weights'}")
+    out = tmp_path / "run"
+    assert main(["--data-dir", str(dataset), "--out-dir", str(out), "--smoke", "--weights", "none", "--input-size", "32",
+                 "--head-epochs", "1", "--epochs", "1", "--imagenet-weights", str(weights),
+                 "--imagenet-labels", str(labels)]) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["ood"]["imagenet_threshold"] > 0 and "everyday_true_flag_rate" in card["ood"]
+    with np.load(out / card["ood"]["file"]) as stats:
+        assert len(stats["imagenet_labels"]) == 1000 and stats["imagenet_labels"][281].startswith("tabby")
+    from server.model.predictor import Predictor
+
+    predictor = Predictor.from_path(out / "ham10000_mobilenetv2.h5", runtime="tensorflow")
+    assert predictor.ood.check("imagenet") is not None
+    _, _, features, probs = predictor.forward_all(np.zeros((1, 32, 32, 3), np.float32))
+    assert features.shape == (1, 1280) and probs.shape == (1, 1000)

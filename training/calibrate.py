@@ -51,7 +51,7 @@ from sklearn import metrics as skm
 
 from server.imaging import scale_pixels
 from server.model.card import ModelCard, thawed
-from server.model.nonskin import image_statistics
+from server.model.nonskin import FEATURES, FLOORS, IMAGENET, PICTURE, floor_statistics, image_statistics
 from server.model.trust import TTA_MODES, temperature_scale, tta_average, tta_count, tta_views
 from server.thresholds import UNCERTAIN_TARGET_ACCURACY
 from training.calibration import (
@@ -66,27 +66,34 @@ from training.calibration import (
     selective_figures,
     tta_latency_ms,
 )
-from training.nonskin import OOD_PERCENTILE, fit_nonskin
+from training.nonskin import HARD_LESIONS, IMAGENET_PROBS, fit_nonskin
 
 log = logging.getLogger("training.calibrate")
 
 
 def run_views(predictor, images_uint8: np.ndarray, mode: str = "off", batch: int = 16):
-    """(pooled features (n, k), probabilities (n, v, classes), picture statistics (n, 12)) for uint8 squares.
+    """(probabilities (n, v, classes), signals) for uint8 squares.
 
-    Features and statistics are of the plain image; probabilities of each view of TTA ``mode``
-    (in ``tta_views`` order: view 0 is the plain image).
+    ``signals`` holds what the non-skin check reads, of the plain image: pooled features,
+    picture statistics and, when the model carries the ImageNet branch, its pooled features
+    and class probabilities (else None). Probabilities are of each view of TTA ``mode`` (in
+    ``tta_views`` order: view 0 is the plain image).
     """
     views = mode != "off"
-    feats, probs, stats = [], [], []
+    probs, parts = [], {FEATURES: [], PICTURE: [], FLOORS: [], IMAGENET: [], IMAGENET_PROBS: []}
     for i in range(0, len(images_uint8), batch):
         x = scale_pixels(images_uint8[i:i + batch])
         n = len(x)
         fmap, p = predictor.forward(tta_views(x, mode))
-        feats.append(fmap[:n].mean(axis=(1, 2)))
+        in_features, in_probs = predictor.forward_imagenet(x)
+        parts[FEATURES].append(fmap[:n].mean(axis=(1, 2)))
+        parts[PICTURE].append(image_statistics(x))
+        parts[FLOORS].append(floor_statistics(x))
+        parts[IMAGENET].append(None if in_features is None else in_features[:n])
+        parts[IMAGENET_PROBS].append(None if in_probs is None else in_probs[:n])
         probs.append(p.reshape(-1 if views else 1, n, p.shape[-1]).transpose(1, 0, 2))
-        stats.append(image_statistics(x))
-    return np.concatenate(feats), np.concatenate(probs), np.concatenate(stats)
+    signals = {k: None if v[0] is None else np.concatenate(v) for k, v in parts.items()}
+    return np.concatenate(probs), signals
 
 
 def load_split_images(run_dir: Path, data_dir: Path, size: int, train_max: int, seed: int):
@@ -99,21 +106,25 @@ def load_split_images(run_dir: Path, data_dir: Path, size: int, train_max: int, 
     df = split.merge(meta, on="image_id", how="left", validate="one_to_one")
     if df["path"].isna().any():
         raise SystemExit(f"{int(df['path'].isna().sum())} images of {run_dir / 'split.csv'} are not in {data_dir}")
-    out = {}
+    out, hard_sources = {}, {}
     for s in ("train", "val", "test"):
         part = df[df["split"] == s]
+        if s != "train":  # a sample of the split's photos, as files, to make harder
+            hard_sources[s] = list(part["path"].sample(min(HARD_LESIONS, len(part)), random_state=seed))
         if s == "train" and train_max and len(part) > train_max:
             part = part.sample(train_max, random_state=seed)
         out[s] = (D.load_images(list(part["path"]), size), part["label"].to_numpy())
-    return out
+    return out, hard_sources
 
 
 def calibrate(predictor, card: ModelCard, run_dir, data_dir, uncertain_target: float = UNCERTAIN_TARGET_ACCURACY,
-              ood_percentile: float = OOD_PERCENTILE, ood_dims: int = 0, tta_min_gain: float = TTA_MIN_GAIN,
-              train_max: int = 4000, seed: int = 42) -> tuple[ModelCard, dict]:
+              ood_dims: int = 0, tta_min_gain: float = TTA_MIN_GAIN, train_max: int = 4000, seed: int = 42,
+              imagenet_labels: list[str] | None = None) -> tuple[ModelCard, dict]:
     """(the card with tta, calibration, uncertain threshold and non-skin check folded in, the figures).
 
-    ``predictor`` serves the run's model raw (TTA off, no non-skin check). Writes only
+    ``predictor`` serves the run's model raw (TTA off, no non-skin check; the ImageNet
+    branch's outputs when the model carries one). ``imagenet_labels``: its class names,
+    stored with the statistics so a refusal can say what the image looked like. Writes only
     ``ood_stats.npz`` (which the returned card pins by sha256); the caller writes the card.
     """
     run_dir, data_dir = Path(run_dir), Path(data_dir)
@@ -121,13 +132,13 @@ def calibrate(predictor, card: ModelCard, run_dir, data_dir, uncertain_target: f
     if predictor.feature_layer is None:
         raise SystemExit("this model has no GAP feature layer: no Grad-CAM, no non-skin check")
     size = predictor.input_size
-    data = load_split_images(run_dir, data_dir, size, train_max, seed)
+    data, hard_sources = load_split_images(run_dir, data_dir, size, train_max, seed)
     log.info("images loaded in %.0f s: %s", time.perf_counter() - t0, {k: len(v[1]) for k, v in data.items()})
 
     t = time.perf_counter()
-    feats, view_probs, labels, pix = {}, {}, {}, {}
+    signals, view_probs, labels = {}, {}, {}
     for s in ("train", "val"):
-        feats[s], view_probs[s], pix[s] = run_views(predictor, data[s][0], "off" if s == "train" else "full")
+        view_probs[s], signals[s] = run_views(predictor, data[s][0], "off" if s == "train" else "full")
         labels[s] = data[s][1]
         log.info("%s: forward passes done (%.0f s)", s, time.perf_counter() - t)
 
@@ -137,7 +148,7 @@ def calibrate(predictor, card: ModelCard, run_dir, data_dir, uncertain_target: f
     latency = tta_latency_ms(predictor)
     tta_default = choose_tta(val_ba, latency, tta_min_gain)
     # The test split runs only the views the chosen mode needs (reported: off and the chosen mode).
-    feats["test"], test_views, pix["test"] = run_views(predictor, data["test"][0], tta_default)
+    test_views, signals["test"] = run_views(predictor, data["test"][0], tta_default)
     labels["test"] = data["test"][1]
     log.info("test: forward passes done with TTA %s (%.0f s)", tta_default, time.perf_counter() - t)
     preds_npz = run_dir / "predictions.npz"
@@ -183,7 +194,7 @@ def calibrate(predictor, card: ModelCard, run_dir, data_dir, uncertain_target: f
     uncertain = {**unc, "rule": unc_rule, "val": selective_figures(cal_val, labels["val"], unc["threshold"]),
                  "test": selective_figures(cal_test, labels["test"], unc["threshold"])}
 
-    ood = fit_nonskin(predictor, feats, pix, run_dir, run_views, ood_dims, ood_percentile, seed)
+    ood = fit_nonskin(predictor, signals, run_dir, run_views, hard_sources, imagenet_labels, ood_dims, seed)
 
     document = card.to_dict()
     thresholds = {**document.get("thresholds", {}), "uncertain": unc["threshold"], "uncertain_rule": unc_rule}
@@ -196,17 +207,43 @@ def calibrate(predictor, card: ModelCard, run_dir, data_dir, uncertain_target: f
     return card, trust
 
 
-def calibrate_run(run_dir, data_dir, **options) -> dict:
-    """Calibrate an exported run: write its card, ``metrics.json`` and ``report.md`` once each; return the figures."""
-    from server.model.files import CARD_FILENAME, load_card
+def add_imagenet_branch(model_path: Path, card: ModelCard, weights: str) -> ModelCard:
+    """Re-save an exported model with the ImageNet branch beside its classifier (its class
+    outputs are unchanged) and return the card pinned to the new file; a model that
+    already carries the branch is left as it is."""
+    import keras
+
+    from server.model.runtime import split_branch
+    from training.export import save_model, with_imagenet_branch
+
+    model = keras.models.load_model(model_path, compile=False)
+    classifier, branch = split_branch(model)
+    if branch is not None:
+        return card
+    _, sha = save_model(with_imagenet_branch(classifier, weights), model_path.parent, model_path.name)
+    log.info("%s now carries the ImageNet branch (sha256 %s)", model_path, sha[:12])
+    return card.replace(sha256=sha)
+
+
+def calibrate_run(run_dir, data_dir, imagenet_weights: str = "", imagenet_labels: str = "", **options) -> dict:
+    """Calibrate an exported run: write its card, ``metrics.json`` and ``report.md`` once each; return the figures.
+
+    With ``imagenet_weights`` a model exported without the ImageNet branch gets it first.
+    """
+    from server.model.files import CARD_FILENAME, check_model_files
     from server.model.predictor import Predictor
-    from training.export import MODEL_FILENAME
+    from training.export import MODEL_FILENAME, imagenet_label_names
     from training.report import existing_plots, summary_table, write_report
 
     run_dir = Path(run_dir)
     card_path = run_dir / CARD_FILENAME
-    predictor = Predictor.from_path(run_dir / MODEL_FILENAME, card_path, tta="off", ood=False)
-    card, trust = calibrate(predictor, load_card(card_path), run_dir, data_dir, **options)
+    model_path = run_dir / MODEL_FILENAME
+    card, _ = check_model_files(model_path, card_path)
+    if imagenet_weights:
+        card = add_imagenet_branch(model_path, card, imagenet_weights)
+    predictor = Predictor.load(model_path, card, card.sha256, run_dir, tta="off", ood=False, imagenet=True)
+    labels = imagenet_label_names(imagenet_labels) if imagenet_labels else None
+    card, trust = calibrate(predictor, card, run_dir, data_dir, imagenet_labels=labels, **options)
     card.write(card_path)
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
@@ -224,15 +261,17 @@ def main(argv=None) -> int:
     p.add_argument("--run-dir", required=True, help="a training run (or saved_models/): .h5, model_card.json, split.csv")
     p.add_argument("--data-dir", required=True, help="the HAM10000 folder the run was trained on")
     p.add_argument("--uncertain-target", type=float, default=UNCERTAIN_TARGET_ACCURACY)
-    p.add_argument("--ood-percentile", type=float, default=OOD_PERCENTILE)
+    p.add_argument("--imagenet-weights", default="",
+                   help="add the ImageNet classifier to a model exported without it: 'imagenet' or a with-top .h5")
+    p.add_argument("--imagenet-labels", default="", help="its 1000 class names, one a line ('imagenet': download)")
     p.add_argument("--ood-dims", type=int, default=0, help="PCA dimensions for the non-skin check (0: all features)")
     p.add_argument("--tta-min-gain", type=float, default=TTA_MIN_GAIN)
     p.add_argument("--train-max", type=int, default=4000, help="training images sampled for the feature statistics")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     trust = calibrate_run(args.run_dir, args.data_dir, uncertain_target=args.uncertain_target,
-                          ood_percentile=args.ood_percentile, ood_dims=args.ood_dims, tta_min_gain=args.tta_min_gain,
-                          train_max=args.train_max)
+                          ood_dims=args.ood_dims, tta_min_gain=args.tta_min_gain, train_max=args.train_max,
+                          imagenet_weights=args.imagenet_weights, imagenet_labels=args.imagenet_labels)
     from training.report import summary_table
 
     print(json.dumps(summary_table(trust), indent=2))

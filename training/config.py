@@ -15,6 +15,10 @@ class TrainConfig:
     data_dir: str
     out_dir: str = "runs/latest"
     weights: str = "imagenet"
+    # The ImageNet classifier exported beside the model for the non-skin check ('' for none):
+    # 'imagenet' (Keras downloads it and its class names) or a with-top .h5 and a labels file.
+    imagenet_weights: str = ""
+    imagenet_labels: str = ""
     seed: int = 42
     input_size: int = 192  # 74 img/s training here, as fast as 160 and twice 224's rate
     store_size: int = 224  # training images are held at this size; random crops are resized to input_size
@@ -56,6 +60,9 @@ HELP = {
     "store_size": "side at which training images are held in memory (>= input size)",
     "min_crop_area": "smallest random crop, as a share of the stored image",
     "keep": "which fine-tuned weights to export: the last epoch's, or the best raw validation epoch's",
+    "imagenet_weights": "ImageNet MobileNetV2 with its classifier, exported in the same .h5 for the non-skin check: "
+                        "'imagenet' (download) or a with-top .h5; empty for none",
+    "imagenet_labels": "the 1000 ImageNet class names, one a line ('imagenet': Keras's class index, downloaded)",
 }
 
 

@@ -83,3 +83,69 @@ def export_model(model, out_dir: Path, card: dict, filename: str = MODEL_FILENAM
     model_path, sha = save_model(model, out_dir, filename)
     card = ModelCard.from_dict({**card, "model_file": filename, "sha256": sha})
     return model_path, card.write(Path(out_dir) / CARD_FILENAME)
+
+
+IMAGENET_CLASS_INDEX_URL = "https://storage.googleapis.com/download.tensorflow.org/data/imagenet_class_index.json"
+# The ImageNet branch sees the model's input resized to this side (192: as it is). At 128 px
+# it cost under half as much but wrongly refused more harder-made lesions; the gate
+# (``NONSKIN_IMAGENET_GATE_PERCENTILE``) pays for the full size instead.
+IMAGENET_RESOLUTION = 192
+
+
+def imagenet_branch(weights: str, input_size: int, resolution: int = IMAGENET_RESOLUTION):
+    """ImageNet's MobileNetV2 with its 1000-class classifier, as a nested model named ``imagenet``
+    with two outputs (pooled features, class probabilities), its weights held in float16; it
+    resizes its input to ``resolution`` first.
+
+    It rides in the exported graph so the non-skin check knows what a cat or a cup of coffee
+    looks like, and one ``.h5`` holds everything one model needs. float16 halves its 14.5 MB,
+    keeping the file under the repository's 20 MB; the service widens it to float32 at load
+    (``server/model/runtime.py``). ``weights``: 'imagenet' (Keras downloads them) or a path to
+    a with-top MobileNetV2 ``.h5``.
+    """
+    import keras
+
+    source = weights if weights == "imagenet" else str(Path(weights).expanduser())
+    if source != "imagenet" and not Path(source).is_file():
+        raise FileNotFoundError(f"ImageNet weights not found: {source} (pass 'imagenet' to download Keras' own)")
+    reference = keras.applications.MobileNetV2(include_top=True, weights=source)  # 224 px, as published
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float16")
+    try:
+        inputs = keras.Input((input_size, input_size, 3))
+        x = keras.layers.Resizing(resolution, resolution, name="imagenet_resize")(inputs) if resolution != input_size else inputs
+        # Built on the resized tensor, so the branch is one flat graph (no model nested in it).
+        net = keras.applications.MobileNetV2(include_top=True, weights=None, input_tensor=x)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    net.set_weights(reference.get_weights())  # the weights do not depend on the input size
+    return keras.Model(inputs, [net.get_layer("predictions").input, net.output], name="imagenet")
+
+
+def with_imagenet_branch(model, weights: str):
+    """The classifier with ImageNet's network beside it, in one graph (see ``attach_branch``)."""
+    return attach_branch(model, imagenet_branch(weights, int(model.input.shape[1])))
+
+
+def attach_branch(model, branch):
+    """One graph: the classifier's probabilities first, then ``branch``'s two outputs (pooled
+    features, class probabilities) on the same input. ``branch`` must be named ``imagenet``."""
+    import keras
+
+    return keras.Model(model.input, [model.output, *branch(model.input)], name=model.name)
+
+
+def imagenet_label_names(labels: str) -> list[str]:
+    """The 1000 class names in the classifier's order, from a text file (one a line) or 'imagenet'
+    (Keras's class index, downloaded)."""
+    if labels == "imagenet":
+        import json
+
+        import keras
+
+        index = json.loads(Path(keras.utils.get_file("imagenet_class_index.json", IMAGENET_CLASS_INDEX_URL)).read_text())
+        return [index[str(i)][1].replace("_", " ") for i in range(1000)]
+    names = [line.strip() for line in Path(labels).expanduser().read_text().splitlines() if line.strip()]
+    if len(names) != 1000:
+        raise ValueError(f"{labels} names {len(names)} classes; ImageNet's classifier has 1000")
+    return names

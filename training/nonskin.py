@@ -1,16 +1,23 @@
-"""Fitting the non-skin check for a run: the statistics, each check's threshold, and the flag rates.
+"""Fitting the non-skin check for a run: the statistics, each check's threshold, and the rates.
 
-The checks themselves (distance, stored format, the one rule) are the service's, in
-``server/model/nonskin.py``. Here: Mahalanobis statistics of training images, a threshold
-per check at a high percentile of the validation distances, and the rates at which the
-checks flag test lesions and pictures that are not skin lesions (made or found offline:
-flat colours, gradients, noise, text screenshots, charts, logos, photos that ship with
-matplotlib and scikit-learn).
+The checks themselves (distances, floors, stored format, the one rule) are the service's,
+in ``server/model/nonskin.py``. Here, from the training and validation splits only:
+
+- Mahalanobis statistics of training images for the model's own pooled features and for
+  the ImageNet branch's pooled features;
+- each distance threshold at one percentile of the validation distances, the lowest of
+  ``NONSKIN_PERCENTILE_CANDIDATES`` that keeps the combined false refusals within
+  ``NONSKIN_MAX_FALSE_REFUSALS`` on validation lesions and ``NONSKIN_MAX_FALSE_REFUSALS_HARD``
+  on validation lesions made harder (``training/nonskin_corpus.py``);
+- floors on texture and colour at a low percentile of the validation lesions;
+- the ImageNet classes that are the top class of training lesions, which a refusal never names.
+
+Then it reports, never fits: refusals of the test lesions, of test lesions made harder, and
+of the named corpus of everyday photographs and made pictures.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 
@@ -19,20 +26,36 @@ import numpy as np
 from server.imaging import centre_square
 from server.model.files import file_sha256
 from server.model.nonskin import (
+    COLOUR_FLOOR,
     FEATURES,
-    PICTURE,
+    FLOORS,
+    IMAGENET,
+    TEXTURE_FLOOR,
     DistanceCheck,
+    FloorCheck,
+    ImagenetLabels,
     Mahalanobis,
     NonSkinCheck,
     compact_ood,
     ood_distances,
 )
-from server.thresholds import refuses_as_non_skin
+from server.thresholds import (
+    LOOKS_LIKE_MIN_PROBABILITY,
+    NONSKIN_FLOOR_PERCENTILE,
+    NONSKIN_IMAGENET_GATE_PERCENTILE,
+    NONSKIN_MAX_FALSE_REFUSALS,
+    NONSKIN_MAX_FALSE_REFUSALS_HARD,
+    NONSKIN_PERCENTILE_CANDIDATES,
+    refuses_as_non_skin,
+)
+from training import nonskin_corpus as corpus
 
 log = logging.getLogger("training.calibrate")
 
 OOD_FILENAME = "ood_stats.npz"
-OOD_PERCENTILE = 99.5  # each of the two tests: together they flag <= 1% of validation lesions
+IMAGENET_PROBS = "imagenet_probs"  # the branch's class probabilities, beside the signals the checks read
+HARD_LESIONS = 150  # lesions per split made harder in each of the corpus's ways
+LESION_LIKE_SHARE = 0.005  # an ImageNet class that is the top class of more training lesions than this is lesion-like
 
 
 def fit_ood(train_features, dims: int = 0, seed: int = 0) -> dict:
@@ -59,163 +82,168 @@ def save_ood(stats: dict, path: Path) -> str:
     return file_sha256(path)
 
 
-def fit_nonskin(predictor, feats: dict, pix: dict, run_dir: Path, run_views, ood_dims: int = 0,
-                ood_percentile: float = OOD_PERCENTILE, seed: int = 0) -> dict:
-    """Fit both checks on ``feats``/``pix`` (pooled features and picture statistics by split), write
-    ``ood_stats.npz`` into ``run_dir`` and return the card's ``ood`` section with its figures."""
+def compact_faithfully(full_stats: dict, val_vectors) -> tuple[dict, float]:
+    """(the stored form, its largest relative distance error on validation): float16 when faithful, else float32."""
+    exact = ood_distances(full_stats, val_vectors)
+    for dtype in (np.float16, np.float32):
+        stats = compact_ood(full_stats, dtype)
+        error = float(np.max(np.abs(ood_distances(stats, val_vectors) - exact) / np.maximum(exact, 1e-9)))
+        if error <= 0.005:
+            break
+        log.warning("%s precision moves distances by up to %.2f%%", np.dtype(dtype).name, 100 * error)
+    return stats, error
+
+
+def choose_percentile(distances_val: dict, distances_hard: dict, floors_fail_val, floors_fail_hard) -> float:
+    """The lowest candidate percentile whose thresholds keep validation false refusals within the targets."""
+    for pct in NONSKIN_PERCENTILE_CANDIDATES:
+        thresholds = {k: np.percentile(v, pct) for k, v in distances_val.items()}
+        fail_val = floors_fail_val | np.any([distances_val[k] > t for k, t in thresholds.items()], axis=0)
+        fail_hard = floors_fail_hard | np.any([distances_hard[k] > t for k, t in thresholds.items()], axis=0)
+        if fail_val.mean() <= NONSKIN_MAX_FALSE_REFUSALS and fail_hard.mean() <= NONSKIN_MAX_FALSE_REFUSALS_HARD:
+            return pct
+    return NONSKIN_PERCENTILE_CANDIDATES[-1]
+
+
+def lesion_like_classes(train_probs: np.ndarray) -> np.ndarray:
+    """ImageNet classes that are the top class of more than ``LESION_LIKE_SHARE`` of training lesions."""
+    counts = np.bincount(train_probs.argmax(axis=1), minlength=train_probs.shape[1])
+    return np.flatnonzero(counts > LESION_LIKE_SHARE * len(train_probs)).astype(np.int32)
+
+
+def squares(images, size: int) -> np.ndarray:
+    """PIL images -> uint8 model-input squares, through the service's own preprocessing."""
+    return np.stack([np.asarray(centre_square(img.convert("RGB"), size), np.uint8) for img in images])
+
+
+def fit_nonskin(predictor, signals: dict, run_dir: Path, run_views, hard_sources: dict, label_names=None,
+                ood_dims: int = 0, seed: int = 0) -> dict:
+    """Fit the checks on ``signals`` (by split: ``features``, ``picture`` and, when the model
+    carries the ImageNet branch, ``imagenet`` and ``imagenet_probs``), write ``ood_stats.npz``
+    into ``run_dir`` and return the card's ``ood`` section with its figures.
+
+    ``hard_sources``: by split ("val", "test"), lesion photos (PIL) to make harder.
+    """
+    from PIL import Image
+
     size = predictor.input_size
-    full_stats = fit_ood(feats["train"], ood_dims, seed)
-    stats = compact_ood(full_stats)
-    d_val, d_test = ood_distances(stats, feats["val"]), ood_distances(stats, feats["test"])
-    d_val_exact = ood_distances(full_stats, feats["val"])
-    storage_error = float(np.max(np.abs(d_val - d_val_exact) / np.maximum(d_val_exact, 1e-9)))
-    if storage_error > 0.005:  # float16 not faithful enough for this model: keep float32
-        log.warning("float16 precision moves distances by up to %.2f%%; storing float32", 100 * storage_error)
-        stats = compact_ood(full_stats, np.float32)
-        d_val, d_test = ood_distances(stats, feats["val"]), ood_distances(stats, feats["test"])
-        storage_error = float(np.max(np.abs(d_val - d_val_exact) / np.maximum(d_val_exact, 1e-9)))
-    threshold = float(np.percentile(d_val, ood_percentile))
-    # The second test: picture statistics (12 numbers), full covariance, same percentile rule.
-    pix_stats = fit_ood(pix["train"])
-    pv, pt = ood_distances(pix_stats, pix["val"]), ood_distances(pix_stats, pix["test"])
-    pix_threshold = float(np.percentile(pv, ood_percentile))
-    stats.update({"image_mean": pix_stats["mean"], "image_precision": pix_stats["precision"].astype(np.float32)})
-    nonskin = nonskin_images(size)
-    ns_x = np.stack([np.asarray(centre_square(img.convert("RGB"), size), np.uint8) for _, img in nonskin])
-    feats["nonskin"], _, pix["nonskin"] = run_views(predictor, ns_x)
-    d_ns, p_ns = ood_distances(stats, feats["nonskin"]), ood_distances(pix_stats, pix["nonskin"])
+    has_imagenet = signals["train"].get(IMAGENET) is not None
+    distance_signals = (FEATURES, IMAGENET) if has_imagenet else (FEATURES,)
+    stored, storage_error = {}, {}
+    for name in distance_signals:
+        full = fit_ood(signals["train"][name], ood_dims if name == FEATURES else 0, seed)
+        stored[name], storage_error[name] = compact_faithfully(full, signals["val"][name])
 
-    check = NonSkinCheck((DistanceCheck(FEATURES, FEATURES, Mahalanobis.from_arrays(stats), threshold),
-                          DistanceCheck(PICTURE, PICTURE, Mahalanobis.from_arrays(pix_stats), pix_threshold)))
-    s_val, s_test, s_ns = (check.score({FEATURES: feats[s], PICTURE: pix[s]}) for s in ("val", "test", "nonskin"))
-    flagged = refuses_as_non_skin(s_ns)
-    by_kind: dict[str, list] = {}
-    for (kind, _), f, fd, fp in zip(nonskin, flagged, d_ns > threshold, p_ns > pix_threshold):
-        by_kind.setdefault(kind, []).append((bool(f), bool(fd), bool(fp)))
-    sha = save_ood(stats, run_dir / OOD_FILENAME)
+    def hard(split):
+        lesions = [Image.open(p).convert("RGB") for p in hard_sources[split]]
+        items = corpus.hard_cases(lesions, seed=seed + (0 if split == "val" else 10_000))
+        return [k for _, k, _ in items], run_views(predictor, squares([img for _, _, img in items], size))[1]
+
+    hard_kinds, sets = {}, dict(signals)
+    for split in ("val", "test"):
+        hard_kinds[split], sets[f"hard_{split}"] = hard(split)
+    everyday, made = corpus.everyday_photos(), corpus.made_pictures(size, seed)
+    sets["everyday"] = run_views(predictor, squares([img for _, _, img in everyday], size))[1]
+    sets["made"] = run_views(predictor, squares([img for _, _, img in made], size))[1]
+
+    columns = {"texture": TEXTURE_FLOOR, "colour": COLOUR_FLOOR}
+    floors = {name: float(np.percentile(signals["val"][FLOORS][:, column], NONSKIN_FLOOR_PERCENTILE))
+              for name, column in columns.items()}
+    floor_checks = [FloorCheck(name, column, floors[name]) for name, column in columns.items()]
+
+    features_check = Mahalanobis.from_arrays(stored[FEATURES])
+    gate = float(np.percentile(features_check.distances(signals["val"][FEATURES]), NONSKIN_IMAGENET_GATE_PERCENTILE)) \
+        if has_imagenet else None
+
+    def distances(which):
+        """Each distance check's distances; the ImageNet one 0 where its gate keeps it from running."""
+        out = {n: Mahalanobis.from_arrays(stored[n]).distances(sets[which][n]) for n in distance_signals}
+        if has_imagenet:
+            out[IMAGENET] = np.where(out[FEATURES] > gate, out[IMAGENET], 0.0)
+        return out
+
+    def floors_fail(which):
+        return np.any([refuses_as_non_skin(c.ratios(sets[which][FLOORS])) for c in floor_checks], axis=0)
+
+    percentile = choose_percentile(distances("val"), distances("hard_val"), floors_fail("val"), floors_fail("hard_val"))
+    val_distances = {n: Mahalanobis.from_arrays(stored[n]).distances(signals["val"][n]) for n in distance_signals}
+    thresholds = {n: float(np.percentile(d, percentile)) for n, d in val_distances.items()}
+    check = NonSkinCheck((*(DistanceCheck(n, n, Mahalanobis.from_arrays(stored[n]), thresholds[n]) for n in distance_signals),
+                          *floor_checks), imagenet_gate=gate)
+
+    arrays = dict(stored[FEATURES])
+    if has_imagenet:
+        arrays.update({f"imagenet_{k}": v for k, v in stored[IMAGENET].items()})
+        lesion_like = lesion_like_classes(signals["train"][IMAGENET_PROBS])
+        arrays["imagenet_lesion_like"] = lesion_like
+        if label_names is not None:
+            arrays["imagenet_labels"] = np.asarray(label_names)
+            check = NonSkinCheck(check.checks, ImagenetLabels(tuple(label_names), frozenset(lesion_like.tolist())), gate)
+    sha = save_ood(arrays, run_dir / OOD_FILENAME)
+
+    def refused(which):
+        return refuses_as_non_skin(check.score(sets[which]))
+
+    def by_check(which):
+        return {name: int(refuses_as_non_skin(r).sum()) for name, r in check.named_ratios(sets[which]).items()}
+
+    def by_kind(kinds, flags):
+        out: dict[str, dict] = {}
+        for kind, flag in zip(kinds, flags):
+            out.setdefault(kind, {"n": 0, "refused": 0})
+            out[kind]["n"] += 1
+            out[kind]["refused"] += int(flag)
+        return out
+
+    def passed(items, flags):
+        return [name for (name, _, _), flag in zip(items, flags) if not flag]
+
+    every_flags, made_flags = refused("everyday"), refused("made")
+    looks = {}
+    if check.labels is not None:
+        for (name, _, _), p in zip(everyday, sets["everyday"][IMAGENET_PROBS]):
+            looks[name] = check.labels.looks_like(p, LOOKS_LIKE_MIN_PROBABILITY)
+    checks_text = ["the model's own pooled features (Mahalanobis distance, Ledoit-Wolf shrinkage precision)"]
+    if has_imagenet:
+        checks_text.append("the ImageNet branch's pooled features (the same)")
+    checks_text.append("floors on texture (mean gradient) and colour (saturation)")
     return {
-        "method": ("Mahalanobis distance of the pooled GAP features from the training split's mean, Ledoit-Wolf "
-                   "shrinkage precision" + (f", in a {ood_dims}-d PCA subspace" if ood_dims else "")),
+        "method": "refused when any check fails: " + "; ".join(checks_text),
         "file": OOD_FILENAME, "sha256": sha, "feature_layer": predictor.feature_layer,
-        "dims": int(stats["dim"]), "train_images": int(len(feats["train"])),
-        "shrinkage": float(stats["shrinkage"]),
-        "storage": f"mean float32, precision upper triangle {stats['precision_triu'].dtype} scaled by its maximum",
+        "dims": int(stored[FEATURES]["dim"]), "train_images": int(len(signals["train"][FEATURES])),
+        "storage": "means float32, precisions as upper triangles scaled by their maximum",
         "storage_max_relative_distance_error_val": storage_error,
-        "threshold": threshold, "threshold_rule": f"{ood_percentile:g}th percentile of validation distances",
-        "image_statistics": "server.model.nonskin.image_statistics: mean colour, colour spread, gradient, sharp-edge, "
-                            "white, black and saturation shares, fine texture (12 numbers); Ledoit-Wolf precision",
-        "image_threshold": pix_threshold,
-        "rule": "refused when either distance exceeds its threshold (score = max of distance / threshold > 1)",
-        "val_false_flag_rate": float(refuses_as_non_skin(s_val).mean()),
-        "test_false_flag_rate": float(refuses_as_non_skin(s_test).mean()),
-        "test_false_flag_rate_features_only": float((d_test > threshold).mean()),
-        "test_false_flag_rate_image_only": float((pt > pix_threshold).mean()),
-        "nonskin_true_flag_rate": float(flagged.mean()), "nonskin_images": int(len(flagged)),
-        "nonskin_true_flag_rate_features_only": float((d_ns > threshold).mean()),
-        "nonskin_true_flag_rate_image_only": float((p_ns > pix_threshold).mean()),
-        "nonskin_by_kind": {k: {"n": len(v), "flagged": sum(a for a, _, _ in v),
-                                "by_features": sum(b for _, b, _ in v), "by_image": sum(c for _, _, c in v)}
-                            for k, v in by_kind.items()},
-        "distance_percentiles": {"val_50": float(np.percentile(d_val, 50)), "test_99": float(np.percentile(d_test, 99)),
-                                 "nonskin_min": float(d_ns.min()), "nonskin_median": float(np.median(d_ns))},
-        "api": "422 not_a_skin_lesion: no diagnosis is given for a flagged image",
+        "threshold": thresholds[FEATURES], "imagenet_threshold": thresholds.get(IMAGENET), "imagenet_gate": gate,
+        "imagenet_gate_rule": (f"the ImageNet check runs for images whose own-feature distance exceeds the "
+                               f"{NONSKIN_IMAGENET_GATE_PERCENTILE}th percentile of validation lesions'"),
+        "imagenet_runs_val": float(np.mean(val_distances[FEATURES] > gate)) if has_imagenet else None,
+        "texture_floor": floors["texture"], "colour_floor": floors["colour"],
+        "threshold_rule": (f"distance thresholds: the {percentile:g}th percentile of validation distances, the lowest of "
+                           f"{list(NONSKIN_PERCENTILE_CANDIDATES)} with combined false refusals <= "
+                           f"{NONSKIN_MAX_FALSE_REFUSALS:.0%} of validation lesions and <= "
+                           f"{NONSKIN_MAX_FALSE_REFUSALS_HARD:.0%} of validation lesions made harder; floors: the "
+                           f"{NONSKIN_FLOOR_PERCENTILE:g}th percentile of validation lesions"),
+        "percentile": percentile,
+        "rule": "refused when any check fails (score = the largest distance / threshold or floor ratio > 1)",
+        "looks_like_rule": (f"a refusal names the ImageNet top class when its probability is >= {LOOKS_LIKE_MIN_PROBABILITY} "
+                            f"and it is not the top class of > {LESION_LIKE_SHARE:.1%} of training lesions"),
+        "val_false_flag_rate": float(refused("val").mean()),
+        "test_false_flag_rate": float(refused("test").mean()),
+        "test_refused_by_check": by_check("test"),
+        "hard_val_false_flag_rate": float(refused("hard_val").mean()),
+        "hard_test_false_flag_rate": float(refused("hard_test").mean()),
+        "hard_test_images": int(len(hard_kinds["test"])),
+        "hard_test_by_kind": by_kind(hard_kinds["test"], refused("hard_test")),
+        "hard_test_refused_by_check": by_check("hard_test"),
+        "everyday_true_flag_rate": float(every_flags.mean()), "everyday_images": int(len(every_flags)),
+        "everyday_passed": passed(everyday, every_flags),
+        "everyday_looks_like": looks,
+        "made_true_flag_rate": float(made_flags.mean()), "made_images": int(len(made_flags)),
+        "made_passed": passed(made, made_flags),
+        "made_by_kind": by_kind([k for _, k, _ in made], made_flags),
+        "nonskin_true_flag_rate": float(np.concatenate([every_flags, made_flags]).mean()),
+        "nonskin_images": int(len(every_flags) + len(made_flags)),
+        "corpus": "training/nonskin_corpus.py: everyday photographs from scikit-image, scikit-learn and matplotlib; "
+                  "made pictures; test lesions made harder (darker, brighter, blurred, rotated, ruler, hair, 150 px)",
+        "api": "422 not_a_skin_lesion with error.looks_like: no diagnosis is given for a refused image",
     }
-
-
-def nonskin_images(size: int = 224, seed: int = 0) -> list[tuple[str, object]]:
-    """Images that are not skin lesions, made or found offline: (kind, PIL image) pairs."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    rng = np.random.default_rng(seed)
-    out = []
-    flat = {"white": (255, 255, 255), "black": (0, 0, 0), "grey": (128, 128, 128), "red": (220, 20, 20),
-            "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (240, 220, 30), "purple": (120, 40, 160),
-            "skin_light": (235, 200, 175), "skin_medium": (200, 150, 115), "skin_dark": (120, 80, 55),
-            "brown": (120, 70, 40)}
-    out += [("flat colour", Image.new("RGB", (size, size), c)) for c in flat.values()]
-    ramp = np.linspace(0, 1, size, dtype=np.float32)
-    for a, b in (((0, 0, 0), (255, 255, 255)), ((255, 0, 0), (0, 0, 255)), ((240, 200, 170), (90, 50, 30)),
-                 ((0, 120, 255), (255, 255, 0))):
-        g = np.asarray(a, np.float32) + (np.asarray(b, np.float32) - a) * ramp[:, None]
-        out.append(("gradient", Image.fromarray(np.repeat(g[None], size, 0).astype(np.uint8))))
-        out.append(("gradient", Image.fromarray(np.repeat(g[:, None], size, 1).astype(np.uint8))))
-    yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
-    radial = np.clip(1 - np.hypot(xx, yy) * 2, 0, 1)
-    out.append(("gradient", Image.fromarray((np.stack([radial * 255, radial * 100, 60 + 0 * radial], -1)).astype(np.uint8))))
-    for _ in range(3):
-        out.append(("noise", Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))))
-        grey = np.clip(rng.normal(128, 50, (size, size)), 0, 255).astype(np.uint8)
-        out.append(("noise", Image.fromarray(grey).convert("RGB")))
-    font = ImageFont.load_default()
-    words = "the quick brown fox jumps over the lazy dog settings account login error 404 submit cancel".split()
-    for i in range(6):
-        bg, fg = ((255, 255, 255), (20, 20, 20)) if i % 2 == 0 else ((30, 30, 36), (220, 220, 220))
-        img = Image.new("RGB", (size, size), bg)
-        draw = ImageDraw.Draw(img)
-        draw.rectangle([0, 0, size, 18], fill=(60, 110, 200) if i % 3 else (200, 200, 200))
-        for line in range(14):
-            text = " ".join(rng.choice(words, 5))
-            draw.text((6, 24 + line * 14), text, fill=fg, font=font)
-        if i >= 3:
-            draw.rectangle([size - 80, size - 36, size - 10, size - 12], outline=fg, fill=(0, 120, 215))
-        out.append(("text screenshot", img))
-    out += [("chart", c) for c in _charts(size, rng)]
-    out += [(kind, img) for kind, img in _photos(size)]
-    return out
-
-
-def _charts(size: int, rng) -> list:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    charts = []
-    for kind in ("line", "bar", "scatter", "pie", "hist", "imshow"):
-        fig, ax = plt.subplots(figsize=(3, 3), dpi=size / 3)
-        x = np.arange(20)
-        if kind == "line":
-            ax.plot(x, np.cumsum(rng.normal(size=20))), ax.plot(x, np.cumsum(rng.normal(size=20)))
-        elif kind == "bar":
-            ax.bar(list("abcdefg"), rng.uniform(1, 10, 7))
-        elif kind == "scatter":
-            ax.scatter(rng.normal(size=80), rng.normal(size=80), c=rng.uniform(size=80))
-        elif kind == "pie":
-            ax.pie(rng.uniform(1, 5, 5))
-        elif kind == "hist":
-            ax.hist(rng.normal(size=500), bins=25)
-        else:
-            ax.imshow(rng.normal(size=(12, 12)), cmap="viridis")
-        ax.set_title(kind)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        plt.close(fig)
-        buf.seek(0)
-        charts.append(Image.open(buf).convert("RGB"))
-    return charts
-
-
-def _photos(size: int) -> list:
-    """Real photos available offline, whole and as five crops each (portrait, buildings, flower, logos)."""
-    from matplotlib import cbook
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-
-    photos = [("photo", Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB"))]
-    photos += [("photo", Image.fromarray(img)) for img in load_sample_images().images]
-    out = []
-    for kind, img in photos:
-        out.append((kind, img))
-        w, h = img.size
-        s = min(w, h) // 2
-        for left, top in ((0, 0), (w - s, 0), (0, h - s), (w - s, h - s), ((w - s) // 2, (h - s) // 2)):
-            out.append((kind + " crop", img.crop((left, top, left + s, top + s))))
-    sample_dir = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).parent
-    for name in ("logo2.png", "Minduka_Present_Blue_Pack.png"):
-        if (sample_dir / name).is_file():
-            with Image.open(sample_dir / name) as im:
-                from server.imaging import to_rgb8
-
-                out.append(("logo/graphic", to_rgb8(im)))
-    return out

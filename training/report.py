@@ -60,6 +60,9 @@ def summary_table(trust: dict) -> dict:
         "malignant_test_sensitivity": mal.get("sensitivity"), "malignant_test_specificity": mal.get("specificity"),
         "nonskin_true_flag_rate": round(ood["nonskin_true_flag_rate"], 3),
         "test_false_flag_rate": round(ood["test_false_flag_rate"], 4),
+        "hard_test_false_flag_rate": ood.get("hard_test_false_flag_rate"),
+        "everyday_true_flag_rate": ood.get("everyday_true_flag_rate"),
+        "made_true_flag_rate": ood.get("made_true_flag_rate"),
         "uncertain_threshold": trust["uncertain"]["threshold"],
         "tta_default": tta["default"], "tta_val_gain": {k: round(v, 4) for k, v in tta["val_gain"].items()},
         "tta_cost_ratio": {k: round(v, 2) for k, v in tta["cost_ratio"].items()},
@@ -84,19 +87,22 @@ def trust_section(trust: dict) -> list[str]:
         f"| uncertain threshold (calibrated top p) | {f(unc['threshold'], 2)} |",
         f"| answered (not uncertain) val / test | {f(unc['val']['coverage'])} / {f(unc['test']['coverage'])} |",
         f"| accuracy of answered val / test | {f(unc['val']['accuracy_answered'])} / {f(unc['test']['accuracy_answered'])} |",
-        f"| non-skin images flagged | {f(ood['nonskin_true_flag_rate'])} of {ood['nonskin_images']} |",
-        f"| lesion test images falsely flagged | {f(ood['test_false_flag_rate'], 4)} |",
+        f"| everyday photographs refused | {f(ood['everyday_true_flag_rate'])} of {ood['everyday_images']} |",
+        f"| made non-skin pictures refused | {f(ood['made_true_flag_rate'])} of {ood['made_images']} |",
+        f"| lesion test images wrongly refused | {f(ood['test_false_flag_rate'], 4)} |",
+        f"| test lesions made harder, wrongly refused | {f(ood['hard_test_false_flag_rate'], 4)} of {ood['hard_test_images']} |",
         f"| TTA default | {tta['default']} |",
         *[f"| TTA {m}: val BA gain / cost ratio | {tta['val_gain'][m]:+.4f} / {tta['cost_ratio'][m]:.2f}x |"
           for m in TTA_MODES],
         "",
         f"- Uncertain rule: {unc['rule']}.",
         f"- TTA rule: {tta['rule']}.",
-        f"- Non-skin check: {ood['method']}; threshold {ood['threshold']:.2f} = {ood['threshold_rule']}; "
-        f"plus picture statistics (threshold {ood['image_threshold']:.2f}, same rule); {ood['rule']}.",
-        "- Non-skin images by kind (flagged/n): "
-        + ", ".join(f"{k} {v['flagged']}/{v['n']}" for k, v in ood["nonskin_by_kind"].items()) + ".",
-        f"- Features alone flag {ood['nonskin_true_flag_rate_features_only']:.3f} of non-skin images and "
-        f"{ood['test_false_flag_rate_features_only']:.4f} of test lesions; picture statistics alone "
-        f"{ood['nonskin_true_flag_rate_image_only']:.3f} and {ood['test_false_flag_rate_image_only']:.4f}.", "",
+        f"- Non-skin check: {ood['method']}; {ood['threshold_rule']}; {ood['rule']}.",
+        f"- A refusal says what the image looked like: {ood['looks_like_rule']}.",
+        "- Made pictures by kind (refused/n): "
+        + ", ".join(f"{k} {v['refused']}/{v['n']}" for k, v in ood["made_by_kind"].items()) + ".",
+        "- Harder test lesions by kind (wrongly refused/n): "
+        + ", ".join(f"{k} {v['refused']}/{v['n']}" for k, v in ood["hard_test_by_kind"].items()) + ".",
+        f"- Not refused: everyday {ood['everyday_passed'] or 'none'}; made {ood['made_passed'] or 'none'}.",
+        f"- Corpus: {ood['corpus']}.", "",
     ]

@@ -40,7 +40,15 @@ from server.thresholds import MALIGNANT_TARGET_SENSITIVITY
 from training import data as D
 from training.config import TrainConfig, parse_args
 from training.evaluate import choose_malignant_threshold, evaluate_predictions, plot_history, write_plots
-from training.export import HAM10000_SOURCE, MODEL_FILENAME, base_card, git_commit, save_model
+from training.export import (
+    HAM10000_SOURCE,
+    MODEL_FILENAME,
+    base_card,
+    git_commit,
+    imagenet_label_names,
+    save_model,
+    with_imagenet_branch,
+)
 from training.prepare import Prepared, class_loss_weights, pooled_features, prepare_data, resized
 from training.report import existing_plots, write_report
 
@@ -143,7 +151,8 @@ def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment:
     df, y, images, sizes = prepared.df, prepared.y, prepared.images, prepared.sizes
     splits = ("val", "test") if score_test else ("val",)
     t = time.perf_counter()
-    model_path, sha = save_model(model, out_dir)
+    exported = with_imagenet_branch(model, cfg.imagenet_weights) if cfg.imagenet_weights else model
+    model_path, sha = save_model(exported, out_dir)
     card = ModelCard.from_dict(base_card(
         name=cfg.name, version=cfg.version, input_size=cfg.input_size,
         architecture=(f"MobileNetV2 (alpha {cfg.alpha:g}, {cfg.input_size} px), whole network fine-tuned (BatchNorm frozen); head GAP -> "
@@ -152,7 +161,7 @@ def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment:
               "split_file": "split.csv", "class_counts": df["dx"].value_counts().to_dict()},
         model_file=model_path.name, sha256=sha,
     ))
-    predictor = Predictor.load(model_path, card, sha, out_dir, tta="off", ood=False)
+    predictor = Predictor.load(model_path, card, sha, out_dir, tta="off", ood=False, imagenet=True)
     probs = {s: predictor.predict_arrays_batched(scale_pixels(images[s])) for s in splits}
     threshold = choose_malignant_threshold(y["val"], probs["val"])
     metrics = {s: evaluate_predictions(y[s], probs[s], malignant_threshold=threshold) for s in splits}
@@ -178,7 +187,8 @@ def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment:
     if (out_dir / "history.csv").is_file() and (out_dir / "history.csv").stat().st_size:
         plot_history(out_dir / "history.csv", out_dir / "training_curves.png")
     # Issue #6: temperature, uncertain/TTA choice, non-skin statistics, folded into the card before it is written.
-    card, trust = calibrate(predictor, card, out_dir, cfg.data_dir, seed=cfg.seed)
+    labels = imagenet_label_names(cfg.imagenet_labels or "imagenet") if cfg.imagenet_weights else None
+    card, trust = calibrate(predictor, card, out_dir, cfg.data_dir, seed=cfg.seed, imagenet_labels=labels)
     card.write(out_dir / CARD_FILENAME)
     (out_dir / "metrics.json").write_text(json.dumps({**metrics, "trust": trust}, indent=2) + "\n")
     write_report(out_dir, card, metrics, existing_plots(out_dir), trust)

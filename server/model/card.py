@@ -175,16 +175,28 @@ class NonSkinSpec:
     file: str | None = None  # required to serve (server.model.files.parse_card checks it)
     threshold: float | None = None  # deep features
     sha256: str | None = None
-    image_threshold: float | None = None  # picture statistics
+    image_threshold: float | None = None  # picture statistics (a two-sided distance; older cards)
+    imagenet_threshold: float | None = None  # the ImageNet branch's pooled features
+    imagenet_gate: float | None = None  # ...checked only beyond this distance of the model's own features
+    texture_floor: float | None = None  # one-sided floors on picture statistics
+    colour_floor: float | None = None
     extra: Mapping = field(default_factory=dict)  # how they were fitted, and the measured flag rates
 
     def figure(self, key: str, default=None):
         return self.extra.get(key, default)
 
+    def thresholds(self) -> dict:
+        """Each check's threshold or floor by check name (``server.model.nonskin`` names them)."""
+        return {"features": self.threshold, "picture": self.image_threshold, "imagenet": self.imagenet_threshold,
+                "texture": self.texture_floor, "colour": self.colour_floor}
+
     @classmethod
     def from_dict(cls, data: Mapping) -> "NonSkinSpec":
         return cls(file=_text(data, "file", "ood."), threshold=_number(data, "threshold", "ood.", 0),
                    sha256=_text(data, "sha256", "ood."), image_threshold=_number(data, "image_threshold", "ood.", 0),
+                   imagenet_threshold=_number(data, "imagenet_threshold", "ood.", 0),
+                   imagenet_gate=_number(data, "imagenet_gate", "ood.", 0),
+                   texture_floor=_number(data, "texture_floor", "ood."), colour_floor=_number(data, "colour_floor", "ood."),
                    extra=_rest(data, cls))
 
 

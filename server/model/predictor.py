@@ -5,8 +5,9 @@ and ``server/model/explain.py``). The service builds one Predictor per process (
 gunicorn forks: TensorFlow's thread pools do not survive a fork).
 
 The served graph has two outputs, the last convolutional feature map (the input of the
-GAP layer) and the probabilities, so one forward pass serves the prediction, the non-skin
-check (pooled features) and Grad-CAM (``server/model/explain.py``). On top of the raw
+GAP layer) and the probabilities, plus two more when the ``.h5`` carries the ImageNet
+branch (its pooled features and its 1000 class probabilities), so one forward pass serves
+the prediction, the non-skin check and Grad-CAM (``server/model/explain.py``). On top of the raw
 model output ``predict_image`` applies, all from the model card:
 
 - test-time augmentation (``TTA``: off | flips | full; the card's choice unless set) and
@@ -28,11 +29,11 @@ from server.imaging import model_input
 from server.model import explain
 from server.model.card import ModelCard
 from server.model.files import ModelLoadError, card_path_for, check_model_files, file_sha256
-from server.model.nonskin import FEATURES, PICTURE, NonSkinCheck, image_statistics
-from server.model.runtime import as_pair, choose_runner, served_model
+from server.model.nonskin import FEATURES, FLOORS, IMAGENET, PICTURE, NonSkinCheck, floor_statistics, image_statistics
+from server.model.runtime import as_pair, choose_runner, served_branch, served_model, split_branch
 from server.model.trust import TTA_MODES, temperature_scale, tta_views
 from server.prediction import Heatmap, ModelInfo, Prediction, prediction_from_probabilities
-from server.thresholds import DEFAULT_UNCERTAIN_BELOW, refuses_as_non_skin
+from server.thresholds import DEFAULT_UNCERTAIN_BELOW, LOOKS_LIKE_MIN_PROBABILITY, refuses_as_non_skin
 
 
 def model_info(card: ModelCard, sha256: str) -> ModelInfo:
@@ -60,20 +61,21 @@ def load_nonskin(card: ModelCard, card_dir: Path) -> NonSkinCheck | None:
         raise ModelLoadError(f"the model card's non-skin statistics {path} are missing: run training.calibrate")
     if spec.sha256 and file_sha256(path) != spec.sha256:
         raise ModelLoadError(f"{path} does not match the sha256 its model card records")
-    return NonSkinCheck.load(path, spec.threshold, spec.image_threshold)
+    return NonSkinCheck.load(path, spec.thresholds(), spec.imagenet_gate)
 
 
 class Predictor:
     """A loaded model plus its card. ``predict_image`` is the only way the service predicts."""
 
     def __init__(self, model, card: ModelCard, sha256: str, runtime: str = "auto", threads: int = 0,
-                 tta: str | None = None, ood: bool = True, card_dir: Path | None = None):
+                 tta: str | None = None, ood: bool = True, card_dir: Path | None = None, imagenet: bool | None = None):
         self.card = card
         self.info = model_info(card, sha256)
         self.input_size = card.input_size
         self.classes = card.classes
         self.malignant_threshold = card.thresholds.malignant
         self.uncertain_threshold = card.thresholds.uncertain
+        model, branch = split_branch(model)
         out_units = model.output_shape[-1]
         if out_units != len(self.classes):
             raise ModelLoadError(f"model has {out_units} outputs but its card lists {len(self.classes)} classes")
@@ -81,17 +83,24 @@ class Predictor:
         self.temperature = card.temperature_for(self.tta)
         served, self.feature_layer, gap_layer = served_model(model)
         self._run, self.runtime = choose_runner(served, self.input_size, runtime, threads)
+        # The ImageNet branch is served when the non-skin check needs it (or ``imagenet``: the trainer fitting it).
+        self._run_branch = None
+        if branch is not None and (ood if imagenet is None else imagenet):
+            self._run_branch = choose_runner(served_branch(model, branch), self.input_size, runtime, threads)[0]
         self._gradient = explain.head_gradient(model, gap_layer) if gap_layer is not None else None
         self.ood = load_nonskin(card, card_dir) if (ood and card_dir is not None) else None
         if self.ood is not None and self.feature_layer is None:
             raise ModelLoadError("the card has non-skin statistics but the model has no pooled feature layer")
+        if self.ood is not None and IMAGENET in self.ood.signals_needed() and self._run_branch is None:
+            raise ModelLoadError("the card's non-skin check reads the ImageNet branch, but the model has none")
         fmap, _ = self.forward(np.zeros((1, self.input_size, self.input_size, 3), np.float32))  # warm up, now
+        self.forward_imagenet(np.zeros((1, self.input_size, self.input_size, 3), np.float32))
         if self._gradient is not None and fmap is not None:
             self._gradient(fmap.mean(axis=(1, 2)), [0])  # trace the head gradient now, not on the first request
 
     @classmethod
     def load(cls, model_path, card: ModelCard, sha256: str, card_dir: Path | None = None, runtime: str = "auto",
-             threads: int = 0, tta: str | None = None, ood: bool = True) -> "Predictor":
+             threads: int = 0, tta: str | None = None, ood: bool = True, imagenet: bool | None = None) -> "Predictor":
         """Load the ``.h5`` for a card already checked against it (the trainer's in-memory card)."""
         try:
             import keras
@@ -99,20 +108,31 @@ class Predictor:
             model = keras.models.load_model(model_path, compile=False)
         except Exception as exc:  # h5py/keras raise many types for a corrupt file
             raise ModelLoadError(f"could not load model {model_path}: {exc.__class__.__name__}: {exc}") from None
-        return cls(model, card, sha256, runtime, threads, tta=tta, ood=ood, card_dir=card_dir)
+        return cls(model, card, sha256, runtime, threads, tta=tta, ood=ood, card_dir=card_dir, imagenet=imagenet)
 
     @classmethod
     def from_path(cls, model_path, card_path=None, runtime: str = "auto", threads: int = 0,
-                  tta: str | None = None, ood: bool = True) -> "Predictor":
+                  tta: str | None = None, ood: bool = True, imagenet: bool | None = None) -> "Predictor":
         """Load and validate; every failure is a ModelLoadError naming the path and the fix."""
         model_path = Path(model_path)
         card, sha = check_model_files(model_path, card_path)
         card_dir = (Path(card_path) if card_path else card_path_for(model_path)).parent
-        return cls.load(model_path, card, sha, card_dir, runtime, threads, tta=tta, ood=ood)
+        return cls.load(model_path, card, sha, card_dir, runtime, threads, tta=tta, ood=ood, imagenet=imagenet)
 
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
         """Preprocessed (n, size, size, 3) -> (feature maps (n, h, w, k) or None, raw probabilities (n, classes))."""
         return as_pair(self._run(np.ascontiguousarray(batch, dtype=np.float32)))
+
+    def forward_imagenet(self, batch: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Preprocessed (n, size, size, 3) -> the ImageNet branch's (pooled features (n, 1280),
+        probabilities (n, 1000)), or (None, None) when it is not served."""
+        if self._run_branch is None:
+            return None, None
+        return as_pair(self._run_branch(np.ascontiguousarray(batch, dtype=np.float32)))
+
+    def forward_all(self, batch: np.ndarray) -> tuple:
+        """Both graphs on every image: (feature maps, probabilities, ImageNet features, ImageNet probabilities)."""
+        return (*self.forward(batch), *self.forward_imagenet(batch))
 
     def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
         """Preprocessed (n, size, size, 3) float32 -> (n, classes) raw model probabilities
@@ -141,14 +161,27 @@ class Predictor:
         png = explain.png_bytes(explain.render(image, grid, self.input_size))
         return Heatmap(class_code=self.classes[class_index], grid=grid, png=png)
 
-    def ood_score(self, x: np.ndarray, feature_map: np.ndarray) -> float | None:
-        """The non-skin score of one image (the largest distance / threshold of its checks), or None."""
+    def ood_score(self, x: np.ndarray, feature_map: np.ndarray) -> tuple[float | None, np.ndarray | None]:
+        """(the non-skin score of one image (the largest ratio of its checks), the ImageNet
+        probabilities when the branch ran for it), or (None, None) without a check."""
         if self.ood is None:
-            return None
+            return None, None
         signals = {FEATURES: feature_map.mean(axis=(0, 1))[None]}
-        if PICTURE in self.ood.signals_needed():
+        needed = self.ood.signals_needed()
+        if PICTURE in needed:
             signals[PICTURE] = image_statistics(x)
-        return float(self.ood.score(signals)[0])
+        if FLOORS in needed:
+            signals[FLOORS] = floor_statistics(x)
+        in_probs = None
+        if self.ood.needs_imagenet(signals[FEATURES])[0]:
+            signals[IMAGENET], in_probs = self.forward_imagenet(x)
+        return float(self.ood.score(signals)[0]), None if in_probs is None else in_probs[0]
+
+    def looks_like(self, imagenet_probs) -> str | None:
+        """What a refused image seemed to show, in ImageNet's words, when the branch is confident."""
+        if imagenet_probs is None or self.ood is None or self.ood.labels is None:
+            return None
+        return self.ood.labels.looks_like(imagenet_probs, LOOKS_LIKE_MIN_PROBABILITY)
 
     def predict_image(self, img: Image.Image, explain: bool = False, explain_class: str | None = None) -> Prediction:
         """An upright RGB image (from ``imaging.open_upload``) -> Prediction.
@@ -162,9 +195,10 @@ class Predictor:
         fmap, probs = self.forward(tta_views(x, self.tta))
         probs = self.calibrated(probs.mean(axis=0, keepdims=True))[0]
         elapsed_ms = (time.perf_counter() - start) * 1000.0
-        score = self.ood_score(x, fmap[0]) if fmap is not None else None
+        score, in_probs = self.ood_score(x, fmap[0]) if fmap is not None else (None, None)
         heatmap, explain_ms = None, None
         refused = score is not None and refuses_as_non_skin(score)
+        looks_like = self.looks_like(in_probs) if refused else None
         if explain and fmap is not None and self._gradient is not None and not refused:
             t = time.perf_counter()
             heatmap = self.heatmap(img, fmap[0], wanted if wanted is not None else int(np.argmax(probs)))
@@ -173,6 +207,6 @@ class Predictor:
             probs, self.info, elapsed_ms, self.classes, self.malignant_threshold,
             uncertain_threshold=DEFAULT_UNCERTAIN_BELOW if self.uncertain_threshold is None else self.uncertain_threshold,
             temperature=self.temperature, tta=self.tta,
-            ood_score=score,
+            ood_score=score, looks_like=looks_like,
             heatmap=heatmap, explain_ms=explain_ms,
         )

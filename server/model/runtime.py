@@ -34,6 +34,50 @@ def configure_tf_threads(intra_op: int, inter_op: int) -> None:
         pass
 
 
+IMAGENET_BRANCH = "imagenet"  # the nested ImageNet network an exported model may carry (training/export.py)
+
+
+def split_branch(model):
+    """(the classifier alone, the nested ImageNet network or None) of a loaded ``.h5``.
+
+    An exported model may carry the ImageNet network (pooled features, 1000 probabilities)
+    as a second and third output beside the class probabilities; everything that reads the
+    classifier (Grad-CAM's head, the class count) gets the classifier alone.
+    """
+    if IMAGENET_BRANCH not in {layer.name for layer in model.layers}:
+        return model, None
+    import keras
+
+    return keras.Model(model.inputs, model.outputs[0], name=model.name), model.get_layer(IMAGENET_BRANCH)
+
+
+def float32_copy(branch):
+    """The branch computing in float32. It is stored in float16 to keep the ``.h5`` small;
+    float16 kernels are slow or missing on CPUs and ONNX Runtime, so it is widened once here."""
+    import keras
+
+    def widened(layer):
+        if isinstance(layer, keras.Model):  # a nested model: widen its layers too
+            return keras.models.clone_model(layer, clone_function=widened)
+        config = layer.get_config()
+        config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(branch, clone_function=widened)
+    copy.set_weights([np.asarray(w, np.float32) for w in branch.get_weights()])
+    return copy
+
+
+def served_branch(model, branch):
+    """The ImageNet branch alone, in float32, on the model's input: (pooled features, probabilities).
+
+    Served as its own graph, so it runs only for the images the non-skin check asks it about.
+    """
+    import keras
+
+    return keras.Model(model.inputs, float32_copy(branch)(model.inputs[0]), name="served_imagenet")
+
+
 def served_model(model):
     """(model returning (feature map, probabilities), feature layer, GAP layer) or (model, None, None).
 
@@ -53,7 +97,7 @@ def served_model(model):
 
 
 def as_pair(out):
-    """Runner output -> (feature map or None, probabilities)."""
+    """Runner output -> (feature map or None, probabilities); for the branch, (pooled features, probabilities)."""
     if isinstance(out, (list, tuple)) and len(out) == 2:
         return np.asarray(out[0]), np.asarray(out[1])
     return None, np.asarray(out)

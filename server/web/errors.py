@@ -38,16 +38,16 @@ def wants_json() -> bool:
     return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
 
 
-def error_response(status: int, code: str, message: str):
+def error_response(status: int, code: str, message: str, details: dict | None = None):
     if wants_json():
-        return jsonify(error={"code": code, "message": message}), status
+        return jsonify(error={"code": code, "message": message, **(details or {})}), status
     return render_template("error.html", status=status, code=code, message=message), status
 
 
 @bp.app_errorhandler(ServiceError)
 def handle_service_error(exc: ServiceError):
     """Every client-caused failure, an upload that cannot be screened (``ImageRejected``) included."""
-    return error_response(exc.status, exc.code, exc.message)
+    return error_response(exc.status, exc.code, exc.message, exc.details)
 
 
 @bp.app_errorhandler(HTTPException)

@@ -21,7 +21,14 @@ _ERROR = {
         "error": {
             "type": "object",
             "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "looks_like": {"type": ["string", "null"],
+                               "description": "422 not_a_skin_lesion only: what the image seemed to show in the words "
+                                              "of an ImageNet classifier (e.g. 'tabby cat'), or null when it was "
+                                              "not confident."},
+            },
         }
     },
 }
@@ -184,7 +191,8 @@ def openapi_document(max_upload_mb: int) -> dict:
                         "`image`, or as the raw body with Content-Type image/jpeg or image/png. "
                         "415: not a JPEG/PNG. 422: a JPEG/PNG that cannot be decoded or used, or "
                         "`not_a_skin_lesion`: the non-skin check found the image unlike the dermoscopic photos the "
-                        "model knows (a portrait, a screenshot, a chart, a flat colour...); it gets no diagnosis. "
+                        "model knows (a portrait, a screenshot, a chart, a flat colour...); it gets no diagnosis, and "
+                        "`error.looks_like` says what it seemed to be when the model can tell (`tabby cat`). "
                         "Probabilities are calibrated by temperature scaling fitted on validation data."
                     ),
                     "parameters": QUERY_PARAMETERS[("post", "/predict")],

@@ -68,8 +68,25 @@ def safeguards(card: ModelCard | Mapping) -> list[tuple[str, str]]:
                     f"calibration error on test {calibration.figure('ece_test_before', float('nan')):.3f} before, "
                     f"{calibration.figure('ece_test_after', float('nan')):.3f} after."))
     ood = card.ood
-    if ood is not None and ood.figure("nonskin_true_flag_rate") is not None:
+    if ood is not None and ood.figure("everyday_true_flag_rate") is not None:
+        out.append(("Non-skin images", nonskin_in_words(ood)))
+    elif ood is not None and ood.figure("nonskin_true_flag_rate") is not None:
         out.append(("Non-skin images", f"Images that do not look like a skin lesion are refused without a diagnosis: "
                     f"{percent(ood.figure('nonskin_true_flag_rate'))} of the non-skin test pictures were refused, and "
                     f"{percent(ood.figure('test_false_flag_rate', 0.0))} of real lesion photos were wrongly refused."))
     return out
+
+
+def nonskin_in_words(ood) -> str:
+    """The non-skin check's measured rates, on pictures its thresholds were not fitted on."""
+    def share(rate_key: str, count_key: str) -> str:
+        return f"{percent(ood.figure(rate_key))} of {ood.figure(count_key)}"
+
+    return ("Images that do not look like a skin lesion are refused without a diagnosis, and the refusal says what "
+            "the image seemed to be when the model can tell. Checked on pictures the thresholds were not fitted on: "
+            f"{share('everyday_true_flag_rate', 'everyday_images')} everyday photographs (a cat, coffee, a rocket...) "
+            f"and {share('made_true_flag_rate', 'made_images')} made pictures (flat skin tones, gradients, sunsets, "
+            "screenshots, charts) were refused; "
+            f"{percent(ood.figure('test_false_flag_rate', 0.0))} of the real lesion photos of the test split, and "
+            f"{share('hard_test_false_flag_rate', 'hard_test_images')} of them made harder (darker, brighter, blurred, "
+            "rotated, with a ruler or hair, at 150 px), were wrongly refused.")
