@@ -55,6 +55,18 @@ def _env_rate(name: str) -> str:
     return raw.strip()
 
 
+def onnx_cache_dir() -> str:
+    """Where converted ONNX graphs are cached: ``ONNX_CACHE_DIR``, else ``$XDG_CACHE_HOME`` (or
+    ``~/.cache``)/lesion-screening/onnx; ``ONNX_CACHE_DIR=off`` turns the cache off ("")."""
+    raw = os.environ.get("ONNX_CACHE_DIR", "").strip()
+    if raw.lower() in ("off", "0", "none"):
+        return ""
+    if raw:
+        return raw
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "lesion-screening" / "onnx")
+
+
 def config_from_env() -> dict:
     """Build the Flask config dict from environment variables."""
     max_upload_mb = _env_int("MAX_UPLOAD_MB", 10)
@@ -68,6 +80,8 @@ def config_from_env() -> dict:
         "TF_INTRA_OP_THREADS": _env_int("TF_INTRA_OP_THREADS", 0),
         # auto: ONNX Runtime converted from the .h5 when it matches TensorFlow, else TensorFlow.
         "INFERENCE_RUNTIME": os.environ.get("INFERENCE_RUNTIME", "auto"),
+        # Converted ONNX graphs, keyed by the .h5's sha256, so a worker start skips tf2onnx ("" = off).
+        "ONNX_CACHE_DIR": onnx_cache_dir(),
         "TF_INTER_OP_THREADS": _env_int("TF_INTER_OP_THREADS", 0),
         "LOAD_MODEL": os.environ.get("LOAD_MODEL", "1") != "0",
         # Test-time augmentation: auto (the model card's measured choice) | off | flips | full.

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Converted ONNX graphs of the fixture models go to a folder of this run's own (gunicorn
+# started by a test inherits it), not into the user's cache.
+os.environ["ONNX_CACHE_DIR"] = tempfile.mkdtemp(prefix="onnx-cache-tests-")
+atexit.register(shutil.rmtree, os.environ["ONNX_CACHE_DIR"], True)
 
 import pytest
 from PIL import Image

@@ -30,7 +30,7 @@ from server.model import explain
 from server.model.card import ModelCard
 from server.model.files import ModelLoadError, card_path_for, check_model_files, file_sha256
 from server.model.nonskin import FEATURES, FLOORS, IMAGENET, PICTURE, NonSkinCheck, floor_statistics, image_statistics
-from server.model.runtime import as_pair, choose_runner, served_branch, served_model, split_branch
+from server.model.runtime import OnnxCache, as_pair, choose_runner, served_branch, served_model, split_branch
 from server.model.trust import TTA_MODES, temperature_scale, tta_views
 from server.prediction import Heatmap, ModelInfo, Prediction, prediction_from_probabilities
 from server.thresholds import DEFAULT_UNCERTAIN_BELOW, LOOKS_LIKE_MIN_PROBABILITY, refuses_as_non_skin
@@ -68,7 +68,10 @@ class Predictor:
     """A loaded model plus its card. ``predict_image`` is the only way the service predicts."""
 
     def __init__(self, model, card: ModelCard, sha256: str, runtime: str = "auto", threads: int = 0,
-                 tta: str | None = None, ood: bool = True, card_dir: Path | None = None, imagenet: bool | None = None):
+                 tta: str | None = None, ood: bool = True, card_dir: Path | None = None, imagenet: bool | None = None,
+                 onnx_cache: str | Path | None = None):
+        """``onnx_cache``: a folder for the converted ONNX graphs, keyed by ``sha256`` (which must
+        then be the sha256 of the ``.h5`` this model was loaded from), or None to convert each time."""
         self.card = card
         self.info = model_info(card, sha256)
         self.input_size = card.input_size
@@ -82,11 +85,13 @@ class Predictor:
         self.tta = resolve_tta(tta, card)
         self.temperature = card.temperature_for(self.tta)
         served, self.feature_layer, gap_layer = served_model(model)
-        self._run, self.runtime = choose_runner(served, self.input_size, runtime, threads)
+        cache = OnnxCache(Path(onnx_cache), sha256) if onnx_cache else None
+        self._run, self.runtime = choose_runner(served, self.input_size, runtime, threads, cache, "classifier")
         # The ImageNet branch is served when the non-skin check needs it (or ``imagenet``: the trainer fitting it).
         self._run_branch = None
         if branch is not None and (ood if imagenet is None else imagenet):
-            self._run_branch = choose_runner(served_branch(model, branch), self.input_size, runtime, threads)[0]
+            self._run_branch = choose_runner(served_branch(model, branch), self.input_size, runtime, threads,
+                                             cache, "branch")[0]
         self._gradient = explain.head_gradient(model, gap_layer) if gap_layer is not None else None
         self.ood = load_nonskin(card, card_dir) if (ood and card_dir is not None) else None
         if self.ood is not None and self.feature_layer is None:
@@ -100,7 +105,8 @@ class Predictor:
 
     @classmethod
     def load(cls, model_path, card: ModelCard, sha256: str, card_dir: Path | None = None, runtime: str = "auto",
-             threads: int = 0, tta: str | None = None, ood: bool = True, imagenet: bool | None = None) -> "Predictor":
+             threads: int = 0, tta: str | None = None, ood: bool = True, imagenet: bool | None = None,
+             onnx_cache: str | Path | None = None) -> "Predictor":
         """Load the ``.h5`` for a card already checked against it (the trainer's in-memory card)."""
         try:
             import keras
@@ -108,16 +114,20 @@ class Predictor:
             model = keras.models.load_model(model_path, compile=False)
         except Exception as exc:  # h5py/keras raise many types for a corrupt file
             raise ModelLoadError(f"could not load model {model_path}: {exc.__class__.__name__}: {exc}") from None
-        return cls(model, card, sha256, runtime, threads, tta=tta, ood=ood, card_dir=card_dir, imagenet=imagenet)
+        return cls(model, card, sha256, runtime, threads, tta=tta, ood=ood, card_dir=card_dir, imagenet=imagenet,
+                   onnx_cache=onnx_cache)
 
     @classmethod
     def from_path(cls, model_path, card_path=None, runtime: str = "auto", threads: int = 0,
-                  tta: str | None = None, ood: bool = True, imagenet: bool | None = None) -> "Predictor":
-        """Load and validate; every failure is a ModelLoadError naming the path and the fix."""
+                  tta: str | None = None, ood: bool = True, imagenet: bool | None = None,
+                  onnx_cache: str | Path | None = None) -> "Predictor":
+        """Load and validate; every failure is a ModelLoadError naming the path and the fix.
+        ``onnx_cache``: where converted ONNX graphs are kept, keyed by the file's sha256 (None: not kept)."""
         model_path = Path(model_path)
         card, sha = check_model_files(model_path, card_path)
         card_dir = (Path(card_path) if card_path else card_path_for(model_path)).parent
-        return cls.load(model_path, card, sha, card_dir, runtime, threads, tta=tta, ood=ood, imagenet=imagenet)
+        return cls.load(model_path, card, sha, card_dir, runtime, threads, tta=tta, ood=ood, imagenet=imagenet,
+                        onnx_cache=onnx_cache)
 
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
         """Preprocessed (n, size, size, 3) -> (feature maps (n, h, w, k) or None, raw probabilities (n, classes))."""

@@ -1,15 +1,24 @@
 """Running the model: TensorFlow thread pools, the served two-output graph, ONNX Runtime or TensorFlow.
 
-The service runs inference through ONNX Runtime on a graph converted from the ``.h5`` at
-start-up (parity with TensorFlow checked each time), falling back to a ``tf.function``
-with a fixed input signature. Measured on 2 cores at batch 1: ``Model.predict`` 126 ms,
+The service runs inference through ONNX Runtime on a graph converted from the ``.h5``
+(parity with TensorFlow checked at every start), falling back to a ``tf.function`` with a
+fixed input signature. The conversion (tf2onnx) is most of a worker's start-up, so the
+service caches the converted graphs on disk (``OnnxCache``), keyed by the ``.h5``'s sha256
+and everything else the graph depends on; a cached graph still has to pass the parity
+check, and one that fails it is discarded and converted again. Measured on 2 cores at batch 1: ``Model.predict`` 126 ms,
 ``tf.function`` 24-30 ms, ONNX Runtime 5-6 ms. TensorFlow is imported inside the
 functions only, so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +28,7 @@ log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "onnxruntime", "tensorflow")
 PARITY_TOLERANCE = 1e-4  # max |p_onnx - p_tf| on probe images; float32 kernels differ far less
+OPSET = 17
 
 
 def configure_tf_threads(intra_op: int, inter_op: int) -> None:
@@ -117,30 +127,128 @@ def tensorflow_runner(model, size: int):
     return run
 
 
-def onnx_runner(model, size: int, threads: int = 0):
-    """Convert the loaded Keras model to ONNX in memory and run it with ONNX Runtime.
+def onnx_graph(model, size: int) -> bytes:
+    """Convert the loaded Keras model to a serialised ONNX graph with tf2onnx (seconds: the slow part of a start).
 
-    Derived from the ``.h5`` at every start rather than shipped beside it, so the ``.h5``
-    stays the single source of truth and no second file can go stale. A two-output model
-    (feature map, probabilities) becomes a two-output graph: one run gives both.
+    A two-output model (feature map, probabilities) becomes a two-output graph: one run gives both.
     """
-    import onnxruntime as ort
     import tensorflow as tf
     import tf2onnx
 
     fn = tf.function(lambda x: model(x, training=False))
     spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name="image"),)
-    proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=17)
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=OPSET)
+    return proto.SerializeToString()
+
+
+def onnx_session_runner(graph: bytes, threads: int = 0):
+    """An ONNX Runtime session on a serialised graph, as a runner (batch -> output or tuple of outputs)."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     n_out = len(session.get_outputs())
     if n_out == 1:
         return lambda batch: session.run(None, {name: batch})[0]
     return lambda batch: tuple(session.run(None, {name: batch}))
+
+
+def onnx_runner(model, size: int, threads: int = 0):
+    """Convert the loaded Keras model to ONNX in memory and run it with ONNX Runtime."""
+    return onnx_session_runner(onnx_graph(model, size), threads)
+
+
+def _versions() -> dict:
+    import onnxruntime
+    import tensorflow as tf
+    import tf2onnx
+
+    return {"tf2onnx": tf2onnx.__version__, "onnxruntime": onnxruntime.__version__, "tensorflow": tf.__version__}
+
+
+@dataclass(frozen=True)
+class OnnxCache:
+    """Converted ONNX graphs on disk, one file per (model sha256, graph kind, input size, opset, versions).
+
+    The ``.h5`` stays the single source of truth: a graph is only ever a cache of its
+    conversion, found by the ``.h5``'s sha256, so a retrained model can never be served an
+    old graph, and a graph is re-checked against TensorFlow at every load. Files are
+    written to a temporary name and renamed into place, so two workers starting together
+    never read a half-written graph (the last rename wins; both wrote the same bytes).
+    """
+
+    directory: Path
+    model_sha256: str
+
+    def path(self, kind: str, size: int) -> Path:
+        key = {"sha256": self.model_sha256, "kind": kind, "size": size, "opset": OPSET, **_versions()}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        return Path(self.directory) / f"{self.model_sha256[:16]}-{kind}-{size}-{digest}.onnx"
+
+    def read(self, kind: str, size: int) -> bytes | None:
+        try:
+            return self.path(kind, size).read_bytes()
+        except OSError:
+            return None
+
+    def write(self, kind: str, size: int, graph: bytes) -> None:
+        """Atomically store a graph; a cache that cannot be written only costs the next start a conversion."""
+        target = self.path(kind, size)
+        tmp = None
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                f.write(graph)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; other users' workers may read the cache too
+            os.replace(tmp, target)
+            tmp = None
+        except OSError as exc:
+            log.warning("could not cache the ONNX graph in %s (%s); the next start converts again", target.parent, exc)
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+
+    def discard(self, kind: str, size: int) -> None:
+        try:
+            self.path(kind, size).unlink()
+        except OSError:
+            pass
+
+
+def cached_onnx_runner(model, size: int, threads: int, tf_run, cache: OnnxCache | None, kind: str):
+    """(ONNX runner, parity gap against ``tf_run``): the cached graph when it loads and matches
+    TensorFlow, else a fresh conversion (stored in the cache when it matches)."""
+    if cache is not None:
+        graph = cache.read(kind, size)
+        if graph is not None:
+            try:
+                run = onnx_session_runner(graph, threads)
+                gap = parity_gap(run, tf_run, size)
+            except Exception as exc:  # a truncated or corrupt file: ONNX Runtime refuses it
+                log.warning("cached ONNX graph %s is unusable (%s); converting again", cache.path(kind, size),
+                            exc.__class__.__name__)
+            else:
+                if gap <= PARITY_TOLERANCE:
+                    return run, gap
+                log.warning("cached ONNX graph %s differs from TensorFlow by %.2e; converting again",
+                            cache.path(kind, size), gap)
+            cache.discard(kind, size)
+    graph = onnx_graph(model, size)
+    run = onnx_session_runner(graph, threads)
+    gap = parity_gap(run, tf_run, size)
+    if cache is not None and gap <= PARITY_TOLERANCE:
+        cache.write(kind, size, graph)
+    return run, gap
 
 
 def parity_gap(runner_a, runner_b, size: int, seed: int = 0) -> float:
@@ -149,16 +257,17 @@ def parity_gap(runner_a, runner_b, size: int, seed: int = 0) -> float:
     return float(np.abs(as_pair(runner_a(probe))[1] - as_pair(runner_b(probe))[1]).max())
 
 
-def choose_runner(model, size: int, runtime: str = "auto", threads: int = 0):
-    """(runner, name): ONNX Runtime when it converts and matches TensorFlow, else TensorFlow."""
+def choose_runner(model, size: int, runtime: str = "auto", threads: int = 0, cache: OnnxCache | None = None,
+                  kind: str = "classifier"):
+    """(runner, name): ONNX Runtime when it converts (or ``cache`` holds the graph) and matches TensorFlow,
+    else TensorFlow. ``kind`` names the graph in the cache (classifier, branch)."""
     if runtime not in RUNTIMES:
         raise ModelLoadError(f"INFERENCE_RUNTIME={runtime!r} is not one of {', '.join(RUNTIMES)}")
     tf_run = tensorflow_runner(model, size)
     if runtime == "tensorflow":
         return tf_run, "tensorflow"
     try:
-        ort_run = onnx_runner(model, size, threads)
-        gap = parity_gap(ort_run, tf_run, size)
+        ort_run, gap = cached_onnx_runner(model, size, threads, tf_run, cache, kind)
     except Exception as exc:  # converter or runtime missing or failing: TensorFlow still serves
         if runtime == "onnxruntime":
             raise ModelLoadError(f"ONNX Runtime was required but failed: {exc.__class__.__name__}: {exc}") from None
