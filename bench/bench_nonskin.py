@@ -74,6 +74,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from server.imaging import model_input, open_upload
+    from server.model.nonskin import FEATURES
     from server.model.predictor import Predictor
     from server.model.runtime import configure_tf_threads
     from server.screening import ScreeningOptions, screen
@@ -99,7 +100,8 @@ def main(argv=None) -> int:
     for body in uploads:
         x = model_input(open_upload(body), checked.input_size)[None]
         fmap, _ = checked.forward(x)
-        runs_branch += bool(checked.ood.needs_imagenet(fmap.mean(axis=(1, 2)))[0])
+        ratios = checked.ood.ratios({FEATURES: fmap.mean(axis=(1, 2))})
+        runs_branch += bool(checked.ood.imagenet_runs(ratios)[0])
     off = per_photo_ms(screen_or_refusal(plain), uploads, args.rounds)
     on = per_photo_ms(screen_or_refusal(checked), uploads, args.rounds)
     print(f"model {args.model} ({checked.runtime}, {args.threads} thread); {len(uploads)} HAM10000 photos, "

@@ -111,8 +111,8 @@ def instrument(app, clock: StageClock) -> None:
     p.ood_score = clock.wrap("non-skin glue", p.ood_score)
     p.forward_imagenet = clock.wrap("branch", p.forward_imagenet)
     if p.ood is not None:
-        p.ood.needs_imagenet = clock.wrap("distances", p.ood.needs_imagenet)
-        p.ood.score = clock.wrap("distances", p.ood.score)
+        p.ood.ratios = clock.wrap("distances", p.ood.ratios)
+        p.ood.imagenet_runs = clock.wrap("distances", p.ood.imagenet_runs)
 
 
 def upscaled_jpeg(photo: Path, size: tuple[int, int], quality: int = 90) -> bytes:
@@ -184,6 +184,7 @@ def branch_photo(app, size, look_at: int = 60) -> bytes | None:
     """A 600x450 upload of the first HAM10000 photo whose features open the ImageNet branch's gate
     (a quarter of lesions do), so the table shows that path too."""
     from server.imaging import model_input, open_upload
+    from server.model.nonskin import FEATURES
 
     p = app.extensions["predictor"]
     if p.ood is None:
@@ -191,7 +192,7 @@ def branch_photo(app, size, look_at: int = 60) -> bytes | None:
     for path in sorted(SHARED_IMAGES.glob("*.jpg"))[:look_at]:
         jpeg = upscaled_jpeg(path, size)
         fmap, _ = p.forward(model_input(open_upload(jpeg), p.input_size)[None])
-        if fmap is not None and p.ood.needs_imagenet(fmap[0].mean(axis=(0, 1))[None])[0]:
+        if fmap is not None and p.ood.imagenet_runs(p.ood.ratios({FEATURES: fmap.mean(axis=(1, 2))}))[0]:
             return jpeg
     return None
 

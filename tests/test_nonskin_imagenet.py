@@ -240,12 +240,12 @@ def test_the_imagenet_check_runs_only_beyond_its_gate():
     checks = (DistanceCheck(FEATURES, FEATURES, identity, 10.0), DistanceCheck(IMAGENET, IMAGENET, identity, 1.0))
     check = NonSkinCheck(checks, imagenet_gate=3.0)
     features = np.array([[1.0, 0.0], [5.0, 0.0]])  # distances 1 (typical) and 5 (beyond the gate)
-    assert check.needs_imagenet(features).tolist() == [False, True]
+    assert check.imagenet_runs(check.ratios({FEATURES: features})).tolist() == [False, True]
     far = np.array([[4.0, 0.0], [4.0, 0.0]])  # the ImageNet check alone would refuse both
     np.testing.assert_allclose(check.score({FEATURES: features, IMAGENET: far}), [0.1, 4.0])
-    np.testing.assert_allclose(check.score({FEATURES: features, IMAGENET: far[1:]}), [0.1, 4.0])  # rows of those that ran
-    assert check.named_ratios({FEATURES: features, IMAGENET: far})[IMAGENET].tolist() == [0.0, 4.0]
-    assert NonSkinCheck(checks).needs_imagenet(features).tolist() == [True, True]  # no gate: always
+    assert check.ratios({FEATURES: features, IMAGENET: far})[IMAGENET].tolist() == [0.0, 4.0]
+    ungated = NonSkinCheck(checks)  # no gate: always
+    assert ungated.imagenet_runs(ungated.ratios({FEATURES: features})).tolist() == [True, True]
 
 
 def test_a_typical_lesion_never_reaches_the_branch(branch_model, tmp_path):

@@ -51,7 +51,7 @@ from sklearn import metrics as skm
 
 from server.imaging import scale_pixels
 from server.model.card import ModelCard, thawed
-from server.model.nonskin import FEATURES, FLOORS, IMAGENET, PICTURE, floor_statistics, image_statistics
+from server.model.nonskin import FEATURES, FLOORS, IMAGENET, floor_statistics
 from server.model.trust import TTA_MODES, temperature_scale, tta_average, tta_count, tta_views
 from server.thresholds import UNCERTAIN_TARGET_ACCURACY
 from training.calibration import (
@@ -75,19 +75,18 @@ def run_views(predictor, images_uint8: np.ndarray, mode: str = "off", batch: int
     """(probabilities (n, v, classes), signals) for uint8 squares.
 
     ``signals`` holds what the non-skin check reads, of the plain image: pooled features,
-    picture statistics and, when the model carries the ImageNet branch, its pooled features
+    the picture statistics its floors read and, when the model carries the ImageNet branch, its pooled features
     and class probabilities (else None). Probabilities are of each view of TTA ``mode`` (in
     ``tta_views`` order: view 0 is the plain image).
     """
     views = mode != "off"
-    probs, parts = [], {FEATURES: [], PICTURE: [], FLOORS: [], IMAGENET: [], IMAGENET_PROBS: []}
+    probs, parts = [], {FEATURES: [], FLOORS: [], IMAGENET: [], IMAGENET_PROBS: []}
     for i in range(0, len(images_uint8), batch):
         x = scale_pixels(images_uint8[i:i + batch])
         n = len(x)
         fmap, p = predictor.forward(tta_views(x, mode))
         in_features, in_probs = predictor.forward_imagenet(x)
         parts[FEATURES].append(fmap[:n].mean(axis=(1, 2)))
-        parts[PICTURE].append(image_statistics(x))
         parts[FLOORS].append(floor_statistics(x))
         parts[IMAGENET].append(None if in_features is None else in_features[:n])
         parts[IMAGENET_PROBS].append(None if in_probs is None else in_probs[:n])

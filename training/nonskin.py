@@ -94,13 +94,13 @@ def compact_faithfully(full_stats: dict, val_vectors) -> tuple[dict, float]:
     return stats, error
 
 
-def choose_percentile(distances_val: dict, distances_hard: dict, floors_fail_val, floors_fail_hard) -> float:
-    """The lowest candidate percentile whose thresholds keep validation false refusals within the targets."""
+def choose_percentile(check_at, val: dict, hard_val: dict) -> float:
+    """The lowest candidate percentile whose check (``check_at(percentile)``) keeps the false
+    refusals of validation lesions, plain and made harder, within the targets."""
     for pct in NONSKIN_PERCENTILE_CANDIDATES:
-        thresholds = {k: np.percentile(v, pct) for k, v in distances_val.items()}
-        fail_val = floors_fail_val | np.any([distances_val[k] > t for k, t in thresholds.items()], axis=0)
-        fail_hard = floors_fail_hard | np.any([distances_hard[k] > t for k, t in thresholds.items()], axis=0)
-        if fail_val.mean() <= NONSKIN_MAX_FALSE_REFUSALS and fail_hard.mean() <= NONSKIN_MAX_FALSE_REFUSALS_HARD:
+        check = check_at(pct)
+        if (refuses_as_non_skin(check.score(val)).mean() <= NONSKIN_MAX_FALSE_REFUSALS
+                and refuses_as_non_skin(check.score(hard_val)).mean() <= NONSKIN_MAX_FALSE_REFUSALS_HARD):
             return pct
     return NONSKIN_PERCENTILE_CANDIDATES[-1]
 
@@ -118,7 +118,7 @@ def squares(images, size: int) -> np.ndarray:
 
 def fit_nonskin(predictor, signals: dict, run_dir: Path, run_views, hard_sources: dict, label_names=None,
                 ood_dims: int = 0, seed: int = 0) -> dict:
-    """Fit the checks on ``signals`` (by split: ``features``, ``picture`` and, when the model
+    """Fit the checks on ``signals`` (by split: ``features``, ``floors`` and, when the model
     carries the ImageNet branch, ``imagenet`` and ``imagenet_probs``), write ``ood_stats.npz``
     into ``run_dir`` and return the card's ``ood`` section with its figures.
 
@@ -150,26 +150,19 @@ def fit_nonskin(predictor, signals: dict, run_dir: Path, run_views, hard_sources
     floors = {name: float(np.percentile(signals["val"][FLOORS][:, column], NONSKIN_FLOOR_PERCENTILE))
               for name, column in columns.items()}
     floor_checks = [FloorCheck(name, column, floors[name]) for name, column in columns.items()]
+    measures = {n: Mahalanobis.from_arrays(stored[n]) for n in distance_signals}
+    val_distances = {n: m.distances(signals["val"][n]) for n, m in measures.items()}
+    gate = float(np.percentile(val_distances[FEATURES], NONSKIN_IMAGENET_GATE_PERCENTILE)) if has_imagenet else None
 
-    features_check = Mahalanobis.from_arrays(stored[FEATURES])
-    gate = float(np.percentile(features_check.distances(signals["val"][FEATURES]), NONSKIN_IMAGENET_GATE_PERCENTILE)) \
-        if has_imagenet else None
+    def check_at(pct: float) -> NonSkinCheck:
+        """Every check, its distance thresholds at the ``pct`` percentile of validation distances."""
+        distance_checks = (DistanceCheck(n, n, measures[n], float(np.percentile(val_distances[n], pct)))
+                           for n in distance_signals)
+        return NonSkinCheck((*distance_checks, *floor_checks), imagenet_gate=gate)
 
-    def distances(which):
-        """Each distance check's distances; the ImageNet one 0 where its gate keeps it from running."""
-        out = {n: Mahalanobis.from_arrays(stored[n]).distances(sets[which][n]) for n in distance_signals}
-        if has_imagenet:
-            out[IMAGENET] = np.where(out[FEATURES] > gate, out[IMAGENET], 0.0)
-        return out
-
-    def floors_fail(which):
-        return np.any([refuses_as_non_skin(c.ratios(sets[which][FLOORS])) for c in floor_checks], axis=0)
-
-    percentile = choose_percentile(distances("val"), distances("hard_val"), floors_fail("val"), floors_fail("hard_val"))
-    val_distances = {n: Mahalanobis.from_arrays(stored[n]).distances(signals["val"][n]) for n in distance_signals}
-    thresholds = {n: float(np.percentile(d, percentile)) for n, d in val_distances.items()}
-    check = NonSkinCheck((*(DistanceCheck(n, n, Mahalanobis.from_arrays(stored[n]), thresholds[n]) for n in distance_signals),
-                          *floor_checks), imagenet_gate=gate)
+    percentile = choose_percentile(check_at, sets["val"], sets["hard_val"])
+    check = check_at(percentile)
+    thresholds = {n: check.check(n).threshold for n in distance_signals}
 
     arrays = dict(stored[FEATURES])
     if has_imagenet:
@@ -185,7 +178,7 @@ def fit_nonskin(predictor, signals: dict, run_dir: Path, run_views, hard_sources
         return refuses_as_non_skin(check.score(sets[which]))
 
     def by_check(which):
-        return {name: int(refuses_as_non_skin(r).sum()) for name, r in check.named_ratios(sets[which]).items()}
+        return {name: int(refuses_as_non_skin(r).sum()) for name, r in check.ratios(sets[which]).items()}
 
     def by_kind(kinds, flags):
         out: dict[str, dict] = {}

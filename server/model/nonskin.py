@@ -147,6 +147,11 @@ def readable_label(line: str) -> str:
     return longer[0] if longer else first
 
 
+def largest(ratios: dict) -> np.ndarray:
+    """Per image, the largest of the checks' ratios: the non-skin score."""
+    return np.max(np.stack(list(ratios.values())), axis=0)
+
+
 class NonSkinCheck:
     """The checks of one model, combined by one rule: score = the largest ratio over the checks.
 
@@ -165,36 +170,27 @@ class NonSkinCheck:
     def check(self, name: str) -> DistanceCheck | None:
         return next((c for c in self.checks if c.name == name), None)
 
-    def needs_imagenet(self, features: np.ndarray) -> np.ndarray:
-        """Per image (pooled features (n, k)): must the ImageNet check run?"""
-        n = np.atleast_2d(features).shape[0]
-        if self.check(IMAGENET) is None:
-            return np.zeros(n, bool)
-        if self.imagenet_gate is None:
-            return np.ones(n, bool)
-        return self.check(FEATURES).distances(features) > self.imagenet_gate
-
-    def named_ratios(self, signals: dict) -> dict[str, np.ndarray]:
-        """Each check's ratios by name (0 where a gated check did not run): which check refused an image."""
-        out = {}
-        for c in self.checks:
-            if c.signal == IMAGENET:
-                runs = self.needs_imagenet(signals[FEATURES])
-                ratios = np.zeros(len(runs))
-                if runs.any():
-                    vectors = np.atleast_2d(signals[IMAGENET])
-                    ratios[runs] = c.ratios(vectors[runs] if len(vectors) == len(runs) else vectors)
-                out[c.name] = ratios
-            else:
-                out[c.name] = c.ratios(signals[c.signal])
+    def ratios(self, signals: dict) -> dict[str, np.ndarray]:
+        """Each check's ratios by name, for the checks whose signal is given (``signals`` maps a
+        signal name to (n, d) vectors). The ImageNet check's ratio is 0 where its gate is shut."""
+        out = {c.name: c.ratios(signals[c.signal]) for c in self.checks if c.signal != IMAGENET}
+        imagenet = self.check(IMAGENET)
+        if imagenet is not None and signals.get(IMAGENET) is not None:
+            out[IMAGENET] = np.where(self.imagenet_runs(out), imagenet.ratios(signals[IMAGENET]), 0.0)
         return out
 
-    def score(self, signals: dict) -> np.ndarray:
-        """Per image, the largest ratio over the checks; ``signals`` maps a signal name to (n, d) vectors.
+    def imagenet_runs(self, ratios: dict) -> np.ndarray:
+        """Per image, from the other checks' ``ratios``: must the ImageNet check run?"""
+        features = ratios[FEATURES]
+        if self.check(IMAGENET) is None:
+            return np.zeros(len(features), bool)
+        if self.imagenet_gate is None:
+            return np.ones(len(features), bool)
+        return features * self.check(FEATURES).threshold > self.imagenet_gate
 
-        ``signals[IMAGENET]`` holds a row for every image, or only for those ``needs_imagenet`` picks.
-        """
-        return np.max(np.stack(list(self.named_ratios(signals).values())), axis=0)
+    def score(self, signals: dict) -> np.ndarray:
+        """Per image, the largest ratio over the checks (the one rule turns it into a refusal)."""
+        return largest(self.ratios(signals))
 
     def signals_needed(self) -> set[str]:
         return {c.signal for c in self.checks}

@@ -29,7 +29,16 @@ from server.imaging import model_input
 from server.model import explain
 from server.model.card import ModelCard
 from server.model.files import ModelLoadError, card_path_for, check_model_files, file_sha256
-from server.model.nonskin import FEATURES, FLOORS, IMAGENET, PICTURE, NonSkinCheck, floor_statistics, image_statistics
+from server.model.nonskin import (
+    FEATURES,
+    FLOORS,
+    IMAGENET,
+    PICTURE,
+    NonSkinCheck,
+    floor_statistics,
+    image_statistics,
+    largest,
+)
 from server.model.runtime import OnnxCache, as_pair, choose_runner, served_branch, served_model, split_branch
 from server.model.trust import TTA_MODES, temperature_scale, tta_views
 from server.prediction import Heatmap, ModelInfo, Prediction, prediction_from_probabilities
@@ -182,10 +191,12 @@ class Predictor:
             signals[PICTURE] = image_statistics(x)
         if FLOORS in needed:
             signals[FLOORS] = floor_statistics(x)
+        ratios = self.ood.ratios(signals)
         in_probs = None
-        if self.ood.needs_imagenet(signals[FEATURES])[0]:
-            signals[IMAGENET], in_probs = self.forward_imagenet(x)
-        return float(self.ood.score(signals)[0]), None if in_probs is None else in_probs[0]
+        if self.ood.imagenet_runs(ratios)[0]:  # only for images the model's own features place far out
+            in_features, in_probs = self.forward_imagenet(x)
+            ratios[IMAGENET] = self.ood.check(IMAGENET).ratios(in_features)
+        return float(largest(ratios)[0]), None if in_probs is None else in_probs[0]
 
     def looks_like(self, imagenet_probs) -> str | None:
         """What a refused image seemed to show, in ImageNet's words, when the branch is confident."""

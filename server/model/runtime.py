@@ -157,11 +157,6 @@ def onnx_session_runner(graph: bytes, threads: int = 0):
     return lambda batch: tuple(session.run(None, {name: batch}))
 
 
-def onnx_runner(model, size: int, threads: int = 0):
-    """Convert the loaded Keras model to ONNX in memory and run it with ONNX Runtime."""
-    return onnx_session_runner(onnx_graph(model, size), threads)
-
-
 def _versions() -> dict:
     import onnxruntime
     import tensorflow as tf
