@@ -244,6 +244,8 @@ def test_the_imagenet_check_runs_only_beyond_its_gate():
     far = np.array([[4.0, 0.0], [4.0, 0.0]])  # the ImageNet check alone would refuse both
     np.testing.assert_allclose(check.score({FEATURES: features, IMAGENET: far}), [0.1, 4.0])
     assert check.ratios({FEATURES: features, IMAGENET: far})[IMAGENET].tolist() == [0.0, 4.0]
+    floored = NonSkinCheck((*checks, FloorCheck("texture", 0, 1.0)), imagenet_gate=3.0)
+    assert set(floored.ratios({FEATURES: features})) == {FEATURES}  # only the checks whose signal is given
     ungated = NonSkinCheck(checks)  # no gate: always
     assert ungated.imagenet_runs(ungated.ratios({FEATURES: features})).tolist() == [True, True]
 

@@ -173,7 +173,7 @@ class NonSkinCheck:
     def ratios(self, signals: dict) -> dict[str, np.ndarray]:
         """Each check's ratios by name, for the checks whose signal is given (``signals`` maps a
         signal name to (n, d) vectors). The ImageNet check's ratio is 0 where its gate is shut."""
-        out = {c.name: c.ratios(signals[c.signal]) for c in self.checks if c.signal != IMAGENET}
+        out = {c.name: c.ratios(signals[c.signal]) for c in self.checks if c.signal != IMAGENET and c.signal in signals}
         imagenet = self.check(IMAGENET)
         if imagenet is not None and signals.get(IMAGENET) is not None:
             out[IMAGENET] = np.where(self.imagenet_runs(out), imagenet.ratios(signals[IMAGENET]), 0.0)
