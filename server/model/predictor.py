@@ -40,6 +40,7 @@ from server.model.nonskin import (
     largest,
 )
 from server.model.runtime import OnnxCache, as_pair, choose_runner, served_branch, served_model, split_branch
+from server.patient import PatientContext
 from server.model.trust import TTA_MODES, temperature_scale, tta_views
 from server.prediction import Heatmap, ModelInfo, Prediction, prediction_from_probabilities
 from server.thresholds import DEFAULT_UNCERTAIN_BELOW, LOOKS_LIKE_MIN_PROBABILITY, refuses_as_non_skin
@@ -204,8 +205,12 @@ class Predictor:
             return None
         return self.ood.labels.looks_like(imagenet_probs, LOOKS_LIKE_MIN_PROBABILITY)
 
-    def predict_image(self, img: Image.Image, explain: bool = False, explain_class: str | None = None) -> Prediction:
+    def predict_image(self, img: Image.Image, explain: bool = False, explain_class: str | None = None,
+                      patient: PatientContext | None = None) -> Prediction:
         """An upright RGB image (from ``imaging.open_upload``) -> Prediction.
+
+        ``patient``: the optional age, sex and site, for a model that reads them (its card's
+        ``patient_inputs``); a model that does not ignores them.
 
         ``explain`` adds a Grad-CAM heatmap for ``explain_class`` (default: the top class);
         an image the non-skin check flags gets none (it gets no diagnosis either).

@@ -1,0 +1,131 @@
+"""Patient context: the optional age, sex and body site a user may give beside the photo.
+
+One place says which values exist, how a user's text becomes a ``PatientContext`` (or a
+clear 400), and how the context becomes the model's second input. The trainer encodes
+HAM10000's metadata with the same ``model_vector``, so the network never sees a context
+encoded differently from the one it learned on.
+
+Encoding, ``MODEL_VECTOR_SIZE`` floats: age / 100 and an "age known" flag, then one-hot sex
+(female, male), then one-hot site (``SITES``). Anything unknown is all zeros, so "not
+given" is an ordinary input, the one the trainer's metadata dropout teaches the model.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from server.problems import ServiceError
+
+SEXES = ("female", "male")
+# HAM10000's ``localization`` values, less its "unknown".
+SITES = (
+    "abdomen", "acral", "back", "chest", "ear", "face", "foot", "genital", "hand",
+    "lower extremity", "neck", "scalp", "trunk", "upper extremity",
+)
+MIN_AGE, MAX_AGE = 0, 120
+AGE_SCALE = 100.0
+MODEL_VECTOR_SIZE = 2 + len(SEXES) + len(SITES)
+UNKNOWN_WORDS = frozenset({"", "unknown", "none", "null", "n/a", "na", "not given", "not known", "-"})
+# Age bands for the per-subgroup metrics, (label, lowest age, highest age exclusive).
+AGE_BANDS = (("<30", 0, 30), ("30-44", 30, 45), ("45-59", 45, 60), ("60-74", 60, 75), (">=75", 75, 1000))
+
+
+def bad_patient_field(field: str, detail: str) -> ServiceError:
+    """The one 400 for a patient field the user got wrong."""
+    return ServiceError(400, f"invalid_{field}", detail, {"field": field})
+
+
+def _is_unknown(text) -> bool:
+    return text is None or (isinstance(text, float) and math.isnan(text)) or str(text).strip().lower() in UNKNOWN_WORDS
+
+
+def parse_age(text) -> float | None:
+    """A user's age text -> years (None when not given), or a 400 naming the allowed range."""
+    if _is_unknown(text):
+        return None
+    try:
+        age = float(str(text).strip())
+    except ValueError:
+        raise bad_patient_field("age", f"age must be a number of years from {MIN_AGE} to {MAX_AGE}; got {str(text)[:40]!r}.") from None
+    if not math.isfinite(age) or not MIN_AGE <= age <= MAX_AGE:
+        raise bad_patient_field("age", f"age must be from {MIN_AGE} to {MAX_AGE} years; got {str(text)[:40]!r}.")
+    return age
+
+
+def parse_sex(text) -> str | None:
+    """'female' / 'male' (any case; 'f' / 'm' too) -> the value, None when not given, else a 400."""
+    if _is_unknown(text):
+        return None
+    value = str(text).strip().lower()
+    value = {"f": "female", "m": "male"}.get(value, value)
+    if value not in SEXES:
+        raise bad_patient_field("sex", f"sex must be one of {', '.join(SEXES)} (or left out); got {str(text)[:40]!r}.")
+    return value
+
+
+def parse_site(text) -> str | None:
+    """A body site in HAM10000's words (case, '_' and '-' forgiven) -> the value, None when not given, else a 400."""
+    if _is_unknown(text):
+        return None
+    value = re.sub(r"[\s_\-]+", " ", str(text).strip().lower())
+    if value not in SITES:
+        raise bad_patient_field("site", f"site must be one of: {', '.join(SITES)} (or left out); got {str(text)[:40]!r}.")
+    return value
+
+
+@dataclass(frozen=True)
+class PatientContext:
+    """What the user told us about the patient and the lesion; every field optional."""
+
+    age: float | None = None
+    sex: str | None = None
+    site: str | None = None
+
+    @classmethod
+    def parse(cls, age=None, sex=None, site=None) -> "PatientContext":
+        """From user text (form fields, CSV cells); raises a 400 ``ServiceError`` for a bad value."""
+        return cls(age=parse_age(age), sex=parse_sex(sex), site=parse_site(site))
+
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in (self.age, self.sex, self.site))
+
+    def to_dict(self) -> dict:
+        """The fields that were given (JSON, reports); an empty dict when none was."""
+        return {k: v for k, v in (("age", self.age), ("sex", self.sex), ("site", self.site)) if v is not None}
+
+    def model_vector(self) -> np.ndarray:
+        """The model's second input, (``MODEL_VECTOR_SIZE``,) float32; all zeros when nothing was given."""
+        return model_vectors([self.age], [self.sex], [self.site])[0]
+
+
+def model_vectors(ages, sexes, sites) -> np.ndarray:
+    """Encode many contexts at once (the trainer's HAM10000 metadata): (n, ``MODEL_VECTOR_SIZE``) float32.
+
+    Values must already be parsed or be HAM10000's own ('unknown' and NaN read as not given).
+    """
+    n = len(ages)
+    out = np.zeros((n, MODEL_VECTOR_SIZE), np.float32)
+    for i, (age, sex, site) in enumerate(zip(ages, sexes, sites)):
+        age = parse_age(age)
+        if age is not None:
+            out[i, 0], out[i, 1] = age / AGE_SCALE, 1.0
+        sex = parse_sex(sex)
+        if sex is not None:
+            out[i, 2 + SEXES.index(sex)] = 1.0
+        site = parse_site(site)
+        if site is not None:
+            out[i, 2 + len(SEXES) + SITES.index(site)] = 1.0
+    return out
+
+
+def age_band(age) -> str:
+    """The subgroup label of an age in years ('unknown' when not given)."""
+    if _is_unknown(age):
+        return "unknown"
+    age = float(age)
+    return next(label for label, low, high in AGE_BANDS if low <= age < high)
