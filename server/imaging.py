@@ -25,6 +25,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from server.problems import ImageRejected
 
 PREPROCESSING_ID = "exif-rgb8/centre-square/bilinear/mobilenet_v2[-1,1]"
+# Optional colour constancy, applied to the centre square before scaling. A model's card
+# names it inside its preprocessing id (``preprocessing_id``), and trainer and service
+# both apply it through ``colour_normalised``.
+COLOUR_NONE = "none"
+COLOUR_SHADES_OF_GRAY = "shades-of-gray"
+COLOURS = (COLOUR_NONE, COLOUR_SHADES_OF_GRAY)
+SHADES_OF_GRAY_POWER = 6  # Finlayson and Trezzi's p; 6 is what ISIC challenge entries used
 # MPO is how Pillow names the multi-picture JPEGs many phone cameras write: a JPEG whose
 # first frame is the photo. Refusing it would refuse ordinary phone photos.
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG"})
@@ -129,24 +136,63 @@ def centre_square(img: Image.Image, size: int) -> Image.Image:
     return img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
 
 
+def preprocessing_id(colour: str = COLOUR_NONE) -> str:
+    """The id a model card records for this geometry with ``colour`` constancy."""
+    if colour not in COLOURS:
+        raise ValueError(f"colour must be one of {', '.join(COLOURS)}; got {colour!r}")
+    if colour == COLOUR_NONE:
+        return PREPROCESSING_ID
+    head, tail = PREPROCESSING_ID.rsplit("/", 1)
+    return f"{head}/{colour}-p{SHADES_OF_GRAY_POWER}/{tail}"
+
+
+def colour_of(preprocessing: str) -> str | None:
+    """The colour constancy a card's preprocessing id names, or None when this service implements no such id."""
+    return next((c for c in COLOURS if preprocessing_id(c) == preprocessing), None)
+
+
+def shades_of_gray(rgb: np.ndarray, power: int = SHADES_OF_GRAY_POWER) -> np.ndarray:
+    """Shades of Gray colour constancy (Finlayson and Trezzi, 2004) of uint8 RGB (h, w, 3) or (n, h, w, 3).
+
+    Estimates the illuminant as the Minkowski p-mean of each channel and divides it out,
+    so a photo under a yellow lamp and one under a blue flash come out alike: images from
+    other clinics and cameras differ most in colour cast.
+    """
+    x = np.asarray(rgb, np.float32)
+    axes = (-3, -2)
+    illuminant = np.power(np.mean(np.power(x / 255.0, power), axis=axes, keepdims=True), 1.0 / power)
+    illuminant = illuminant / np.maximum(np.linalg.norm(illuminant, axis=-1, keepdims=True), 1e-6)
+    gains = 1.0 / (np.maximum(illuminant, 1e-3) * np.sqrt(3.0))
+    return np.clip(x * gains + 0.5, 0, 255).astype(np.uint8)
+
+
+def colour_normalised(rgb: np.ndarray, colour: str = COLOUR_NONE) -> np.ndarray:
+    """``rgb`` (uint8) with the named colour constancy applied; unchanged for 'none'."""
+    if colour == COLOUR_NONE:
+        return rgb
+    if colour == COLOUR_SHADES_OF_GRAY:
+        return shades_of_gray(rgb)
+    raise ValueError(f"colour must be one of {', '.join(COLOURS)}; got {colour!r}")
+
+
 def scale_pixels(rgb: np.ndarray) -> np.ndarray:
     """Map uint8 RGB to float32 in [-1, 1], the range MobileNetV2 was trained on."""
     return rgb.astype(np.float32) / PIXEL_SCALE - PIXEL_OFFSET
 
 
-def model_input(img: Image.Image, size: int) -> np.ndarray:
+def model_input(img: Image.Image, size: int, colour: str = COLOUR_NONE) -> np.ndarray:
     """An RGB PIL image -> a (size, size, 3) float32 array ready for the model."""
-    return scale_pixels(np.asarray(centre_square(img, size), dtype=np.uint8))
+    return scale_pixels(colour_normalised(np.asarray(centre_square(img, size), dtype=np.uint8), colour))
 
 
-def load_square_uint8(path, size: int) -> np.ndarray:
-    """Read an image file from disk as the trainer does: upright RGB, centre square, uint8.
+def load_square_uint8(path, size: int, colour: str = COLOUR_NONE) -> np.ndarray:
+    """Read an image file from disk as the trainer does: upright RGB, centre square, colour, uint8.
 
     Training keeps images as uint8 so augmentation can run before ``scale_pixels``.
     """
     with Image.open(path) as img:
         img = to_rgb8(ImageOps.exif_transpose(img))
-        return np.asarray(centre_square(img, size), dtype=np.uint8)
+        return colour_normalised(np.asarray(centre_square(img, size), dtype=np.uint8), colour)
 
 
 def jpeg_bytes(img: Image.Image, quality: int = 80) -> bytes:

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 from sklearn import metrics as skm
 
-from server.imaging import scale_pixels
+from server.imaging import COLOUR_NONE, scale_pixels
 from server.model.card import ModelCard, thawed
 from server.model.nonskin import FEATURES, FLOORS, IMAGENET, floor_statistics
 from server.model.trust import TTA_MODES, temperature_scale, tta_average, tta_count, tta_views
@@ -95,7 +95,7 @@ def run_views(predictor, images_uint8: np.ndarray, mode: str = "off", batch: int
     return np.concatenate(probs), signals
 
 
-def load_split_images(run_dir: Path, data_dir: Path, size: int, train_max: int, seed: int):
+def load_split_images(run_dir: Path, data_dir: Path, size: int, train_max: int, seed: int, colour: str = COLOUR_NONE):
     import pandas as pd
 
     from training import data as D
@@ -112,7 +112,7 @@ def load_split_images(run_dir: Path, data_dir: Path, size: int, train_max: int, 
             hard_sources[s] = list(part["path"].sample(min(HARD_LESIONS, len(part)), random_state=seed))
         if s == "train" and train_max and len(part) > train_max:
             part = part.sample(train_max, random_state=seed)
-        out[s] = (D.load_images(list(part["path"]), size), part["label"].to_numpy())
+        out[s] = (D.load_images(list(part["path"]), size, colour=colour), part["label"].to_numpy())
     return out, hard_sources
 
 
@@ -131,7 +131,7 @@ def calibrate(predictor, card: ModelCard, run_dir, data_dir, uncertain_target: f
     if predictor.feature_layer is None:
         raise SystemExit("this model has no GAP feature layer: no Grad-CAM, no non-skin check")
     size = predictor.input_size
-    data, hard_sources = load_split_images(run_dir, data_dir, size, train_max, seed)
+    data, hard_sources = load_split_images(run_dir, data_dir, size, train_max, seed, predictor.colour)
     log.info("images loaded in %.0f s: %s", time.perf_counter() - t0, {k: len(v[1]) for k, v in data.items()})
 
     t = time.perf_counter()

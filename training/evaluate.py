@@ -173,7 +173,8 @@ def predict_folder_items(predictor, paths, batch_size: int = 32) -> np.ndarray:
 
     rows = []
     for start in range(0, len(paths), batch_size):
-        batch = np.stack([scale_pixels(load_square_uint8(p, predictor.input_size)) for p in paths[start:start + batch_size]])
+        batch = np.stack([scale_pixels(load_square_uint8(p, predictor.input_size, predictor.colour))
+                          for p in paths[start:start + batch_size]])
         rows.append(predictor.predict_arrays(batch))
     return np.concatenate(rows) if rows else np.zeros((0, len(CLASS_CODES)))
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.imaging import centre_square
+from server.imaging import COLOUR_NONE, centre_square, colour_normalised
 from server.model.files import file_sha256
 from server.model.nonskin import (
     COLOUR_FLOOR,
@@ -111,9 +111,10 @@ def lesion_like_classes(train_probs: np.ndarray) -> np.ndarray:
     return np.flatnonzero(counts > LESION_LIKE_SHARE * len(train_probs)).astype(np.int32)
 
 
-def squares(images, size: int) -> np.ndarray:
-    """PIL images -> uint8 model-input squares, through the service's own preprocessing."""
-    return np.stack([np.asarray(centre_square(img.convert("RGB"), size), np.uint8) for img in images])
+def squares(images, size: int, colour: str = COLOUR_NONE) -> np.ndarray:
+    """PIL images -> uint8 model-input squares, through the service's own preprocessing (geometry and colour)."""
+    return np.stack([colour_normalised(np.asarray(centre_square(img.convert("RGB"), size), np.uint8), colour)
+                     for img in images])
 
 
 def fit_nonskin(predictor, signals: dict, run_dir: Path, run_views, hard_sources: dict, label_names=None,
@@ -137,14 +138,14 @@ def fit_nonskin(predictor, signals: dict, run_dir: Path, run_views, hard_sources
     def hard(split):
         lesions = [Image.open(p).convert("RGB") for p in hard_sources[split]]
         items = corpus.hard_cases(lesions, seed=seed + (0 if split == "val" else 10_000))
-        return [k for _, k, _ in items], run_views(predictor, squares([img for _, _, img in items], size))[1]
+        return [k for _, k, _ in items], run_views(predictor, squares([img for _, _, img in items], size, predictor.colour))[1]
 
     hard_kinds, sets = {}, dict(signals)
     for split in ("val", "test"):
         hard_kinds[split], sets[f"hard_{split}"] = hard(split)
     everyday, made = corpus.everyday_photos(), corpus.made_pictures(size, seed)
-    sets["everyday"] = run_views(predictor, squares([img for _, _, img in everyday], size))[1]
-    sets["made"] = run_views(predictor, squares([img for _, _, img in made], size))[1]
+    sets["everyday"] = run_views(predictor, squares([img for _, _, img in everyday], size, predictor.colour))[1]
+    sets["made"] = run_views(predictor, squares([img for _, _, img in made], size, predictor.colour))[1]
 
     columns = {"texture": TEXTURE_FLOOR, "colour": COLOUR_FLOOR}
     floors = {name: float(np.percentile(signals["val"][FLOORS][:, column], NONSKIN_FLOOR_PERCENTILE))

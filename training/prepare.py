@@ -71,7 +71,8 @@ def prepare_data(cfg: TrainConfig, out_dir: Path) -> Prepared:
     log.info("split by lesion_id: %s images (%s lesions)", sizes, df.groupby("split")["lesion_id"].nunique().to_dict())
     parts = {s: df.index[df["split"] == s].to_numpy() for s in D.SPLITS}
     y = {s: df.loc[parts[s], "label"].to_numpy() for s in D.SPLITS}
-    images = {s: D.load_images(list(df.loc[parts[s], "path"]), cfg.store_size if s == "train" else cfg.input_size)
+    images = {s: D.load_images(list(df.loc[parts[s], "path"]), cfg.store_size if s == "train" else cfg.input_size,
+                               colour=cfg.colour)
               for s in D.SPLITS}
     return Prepared(df, parts, y, images, sizes)
 

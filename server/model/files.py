@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Mapping
 
-from server.imaging import PREPROCESSING_ID
+from server.imaging import COLOURS, colour_of, preprocessing_id
 from server.lesions import CLASS_CODES
 from server.model.card import CARD_FILENAME, CardFieldError, ModelCard
 
@@ -49,10 +49,11 @@ def parse_card(data: Mapping, card_path: Path) -> ModelCard:
     for name in ("file", "threshold"):
         if card.ood is not None and getattr(card.ood, name) is None:
             raise ModelLoadError(f"model card {card_path}: field ood.{name} is missing")
-    if card.preprocessing != PREPROCESSING_ID:
+    if colour_of(card.preprocessing) is None:
+        implemented = " or ".join(repr(preprocessing_id(c)) for c in COLOURS)
         raise ModelLoadError(
             f"model card {card_path} was trained with preprocessing {card.preprocessing!r}; "
-            f"this service implements {PREPROCESSING_ID!r}"
+            f"this service implements {implemented}"
         )
     return card
 
