@@ -5,9 +5,10 @@ clear 400), and how the context becomes the model's second input. The trainer en
 HAM10000's metadata with the same ``model_vector``, so the network never sees a context
 encoded differently from the one it learned on.
 
-Encoding, ``MODEL_VECTOR_SIZE`` floats: age / 100 and an "age known" flag, then one-hot sex
-(female, male), then one-hot site (``SITES``). Anything unknown is all zeros, so "not
-given" is an ordinary input, the one the trainer's metadata dropout teaches the model.
+Encoding, ``MODEL_VECTOR_SIZE`` floats: one-hot age band (``MODEL_AGE_EDGES``: the risk of
+each class rises and falls with age, which one number cannot say to a linear layer), then
+one-hot sex (female, male), then one-hot site (``SITES``). Anything unknown is all zeros,
+so "not given" is an ordinary input, the one the trainer's metadata dropout teaches.
 """
 
 from __future__ import annotations
@@ -27,8 +28,12 @@ SITES = (
     "lower extremity", "neck", "scalp", "trunk", "upper extremity",
 )
 MIN_AGE, MAX_AGE = 0, 120
-AGE_SCALE = 100.0
-MODEL_VECTOR_SIZE = 2 + len(SEXES) + len(SITES)
+# The model's age bands: [0, 15), [15, 30), ... [80, 120]. HAM10000 gives ages in 5-year steps.
+MODEL_AGE_EDGES = (15, 30, 40, 50, 60, 70, 80)
+AGE_SLICE = slice(0, len(MODEL_AGE_EDGES) + 1)
+SEX_SLICE = slice(AGE_SLICE.stop, AGE_SLICE.stop + len(SEXES))
+SITE_SLICE = slice(SEX_SLICE.stop, SEX_SLICE.stop + len(SITES))
+MODEL_VECTOR_SIZE = SITE_SLICE.stop
 UNKNOWN_WORDS = frozenset({"", "unknown", "none", "null", "n/a", "na", "not given", "not known", "-"})
 # Age bands for the per-subgroup metrics, (label, lowest age, highest age exclusive).
 AGE_BANDS = (("<30", 0, 30), ("30-44", 30, 45), ("45-59", 45, 60), ("60-74", 60, 75), (">=75", 75, 1000))
@@ -113,13 +118,13 @@ def model_vectors(ages, sexes, sites) -> np.ndarray:
     for i, (age, sex, site) in enumerate(zip(ages, sexes, sites)):
         age = parse_age(age)
         if age is not None:
-            out[i, 0], out[i, 1] = age / AGE_SCALE, 1.0
+            out[i, AGE_SLICE.start + int(np.searchsorted(MODEL_AGE_EDGES, age, side="right"))] = 1.0
         sex = parse_sex(sex)
         if sex is not None:
-            out[i, 2 + SEXES.index(sex)] = 1.0
+            out[i, SEX_SLICE.start + SEXES.index(sex)] = 1.0
         site = parse_site(site)
         if site is not None:
-            out[i, 2 + len(SEXES) + SITES.index(site)] = 1.0
+            out[i, SITE_SLICE.start + SITES.index(site)] = 1.0
     return out
 
 

@@ -17,12 +17,18 @@ atexit.register(shutil.rmtree, os.environ["ONNX_CACHE_DIR"], True)
 import pytest
 from PIL import Image
 
-from tests.fixture_model import export_colour_model
+from tests.fixture_model import export_colour_context_model, export_colour_model
 
 
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory):
     return export_colour_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="session")
+def context_model_path(tmp_path_factory):
+    """The colour fixture that also reads the patient context (a lesion on the face -> ``CONTEXT_CLASS``)."""
+    return export_colour_context_model(tmp_path_factory.mktemp("context-model"))
 
 
 @pytest.fixture(scope="session")

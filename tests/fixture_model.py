@@ -52,3 +52,42 @@ def export_colour_model(out_dir: Path, size: int = FIXTURE_SIZE) -> Path:
     )
     model_path, _ = export_model(build_colour_model(size), out_dir, card)
     return model_path
+
+
+# The context fixture: the colour model with the patient context joined after pooling; a
+# lesion on the face pushes every answer to ``CONTEXT_CLASS``, so a test can see the
+# context reach the model.
+CONTEXT_SITE, CONTEXT_CLASS = "face", "bkl"
+
+
+def build_colour_context_model(size: int = FIXTURE_SIZE):
+    import keras
+
+    from server.patient import MODEL_VECTOR_SIZE, SITE_SLICE, SITES
+
+    image = keras.Input((size, size, 3), name="image")
+    patient = keras.Input((MODEL_VECTOR_SIZE,), name="patient")
+    x = keras.layers.Conv2D(3, 1, use_bias=False, name="conv_identity")(image)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Concatenate(name="head_concat")([x, patient])
+    outputs = keras.layers.Dense(len(CLASS_CODES), activation="softmax", name="classes")(x)
+    model = keras.Model([image, patient], outputs, name="colour_context_fixture")
+    model.get_layer("conv_identity").set_weights([np.eye(3, dtype=np.float32).reshape(1, 1, 3, 3)])
+    colour, bias = colour_weights()
+    context = np.zeros((MODEL_VECTOR_SIZE, len(CLASS_CODES)), np.float32)
+    context[SITE_SLICE.start + SITES.index(CONTEXT_SITE), CLASS_CODES.index(CONTEXT_CLASS)] = 20.0
+    model.get_layer("classes").set_weights([np.concatenate([colour, context]), bias])
+    return model
+
+
+def export_colour_context_model(out_dir: Path, size: int = FIXTURE_SIZE) -> Path:
+    card = base_card(
+        name="colour-context-fixture",
+        version="test",
+        input_size=size,
+        architecture="1x1 conv -> GAP + patient context -> dense (test fixture)",
+        metrics={"test": {"balanced_accuracy": 0.5, "accuracy": 0.6}},
+        thresholds={"malignant": 0.5, "malignant_target_sensitivity": 0.9},
+    )
+    model_path, _ = export_model(build_colour_context_model(size), out_dir, card)
+    return model_path

@@ -58,9 +58,9 @@ def test_a_cached_graph_that_fails_parity_is_discarded(model_path, tmp_path, con
     load(model_path, tmp_path)
     real, gaps = runtime.parity_gap, []
 
-    def first_fails(a, b, size, seed=0):
+    def first_fails(a, b, size, patient=0, seed=0):
         gaps.append(size)
-        return 1.0 if len(gaps) == 1 else real(a, b, size, seed)
+        return 1.0 if len(gaps) == 1 else real(a, b, size, patient, seed)
 
     monkeypatch.setattr(runtime, "parity_gap", first_fails)
     p = load(model_path, tmp_path)

@@ -6,6 +6,8 @@ import argparse
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 
+from server.imaging import COLOUR_NONE, COLOURS
+
 IMBALANCE_CHOICES = ("class_weight", "sqrt", "sampling", "none")
 LOSS_CHOICES = ("crossentropy", "focal")
 
@@ -40,6 +42,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     ema_momentum: float = 0.0
     logit_adjustment: bool = True
+    colour: str = COLOUR_NONE  # training.ablate_colour: Shades of Gray did not win on validation
+    patient_context: bool = True  # phase 3 (training.patient_context)
     keep: str = "last"  # the weights at the end of the schedule, or "best": the best raw validation epoch
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -52,13 +56,15 @@ class TrainConfig:
 SMOKE_OVERRIDES = dict(input_size=64, store_size=72, alpha=0.35, dense_units=32, head_epochs=2, epochs=1,
                        batch_size=16, limit_per_class=40)
 KEEP_CHOICES = ("last", "best")
-CHOICES = {"imbalance": IMBALANCE_CHOICES, "loss": LOSS_CHOICES, "keep": KEEP_CHOICES}
+CHOICES = {"imbalance": IMBALANCE_CHOICES, "loss": LOSS_CHOICES, "keep": KEEP_CHOICES, "colour": COLOURS}
 HELP = {
     "imbalance": "class_weight: balanced weights n/(k n_c); sqrt: their square root; sampling: every class drawn "
                  "equally often; none",
     "logit_adjustment": "subtract tau*log(prior) from the logits, tau chosen on validation (0 or 1)",
     "store_size": "side at which training images are held in memory (>= input size)",
     "min_crop_area": "smallest random crop, as a share of the stored image",
+    "colour": "colour constancy applied to every image, in training and in the service (recorded in the card)",
+    "patient_context": "phase 3: train a head that also reads age, sex and site, and ship it if validation says it helps",
     "keep": "which fine-tuned weights to export: the last epoch's, or the best raw validation epoch's",
     "imagenet_weights": "ImageNet MobileNetV2 with its classifier, exported in the same .h5 for the non-skin check: "
                         "'imagenet' (download) or a with-top .h5; empty for none",

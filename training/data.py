@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from server.imaging import load_square_uint8
+from server.imaging import COLOUR_NONE, load_square_uint8
 from server.lesions import CLASS_CODES
 
 SPLITS = ("train", "val", "test")
+PATIENT_COLUMNS = ("age", "sex", "localization")  # HAM10000's patient context, encoded by server.patient
 
 
 class DatasetError(ValueError):
@@ -28,7 +29,8 @@ class DatasetError(ValueError):
 def load_metadata(data_dir: Path) -> pd.DataFrame:
     """Read a HAM10000-layout folder: ``HAM10000_metadata.csv`` (or ``images.csv``) + images.
 
-    Returns one row per image with ``image_id, lesion_id, dx, path, label``. Rows whose
+    Returns one row per image with ``image_id, lesion_id, dx, path, label`` and the
+    patient context ``age, sex, localization`` (unknown where the file lacks a column). Rows whose
     image file is missing are an error, not silently dropped: a half-copied dataset must
     not train quietly on the half that arrived.
     """
@@ -51,7 +53,10 @@ def load_metadata(data_dir: Path) -> pd.DataFrame:
     if absent:
         raise DatasetError(f"{len(absent)} images listed in {meta_path} are missing, e.g. {absent[0]}")
     df["label"] = df["dx"].map(CLASS_CODES.index).astype(int)
-    return df[["image_id", "lesion_id", "dx", "path", "label"]].reset_index(drop=True)
+    for column in PATIENT_COLUMNS:  # a dataset without them trains as if no patient gave any
+        if column not in df.columns:
+            df[column] = np.nan if column == "age" else "unknown"
+    return df[["image_id", "lesion_id", "dx", "path", "label", *PATIENT_COLUMNS]].reset_index(drop=True)
 
 
 def _find_image(data_dir: Path, image_id: str) -> Path:
@@ -101,13 +106,13 @@ def check_split(df: pd.DataFrame, split: pd.Series) -> None:
             raise AssertionError(f"split {name} lacks classes {sorted(set(CLASS_CODES) - present)}")
 
 
-def load_images(paths, size: int, workers: int = 4) -> np.ndarray:
-    """Load images as uint8 (n, size, size, 3) through the shared preprocessing geometry."""
+def load_images(paths, size: int, workers: int = 4, colour: str = COLOUR_NONE) -> np.ndarray:
+    """Load images as uint8 (n, size, size, 3) through the shared preprocessing (geometry and colour)."""
     out = np.empty((len(paths), size, size, 3), np.uint8)
 
     def _load(i_path):
         i, path = i_path
-        out[i] = load_square_uint8(path, size)
+        out[i] = load_square_uint8(path, size, colour)
 
     with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding
         list(pool.map(_load, enumerate(paths)))

@@ -11,7 +11,7 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-from server.imaging import PREPROCESSING_ID
+from server.imaging import COLOUR_NONE, preprocessing_id
 from server.lesions import CLASS_CODES, LIMITATIONS
 from server.model.card import CARD_FILENAME, ModelCard
 from server.model.files import file_sha256
@@ -51,15 +51,17 @@ def git_commit(cwd: Path | None = None) -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def base_card(*, name: str, version: str, input_size: int, architecture: str, **extra) -> dict:
-    """The fields every card has; the trainer adds metrics, data and config via ``extra``."""
+def base_card(*, name: str, version: str, input_size: int, architecture: str, colour: str = COLOUR_NONE,
+              **extra) -> dict:
+    """The fields every card has; the trainer adds metrics, data and config via ``extra``.
+    ``colour``: the colour constancy the model was trained with, recorded in its preprocessing id."""
     return {
         "name": name,
         "version": version,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "classes": list(CLASS_CODES),
         "input_size": int(input_size),
-        "preprocessing": PREPROCESSING_ID,
+        "preprocessing": preprocessing_id(colour),
         "architecture": architecture,
         "intended_use": INTENDED_USE,
         "limitations": list(LIMITATIONS),
@@ -124,15 +126,16 @@ def imagenet_branch(weights: str, input_size: int, resolution: int = IMAGENET_RE
 
 def with_imagenet_branch(model, weights: str):
     """The classifier with ImageNet's network beside it, in one graph (see ``attach_branch``)."""
-    return attach_branch(model, imagenet_branch(weights, int(model.input.shape[1])))
+    return attach_branch(model, imagenet_branch(weights, int(model.inputs[0].shape[1])))
 
 
 def attach_branch(model, branch):
     """One graph: the classifier's probabilities first, then ``branch``'s two outputs (pooled
-    features, class probabilities) on the same input. ``branch`` must be named ``imagenet``."""
+    features, class probabilities) on the same image input (a patient input stays the
+    classifier's alone). ``branch`` must be named ``imagenet``."""
     import keras
 
-    return keras.Model(model.input, [model.output, *branch(model.input)], name=model.name)
+    return keras.Model(model.inputs, [model.outputs[0], *branch(model.inputs[0])], name=model.name)
 
 
 def imagenet_label_names(labels: str) -> list[str]:

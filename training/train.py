@@ -73,6 +73,7 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
     from training.augment import AugmentConfig, training_dataset
     from training.losses import make_loss
     from training.model import build_model
+    from training.patient_context import phase3
     from training.phases import batched_predict, epochs_done, fine_tune, warm_up_head
     from training.posthoc import choose_tau, class_prior, fold_into_bias
     from training.strategy import choose_strategy, describe, finish_worker, worker_out_dir
@@ -136,16 +137,25 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
         log.info("logit adjustment: tau %.2f (validation balanced accuracy by tau: %s)", tau, tau_scores)
     adjustment = {"tau": tau, "prior": dict(zip(CLASS_CODES, np.round(prior, 5).tolist())),
                   "val_balanced_accuracy_by_tau": {str(t): round(s, 4) for t, s in tau_scores.items()}}
-    card = export_and_evaluate(model, cfg, prepared, adjustment, timings, t0, score_test, resumed_after)
+    context_record = None
+    if cfg.patient_context:
+        model, context_record = phase3(model, batched_predict(model, x_val), prepared, seed=cfg.seed)
+    card = export_and_evaluate(model, cfg, prepared, adjustment, timings, t0, score_test, resumed_after,
+                               context_record)
     finish_worker(cfg.out_dir, strategy, model)
     return card
 
 
 def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment: dict, timings: dict, t0: float,
-                        score_test: bool, resumed_after: int = 0) -> ModelCard:
-    """Export the ``.h5``, score it through the service's Predictor, calibrate, then write the card once."""
+                        score_test: bool, resumed_after: int = 0, context_record: dict | None = None) -> ModelCard:
+    """Export the ``.h5``, score it through the service's Predictor, calibrate, then write the card once.
+
+    The card's metrics are of images alone (most uploads carry no patient context); a model
+    that reads the context is also scored with each image's own, in ``patient_context``.
+    """
     from server.model.predictor import Predictor
     from training.calibrate import calibrate
+    from training.patient_context import patient_vectors
 
     out_dir = Path(cfg.out_dir)
     df, y, images, sizes = prepared.df, prepared.y, prepared.images, prepared.sizes
@@ -155,16 +165,25 @@ def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment:
     model_path, sha = save_model(exported, out_dir)
     card = ModelCard.from_dict(base_card(
         name=cfg.name, version=cfg.version, input_size=cfg.input_size,
-        architecture=(f"MobileNetV2 (alpha {cfg.alpha:g}, {cfg.input_size} px), whole network fine-tuned (BatchNorm frozen); head GAP -> "
-                      f"Dense({cfg.dense_units}, ReLU) -> Dropout({cfg.dropout:g}) -> Dense({len(CLASS_CODES)}, softmax)"),
+        architecture=architecture(cfg, reads_context=len(model.inputs) > 1), colour=cfg.colour,
         data={"source": HAM10000_SOURCE, "split_by": "lesion_id", "split_sizes": {k: int(v) for k, v in sizes.items()},
               "split_file": "split.csv", "class_counts": df["dx"].value_counts().to_dict()},
         model_file=model_path.name, sha256=sha,
     ))
     predictor = Predictor.load(model_path, card, sha, out_dir, tta="off", ood=False, imagenet=True)
     probs = {s: predictor.predict_arrays_batched(scale_pixels(images[s])) for s in splits}
-    threshold = choose_malignant_threshold(y["val"], probs["val"])
+    context = {s: patient_vectors(df.loc[prepared.parts[s]]) for s in splits}
+    with_context = {s: predictor.predict_arrays_batched(scale_pixels(images[s]), patient=context[s]) for s in splits} \
+        if predictor.reads_patient else {}
+    # One operating point for both uses: chosen on validation scored without and (if read) with the context.
+    val_probs = [probs["val"]] + ([with_context["val"]] if with_context else [])
+    threshold = choose_malignant_threshold(np.concatenate([y["val"]] * len(val_probs)), np.concatenate(val_probs))
     metrics = {s: evaluate_predictions(y[s], probs[s], malignant_threshold=threshold) for s in splits}
+    if context_record is not None:
+        context_record = {k: v for k, v in context_record.items() if k != "history"} | {
+            "reads": ["age", "sex", "site"] if with_context else [],
+            "metrics_with_context": {s: {k: v for k, v in evaluate_predictions(y[s], p, malignant_threshold=threshold).items()
+                                         if k != "confusion_matrix"} for s, p in with_context.items()}}
     timings["export_evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     training = {"config": asdict(cfg), "git_commit": git_commit(), "weights_source": weights_source(cfg.weights),
@@ -175,9 +194,11 @@ def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment:
         "metrics": {s: {k: v for k, v in m.items() if k != "confusion_matrix"} | {"confusion_matrix": m["confusion_matrix"]}
                     for s, m in metrics.items()},
         "thresholds": {"malignant": threshold, "malignant_target_sensitivity": MALIGNANT_TARGET_SENSITIVITY},
+        **({"patient_context": context_record} if context_record is not None else {}),
     })
     np.savez_compressed(out_dir / "predictions.npz", **{f"{s}_probs": probs[s] for s in probs},
-                        **{f"{s}_labels": y[s] for s in probs})
+                        **{f"{s}_labels": y[s] for s in probs},
+                        **{f"{s}_probs_with_context": p for s, p in with_context.items()})
     if not score_test:
         card.write(out_dir / CARD_FILENAME)
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -197,6 +218,14 @@ def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment:
              metrics["test"]["per_class"]["mel"]["recall"], metrics["test"].get("malignant", {}).get("auc"))
     log.info("done in %.1f min: %s", timings["total"] / 60, out_dir / MODEL_FILENAME)
     return card
+
+
+def architecture(cfg: TrainConfig, reads_context: bool) -> str:
+    """The card's one-line description of the network."""
+    joins = " + patient context (age, sex, site)" if reads_context else ""
+    return (f"MobileNetV2 (alpha {cfg.alpha:g}, {cfg.input_size} px), whole network fine-tuned (BatchNorm frozen); "
+            f"head GAP{joins} -> Dense({cfg.dense_units}, ReLU) -> Dropout({cfg.dropout:g}) -> "
+            f"Dense({len(CLASS_CODES)}, softmax)")
 
 
 def weights_source(weights: str) -> dict:

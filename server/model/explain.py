@@ -123,9 +123,10 @@ def feature_layer_names(model) -> tuple[str, str] | None:
 
 
 def head_gradient(model, gap_name: str):
-    """A function (pooled (n, k) float32, class indices (n,)) -> d logit[class] / d pooled, (n, k).
+    """A function (pooled (n, k) float32, class indices (n,), patient (n, w) or None) -> d logit[class] / d pooled, (n, k).
 
-    Runs on the head only (pooled vector -> last Dense), which is a few small matrix products.
+    Runs on the head only (pooled vector, and the patient context when the model reads one,
+    -> last Dense), which is a few small matrix products.
     When the last layer is a softmax Dense, its logits are recomputed from its kernel and
     bias (the saved model outputs probabilities); otherwise log-probabilities stand in.
     """
@@ -135,23 +136,31 @@ def head_gradient(model, gap_name: str):
     gap = model.get_layer(gap_name)
     last = model.layers[-1]
     is_softmax_dense = isinstance(last, keras.layers.Dense) and getattr(last.activation, "__name__", "") == "softmax"
+    extra = list(model.inputs[1:])  # the patient context, when the model reads one
     if is_softmax_dense:
         kernel, bias = last.kernel, last.bias
         # GAP straight into the classifier (the test fixture): nothing between them.
-        head = (lambda x, training=False: x) if last.input is gap.output else keras.Model(gap.output, last.input)
+        head = (lambda x, training=False: x) if last.input is gap.output and not extra \
+            else keras.Model([gap.output, *extra] if extra else gap.output, last.input)
     else:
-        head = keras.Model(gap.output, model.output)
+        head = keras.Model([gap.output, *extra] if extra else gap.output, model.output)
     width = int(gap.output.shape[-1])
+    context_width = int(extra[0].shape[-1]) if extra else 1
 
-    @tf.function(input_signature=[tf.TensorSpec([None, width], tf.float32), tf.TensorSpec([None], tf.int32)],
-                 reduce_retracing=True)
-    def gradient(pooled, classes):
+    @tf.function(input_signature=[tf.TensorSpec([None, width], tf.float32), tf.TensorSpec([None], tf.int32),
+                                  tf.TensorSpec([None, context_width], tf.float32)], reduce_retracing=True)
+    def gradient(pooled, classes, context):
         with tf.GradientTape() as tape:
             tape.watch(pooled)
-            out = head(pooled, training=False)
+            out = head([pooled, context] if extra else pooled, training=False)
             scores = (tf.matmul(out, kernel) + (bias if bias is not None else 0.0)) if is_softmax_dense \
                 else tf.math.log(out + 1e-12)
             score = tf.gather(scores, classes, batch_dims=1)
         return tape.gradient(score, pooled)
 
-    return lambda pooled, classes: gradient(np.asarray(pooled, np.float32), np.asarray(classes, np.int32)).numpy()
+    def run(pooled, classes, context=None):
+        pooled = np.asarray(pooled, np.float32)
+        context = np.zeros((len(pooled), context_width), np.float32) if context is None else np.asarray(context, np.float32)
+        return gradient(pooled, np.asarray(classes, np.int32), context).numpy()
+
+    return run

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from server.imaging import model_input
+from server.imaging import COLOUR_NONE, colour_of, model_input
 from server.model import explain
 from server.model.card import ModelCard
 from server.model.files import ModelLoadError, card_path_for, check_model_files, file_sha256
@@ -39,9 +39,17 @@ from server.model.nonskin import (
     image_statistics,
     largest,
 )
-from server.model.runtime import OnnxCache, as_pair, choose_runner, served_branch, served_model, split_branch
-from server.patient import PatientContext
+from server.model.runtime import (
+    OnnxCache,
+    as_pair,
+    choose_runner,
+    patient_width,
+    served_branch,
+    served_model,
+    split_branch,
+)
 from server.model.trust import TTA_MODES, temperature_scale, tta_views
+from server.patient import MODEL_VECTOR_SIZE, PatientContext
 from server.prediction import Heatmap, ModelInfo, Prediction, prediction_from_probabilities
 from server.thresholds import DEFAULT_UNCERTAIN_BELOW, LOOKS_LIKE_MIN_PROBABILITY, refuses_as_non_skin
 
@@ -85,6 +93,7 @@ class Predictor:
         self.card = card
         self.info = model_info(card, sha256)
         self.input_size = card.input_size
+        self.colour = colour_of(card.preprocessing) or COLOUR_NONE  # checked against the card by check_model_files
         self.classes = card.classes
         self.malignant_threshold = card.thresholds.malignant
         self.uncertain_threshold = card.thresholds.uncertain
@@ -92,6 +101,10 @@ class Predictor:
         out_units = model.output_shape[-1]
         if out_units != len(self.classes):
             raise ModelLoadError(f"model has {out_units} outputs but its card lists {len(self.classes)} classes")
+        self.patient_width = patient_width(model)  # 0: the model reads no patient context
+        if self.patient_width not in (0, MODEL_VECTOR_SIZE):
+            raise ModelLoadError(f"the model's patient input has {self.patient_width} values; this service encodes "
+                                 f"{MODEL_VECTOR_SIZE} (server/patient.py)")
         self.tta = resolve_tta(tta, card)
         self.temperature = card.temperature_for(self.tta)
         served, self.feature_layer, gap_layer = served_model(model)
@@ -110,8 +123,8 @@ class Predictor:
             raise ModelLoadError("the card's non-skin check reads the ImageNet branch, but the model has none")
         fmap, _ = self.forward(np.zeros((1, self.input_size, self.input_size, 3), np.float32))  # warm up, now
         self.forward_imagenet(np.zeros((1, self.input_size, self.input_size, 3), np.float32))
-        if self._gradient is not None and fmap is not None:
-            self._gradient(fmap.mean(axis=(1, 2)), [0])  # trace the head gradient now, not on the first request
+        if self._gradient is not None and fmap is not None:  # trace the head gradient now, not on the first request
+            self._gradient(fmap.mean(axis=(1, 2)), [0], self.patient_batch(1, None) if self.reads_patient else None)
 
     @classmethod
     def load(cls, model_path, card: ModelCard, sha256: str, card_dir: Path | None = None, runtime: str = "auto",
@@ -139,9 +152,26 @@ class Predictor:
         return cls.load(model_path, card, sha, card_dir, runtime, threads, tta=tta, ood=ood, imagenet=imagenet,
                         onnx_cache=onnx_cache)
 
-    def forward(self, batch: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-        """Preprocessed (n, size, size, 3) -> (feature maps (n, h, w, k) or None, raw probabilities (n, classes))."""
-        return as_pair(self._run(np.ascontiguousarray(batch, dtype=np.float32)))
+    @property
+    def reads_patient(self) -> bool:
+        """Whether the model takes the patient context (age, sex, site) as a second input."""
+        return self.patient_width > 0
+
+    def patient_batch(self, n: int, patient: np.ndarray | None) -> np.ndarray:
+        """The model's second input for ``n`` images: ``patient`` ((w,) or (n, w)) or all "not given"."""
+        if patient is None:
+            return np.zeros((n, self.patient_width), np.float32)
+        return np.ascontiguousarray(np.broadcast_to(np.asarray(patient, np.float32), (n, self.patient_width)))
+
+    def forward(self, batch: np.ndarray, patient: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+        """Preprocessed (n, size, size, 3) -> (feature maps (n, h, w, k) or None, raw probabilities (n, classes)).
+
+        ``patient``: the encoded context ((w,) for every image, or (n, w)); ignored by an image-only model.
+        """
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if not self.reads_patient:
+            return as_pair(self._run(batch))
+        return as_pair(self._run(batch, self.patient_batch(len(batch), patient)))
 
     def forward_imagenet(self, batch: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Preprocessed (n, size, size, 3) -> the ImageNet branch's (pooled features (n, 1280),
@@ -154,16 +184,20 @@ class Predictor:
         """Both graphs on every image: (feature maps, probabilities, ImageNet features, ImageNet probabilities)."""
         return (*self.forward(batch), *self.forward_imagenet(batch))
 
-    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
+    def predict_arrays(self, batch: np.ndarray, patient: np.ndarray | None = None) -> np.ndarray:
         """Preprocessed (n, size, size, 3) float32 -> (n, classes) raw model probabilities
         (no TTA, no temperature: what the trainer evaluates and calibrates)."""
-        return self.forward(batch)[1]
+        return self.forward(batch, patient)[1]
 
-    def predict_arrays_batched(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Like ``predict_arrays`` for many images, in bounded-memory batches (evaluation)."""
+    def predict_arrays_batched(self, images: np.ndarray, batch_size: int = 64,
+                               patient: np.ndarray | None = None) -> np.ndarray:
+        """Like ``predict_arrays`` for many images, in bounded-memory batches (evaluation);
+        ``patient``: (n, w) encoded contexts, or None for none given."""
         if len(images) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
-        return np.concatenate([self.predict_arrays(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+        return np.concatenate([
+            self.predict_arrays(images[i:i + batch_size], None if patient is None else patient[i:i + batch_size])
+            for i in range(0, len(images), batch_size)])
 
     def calibrated(self, probs: np.ndarray) -> np.ndarray:
         return temperature_scale(probs, self.temperature) if self.temperature else np.asarray(probs, np.float64)
@@ -173,10 +207,11 @@ class Predictor:
             raise ValueError(f"explain_class must be one of {', '.join(self.classes)}; got {code!r}")
         return self.classes.index(code)
 
-    def heatmap(self, image: Image.Image, feature_map: np.ndarray, class_index: int) -> Heatmap:
+    def heatmap(self, image: Image.Image, feature_map: np.ndarray, class_index: int,
+                patient: np.ndarray | None = None) -> Heatmap:
         """Grad-CAM of one class over the centre square the model saw -> ``Heatmap``."""
         pooled = feature_map.mean(axis=(0, 1))[None]
-        grad = self._gradient(pooled, [class_index])[0]
+        grad = self._gradient(pooled, [class_index], self.patient_batch(1, patient) if self.reads_patient else None)[0]
         grid = explain.to_grid(explain.grad_cam(feature_map, grad))
         png = explain.png_bytes(explain.render(image, grid, self.input_size))
         return Heatmap(class_code=self.classes[class_index], grid=grid, png=png)
@@ -216,9 +251,10 @@ class Predictor:
         an image the non-skin check flags gets none (it gets no diagnosis either).
         """
         wanted = self.class_index(explain_class) if explain_class else None  # bad class: fail before work
-        x = model_input(img, self.input_size)[None]
+        x = model_input(img, self.input_size, self.colour)[None]
+        context = patient.model_vector() if (patient is not None and self.reads_patient) else None
         start = time.perf_counter()
-        fmap, probs = self.forward(tta_views(x, self.tta))
+        fmap, probs = self.forward(tta_views(x, self.tta), context)
         probs = self.calibrated(probs.mean(axis=0, keepdims=True))[0]
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         score, in_probs = self.ood_score(x, fmap[0]) if fmap is not None else (None, None)
@@ -227,7 +263,7 @@ class Predictor:
         looks_like = self.looks_like(in_probs) if refused else None
         if explain and fmap is not None and self._gradient is not None and not refused:
             t = time.perf_counter()
-            heatmap = self.heatmap(img, fmap[0], wanted if wanted is not None else int(np.argmax(probs)))
+            heatmap = self.heatmap(img, fmap[0], wanted if wanted is not None else int(np.argmax(probs)), context)
             explain_ms = round((time.perf_counter() - t) * 1000.0, 2)
         return prediction_from_probabilities(
             probs, self.info, elapsed_ms, self.classes, self.malignant_threshold,

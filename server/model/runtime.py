@@ -85,7 +85,7 @@ def served_branch(model, branch):
     """
     import keras
 
-    return keras.Model(model.inputs, float32_copy(branch)(model.inputs[0]), name="served_imagenet")
+    return keras.Model(model.inputs[0], float32_copy(branch)(model.inputs[0]), name="served_imagenet")
 
 
 def served_model(model):
@@ -113,15 +113,33 @@ def as_pair(out):
     return None, np.asarray(out)
 
 
-def tensorflow_runner(model, size: int):
-    """A ``tf.function`` with a fixed signature: about 5x faster than ``Model.predict`` at batch 1."""
+def patient_width(model) -> int:
+    """The width of the model's second input (the patient context), 0 for an image-only model."""
+    return int(model.inputs[1].shape[-1]) if len(model.inputs) > 1 else 0
+
+
+def input_specs(model, size: int) -> list:
+    """``tf.TensorSpec``s of the model's inputs: the image, then the patient context when it reads one."""
     import tensorflow as tf
 
-    fn = tf.function(lambda x: model(x, training=False),
-                     input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)], reduce_retracing=True)
+    specs = [tf.TensorSpec((None, size, size, 3), tf.float32, name="image")]
+    if patient_width(model):
+        specs.append(tf.TensorSpec((None, patient_width(model)), tf.float32, name="patient"))
+    return specs
 
-    def run(batch):
-        out = fn(batch)
+
+def tensorflow_runner(model, size: int):
+    """A ``tf.function`` with a fixed signature: about 5x faster than ``Model.predict`` at batch 1.
+
+    The runner takes one array per model input (the image batch, then the patient batch)."""
+    import tensorflow as tf
+
+    two = bool(patient_width(model))
+    call = (lambda x, p: model([x, p], training=False)) if two else (lambda x: model(x, training=False))
+    fn = tf.function(call, input_signature=input_specs(model, size), reduce_retracing=True)
+
+    def run(*batches):
+        out = fn(*batches)
         return tuple(o.numpy() for o in out) if isinstance(out, (list, tuple)) else out.numpy()
 
     return run
@@ -130,19 +148,20 @@ def tensorflow_runner(model, size: int):
 def onnx_graph(model, size: int) -> bytes:
     """Convert the loaded Keras model to a serialised ONNX graph with tf2onnx (seconds: the slow part of a start).
 
-    A two-output model (feature map, probabilities) becomes a two-output graph: one run gives both.
+    A two-output model (feature map, probabilities) becomes a two-output graph: one run gives
+    both. A model that reads the patient context has a second input, ``patient``.
     """
     import tensorflow as tf
     import tf2onnx
 
-    fn = tf.function(lambda x: model(x, training=False))
-    spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name="image"),)
-    proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=OPSET)
+    two = bool(patient_width(model))
+    fn = tf.function((lambda x, p: model([x, p], training=False)) if two else (lambda x: model(x, training=False)))
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=tuple(input_specs(model, size)), opset=OPSET)
     return proto.SerializeToString()
 
 
 def onnx_session_runner(graph: bytes, threads: int = 0):
-    """An ONNX Runtime session on a serialised graph, as a runner (batch -> output or tuple of outputs)."""
+    """An ONNX Runtime session on a serialised graph, as a runner (one array per input -> output or tuple)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -150,11 +169,10 @@ def onnx_session_runner(graph: bytes, threads: int = 0):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    n_out = len(session.get_outputs())
-    if n_out == 1:
-        return lambda batch: session.run(None, {name: batch})[0]
-    return lambda batch: tuple(session.run(None, {name: batch}))
+    names = [i.name for i in session.get_inputs()]
+    if len(session.get_outputs()) == 1:
+        return lambda *batches: session.run(None, dict(zip(names, batches)))[0]
+    return lambda *batches: tuple(session.run(None, dict(zip(names, batches))))
 
 
 def _versions() -> dict:
@@ -223,12 +241,13 @@ class OnnxCache:
 def cached_onnx_runner(model, size: int, threads: int, tf_run, cache: OnnxCache | None, kind: str):
     """(ONNX runner, parity gap against ``tf_run``): the cached graph when it loads and matches
     TensorFlow, else a fresh conversion (stored in the cache when it matches)."""
+    width = patient_width(model)
     if cache is not None:
         graph = cache.read(kind, size)
         if graph is not None:
             try:
                 run = onnx_session_runner(graph, threads)
-                gap = parity_gap(run, tf_run, size)
+                gap = parity_gap(run, tf_run, size, width)
             except Exception as exc:  # a truncated or corrupt file: ONNX Runtime refuses it
                 log.warning("cached ONNX graph %s is unusable (%s); converting again", cache.path(kind, size),
                             exc.__class__.__name__)
@@ -240,16 +259,22 @@ def cached_onnx_runner(model, size: int, threads: int, tf_run, cache: OnnxCache 
             cache.discard(kind, size)
     graph = onnx_graph(model, size)
     run = onnx_session_runner(graph, threads)
-    gap = parity_gap(run, tf_run, size)
+    gap = parity_gap(run, tf_run, size, width)
     if cache is not None and gap <= PARITY_TOLERANCE:
         cache.write(kind, size, graph)
     return run, gap
 
 
-def parity_gap(runner_a, runner_b, size: int, seed: int = 0) -> float:
-    """Largest probability difference between two runners on fixed random probe images."""
-    probe = np.random.default_rng(seed).uniform(-1, 1, (3, size, size, 3)).astype(np.float32)
-    return float(np.abs(as_pair(runner_a(probe))[1] - as_pair(runner_b(probe))[1]).max())
+def parity_gap(runner_a, runner_b, size: int, patient: int = 0, seed: int = 0) -> float:
+    """Largest probability difference between two runners on fixed random probe images
+    (with ``patient`` > 0, each with a random context of that width, one of them empty)."""
+    rng = np.random.default_rng(seed)
+    probe = [rng.uniform(-1, 1, (3, size, size, 3)).astype(np.float32)]
+    if patient:
+        context = (rng.random((3, patient)) < 0.3).astype(np.float32)
+        context[0] = 0.0
+        probe.append(context)
+    return float(np.abs(as_pair(runner_a(*probe))[1] - as_pair(runner_b(*probe))[1]).max())
 
 
 def choose_runner(model, size: int, runtime: str = "auto", threads: int = 0, cache: OnnxCache | None = None,
