@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -185,7 +186,38 @@ def test_a_bad_subgroup_field_is_named(model_path):
         ModelCard.from_dict(document)
 
 
-# ---------------------------------------------------------------- report.md
+# ---------------------------------------------------------------- the model page and report.md
+
+@pytest.fixture()
+def subgroup_client(model_path, tmp_path):
+    from server import create_app
+
+    shutil.copy(model_path, tmp_path / model_path.name)
+    card = S.with_subgroups(ModelCard.from_dict(fixture_card(model_path)), table(resamples=50))
+    card.write(tmp_path / "model_card.json")
+    return create_app({"MODEL_PATH": str(tmp_path / model_path.name), "TESTING": True, "SECRET_KEY": "k"}).test_client()
+
+
+def test_the_model_page_shows_the_table_with_flags_in_words(subgroup_client):
+    body = subgroup_client.get("/model").get_data(as_text=True)
+    assert 'id="subgroup-table"' in body and SKIN_TYPE_NOT_RECORDED in body
+    rows = re.findall(r'<tr class="subgroup( subgroup-flagged)?"><th scope="row" data-label="Group">([^<]+)</th>(.*?)</tr>', body, re.S)
+    assert len(rows) == 12
+    by_label = {label: (flag, cells) for flag, label, cells in rows}
+    flag, cells = by_label["Sex: female"]
+    assert flag and re.search(r'data-label="Flag"><strong class="flagged">Flagged: melanoma recall [\d.]+ points below', cells)
+    assert re.search(r'data-label="Melanoma recall">[\d.]+% \([\d.]+ to [\d.]+%\)</td>', cells)
+    assert "Not flagged" in by_label["Sex: male"][1] and not by_label["Sex: male"][0]
+    unknown = by_label["Sex: unknown"][1]
+    assert 'data-label="Melanoma recall">not defined: no melanoma</td>' in unknown and not re.search(r">0\.0%", unknown)
+    assert "Body site: ear" not in body and "ear (10)" in body  # too few images: left out, and said so
+
+
+def test_the_model_page_says_when_the_card_has_no_subgroup_figures(client):
+    body = client.get("/model").get_data(as_text=True)
+    assert "records no per-subgroup figures" in body and 'id="subgroup-table"' not in body
+    assert SKIN_TYPE_NOT_RECORDED in body
+
 
 def test_the_report_section_is_replaced_not_repeated(model_path):
     from training.report import SUBGROUP_HEADING, splice_subgroup_section
