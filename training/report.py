@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.lesions import SKIN_TYPE_NOT_RECORDED
 from server.model.card import ModelCard
 from server.model.trust import TTA_MODES
-from server.reports.quality import SUBGROUP_COLUMNS, subgroup_lines, subgroup_sentence
+from server.reports.quality import SKIN_TYPE_NOTE, SUBGROUP_COLUMNS, subgroup_lines, subgroup_sentence
 from training.evaluate import metrics_markdown
 
 SUBGROUP_HEADING = "## Per-subgroup figures (test split)"
@@ -61,7 +60,7 @@ def subgroup_section(card: ModelCard) -> list[str]:
     head = "| group | images | " + " | ".join(h for _, h, _ in SUBGROUP_COLUMNS) + " | flag |"
     rows = [f"| {line.label} | {line.counts} | " + " | ".join(line.figures) + f" | {line.flag} |"
             for line in subgroup_lines(card)]
-    return [SUBGROUP_HEADING, "", subgroup_sentence(card), "", f"**Skin type.** {SKIN_TYPE_NOT_RECORDED}", "",
+    return [SUBGROUP_HEADING, "", subgroup_sentence(card), "", f"**Skin type.** {SKIN_TYPE_NOTE}", "",
             head, "|" + "---|" * (len(SUBGROUP_COLUMNS) + 3), *rows, ""]
 
 

@@ -32,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from server.lesions import CLASS_CODES, LIMITATIONS, MALIGNANT_CODES, SKIN_TYPE_NOT_RECORDED
+from server.lesions import CLASS_CODES, MALIGNANT_CODES, SKIN_TYPE_NOT_RECORDED, SKIN_TYPES_OVER_REPRESENTED
 from server.model.card import SUBGROUP_METRICS, ModelCard, SubgroupFigure, SubgroupRow, Subgroups
 from server.patient import AGE_BANDS, SEXES, age_band, parse_sex, parse_site
+from server.reports.quality import SKIN_TYPE_NOTE
 from server.thresholds import MELANOMA_RECALL_FLAG_DROP, SUBGROUP_MIN_CASES_FOR_INTERVAL, SUBGROUP_MIN_SITE_IMAGES
 from training.evaluate import normalised_rows, screening_figures
 from training.report import splice_subgroup_section, subgroup_section
@@ -159,7 +160,7 @@ def subgroup_table(rows, labels, probs, malignant_threshold, *, inputs: str, uni
                                         "nor where every resample gives the same value",
                             "min_cases_for_interval": SUBGROUP_MIN_CASES_FOR_INTERVAL,
                             "min_site_images": SUBGROUP_MIN_SITE_IMAGES, "sites_left_out": left_out,
-                            "skin_type": SKIN_TYPE_NOT_RECORDED})
+                            "skin_type": SKIN_TYPE_NOTE})
 
 
 def _with_flag(row: SubgroupRow, reference: float | None) -> SubgroupRow:
@@ -167,10 +168,14 @@ def _with_flag(row: SubgroupRow, reference: float | None) -> SubgroupRow:
 
 
 def with_subgroups(card: ModelCard, section: Subgroups) -> ModelCard:
-    """The card with its ``subgroups`` section, and the skin-type limitation where its list (written at export) lacks it."""
+    """The card with its ``subgroups`` section, and with its limitations (written at export) saying that HAM10000
+    records no skin type: the older skin-type line becomes today's, else the sentence is added."""
     limitations = list(card.limitations)
-    if SKIN_TYPE_NOT_RECORDED not in limitations:
-        limitations.insert(min(LIMITATIONS.index(SKIN_TYPE_NOT_RECORDED), len(limitations)), SKIN_TYPE_NOT_RECORDED)
+    if not any(SKIN_TYPE_NOT_RECORDED in str(item) for item in limitations):
+        if SKIN_TYPES_OVER_REPRESENTED in limitations:  # a card exported before: its line becomes LIMITATIONS' own
+            limitations[limitations.index(SKIN_TYPES_OVER_REPRESENTED)] += f" {SKIN_TYPE_NOT_RECORDED}"
+        else:
+            limitations.append(SKIN_TYPE_NOT_RECORDED)
     return card.replace(subgroups=section, limitations=tuple(limitations))
 
 

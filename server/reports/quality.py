@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from server.lesions import CATALOGUE, lesion_class
+from server.lesions import CATALOGUE, SKIN_TYPE_NOT_RECORDED, lesion_class
 from server.model.card import ModelCard, SubgroupFigure, SubgroupRow, Subgroups
 from server.prediction import Prediction
 from server.reports.wording import percent
@@ -150,6 +150,9 @@ SUBGROUP_COLUMNS = (  # (card metric, column heading, what a group lacks when th
     ("malignant_specificity", "Malignant flag specificity", "no benign lesion"),
 )
 _GROUPINGS = {"all": "All test images", "sex": "Sex", "age": "Age", "site": "Body site"}
+# Said beside the subgroup table (page, report.md, the card's section), whether or not the card has one.
+SKIN_TYPE_NOTE = (f"{SKIN_TYPE_NOT_RECORDED} No figure here is measured per skin type, so none can show how the model "
+                  "does on darker skin, which HAM10000 under-represents.")
 
 
 @dataclass(frozen=True)

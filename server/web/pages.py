@@ -26,7 +26,7 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from server import reports, screening
-from server.lesions import CATALOGUE, DISCLAIMER, LIMITATIONS, RISK_LEVELS, SKIN_TYPE_NOT_RECORDED, lesion_class
+from server.lesions import CATALOGUE, DISCLAIMER, LIMITATIONS, RISK_LEVELS, lesion_class
 from server.prediction import Prediction
 from server.problems import ServiceError
 from server.web.errors import error_response
@@ -230,7 +230,7 @@ def model_page():
         subgroup_columns=[heading for _, heading, _ in quality.SUBGROUP_COLUMNS],
         subgroup_lines=quality.subgroup_lines(card),
         subgroup_sentence=quality.subgroup_sentence(card),
-        skin_type_note=SKIN_TYPE_NOT_RECORDED,
+        skin_type_note=quality.SKIN_TYPE_NOTE,
         percent=reports.percent,
         limitations=card.limitations or LIMITATIONS,
         safeguards=safeguards(card),
