@@ -19,12 +19,17 @@ DISCLAIMER = (
 
 RISK_LEVELS = ("high", "moderate", "low")
 
+# HAM10000 has no skin-type column: said among the limitations and beside the per-subgroup table. It
+# ends the skin-type limitation rather than adding a line, which would push the PDF report onto a second page.
+SKIN_TYPE_NOT_RECORDED = "HAM10000 does not record Fitzpatrick skin type."
+SKIN_TYPES_OVER_REPRESENTED = ("HAM10000 comes from Austrian and Australian clinics: lighter skin types are over-represented, "
+                               "and results on darker skin are less reliable.")
+
 # What the model cannot do, said on the model page, in every model card and in the PDF report.
 LIMITATIONS = (
     "Trained on dermoscopic images only: photos taken with a dermatoscope, not ordinary phone photos; "
     "not validated on smartphone or clinical close-up photos.",
-    "HAM10000 comes from Austrian and Australian clinics: lighter skin types are over-represented, "
-    "and results on darker skin are less reliable.",
+    f"{SKIN_TYPES_OVER_REPRESENTED} {SKIN_TYPE_NOT_RECORDED}",
     "Seven classes only: other conditions are forced into one of them.",
     "Rare classes (dermatofibroma, vascular lesions) have few training examples; their figures are uncertain.",
     "Not a diagnosis: a clinician must examine any lesion of concern.",

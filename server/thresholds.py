@@ -52,3 +52,15 @@ QUALITY_BAR = (
     ("malignant_auc", "Malignant AUC", 0.95),
     ("lowest_class_recall", "Lowest class recall", 0.60),
 )
+
+
+# Per-subgroup figures (``training.subgroups``, the card's ``subgroups``): a subgroup is
+# flagged when its melanoma recall on the test split is more than this below the whole
+# split's (0.10 = ten percentage points).
+MELANOMA_RECALL_FLAG_DROP = 0.10
+# A body site gets its own row only with at least this many test images.
+SUBGROUP_MIN_SITE_IMAGES = 30
+# A subgroup figure gets a bootstrap interval only when its denominator holds at least this
+# many resampled units (lesions): with 3 melanomas all found, every resample finds every
+# melanoma too, and a percentile interval of "100 to 100%" would claim a certainty it lacks.
+SUBGROUP_MIN_CASES_FOR_INTERVAL = 10

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +37,43 @@ def choose_malignant_threshold(labels, probs, target_sensitivity: float = MALIGN
     return float(min(1.0, thresholds[ok[0]])) if len(ok) else 0.0
 
 
+def normalised_rows(probs) -> np.ndarray:
+    """Probability rows as float64 summing to 1 (float32 softmax rows sum to 1 only within rounding)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def screening_figures(labels, probs, malignant_threshold: float | None = None, classes=CLASS_CODES) -> dict:
+    """Balanced accuracy, melanoma recall and the malignant flag's sensitivity and specificity.
+
+    The figures a screening aid is judged by, computed in this one place for the whole split
+    (``evaluate_predictions``) and for each subgroup (``training.subgroups``), so both mean the
+    same thing. ``probs`` must be ``normalised_rows``. A figure the images cannot give is None,
+    never 0: no melanoma, no melanoma recall; no benign lesion, no specificity. In a set that
+    lacks some classes, balanced accuracy is the mean recall over the classes it holds.
+    """
+    labels = np.asarray(labels)
+    pred = probs.argmax(axis=1)
+    mel = labels == classes.index("mel")
+    out = {"balanced_accuracy": None, "melanoma_recall": float((pred[mel] == classes.index("mel")).mean()) if mel.any() else None,
+           "malignant_sensitivity": None, "malignant_specificity": None}
+    if len(labels):
+        with warnings.catch_warnings():  # "y_pred contains classes not in y_true": expected in a subgroup
+            warnings.simplefilter("ignore", UserWarning)
+            out["balanced_accuracy"] = float(skm.balanced_accuracy_score(labels, pred))
+    if malignant_threshold is not None:
+        mal_true, flagged = is_malignant(labels, classes), malignant_scores(probs, classes) >= malignant_threshold
+        out["malignant_sensitivity"] = float(flagged[mal_true].mean()) if mal_true.any() else None
+        out["malignant_specificity"] = float((~flagged[~mal_true]).mean()) if (~mal_true).any() else None
+    return out
+
+
 def evaluate_predictions(labels, probs, classes=CLASS_CODES, malignant_threshold: float | None = None) -> dict:
     """Every figure the model card and report quote, from labels and softmax rows."""
     labels = np.asarray(labels)
-    probs = np.asarray(probs, dtype=np.float64)
-    probs = probs / probs.sum(axis=1, keepdims=True)  # float32 softmax rows sum to 1 only within rounding
+    probs = normalised_rows(probs)
     pred = probs.argmax(axis=1)
+    figures = screening_figures(labels, probs, malignant_threshold, classes)
     k = len(classes)
     report = skm.classification_report(labels, pred, labels=list(range(k)), target_names=list(classes),
                                        output_dict=True, zero_division=0)
@@ -49,7 +81,7 @@ def evaluate_predictions(labels, probs, classes=CLASS_CODES, malignant_threshold
     out = {
         "n": int(len(labels)),
         "accuracy": float(skm.accuracy_score(labels, pred)),
-        "balanced_accuracy": float(skm.balanced_accuracy_score(labels, pred)),
+        "balanced_accuracy": figures["balanced_accuracy"],
         "per_class": {c: {m: float(report[c][m]) for m in ("precision", "recall", "f1-score")} | {"support": int(report[c]["support"])}
                       for c in classes},
         "confusion_matrix": skm.confusion_matrix(labels, pred, labels=list(range(k))).tolist(),
@@ -61,12 +93,8 @@ def evaluate_predictions(labels, probs, classes=CLASS_CODES, malignant_threshold
     if 0 < mal_true.sum() < len(mal_true):
         out["malignant"] = {"auc": float(skm.roc_auc_score(mal_true, mal_score)), "positives": int(mal_true.sum())}
         if malignant_threshold is not None:
-            flagged = mal_score >= malignant_threshold
-            out["malignant"].update(
-                threshold=float(malignant_threshold),
-                sensitivity=float((flagged & mal_true).sum() / mal_true.sum()),
-                specificity=float((~flagged & ~mal_true).sum() / (~mal_true).sum()),
-            )
+            out["malignant"].update(threshold=float(malignant_threshold), sensitivity=figures["malignant_sensitivity"],
+                                    specificity=figures["malignant_specificity"])
     return out
 
 

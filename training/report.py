@@ -6,8 +6,10 @@ from pathlib import Path
 
 from server.model.card import ModelCard
 from server.model.trust import TTA_MODES
+from server.reports.quality import SKIN_TYPE_NOTE, SUBGROUP_COLUMNS, subgroup_lines, subgroup_sentence
 from training.evaluate import metrics_markdown
 
+SUBGROUP_HEADING = "## Per-subgroup figures (test split)"
 PLOTS = ("confusion_matrix.png", "confusion_matrix_normalised.png", "roc.png", "training_curves.png")
 
 
@@ -48,7 +50,31 @@ def write_report(out_dir: Path, card: ModelCard, metrics: dict, plots: list[str]
         text += ["## Ablation (validation balanced accuracy)", "", ablation.read_text()]
     if trust is not None:
         text += ["", *trust_section(trust)]
+    if card.subgroups is not None:
+        text += ["", *subgroup_section(card)]
     (out_dir / "report.md").write_text("\n".join(text) + "\n")
+
+
+def subgroup_section(card: ModelCard) -> list[str]:
+    """The card's per-subgroup table as a report section (lines), worded as the model page words it."""
+    head = "| group | images | " + " | ".join(h for _, h, _ in SUBGROUP_COLUMNS) + " | flag |"
+    rows = [f"| {line.label} | {line.counts} | " + " | ".join(line.figures) + f" | {line.flag} |"
+            for line in subgroup_lines(card)]
+    return [SUBGROUP_HEADING, "", subgroup_sentence(card), "", f"**Skin type.** {SKIN_TYPE_NOTE}", "",
+            head, "|" + "---|" * (len(SUBGROUP_COLUMNS) + 3), *rows, ""]
+
+
+def splice_subgroup_section(report: str, card: ModelCard) -> str:
+    """``report`` with its per-subgroup section replaced (or added at the end): the CLI adds it to an existing run's
+    report without rewriting what the trainer and earlier tools wrote."""
+    lines = report.rstrip("\n").split("\n")
+    if SUBGROUP_HEADING in lines:
+        start = lines.index(SUBGROUP_HEADING)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines[start:end] = subgroup_section(card)
+    else:
+        lines += ["", *subgroup_section(card)]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def summary_table(trust: dict) -> dict:

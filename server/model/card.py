@@ -200,6 +200,90 @@ class NonSkinSpec:
                    extra=_rest(data, cls))
 
 
+SUBGROUP_METRICS = ("balanced_accuracy", "melanoma_recall", "malignant_sensitivity", "malignant_specificity")
+
+
+def _count(data: Mapping, key: str, where: str) -> int:
+    return int(_number(data, key, where, 0) or 0)
+
+
+@dataclass(frozen=True)
+class SubgroupFigure:
+    """One metric in one subgroup: its value and 95% bootstrap interval."""
+
+    value: float | None = None  # None: the group cannot give it (no melanoma: no melanoma recall), never 0
+    low: float | None = None  # None beside a value: no interval (too few cases, or every resample agreed)
+    high: float | None = None
+    cases: int = 0  # resampled units (lesions or images) the metric divides by
+
+    @classmethod
+    def from_dict(cls, data: Mapping, where: str) -> "SubgroupFigure":
+        return cls(*(_number(data, k, where, 0, 1) for k in ("value", "low", "high")), cases=_count(data, "cases", where))
+
+
+@dataclass(frozen=True)
+class SubgroupRow:
+    """One subgroup of the test split (a sex, an age band, a body site, or all): counts, figures, flag."""
+
+    grouping: str  # "all", "sex", "age" or "site"
+    group: str
+    images: int
+    lesions: int
+    melanomas: int = 0  # images
+    malignant: int = 0  # images
+    figures: Mapping = field(default_factory=dict)  # SUBGROUP_METRICS name -> SubgroupFigure
+    flagged: bool = False  # melanoma recall more than the section's flag_drop below the whole split's
+
+    def figure(self, metric: str) -> SubgroupFigure:
+        return self.figures.get(metric) or SubgroupFigure()
+
+    @classmethod
+    def from_dict(cls, data: Mapping, where: str) -> "SubgroupRow":
+        figures = data.get("figures") or {}
+        if not isinstance(figures, Mapping):
+            raise CardFieldError(f"{where}figures", "must be an object")
+        if not isinstance(data.get("flagged", False), bool):
+            raise CardFieldError(f"{where}flagged", f"must be true or false, got {data['flagged']!r}")
+        return cls(grouping=_text(data, "grouping", where, required=True), group=_text(data, "group", where, required=True),
+                   images=_count(data, "images", where), lesions=_count(data, "lesions", where),
+                   melanomas=_count(data, "melanomas", where), malignant=_count(data, "malignant", where),
+                   figures=MappingProxyType({m: SubgroupFigure.from_dict(figures[m], f"{where}figures.{m}.")
+                                             for m in SUBGROUP_METRICS if isinstance(figures.get(m), Mapping)}),
+                   flagged=data.get("flagged", False))
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "figures"}
+        return out | {"figures": {m: {f.name: getattr(v, f.name) for f in fields(v)} for m, v in self.figures.items()}}
+
+
+@dataclass(frozen=True)
+class Subgroups:
+    """The test split's figures per sex, age band and body site (``training.subgroups``), to show where the
+    model may do worse than its average; optional, so a card written before it still loads."""
+
+    inputs: str  # what the probabilities came from: "image only", "image + patient context"
+    rows: tuple = ()  # SubgroupRow, the whole split first
+    flag_drop: float | None = None
+    unit: str | None = None  # what the bootstrap resamples: "lesion" or "image"
+    confidence: float | None = None
+    extra: Mapping = field(default_factory=dict)  # resamples, seed, threshold, sites left out, the skin-type note...
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "Subgroups":
+        w = "subgroups."
+        rows = data.get("rows") or []
+        if not isinstance(rows, (list, tuple)) or not all(isinstance(r, Mapping) for r in rows):
+            raise CardFieldError(f"{w}rows", "must be a list of objects")
+        return cls(inputs=_text(data, "inputs", w, required=True),
+                   rows=tuple(SubgroupRow.from_dict(r, f"{w}rows[{i}].") for i, r in enumerate(rows)),
+                   flag_drop=_number(data, "flag_drop", w, 0, 1), unit=_text(data, "unit", w),
+                   confidence=_number(data, "confidence", w, 0, 1), extra=_rest(data, cls))
+
+    def to_dict(self) -> dict:
+        return {"inputs": self.inputs, "unit": self.unit, "confidence": self.confidence, "flag_drop": self.flag_drop,
+                "rows": [r.to_dict() for r in self.rows]} | thawed(self.extra)
+
+
 # ---------------------------------------------------------------- the card
 
 @dataclass(frozen=True)
@@ -226,6 +310,7 @@ class ModelCard:
     calibration: Calibration | None = None
     uncertain: Mapping = field(default_factory=dict)  # the uncertain threshold's validation and test figures
     ood: NonSkinSpec | None = None
+    subgroups: Subgroups | None = None
     extra: Mapping = field(default_factory=dict)
 
     @property
@@ -255,7 +340,7 @@ class ModelCard:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise CardFieldError("input_size", f"must be a positive integer, got {size!r}")
         limitations = data.get("limitations") or ()
-        sections = {k: _section(data, k) for k in ("thresholds", "tta", "calibration", "ood")}
+        sections = {k: _section(data, k) for k in ("thresholds", "tta", "calibration", "ood", "subgroups")}
         return cls(
             name=_text(data, "name", required=True), version=str(data["version"]), classes=tuple(classes),
             input_size=size, preprocessing=_text(data, "preprocessing", required=True),
@@ -270,6 +355,7 @@ class ModelCard:
             calibration=Calibration.from_dict(sections["calibration"]) if sections["calibration"] is not None else None,
             uncertain=frozen(_section(data, "uncertain") or {}),
             ood=NonSkinSpec.from_dict(sections["ood"]) if sections["ood"] else None,
+            subgroups=Subgroups.from_dict(sections["subgroups"]) if sections["subgroups"] is not None else None,
             extra=_rest(data, cls),
         )
 
@@ -285,7 +371,8 @@ class ModelCard:
             value = getattr(self, f.name)
             if f.name == "extra" or value in (None, {}, ()):
                 continue
-            out[f.name] = _emit(value) if hasattr(value, "extra") else thawed(value)
+            out[f.name] = value.to_dict() if hasattr(value, "to_dict") else _emit(value) if hasattr(value, "extra") \
+                else thawed(value)
         if not out.get("thresholds"):
             out.pop("thresholds", None)
         return out | thawed(self.extra)

@@ -1,4 +1,4 @@
-"""The model card's test figures in words: per-class precision and recall, and the product's quality bar.
+"""The model card's test figures in words: per-class precision and recall, the quality bar, the subgroup table.
 
 Pure functions of the card (``ModelCard`` or its ``metrics.test`` mapping); the pages and both
 reports read them, so every output quotes the same figures the same way.
@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from server.lesions import CATALOGUE, lesion_class
-from server.model.card import ModelCard
+from server.lesions import CATALOGUE, SKIN_TYPE_NOT_RECORDED, lesion_class
+from server.model.card import ModelCard, SubgroupFigure, SubgroupRow, Subgroups
 from server.prediction import Prediction
 from server.reports.wording import percent
 from server.thresholds import QUALITY_BAR
@@ -139,3 +139,89 @@ def precision_sentence(card: ModelCard | None, code: str) -> str | None:
     return (f"Of 100 test lesions the model gave this answer for, about {round(figures.precision * 100)} turned out to "
             f"be {lesion_class(code).in_words} (the model's precision for this class on the test split, "
             "over answers at every confidence).")
+
+
+# ---------------------------------------------------------------- per-subgroup figures
+
+SUBGROUP_COLUMNS = (  # (card metric, column heading, what a group lacks when the figure is undefined)
+    ("balanced_accuracy", "Balanced accuracy", "no test images"),
+    ("melanoma_recall", "Melanoma recall", "no melanoma"),
+    ("malignant_sensitivity", "Malignant flag sensitivity", "no malignant lesion"),
+    ("malignant_specificity", "Malignant flag specificity", "no benign lesion"),
+)
+_GROUPINGS = {"all": "All test images", "sex": "Sex", "age": "Age", "site": "Body site"}
+# Said beside the subgroup table (page, report.md, the card's section), whether or not the card has one.
+SKIN_TYPE_NOTE = (f"{SKIN_TYPE_NOT_RECORDED} No figure here is measured per skin type, so none can show how the model "
+                  "does on darker skin, which HAM10000 under-represents.")
+
+
+@dataclass(frozen=True)
+class SubgroupLine:
+    """One subgroup row in words, as the model page and ``report.md`` print it."""
+
+    label: str  # "Sex: female"
+    counts: str  # "672 images of 508 lesions; 64 melanoma"
+    figures: tuple  # one text per SUBGROUP_COLUMNS
+    flag: str  # "Flagged: ..." in words, so no reader depends on colour
+    flagged: bool
+
+
+def figure_text(figure: SubgroupFigure, unit: str, lacks: str) -> str:
+    """'67.3% (59.6 to 75.3%)'; 'not defined: no melanoma' (never 0%); '16.7% (no interval: 8 lesions)'."""
+    if figure.value is None:
+        return f"not defined: {lacks}"
+    if figure.low is None or figure.high is None:
+        return f"{percent(figure.value)} (no interval: {figure.cases} {unit}{'' if figure.cases == 1 else 's'})"
+    return f"{percent(figure.value)} ({percent(figure.low)[:-1]} to {percent(figure.high)})"
+
+
+def flag_text(row: SubgroupRow, section: Subgroups) -> str:
+    """Why a row is or is not flagged, in words."""
+    recall = row.figure("melanoma_recall")
+    reference = section.extra.get("reference_melanoma_recall")
+    if row.grouping == "all":
+        return "Reference for the flag"
+    if recall.value is None:
+        return "Cannot tell: no melanoma in this group"
+    if not row.flagged:
+        return "Not flagged"
+    gap = f"{(reference - recall.value) * 100:.1f} points below the whole test split's {percent(reference)}"
+    return f"Flagged: melanoma recall {gap}" + ("" if recall.low is not None else "; too few melanomas to rule out chance")
+
+
+def subgroup_lines(card: ModelCard | None) -> list[SubgroupLine]:
+    """The card's per-subgroup table in words (empty when the card has no ``subgroups`` section)."""
+    section = card.subgroups if card is not None else None
+    if section is None:
+        return []
+    unit = section.unit or "image"
+    out = []
+    for row in section.rows:
+        label = _GROUPINGS["all"] if row.grouping == "all" else f"{_GROUPINGS.get(row.grouping, row.grouping)}: {row.group}"
+        counts = (f"{row.images} image{'' if row.images == 1 else 's'} of {row.lesions} lesion{'' if row.lesions == 1 else 's'}; "
+                  f"{row.melanomas} melanoma, {row.malignant} malignant")
+        figures = tuple(figure_text(row.figure(metric), unit, lacks) for metric, _, lacks in SUBGROUP_COLUMNS)
+        out.append(SubgroupLine(label, counts, figures, flag_text(row, section), row.flagged))
+    return out
+
+
+def subgroup_sentence(card: ModelCard | None) -> str:
+    """What the subgroup table shows and how to read it, or that the card has none."""
+    section = card.subgroups if card is not None else None
+    if section is None:
+        return "This model's card records no per-subgroup figures (by sex, age or body site)."
+    extra = section.extra
+    threshold = extra.get("malignant_threshold")
+    drop = section.flag_drop
+    left_out = extra.get("sites_left_out") or {}
+    return (f"Figures on the held-out test images for each sex, age band and body site. The model saw: {section.inputs}"
+            + (f"; probabilities: {extra['probabilities']}" if extra.get("probabilities") else "")
+            + "; the malignant flag at its operating point" + (f" of {percent(threshold)}" if threshold is not None else "")
+            + f". In brackets: a {percent(section.confidence or 0.95, 0)} bootstrap interval, resampling whole "
+            f"{section.unit or 'image'}s ({extra.get('resamples')} resamples, seed {extra.get('seed')}); small groups are noisy"
+            + (f", and a figure resting on fewer than {extra['min_cases_for_interval']} {section.unit or 'image'}s, or on "
+               "which every resample agrees, gets no interval" if extra.get("min_cases_for_interval") else "") + "."
+            + (f" A group is flagged when its melanoma recall is more than {drop * 100:.0f} points below the whole "
+               "split's." if drop is not None else "")
+            + (f" Body sites with fewer than {extra.get('min_site_images')} test images are left out: "
+               + ", ".join(f"{s} ({n})" for s, n in left_out.items()) + "." if left_out else ""))
