@@ -66,6 +66,7 @@ from training.calibration import (
     selective_figures,
     tta_latency_ms,
 )
+from training.evaluate import choose_malignant_threshold, evaluate_predictions
 from training.nonskin import HARD_LESIONS, IMAGENET_PROBS, fit_nonskin
 
 log = logging.getLogger("training.calibrate")
@@ -119,7 +120,8 @@ def load_split_images(run_dir: Path, data_dir: Path, size: int, train_max: int, 
 def calibrate(predictor, card: ModelCard, run_dir, data_dir, uncertain_target: float = UNCERTAIN_TARGET_ACCURACY,
               ood_dims: int = 0, tta_min_gain: float = TTA_MIN_GAIN, train_max: int = 4000, seed: int = 42,
               imagenet_labels: list[str] | None = None) -> tuple[ModelCard, dict]:
-    """(the card with tta, calibration, uncertain threshold and non-skin check folded in, the figures).
+    """(the card with tta, calibration, the uncertain and malignant thresholds and the non-skin
+    check folded in, the figures, the served validation and test probabilities).
 
     ``predictor`` serves the run's model raw (TTA off, no non-skin check; the ImageNet
     branch's outputs when the model carries one). ``imagenet_labels``: its class names,
@@ -195,15 +197,29 @@ def calibrate(predictor, card: ModelCard, run_dir, data_dir, uncertain_target: f
 
     ood = fit_nonskin(predictor, signals, run_dir, run_views, hard_sources, imagenet_labels, ood_dims, seed)
 
+    # The malignant flag compares the *served* P(malignant) (TTA, temperature) with its
+    # threshold, so the threshold is chosen on, and its figures are of, served probabilities.
+    served = {"val": cal_val, "test": cal_test}
+    malignant = choose_malignant_threshold(labels["val"], cal_val)
     document = card.to_dict()
-    thresholds = {**document.get("thresholds", {}), "uncertain": unc["threshold"], "uncertain_rule": unc_rule}
+    metrics = {s: {**document.get("metrics", {}).get(s, {}), "malignant": served_malignant(labels[s], p, malignant,
+                                                                                           tta_default, temps[tta_default])}
+               for s, p in served.items()}
+    thresholds = {**document.get("thresholds", {}), "malignant": malignant, "uncertain": unc["threshold"],
+                  "uncertain_rule": unc_rule}
     card = ModelCard.from_dict({**document, "tta": tta, "calibration": calibration, "thresholds": thresholds,
-                                "uncertain": uncertain, "ood": ood})
+                                "uncertain": uncertain, "ood": ood, "metrics": {**document.get("metrics", {}), **metrics}})
     trust = {"tta": tta, "calibration": calibration, "uncertain": uncertain, "ood": ood,
              "predictions_parity_max_abs": parity, "duration_s": round(time.perf_counter() - t0, 1)}
     if "malignant" in card.test_metrics:
         trust["malignant_test"] = thawed(card.test_metrics["malignant"])
-    return card, trust
+    return card, trust, served
+
+
+def served_malignant(labels, probs, threshold: float, tta: str, temperature: float) -> dict:
+    """The malignant flag's figures on served probabilities, saying which."""
+    figures = evaluate_predictions(labels, probs, malignant_threshold=threshold).get("malignant", {})
+    return {**figures, "probabilities": f"served: TTA {tta}, temperature {temperature:.3f}"}
 
 
 def add_imagenet_branch(model_path: Path, card: ModelCard, weights: str) -> ModelCard:

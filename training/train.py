@@ -154,8 +154,11 @@ def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment:
     that reads the context is also scored with each image's own, in ``patient_context``.
     """
     from server.model.predictor import Predictor
+    from server.model.card import thawed
+    from server.model.trust import temperature_scale
     from training.calibrate import calibrate
     from training.patient_context import patient_vectors
+    from training.subgroups import card_with_subgroups
 
     out_dir = Path(cfg.out_dir)
     df, y, images, sizes = prepared.df, prepared.y, prepared.images, prepared.sizes
@@ -175,15 +178,9 @@ def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment:
     context = {s: patient_vectors(df.loc[prepared.parts[s]]) for s in splits}
     with_context = {s: predictor.predict_arrays_batched(scale_pixels(images[s]), patient=context[s]) for s in splits} \
         if predictor.reads_patient else {}
-    # One operating point for both uses: chosen on validation scored without and (if read) with the context.
-    val_probs = [probs["val"]] + ([with_context["val"]] if with_context else [])
-    threshold = choose_malignant_threshold(np.concatenate([y["val"]] * len(val_probs)), np.concatenate(val_probs))
+    # On raw probabilities until ``calibrate`` chooses it again on the served ones (TTA, temperature).
+    threshold = choose_malignant_threshold(y["val"], probs["val"])
     metrics = {s: evaluate_predictions(y[s], probs[s], malignant_threshold=threshold) for s in splits}
-    if context_record is not None:
-        context_record = {k: v for k, v in context_record.items() if k != "history"} | {
-            "reads": ["age", "sex", "site"] if with_context else [],
-            "metrics_with_context": {s: {k: v for k, v in evaluate_predictions(y[s], p, malignant_threshold=threshold).items()
-                                         if k != "confusion_matrix"} for s, p in with_context.items()}}
     timings["export_evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     training = {"config": asdict(cfg), "git_commit": git_commit(), "weights_source": weights_source(cfg.weights),
@@ -194,11 +191,9 @@ def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment:
         "metrics": {s: {k: v for k, v in m.items() if k != "confusion_matrix"} | {"confusion_matrix": m["confusion_matrix"]}
                     for s, m in metrics.items()},
         "thresholds": {"malignant": threshold, "malignant_target_sensitivity": MALIGNANT_TARGET_SENSITIVITY},
-        **({"patient_context": context_record} if context_record is not None else {}),
     })
     np.savez_compressed(out_dir / "predictions.npz", **{f"{s}_probs": probs[s] for s in probs},
-                        **{f"{s}_labels": y[s] for s in probs},
-                        **{f"{s}_probs_with_context": p for s, p in with_context.items()})
+                        **{f"{s}_labels": y[s] for s in probs})
     if not score_test:
         card.write(out_dir / CARD_FILENAME)
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -209,7 +204,18 @@ def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment:
         plot_history(out_dir / "history.csv", out_dir / "training_curves.png")
     # Issue #6: temperature, uncertain/TTA choice, non-skin statistics, folded into the card before it is written.
     labels = imagenet_label_names(cfg.imagenet_labels or "imagenet") if cfg.imagenet_weights else None
-    card, trust = calibrate(predictor, card, out_dir, cfg.data_dir, seed=cfg.seed, imagenet_labels=labels)
+    card, trust, served = calibrate(predictor, card, out_dir, cfg.data_dir, seed=cfg.seed, imagenet_labels=labels)
+    metrics = {s: m | {"malignant": thawed(card.metrics[s]["malignant"])} for s, m in metrics.items()}
+    temperature = card.temperature_for(card.tta_default) or 0.0
+    served_context = {s: temperature_scale(p, temperature) if temperature else p for s, p in with_context.items()}
+    np.savez_compressed(out_dir / "predictions.npz", **{f"{s}_probs": probs[s] for s in probs},
+                        **{f"{s}_labels": y[s] for s in probs}, **{f"{s}_probs_served": p for s, p in served.items()},
+                        **{f"{s}_probs_with_context_served": p for s, p in served_context.items()})
+    if context_record is not None:
+        card = card.replace(patient_context=context_section(context_record, y, served, served_context,
+                                                            card.thresholds.malignant))
+    card = card_with_subgroups(card, split_rows(df, prepared.parts["test"]), y["test"], served["test"],
+                               inputs="image only", probabilities=card.test_metrics["malignant"]["probabilities"])
     card.write(out_dir / CARD_FILENAME)
     (out_dir / "metrics.json").write_text(json.dumps({**metrics, "trust": trust}, indent=2) + "\n")
     write_report(out_dir, card, metrics, existing_plots(out_dir), trust)
@@ -220,11 +226,29 @@ def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment:
     return card
 
 
+def context_section(record: dict, labels: dict, served: dict, served_context: dict, threshold: float) -> dict:
+    """The card's ``patient_context``: phase 3's record, and the served figures with and without the context."""
+    def figures(p, y):
+        m = evaluate_predictions(y, p, malignant_threshold=threshold)
+        return {"balanced_accuracy": m["balanced_accuracy"], "accuracy": m["accuracy"],
+                "melanoma_recall": m["per_class"]["mel"]["recall"], "malignant": m.get("malignant")}
+
+    return {**record, "reads": ["age", "sex", "site"] if served_context else [],
+            "served": {s: {"without_context": figures(served[s], labels[s]),
+                           **({"with_context": figures(served_context[s], labels[s])} if s in served_context else {})}
+                       for s in served}}
+
+
+def split_rows(df, index) -> list[dict]:
+    """The metadata rows of one split, in the split's order (for the per-subgroup figures)."""
+    return df.loc[index, ["image_id", "lesion_id", "age", "sex", "localization"]].to_dict("records")
+
+
 def architecture(cfg: TrainConfig, reads_context: bool) -> str:
     """The card's one-line description of the network."""
     joins = " + patient context (age, sex, site)" if reads_context else ""
     return (f"MobileNetV2 (alpha {cfg.alpha:g}, {cfg.input_size} px), whole network fine-tuned (BatchNorm frozen); "
-            f"head GAP{joins} -> Dense({cfg.dense_units}, ReLU) -> Dropout({cfg.dropout:g}) -> "
+            f"head GAP -> Dense({cfg.dense_units}, ReLU) -> Dropout({cfg.dropout:g}){joins} -> "
             f"Dense({len(CLASS_CODES)}, softmax)")
 
 

@@ -15,88 +15,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Mapping
 
+from server.model.card_fields import CardFieldError, emit, frozen, number, rest, section, text, thawed
+from server.model.card_subgroups import SUBGROUP_METRICS, SubgroupFigure, SubgroupRow, Subgroups
 from server.model.trust import DEFAULT_TTA, TTA_MODES
 from server.thresholds import MALIGNANT_TARGET_SENSITIVITY
 
 CARD_FILENAME = "model_card.json"
-
-
-class CardFieldError(ValueError):
-    """One field of a card is missing or wrong: ``field`` names it (dotted), the message says how."""
-
-    def __init__(self, field_name: str, problem: str):
-        super().__init__(f"{field_name} {problem}")
-        self.field = field_name
-
-
-# ---------------------------------------------------------------- reading fields
-
-def frozen(value: Any) -> Any:
-    """JSON data made read-only: dicts -> mapping proxies, lists -> tuples."""
-    if isinstance(value, Mapping):
-        return MappingProxyType({k: frozen(v) for k, v in value.items()})
-    if isinstance(value, (list, tuple)):
-        return tuple(frozen(v) for v in value)
-    return value
-
-
-def thawed(value: Any) -> Any:
-    """The inverse of ``frozen``: plain dicts and lists, ready for JSON."""
-    if isinstance(value, Mapping):
-        return {k: thawed(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [thawed(v) for v in value]
-    return value
-
-
-def _number(data: Mapping, key: str, where: str, low: float | None = None, high: float | None = None,
-            required: bool = False) -> float | None:
-    value = data.get(key)
-    name = f"{where}{key}"
-    if value is None:
-        if required:
-            raise CardFieldError(name, "is missing")
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise CardFieldError(name, f"must be a number, got {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
-        raise CardFieldError(name, f"must be {bounds}, got {value!r}")
-    return value
-
-
-def _text(data: Mapping, key: str, where: str = "", required: bool = False) -> str | None:
-    value = data.get(key)
-    if value is None:
-        if required:
-            raise CardFieldError(f"{where}{key}", "is missing")
-        return None
-    if not isinstance(value, str):
-        raise CardFieldError(f"{where}{key}", f"must be text, got {value!r}")
-    return value
-
-
-def _section(data: Mapping, key: str) -> Mapping | None:
-    value = data.get(key)
-    if value is not None and not isinstance(value, Mapping):
-        raise CardFieldError(key, f"must be an object, got {type(value).__name__}")
-    return value
-
-
-def _rest(data: Mapping, cls) -> Mapping:
-    """The keys of ``data`` that ``cls`` has no field for, kept as they are."""
-    known = {f.name for f in fields(cls)}
-    return frozen({k: v for k, v in data.items() if k not in known})
-
-
-def _emit(obj) -> dict:
-    """A section back to its JSON shape: fields that are set, then the kept keys."""
-    out = {f.name: thawed(getattr(obj, f.name)) for f in fields(obj)
-           if f.name != "extra" and getattr(obj, f.name) not in (None, {}, ())}
-    return out | thawed(obj.extra)
+__all__ = ["CARD_FILENAME", "CardFieldError", "ModelCard", "SUBGROUP_METRICS", "SubgroupFigure", "SubgroupRow",
+           "Subgroups", "frozen", "thawed"]
 
 
 # ---------------------------------------------------------------- the sections
@@ -119,10 +47,10 @@ class Thresholds:
     @classmethod
     def from_dict(cls, data: Mapping) -> "Thresholds":
         w = "thresholds."
-        return cls(malignant=_number(data, "malignant", w, 0, 1),
-                   malignant_target_sensitivity=_number(data, "malignant_target_sensitivity", w, 0, 1),
-                   uncertain=_number(data, "uncertain", w, 0, 1), uncertain_rule=_text(data, "uncertain_rule", w),
-                   extra=_rest(data, cls))
+        return cls(malignant=number(data, "malignant", w, 0, 1),
+                   malignant_target_sensitivity=number(data, "malignant_target_sensitivity", w, 0, 1),
+                   uncertain=number(data, "uncertain", w, 0, 1), uncertain_rule=text(data, "uncertain_rule", w),
+                   extra=rest(data, cls))
 
 
 @dataclass(frozen=True)
@@ -143,14 +71,14 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "Calibration":
-        by_tta = _section(data, "temperature_by_tta") or {}
+        by_tta = section(data, "temperature_by_tta") or {}
         for mode in by_tta:
             if mode not in TTA_MODES:
                 raise CardFieldError(f"calibration.temperature_by_tta.{mode}", f"is not a TTA mode ({', '.join(TTA_MODES)})")
-        return cls(temperature=_number(data, "temperature", "calibration.", 1e-6),
-                   temperature_by_tta=frozen({m: _number(by_tta, m, "calibration.temperature_by_tta.", 1e-6, required=True)
+        return cls(temperature=number(data, "temperature", "calibration.", 1e-6),
+                   temperature_by_tta=frozen({m: number(by_tta, m, "calibration.temperature_by_tta.", 1e-6, required=True)
                                               for m in by_tta}),
-                   extra=_rest(data, cls))
+                   extra=rest(data, cls))
 
 
 @dataclass(frozen=True)
@@ -165,7 +93,7 @@ class TtaSpec:
         default = data.get("default", DEFAULT_TTA)
         if default not in TTA_MODES:
             raise CardFieldError("tta.default", f"must be one of {', '.join(TTA_MODES)}, got {default!r}")
-        return cls(default=default, extra=_rest(data, cls))
+        return cls(default=default, extra=rest(data, cls))
 
 
 @dataclass(frozen=True)
@@ -192,96 +120,38 @@ class NonSkinSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "NonSkinSpec":
-        return cls(file=_text(data, "file", "ood."), threshold=_number(data, "threshold", "ood.", 0),
-                   sha256=_text(data, "sha256", "ood."), image_threshold=_number(data, "image_threshold", "ood.", 0),
-                   imagenet_threshold=_number(data, "imagenet_threshold", "ood.", 0),
-                   imagenet_gate=_number(data, "imagenet_gate", "ood.", 0),
-                   texture_floor=_number(data, "texture_floor", "ood."), colour_floor=_number(data, "colour_floor", "ood."),
-                   extra=_rest(data, cls))
+        return cls(file=text(data, "file", "ood."), threshold=number(data, "threshold", "ood.", 0),
+                   sha256=text(data, "sha256", "ood."), image_threshold=number(data, "image_threshold", "ood.", 0),
+                   imagenet_threshold=number(data, "imagenet_threshold", "ood.", 0),
+                   imagenet_gate=number(data, "imagenet_gate", "ood.", 0),
+                   texture_floor=number(data, "texture_floor", "ood."), colour_floor=number(data, "colour_floor", "ood."),
+                   extra=rest(data, cls))
 
 
-SUBGROUP_METRICS = ("balanced_accuracy", "melanoma_recall", "malignant_sensitivity", "malignant_specificity")
-
-
-def _count(data: Mapping, key: str, where: str) -> int:
-    return int(_number(data, key, where, 0) or 0)
+PATIENT_FIELDS = ("age", "sex", "site")
 
 
 @dataclass(frozen=True)
-class SubgroupFigure:
-    """One metric in one subgroup: its value and 95% bootstrap interval."""
+class PatientContextSpec:
+    """Phase 3 of the trainer (``training.patient_context``): whether the model reads the patient
+    context, how strongly, and the validation and test figures with and without it."""
 
-    value: float | None = None  # None: the group cannot give it (no melanoma: no melanoma recall), never 0
-    low: float | None = None  # None beside a value: no interval (too few cases, or every resample agreed)
-    high: float | None = None
-    cases: int = 0  # resampled units (lesions or images) the metric divides by
+    shipped: str  # "image only" or "image + patient context"
+    reads: tuple = ()  # the fields the model reads (PATIENT_FIELDS), empty for an image-only model
+    strength: float | None = None
+    extra: Mapping = field(default_factory=dict)  # the rule, validation by strength, served figures
 
-    @classmethod
-    def from_dict(cls, data: Mapping, where: str) -> "SubgroupFigure":
-        return cls(*(_number(data, k, where, 0, 1) for k in ("value", "low", "high")), cases=_count(data, "cases", where))
-
-
-@dataclass(frozen=True)
-class SubgroupRow:
-    """One subgroup of the test split (a sex, an age band, a body site, or all): counts, figures, flag."""
-
-    grouping: str  # "all", "sex", "age" or "site"
-    group: str
-    images: int
-    lesions: int
-    melanomas: int = 0  # images
-    malignant: int = 0  # images
-    figures: Mapping = field(default_factory=dict)  # SUBGROUP_METRICS name -> SubgroupFigure
-    flagged: bool = False  # melanoma recall more than the section's flag_drop below the whole split's
-
-    def figure(self, metric: str) -> SubgroupFigure:
-        return self.figures.get(metric) or SubgroupFigure()
+    def figure(self, key: str, default=None):
+        return self.extra.get(key, default)
 
     @classmethod
-    def from_dict(cls, data: Mapping, where: str) -> "SubgroupRow":
-        figures = data.get("figures") or {}
-        if not isinstance(figures, Mapping):
-            raise CardFieldError(f"{where}figures", "must be an object")
-        if not isinstance(data.get("flagged", False), bool):
-            raise CardFieldError(f"{where}flagged", f"must be true or false, got {data['flagged']!r}")
-        return cls(grouping=_text(data, "grouping", where, required=True), group=_text(data, "group", where, required=True),
-                   images=_count(data, "images", where), lesions=_count(data, "lesions", where),
-                   melanomas=_count(data, "melanomas", where), malignant=_count(data, "malignant", where),
-                   figures=MappingProxyType({m: SubgroupFigure.from_dict(figures[m], f"{where}figures.{m}.")
-                                             for m in SUBGROUP_METRICS if isinstance(figures.get(m), Mapping)}),
-                   flagged=data.get("flagged", False))
-
-    def to_dict(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "figures"}
-        return out | {"figures": {m: {f.name: getattr(v, f.name) for f in fields(v)} for m, v in self.figures.items()}}
-
-
-@dataclass(frozen=True)
-class Subgroups:
-    """The test split's figures per sex, age band and body site (``training.subgroups``), to show where the
-    model may do worse than its average; optional, so a card written before it still loads."""
-
-    inputs: str  # what the probabilities came from: "image only", "image + patient context"
-    rows: tuple = ()  # SubgroupRow, the whole split first
-    flag_drop: float | None = None
-    unit: str | None = None  # what the bootstrap resamples: "lesion" or "image"
-    confidence: float | None = None
-    extra: Mapping = field(default_factory=dict)  # resamples, seed, threshold, sites left out, the skin-type note...
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> "Subgroups":
-        w = "subgroups."
-        rows = data.get("rows") or []
-        if not isinstance(rows, (list, tuple)) or not all(isinstance(r, Mapping) for r in rows):
-            raise CardFieldError(f"{w}rows", "must be a list of objects")
-        return cls(inputs=_text(data, "inputs", w, required=True),
-                   rows=tuple(SubgroupRow.from_dict(r, f"{w}rows[{i}].") for i, r in enumerate(rows)),
-                   flag_drop=_number(data, "flag_drop", w, 0, 1), unit=_text(data, "unit", w),
-                   confidence=_number(data, "confidence", w, 0, 1), extra=_rest(data, cls))
-
-    def to_dict(self) -> dict:
-        return {"inputs": self.inputs, "unit": self.unit, "confidence": self.confidence, "flag_drop": self.flag_drop,
-                "rows": [r.to_dict() for r in self.rows]} | thawed(self.extra)
+    def from_dict(cls, data: Mapping) -> "PatientContextSpec":
+        w = "patient_context."
+        reads = data.get("reads") or ()
+        if not isinstance(reads, (list, tuple)) or not set(reads) <= set(PATIENT_FIELDS):
+            raise CardFieldError(f"{w}reads", f"must list some of {', '.join(PATIENT_FIELDS)}, got {reads!r}")
+        return cls(shipped=text(data, "shipped", w, required=True), reads=tuple(reads),
+                   strength=number(data, "strength", w, 0), extra=rest(data, cls))
 
 
 # ---------------------------------------------------------------- the card
@@ -310,6 +180,7 @@ class ModelCard:
     calibration: Calibration | None = None
     uncertain: Mapping = field(default_factory=dict)  # the uncertain threshold's validation and test figures
     ood: NonSkinSpec | None = None
+    patient_context: PatientContextSpec | None = None
     subgroups: Subgroups | None = None
     extra: Mapping = field(default_factory=dict)
 
@@ -340,23 +211,25 @@ class ModelCard:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise CardFieldError("input_size", f"must be a positive integer, got {size!r}")
         limitations = data.get("limitations") or ()
-        sections = {k: _section(data, k) for k in ("thresholds", "tta", "calibration", "ood", "subgroups")}
+        sections = {k: section(data, k) for k in ("thresholds", "tta", "calibration", "ood", "subgroups", "patient_context")}
         return cls(
-            name=_text(data, "name", required=True), version=str(data["version"]), classes=tuple(classes),
-            input_size=size, preprocessing=_text(data, "preprocessing", required=True),
-            created=_text(data, "created"), architecture=_text(data, "architecture"),
-            intended_use=_text(data, "intended_use"),
+            name=text(data, "name", required=True), version=str(data["version"]), classes=tuple(classes),
+            input_size=size, preprocessing=text(data, "preprocessing", required=True),
+            created=text(data, "created"), architecture=text(data, "architecture"),
+            intended_use=text(data, "intended_use"),
             limitations=frozen(limitations if isinstance(limitations, (list, tuple)) else [limitations]),
-            data=frozen(_section(data, "data") or {}), licence=frozen(data.get("licence")),
-            training=frozen(_section(data, "training") or {}), model_file=_text(data, "model_file"),
-            sha256=_text(data, "sha256"), metrics=frozen(_section(data, "metrics") or {}),
+            data=frozen(section(data, "data") or {}), licence=frozen(data.get("licence")),
+            training=frozen(section(data, "training") or {}), model_file=text(data, "model_file"),
+            sha256=text(data, "sha256"), metrics=frozen(section(data, "metrics") or {}),
             thresholds=Thresholds.from_dict(sections["thresholds"] or {}),
             tta=TtaSpec.from_dict(sections["tta"]) if sections["tta"] is not None else None,
             calibration=Calibration.from_dict(sections["calibration"]) if sections["calibration"] is not None else None,
-            uncertain=frozen(_section(data, "uncertain") or {}),
+            uncertain=frozen(section(data, "uncertain") or {}),
             ood=NonSkinSpec.from_dict(sections["ood"]) if sections["ood"] else None,
             subgroups=Subgroups.from_dict(sections["subgroups"]) if sections["subgroups"] is not None else None,
-            extra=_rest(data, cls),
+            patient_context=PatientContextSpec.from_dict(sections["patient_context"])
+            if sections["patient_context"] is not None else None,
+            extra=rest(data, cls),
         )
 
     @classmethod
@@ -371,7 +244,7 @@ class ModelCard:
             value = getattr(self, f.name)
             if f.name == "extra" or value in (None, {}, ()):
                 continue
-            out[f.name] = value.to_dict() if hasattr(value, "to_dict") else _emit(value) if hasattr(value, "extra") \
+            out[f.name] = value.to_dict() if hasattr(value, "to_dict") else emit(value) if hasattr(value, "extra") \
                 else thawed(value)
         if not out.get("thresholds"):
             out.pop("thresholds", None)
