@@ -196,3 +196,15 @@ def test_the_docs_page_shows_the_fields(client):
     body = client.get("/docs").get_data(as_text=True)
     for text in ("invalid_age", "invalid_site", "lower extremity", "from 0 to 120"):
         assert text in body, text
+
+
+def test_the_context_is_not_logged(client, caplog):
+    """The README promises it, as for the image: health data stays out of the app's logs, a bad value
+    included (PIL's own debug records of the image's chunks are not the app's)."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    assert post(client, {"age": "87", "sex": "female", "site": "genital"}).status_code == 200
+    assert post(client, {"age": "87", "site": "secret-site-4821"}).status_code == 400
+    logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records if not r.name.startswith("PIL"))
+    assert "secret-site-4821" not in logged and "genital" not in logged and "87" not in logged
