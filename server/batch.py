@@ -1,11 +1,13 @@
 """Screen every image in a folder with one Predictor and write the probabilities as CSV.
 
-    python -m server.batch FOLDER --out probs.csv [--model PATH]
+    python -m server.batch FOLDER --out probs.csv [--model PATH] [--metadata patients.csv]
     lesion-predict-folder FOLDER --out probs.csv            (installed entry point)
 
 Files go through the screening use case an upload takes (``server.screening.screen``), so
 a batch result equals what the API would answer. A file that cannot be screened gets its
 reason (``code: message``, as the API would say it) in the ``error`` column and the run goes on.
+``--metadata`` gives images a patient context (``server/batch_metadata.py``); the ``age``,
+``sex`` and ``site`` columns echo what each image was screened with.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import os
 import sys
 from pathlib import Path
 
+from server.batch_metadata import Metadata, MetadataError, read_metadata
 from server.config import DEFAULT_MODEL_PATH
 from server.lesions import CLASS_CODES
 from server.problems import ServiceError
 from server.screening import ScreeningOptions, screen
 
-COLUMNS = ["file", "top_code", "top_probability", "malignant_probability", "malignant_flag", "uncertain",
+COLUMNS = ["file", "age", "sex", "site", "top_code", "top_probability", "malignant_probability", "malignant_flag", "uncertain",
            *CLASS_CODES, "error"]
 
 
@@ -30,11 +33,20 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
-def predict_row(predictor, path: Path, folder: Path) -> dict:
-    """One CSV row: the prediction, or the reason this file could not be screened."""
-    row = {"file": str(path.relative_to(folder))}
+def predict_row(predictor, path: Path, folder: Path, metadata: Metadata | None = None) -> dict:
+    """One CSV row: the prediction, or the reason this file could not be screened.
+
+    A bad metadata row is this image's error (as the API answers a bad field): the image is
+    not screened without the context the user meant to give, and the other images go on.
+    """
+    name = str(path.relative_to(folder))
+    row = {"file": name}
+    patient = (metadata or Metadata()).for_file(name)
+    if isinstance(patient, ServiceError):
+        return {**row, "error": f"{patient.code}: {patient.message}"}
+    row.update(patient.to_dict())
     try:
-        prediction = screen(path.read_bytes(), ScreeningOptions(), predictor)
+        prediction = screen(path.read_bytes(), ScreeningOptions(), predictor, patient=patient)
     except ServiceError as exc:  # as the API: not a usable JPEG/PNG, or not a skin lesion (no diagnosis)
         return {**row, "error": f"{exc.code}: {exc.message}"}
     except OSError as exc:
@@ -65,16 +77,30 @@ def parse_args(argv):
     parser.add_argument("--out", type=Path, required=True, help="CSV file to write")
     parser.add_argument("--model", type=Path, default=Path(os.environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH),
                         help="exported .h5 with model_card.json beside it (default: $MODEL_PATH or the shipped model)")
+    parser.add_argument("--metadata", type=Path, metavar="CSV",
+                        help="optional patient context: a CSV with columns filename,age,sex,site (blank = not given)")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    """Exit 0 when the CSV was written (even if some files had errors), 2 on bad arguments,
-    3 when the model cannot be loaded."""
+    """Exit 0 when the CSV was written (even if some files had errors), 2 on bad arguments
+    (an unusable metadata CSV included), 3 when the model cannot be loaded."""
     args = parse_args(argv)
     if not args.folder.is_dir():
         print(f"error: {args.folder} is not a folder", file=sys.stderr)
         return 2
+    try:
+        metadata = read_metadata(args.metadata) if args.metadata else Metadata()
+    except MetadataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    files = image_files(args.folder)
+    for line in metadata.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    unmatched = metadata.unmatched(str(path.relative_to(args.folder)) for path in files)
+    if unmatched:
+        print(f"warning: {len(unmatched)} filename(s) in {args.metadata} match no image in {args.folder}: "
+              f"{', '.join(unmatched)}", file=sys.stderr)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from server.model.files import ModelLoadError
     from server.model.predictor import Predictor
@@ -84,7 +110,7 @@ def main(argv=None) -> int:
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    rows = [predict_row(predictor, path, args.folder) for path in image_files(args.folder)]
+    rows = [predict_row(predictor, path, args.folder, metadata) for path in files]
     write_csv(rows, args.out)
     failed = sum(1 for r in rows if r["error"])
     print(f"wrote {len(rows)} rows to {args.out} ({len(rows) - failed} screened, {failed} with errors)")

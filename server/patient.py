@@ -21,12 +21,24 @@ import numpy as np
 
 from server.problems import ServiceError
 
+PATIENT_FIELDS = ("age", "sex", "site")  # the form, multipart and CSV field names, in display order
 SEXES = ("female", "male")
 # HAM10000's ``localization`` values, less its "unknown".
 SITES = (
     "abdomen", "acral", "back", "chest", "ear", "face", "foot", "genital", "hand",
     "lower extremity", "neck", "scalp", "trunk", "upper extremity",
 )
+# What a person reads for each site (select options, pages, reports): HAM10000's words are
+# kept as the values, but "acral" or "upper extremity" are not plain language on their own.
+SITE_WORDS = {
+    "abdomen": "abdomen", "acral": "palm or sole (acral)", "back": "back", "chest": "chest", "ear": "ear",
+    "face": "face", "foot": "foot", "genital": "genital area", "hand": "hand",
+    "lower extremity": "leg (lower extremity)", "neck": "neck", "scalp": "scalp", "trunk": "trunk",
+    "upper extremity": "arm (upper extremity)",
+}
+FIELD_WORDS = {"age": "age", "sex": "sex", "site": "body site"}
+PATIENT_LABEL = "Patient context"
+NONE_GIVEN = "none given"
 MIN_AGE, MAX_AGE = 0, 120
 # The model's age bands: [0, 15), [15, 30), ... [80, 120]. HAM10000 gives ages in 5-year steps.
 MODEL_AGE_EDGES = (15, 30, 40, 50, 60, 70, 80)
@@ -100,8 +112,37 @@ class PatientContext:
         return any(v is not None for v in (self.age, self.sex, self.site))
 
     def to_dict(self) -> dict:
-        """The fields that were given (JSON, reports); an empty dict when none was."""
-        return {k: v for k, v in (("age", self.age), ("sex", self.sex), ("site", self.site)) if v is not None}
+        """The fields that were given (JSON, reports); an empty dict when none was.
+
+        A whole age is written as an integer (70, not 70.0): it echoes what the user typed.
+        """
+        age = int(self.age) if self.age is not None and float(self.age).is_integer() else self.age
+        return {k: v for k, v in (("age", age), ("sex", self.sex), ("site", self.site)) if v is not None}
+
+    @classmethod
+    def from_dict(cls, data) -> "PatientContext":
+        """Back from ``to_dict`` (a signed report token); None or {} is the empty context."""
+        data = data or {}
+        return cls.parse(*(data.get(name) for name in PATIENT_FIELDS))
+
+    def describe(self) -> str:
+        """The context in plain words, the same on the page and in both reports.
+
+        'age 70, male, back'; 'age 70; not given: sex, body site'; or 'none given'. A reader
+        must see what the screening was told, and that a missing field was not guessed.
+        """
+        given = self.to_dict()
+        if not given:
+            return NONE_GIVEN
+        words = [f"age {given['age']}" if "age" in given else None, given.get("sex"),
+                 SITE_WORDS[given["site"]] if "site" in given else None]
+        text = ", ".join(w for w in words if w)
+        missing = [FIELD_WORDS[name] for name in PATIENT_FIELDS if name not in given]
+        return text + (f"; not given: {', '.join(missing)}" if missing else "")
+
+    def sentence(self) -> str:
+        """'Patient context: age 70, male, back.' (what the page and the reports print)."""
+        return f"{PATIENT_LABEL}: {self.describe()}."
 
     def model_vector(self) -> np.ndarray:
         """The model's second input, (``MODEL_VECTOR_SIZE``,) float32; all zeros when nothing was given."""

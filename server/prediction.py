@@ -3,7 +3,8 @@
 Nothing downstream recomputes a probability, a ranking or a risk level: JSON, HTML, the
 text report and the PDF all read the same frozen value, so they cannot disagree. The
 screening use case (``server/screening.py``) adds what it measured around the model:
-``total_ms`` and, when a presenter needs one, the upload's thumbnail.
+``total_ms`` and, when a presenter needs one, the upload's thumbnail, and what the user
+said about the patient (``patient``), so every output can say what the screening was told.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from server.lesions import CLASS_CODES, DISCLAIMER, MALIGNANT_CODES, lesion_class
+from server.patient import PatientContext
 from server.thresholds import DEFAULT_UNCERTAIN_BELOW, refuses_as_non_skin
 
 
@@ -90,6 +92,7 @@ class Prediction:
     explain_ms: float | None = None
     total_ms: float | None = None  # decode, preprocess and model time, measured by the screening use case
     thumbnail: bytes | None = field(default=None, repr=False)  # a small JPEG of the upload, for pages and the PDF
+    patient: PatientContext = PatientContext()  # the optional age, sex and site given with the image (empty: none)
 
     @property
     def top(self) -> ClassProbability:
@@ -162,6 +165,7 @@ class Prediction:
             "timing": timing,
             "created_at": self.created_at,
             "disclaimer": self.disclaimer,
+            "patient": self.patient.to_dict(),  # always present: {} when nothing was given
         }
         if self.heatmap is not None:
             out["heatmap"] = self.heatmap.to_dict(with_png=heatmap_png)
@@ -185,6 +189,7 @@ class Prediction:
             heatmap=Heatmap.from_dict(data["heatmap"]) if data.get("heatmap") else None,
             explain_ms=data["timing"].get("explain_ms"),
             total_ms=data["timing"].get("total_ms"),
+            patient=PatientContext.from_dict(data.get("patient")),  # a token from before the field: none given
         )
 
 

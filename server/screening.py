@@ -2,7 +2,9 @@
 
 ``screen`` is what the API (``POST /predict``), the upload form (``POST /screen``) and the
 batch CLI all run: decode and validate the bytes, predict, refuse a non-skin image, and
-time the whole (``total_ms`` travels inside the Prediction). A failure the upload caused
+time the whole (``total_ms`` travels inside the Prediction). It is also the one place the
+optional patient context (``server.patient.PatientContext``) reaches the predictor and is
+attached to the answer, so no caller can screen with one context and report another. A failure the upload caused
 is an ``ImageRejected`` (status, code, message), whoever asked.
 """
 
@@ -12,6 +14,7 @@ import time
 from dataclasses import dataclass, replace
 
 from server.imaging import open_upload, thumbnail_jpeg
+from server.patient import PatientContext
 from server.prediction import Prediction
 from server.problems import ServiceError, not_a_skin_lesion
 
@@ -25,20 +28,26 @@ class ScreeningOptions:
     thumbnail: bool = False  # keep a small JPEG of the upload (result page, PDF report)
 
 
-def screen(upload: bytes, options: ScreeningOptions, predictor) -> Prediction:
+def screen(upload: bytes, options: ScreeningOptions, predictor, patient: PatientContext | None = None) -> Prediction:
     """Read, validate and screen one upload with ``predictor`` (a ``server.model.predictor.Predictor``).
+
+    ``patient``: what the user said about the patient, already parsed (None: nothing given);
+    the predictor gets it and the Prediction carries it.
 
     Raises ``ImageRejected`` for bytes that are not a usable JPEG/PNG and for an image the
     non-skin check flags (422 ``not_a_skin_lesion``: no diagnosis), and a 400
     ``ServiceError`` for an unknown ``explain_class``.
     """
+    patient = patient or PatientContext()
     started = time.perf_counter()
     image = open_upload(upload)
     try:
-        prediction = predictor.predict_image(image, explain=options.explain, explain_class=options.explain_class)
+        prediction = predictor.predict_image(image, explain=options.explain, explain_class=options.explain_class,
+                                             patient=patient)
     except ValueError as exc:  # an unknown explain_class
         raise ServiceError(400, "bad_request", str(exc)) from None
     if prediction.out_of_distribution:
         raise not_a_skin_lesion(prediction.looks_like)
     total_ms = round((time.perf_counter() - started) * 1000.0, 2)
-    return replace(prediction, total_ms=total_ms, thumbnail=thumbnail_jpeg(image) if options.thumbnail else None)
+    return replace(prediction, total_ms=total_ms, thumbnail=thumbnail_jpeg(image) if options.thumbnail else None,
+                   patient=patient)

@@ -80,3 +80,69 @@ def test_flags_are_columns_and_non_skin_images_get_no_diagnosis(tmp_path, ood_mo
     assert rows["a_skin.png"]["malignant_flag"] in ("0", "1")
     assert rows["b_flat.png"]["error"].startswith("not_a_skin_lesion")
     assert rows["b_flat.png"]["top_code"] == "" and rows["b_flat.png"]["mel"] == ""
+
+
+# ---------------------------------------------------------------- --metadata: the patient context per file
+
+
+def write_metadata(path, text: str):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_metadata_gives_each_image_its_context_and_a_bad_row_only_its_own_error(folder, tmp_path, model_path, capsys):
+    meta = write_metadata(tmp_path / "patients.csv",
+                          "filename,age,sex,site\n"
+                          "a_red.png,70,male,back\n"
+                          "b_green.jpg,abc,female,face\n"  # a bad age: this image is not screened
+                          "d_notes.txt,40,,\n"             # a good row for a file that is not an image
+                          "zz_missing.png,50,female,neck\n"  # names no image in the folder
+                          "typo.JPG,,,\n")
+    out = tmp_path / "probs.csv"
+    assert main([str(folder), "--out", str(out), "--model", str(model_path), "--metadata", str(meta)]) == 0
+    rows = {r["file"]: r for r in read_rows(out)}
+    assert (rows["a_red.png"]["age"], rows["a_red.png"]["sex"], rows["a_red.png"]["site"]) == ("70", "male", "back")
+    assert rows["a_red.png"]["error"] == "" and rows["a_red.png"]["top_code"] == RED_CLASS
+    assert rows["b_green.jpg"]["error"].startswith("invalid_age: ") and "abc" in rows["b_green.jpg"]["error"]
+    assert rows["b_green.jpg"]["top_code"] == "" and rows["b_green.jpg"]["age"] == ""
+    assert rows["c_blue.png"]["error"] == "" and rows["c_blue.png"]["top_code"] == BLUE_CLASS, "the run went on"
+    assert (rows["c_blue.png"]["age"], rows["c_blue.png"]["sex"], rows["c_blue.png"]["site"]) == ("", "", ""), \
+        "an image the CSV does not list gets no context"
+    assert rows["d_notes.txt"]["age"] == "40" and rows["d_notes.txt"]["error"].startswith("unsupported_media_type")
+    streams = capsys.readouterr()
+    warning = [line for line in streams.err.splitlines() if "match no image" in line]
+    assert len(warning) == 1 and warning[0].startswith("warning: 2 filename(s)")
+    assert "typo.JPG" in warning[0] and "zz_missing.png" in warning[0] and "a_red.png" not in warning[0]
+    assert "5 rows" in streams.out
+
+
+@pytest.mark.parametrize("text, words", [
+    ("image,age,sex,site\na_red.png,70,male,back\n", "no 'filename' column (columns found: image, age, sex, site)"),
+    ("", "no 'filename' column (columns found: none)"),
+    (b"filename,age\n\xff\xfe70\n", "not a UTF-8 CSV file"),
+])
+def test_an_unusable_metadata_csv_stops_before_the_model_is_loaded(folder, tmp_path, capsys, text, words):
+    meta = tmp_path / "patients.csv"
+    meta.write_bytes(text if isinstance(text, bytes) else text.encode())
+    out = tmp_path / "x.csv"
+    missing_model = tmp_path / "no-model.h5"  # exit 2, not 3: the CSV is checked first
+    assert main([str(folder), "--out", str(out), "--model", str(missing_model), "--metadata", str(meta)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {meta}: ") and words in err[0]
+    assert not out.exists()
+    assert main([str(folder), "--out", str(out), "--metadata", str(tmp_path / "absent.csv")]) == 2
+    assert "cannot be read" in capsys.readouterr().err
+
+
+def test_metadata_headers_are_forgiving_and_duplicates_are_refused_per_image(folder, tmp_path, model_path, capsys):
+    meta = tmp_path / "patients.csv"
+    meta.write_bytes("\ufeffFilename, Site ,Localization\n"  # a spreadsheet's BOM, odd case and spaces
+                     "a_red.png,Upper_Extremity,upper extremity\n"
+                     "c_blue.png,back,\nc_blue.png,chest,\n".encode("utf-8"))
+    out = tmp_path / "probs.csv"
+    assert main([str(folder), "--out", str(out), "--model", str(model_path), "--metadata", str(meta)]) == 0
+    rows = {r["file"]: r for r in read_rows(out)}
+    assert rows["a_red.png"]["site"] == "upper extremity" and rows["a_red.png"]["age"] == ""
+    assert rows["a_red.png"]["top_code"] == RED_CLASS
+    assert rows["c_blue.png"]["error"].startswith("duplicate_metadata: ") and rows["c_blue.png"]["top_code"] == ""
+    assert "ignored columns: localization" in capsys.readouterr().err

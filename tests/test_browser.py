@@ -296,3 +296,83 @@ def test_errors_read_the_same_with_or_without_javascript(browser, base_url, tmp_
         assert page.get_attribute("#image", "aria-invalid") == "true"
     finally:
         context.close()
+
+
+# ---------------------------------------------------------------- the optional patient fields on a phone
+
+
+def test_patient_fields_are_usable_on_a_phone(browser, base_url, tmp_path):
+    """Labelled, big enough to tap, reachable by keyboard, inside the screen; the result says what was given."""
+    image = tmp_path / "lesion.png"
+    image.write_bytes(image_bytes((210, 40, 40), size=(120, 90)))
+    context = browser.new_context(viewport=PHONE, has_touch=True, is_mobile=True)
+    page = context.new_page()
+    failures = watch(page)
+    try:
+        page.goto(base_url + "/")
+        assert overflow(page) <= 0
+        for label, selector in (("Age in years", "#age"), ("Sex", "#sex"), ("Where on the body", "#site")):
+            field = page.get_by_label(label, exact=True)
+            assert field.evaluate("el => '#' + el.id") == selector, label
+            box = field.bounding_box()
+            assert box["height"] >= 40 and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], (label, box)
+        assert page.get_attribute("#age", "inputmode") == "numeric"
+        assert page.eval_on_selector("#sex", "el => el.selectedOptions[0].text") == "Not given"
+        page.set_input_files("#image", str(image))
+        page.focus("#age")
+        page.keyboard.type("70")
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == "sex", "Tab goes from age to sex"
+        page.select_option("#sex", "female")
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == "site"
+        page.select_option("#site", "upper extremity")
+        with page.expect_navigation():
+            page.click("#submit")
+        assert page.inner_text("#patient-context") == "Patient context: age 70, female, arm (upper extremity)."
+        assert not failures, failures
+    finally:
+        context.close()
+
+
+def fill_patient_form(page, image, age: str, site: str) -> None:
+    page.set_input_files("#image", str(image))
+    page.fill("#age", age)
+    page.select_option("#site", site)
+
+
+@pytest.mark.parametrize("javascript", [True, False])
+def test_a_bad_age_shows_its_error_on_a_phone(browser, base_url, tmp_path, javascript):
+    """The browser refuses 130 itself (min/max); a browser that does not check gets the server's
+    message by the age field, which has the focus, with everything typed kept."""
+    image = tmp_path / "lesion.png"
+    image.write_bytes(image_bytes((210, 40, 40), size=(120, 90)))
+    context = browser.new_context(viewport=PHONE, java_script_enabled=javascript)
+    page = context.new_page()
+    try:
+        page.goto(base_url + "/")
+        fill_patient_form(page, image, "130", "back")
+        page.click("#submit")
+        assert page.url.rstrip("/") == base_url, "the browser's own check stopped the form"
+        assert page.eval_on_selector("#age", "el => el.validity.rangeOverflow")
+
+        # As a browser without constraint validation: the same page marked novalidate, the server is the check.
+        def without_validation(route):
+            response = route.fetch()  # its headers, the Content-Security-Policy included, are kept
+            route.fulfill(response=response, body=response.text().replace('id="upload-form"', 'id="upload-form" novalidate'))
+
+        page.route(base_url + "/", without_validation)
+        page.goto(base_url + "/")
+        fill_patient_form(page, image, "130", "back")
+        with page.expect_navigation():
+            page.click("#submit")
+        assert page.inner_text("#age-error").startswith("Please enter the age as a number of years from 0 to 120")
+        assert page.evaluate("document.activeElement && document.activeElement.id") == "age"
+        assert page.get_attribute("#age", "aria-invalid") == "true"
+        assert page.input_value("#age") == "130" and page.input_value("#site") == "back"
+        assert page.inner_text("#upload-error") == ""
+        box = page.locator("#age-error").bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+        assert overflow(page) <= 0
+    finally:
+        context.close()

@@ -25,6 +25,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from server.patient import PATIENT_FIELDS, PatientContext
 from server.web.openapi import openapi_document
 from tests.conftest import image_bytes
 from tests.corpus import BLUE, GREEN, RED
@@ -81,25 +82,36 @@ def test_predict_with_real_images_and_fuzzed_parameters(api_schema):
     """Random bytes never reach the model (415/422), so this run swaps a real JPEG/PNG into
     each generated request: the query parameters (report format and paper included) and media types are fuzzed, the
     answer must be a schema-valid 200 (or a documented 4xx for a parameter combination the API
-    refuses), and every media type the document lists for a 200 must come back."""
+    refuses), and every media type the document lists for a 200 must come back. The patient
+    fields generated from the document are kept: a JSON answer must echo them as parsed."""
     operation = api_schema["/predict"]["POST"]
     seen: list[int] = []
     media_types: set[str] = set()
+    patients: list[dict] = []
 
     @given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE), image=SCREENABLE)
     @settings(max_examples=MAX_EXAMPLES, derandomize=True, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
     def fuzz(case, image):
-        case.body = {"image": image} if case.media_type == "multipart/form-data" else image
+        fields = {}
+        if case.media_type == "multipart/form-data":  # the generated patient fields stay, beside a real image
+            fields = {k: v for k, v in (case.body or {}).items() if k in PATIENT_FIELDS}
+            case.body = {**fields, "image": image}
+        else:
+            case.body = image
         response = case.call()
         seen.append(response.status_code)
         assert response.status_code < 500, (case.query, response.status_code, response.text[:300])
         case.validate_response(response, checks=CHECKS)
         if response.status_code == 200:
             media_types.add(response.headers["content-type"][0].split(";")[0])
+            if response.headers["content-type"][0].startswith("application/json"):
+                assert response.json()["patient"] == PatientContext.parse(**fields).to_dict(), fields
+                patients.append(response.json()["patient"])
 
     fuzz()
     print(f"\nPOST /predict [positive, real images]: {len(seen)} requests, statuses {dict(sorted(Counter(seen).items()))}, "
           f"200 answers as {sorted(media_types)}")
     assert seen.count(200) >= len(seen) // 2, Counter(seen)
     assert media_types == set(DOCUMENT["paths"]["/predict"]["post"]["responses"]["200"]["content"])  # the reports too
+    assert any(patients), "the generated requests sent some patient context, and it was echoed"

@@ -187,7 +187,9 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
                ("BOTTOMPADDING", (0, 0), (-1, -1), 1), ("LEFTPADDING", (0, 0), (-1, -1), 2)])
     story.append(KeepTogether([
         p("Your photo and the probability breakdown (highest first)", h2),
-        Table([[thumb, breakdown_table]], colWidths=[left_w + 6 * mm, right_w],
+        # The patient context sits under the breakdown, in the height the photos take anyway: the page stays one.
+        Table([[thumb, [breakdown_table, Spacer(1, 4), p(prediction.patient.sentence(), small)]]],
+              colWidths=[left_w + 6 * mm, right_w],
               style=[("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0)]),
     ]))
 

@@ -10,6 +10,7 @@ import textwrap
 
 from server.lesions import lesion_class
 from server.model.card import ModelCard
+from server.patient import PATIENT_LABEL
 from server.prediction import Prediction
 from server.reports.assessment import (
     NOT_A_DIAGNOSIS,
@@ -64,6 +65,7 @@ def text_report(prediction: Prediction, card: ModelCard | None = None) -> str:
     lines += [_wrap((f"{c.name}: " if verdict.uncertain else "") + lesion_class(c.code).description) for c in about]
     lines += _heading("MODEL AND DATE")
     lines += [
+        _wrap(f"{PATIENT_LABEL + ':':<22}{prediction.patient.describe()}", ""),
         f"Date and time:        {format_timestamp(prediction.created_at)}",
         f"System:               {SYSTEM_NAME}",
         f"Model:                {prediction.model.name}, version {prediction.model.version}",

@@ -14,7 +14,7 @@ from server.screening import ScreeningOptions, screen
 from server.web import docs as docs_rows
 from server.web.openapi import QUERY_PARAMETERS, openapi_document
 from server.web.service import current_predictor, loaded_predictor
-from server.web.uploads import upload_bytes
+from server.web.uploads import patient_context, upload_bytes
 
 bp = Blueprint("api", __name__)
 
@@ -46,6 +46,8 @@ def predict():
     """JSON by default; ``?format=txt|pdf`` (or Accept: text/plain / application/pdf) returns a report.
 
     ``?explain=1`` adds a Grad-CAM heatmap for the top class (``&explain_class=mel`` for another).
+    Multipart fields ``age``, ``sex`` and ``site`` (optional) give the patient context; the
+    answer echoes it as ``patient``. They are checked before the model runs.
     """
     try:
         fmt = reports.requested_format(query_arg("format"), request.accept_mimetypes)
@@ -56,7 +58,8 @@ def predict():
     explain = flag_arg("explain") or explain_class is not None or fmt == "pdf"  # the PDF shows the heatmap
     predictor = current_predictor()
     options = ScreeningOptions(explain=explain, explain_class=explain_class, thumbnail=fmt == "pdf")
-    prediction = screen(upload_bytes(request), options, predictor)
+    upload = upload_bytes(request)
+    prediction = screen(upload, options, predictor, patient=patient_context(request))
     if fmt != "json":
         body, mimetype, filename = reports.render_report(prediction, fmt, paper, predictor.card)
         response = current_app.response_class(body, mimetype=mimetype)

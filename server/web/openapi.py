@@ -12,6 +12,7 @@ from __future__ import annotations
 from server.lesions import CLASS_CODES, RISK_LEVELS
 from server.reports import PAPER_SIZES, REPORT_FORMATS
 from server.thresholds import MALIGNANT_TARGET_SENSITIVITY
+from server.web import openapi_patient as patient
 from server.web.uploads import FIELD
 
 _ERROR = {
@@ -28,6 +29,7 @@ _ERROR = {
                                "description": "422 not_a_skin_lesion only: what the image seemed to show in the words "
                                               "of an ImageNet classifier (e.g. 'tabby cat'), or null when it was "
                                               "not confident."},
+                "field": patient.ERROR_FIELD,
             },
         }
     },
@@ -60,7 +62,7 @@ PREDICTION_SCHEMA = {
     "type": "object",
     "required": ["prediction", "probabilities", "malignant_probability", "malignant_threshold", "malignant_flag",
                  "uncertain", "uncertain_threshold", "uncertain_message", "calibration", "out_of_distribution",
-                 "model", "timing", "created_at", "disclaimer"],
+                 "model", "timing", "created_at", "disclaimer", "patient"],
     "properties": {
         "prediction": {
             "allOf": [_CLASS_PROB],
@@ -134,6 +136,7 @@ PREDICTION_SCHEMA = {
         },
         "created_at": {"type": "string", "format": "date-time"},
         "disclaimer": {"type": "string"},
+        "patient": patient.ECHO,
     },
 }
 
@@ -193,6 +196,9 @@ def openapi_document(max_upload_mb: int) -> dict:
                         "`not_a_skin_lesion`: the non-skin check found the image unlike the dermoscopic photos the "
                         "model knows (a portrait, a screenshot, a chart, a flat colour...); it gets no diagnosis, and "
                         "`error.looks_like` says what it seemed to be when the model can tell (`tabby cat`). "
+                        "A multipart upload may add the patient context, each field optional: `age`, `sex`, `site`; "
+                        "the answer echoes it as `patient`, and a bad value is 400 `invalid_age`, `invalid_sex` or "
+                        "`invalid_site` with `error.field` naming the field. A raw-body upload carries none. "
                         "Probabilities are calibrated by temperature scaling fitted on validation data."
                     ),
                     "parameters": QUERY_PARAMETERS[("post", "/predict")],
@@ -200,7 +206,8 @@ def openapi_document(max_upload_mb: int) -> dict:
                         "required": True,
                         "content": {
                             "multipart/form-data": {
-                                "schema": {"type": "object", "required": [FIELD], "properties": {FIELD: _BINARY}}
+                                "schema": {"type": "object", "required": [FIELD],
+                                           "properties": {FIELD: _BINARY, **patient.FORM_FIELDS}}
                             },
                             "image/jpeg": {"schema": _BINARY},
                             "image/png": {"schema": _BINARY},
@@ -216,9 +223,11 @@ def openapi_document(max_upload_mb: int) -> dict:
                                 "application/pdf": {"schema": _BINARY},
                             },
                         },
-                        "400": _error_response("No image, an empty file, more than one file, a malformed upload, or a "
-                                               "query parameter outside its documented values.",
-                                               "missing_file", "empty_file", "too_many_files", "bad_request"),
+                        "400": _error_response("No image, an empty file, more than one file, a malformed upload, a "
+                                               "query parameter outside its documented values, or a patient field "
+                                               "(age, sex, site) outside its values or sent twice.",
+                                               "missing_file", "empty_file", "too_many_files", "bad_request",
+                                               *patient.ERROR_CODES),
                         "408": _error_response("The upload stalled for UPLOAD_READ_TIMEOUT seconds.", "request_timeout"),
                         "413": _error_response(f"The upload is over {max_upload_mb} MB.", "payload_too_large"),
                         "415": _error_response("Not a JPEG or PNG.", "unsupported_media_type"),

@@ -27,13 +27,14 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from server import reports, screening
 from server.lesions import CATALOGUE, DISCLAIMER, LIMITATIONS, RISK_LEVELS, lesion_class
+from server.patient import MAX_AGE, MIN_AGE, PATIENT_FIELDS
 from server.prediction import Prediction
 from server.problems import ServiceError
 from server.web.errors import error_response
 from server.reports import quality
-from server.web.presenters import data_uri, heatmap_uri, metric_rows, safeguards
+from server.web.presenters import data_uri, heatmap_uri, metric_rows, patient_form, safeguards
 from server.web.service import card_dir, current_card, current_predictor, loaded_predictor
-from server.web.uploads import FIELD, upload_bytes
+from server.web.uploads import FIELD, patient_context, upload_bytes
 
 bp = Blueprint("pages", __name__)
 
@@ -46,6 +47,12 @@ FORM_MESSAGES = {
     "empty_file": "The chosen file is empty. Please choose a JPEG or PNG photo.",
     "too_many_files": "Please upload one photo at a time.",
     "unsupported_media_type": "That file is not a JPEG or PNG image. Please choose a JPEG or PNG photo.",
+    # A browser never keeps a chosen file when the form comes back, hence "choose the photo again".
+    "invalid_age": f"Please enter the age as a number of years from {MIN_AGE} to {MAX_AGE}, or leave it blank. "
+                   "Then choose the photo again.",
+    "invalid_sex": "Please choose the sex from the list, or leave it as “Not given”. Then choose the photo again.",
+    "invalid_site": "Please choose the body site from the list, or leave it as “Not given”. "
+                    "Then choose the photo again.",
 }
 
 
@@ -121,15 +128,20 @@ def model_ready() -> bool:
     return loaded_predictor() is not None
 
 
-def render_upload(error: str | None = None, status: int = 200, refusal: ServiceError | None = None):
-    """The upload form; with ``error`` the message sits on the form, by the file input, which takes focus.
+def render_upload(error: str | None = None, status: int = 200, refusal: ServiceError | None = None,
+                  error_field: str = FIELD, values: dict | None = None):
+    """The upload form; with ``error`` the message sits on the form, by the field it is about
+    (``error_field``: the file input, or a patient field), which takes focus. ``values``: the
+    patient fields as the person sent them, shown again so nothing they typed is lost.
 
     ``refusal``: an image the service would not screen (not a skin lesion): the page opens with
     that verdict, in the words the refusal carries, and ``looks_like`` (what the image seemed to
     show, when the refusal says) before the form, ready for another photo.
     """
-    return render_template("upload.html", error=error, max_upload_mb=current_app.config["MAX_UPLOAD_MB"],
-                           model_ready=model_ready(), refusal=refusal,
+    file_error = error if error_field == FIELD else None
+    return render_template("upload.html", error=file_error, max_upload_mb=current_app.config["MAX_UPLOAD_MB"],
+                           model_ready=model_ready(), refusal=refusal, error_field=error_field if error else None,
+                           patient=patient_form(values, error_field, error),
                            looks_like=getattr(refusal, "looks_like", None) if refusal else None), status
 
 
@@ -169,18 +181,22 @@ def index():
 @bp.post("/screen")
 def screen():
     """The form upload: validate, predict, and answer with the result page (nothing stored)."""
+    values = None  # stays None when the body could not be read (too large, stalled): nothing to keep
     try:
-        check_form_upload()
+        check_form_upload()  # reads the whole form
+        values = {name: request.form.get(name) for name in PATIENT_FIELDS}
         predictor = current_predictor()
         # The page shows where the model looked, and the upload's thumbnail.
         options = screening.ScreeningOptions(explain=True, thumbnail=True)
-        prediction = screening.screen(upload_bytes(request), options, predictor)
+        upload = upload_bytes(request)
+        prediction = screening.screen(upload, options, predictor, patient=patient_context(request))
     except ServiceError as exc:
         if exc.code == "model_unavailable":
             raise
         if exc.code == "not_a_skin_lesion":
-            return render_upload(status=exc.status, refusal=exc)
-        return render_upload(error=form_message(exc), status=exc.status)
+            return render_upload(status=exc.status, refusal=exc, values=values)
+        return render_upload(error=form_message(exc), status=exc.status, error_field=exc.details.get("field", FIELD),
+                             values=values)
     return render_template(
         "result.html",
         prediction=prediction,

@@ -1,4 +1,5 @@
-"""Presenters for the pages: pictures as data URIs, the model card's figures and safeguards in words."""
+"""Presenters for the pages: pictures as data URIs, the model card's figures and safeguards in words,
+the upload form's optional patient fields."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import base64
 from collections.abc import Mapping
 
 from server.model.card import ModelCard
+from server.patient import MAX_AGE, MIN_AGE, PATIENT_FIELDS, SEXES, SITE_WORDS
 from server.prediction import Prediction
 from server.reports import percent
 
@@ -90,3 +92,19 @@ def nonskin_in_words(ood) -> str:
             f"{percent(ood.figure('test_false_flag_rate', 0.0))} of the real lesion photos of the test split, and "
             f"{share('hard_test_false_flag_rate', 'hard_test_images')} of them made harder (darker, brighter, blurred, "
             "rotated, with a ruler or hair, at 150 px), were wrongly refused.")
+
+
+def patient_form(values: Mapping | None = None, error_field: str | None = None, error: str | None = None) -> dict:
+    """What the form's optional patient fieldset shows: the choices, the person's values kept, the one error.
+
+    ``values`` are the text the person sent (kept as sent, so a wrong age is shown to be
+    corrected, not blanked); the choices are ``server.patient``'s values with plain labels,
+    the sites sorted by what a person reads. A select's "Not given" is the empty value.
+    """
+    values = values or {}
+    fields = {name: {"value": str(values.get(name) or ""), "error": error if name == error_field else ""}
+              for name in PATIENT_FIELDS}
+    fields["sex"]["options"] = [(sex, sex.capitalize()) for sex in SEXES]
+    fields["site"]["options"] = sorted(((site, words[0].upper() + words[1:]) for site, words in SITE_WORDS.items()),
+                                       key=lambda option: option[1])
+    return {"fields": fields, "min_age": MIN_AGE, "max_age": MAX_AGE}

@@ -2,6 +2,8 @@
 
 Accepts multipart field ``image`` (curl ``-F image=@lesion.jpg``, the web form) or a raw
 body sent with an ``image/*`` Content-Type. The bytes stay in memory; nothing is saved.
+The optional patient fields (``age``, ``sex``, ``site``) ride beside the image in the same
+multipart form; ``patient_context`` reads them, and ``server.patient`` alone parses them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
+from server.patient import PATIENT_FIELDS, PatientContext, bad_patient_field
 from server.problems import ServiceError
 
 FIELD = "image"
@@ -184,3 +187,19 @@ def upload_bytes(request: Request) -> bytes:
     if not data:
         raise ServiceError(400, "empty_file", "The uploaded file is empty.")
     return data
+
+
+def patient_context(request: Request) -> PatientContext:
+    """The optional multipart fields ``age``, ``sex`` and ``site``, parsed by ``server.patient``.
+
+    A field sent twice is refused rather than one copy picked silently: the client would not
+    know which value was used. A raw-body upload has no form, so it carries no context.
+    Raises the 400 ``invalid_age`` / ``invalid_sex`` / ``invalid_site`` for a bad value.
+    """
+    values = {}
+    for name in PATIENT_FIELDS:
+        given = request.form.getlist(name)
+        if len(given) > 1:
+            raise bad_patient_field(name, f"{name} was sent {len(given)} times; send it once (or leave it out).")
+        values[name] = given[0] if given else None
+    return PatientContext.parse(**values)
