@@ -214,3 +214,61 @@ def test_the_card_names_the_colour_and_the_service_applies_it(tmp_path, model_pa
     card_file.write_text(json.dumps({**card, "preprocessing": "exif-rgb8/centre-square/clahe/mobilenet_v2[-1,1]"}))
     with pytest.raises(ModelLoadError, match="shades-of-gray"):
         check_model_files(model)
+
+
+# ---------------------------------------------------------------- through the service
+
+@pytest.fixture(scope="module")
+def context_client(context_model_path):
+    from server import create_app
+
+    app = create_app({"MODEL_PATH": str(context_model_path), "TESTING": True, "SECRET_KEY": "test-secret"})
+    return app.test_client()
+
+
+def post_red(client, **fields):
+    import io
+
+    buf = io.BytesIO()
+    red_image().save(buf, format="PNG")
+    return client.post("/predict", data={"image": (io.BytesIO(buf.getvalue()), "lesion.png"), **fields},
+                       content_type="multipart/form-data")
+
+
+def test_curl_with_and_without_the_fields_both_answer_and_the_model_reads_them(context_client):
+    plain = post_red(context_client)
+    assert plain.status_code == 200 and plain.json["prediction"]["code"] == RED_CLASS and plain.json["patient"] == {}
+    told = post_red(context_client, age="70", sex="male", site=CONTEXT_SITE)
+    assert told.status_code == 200 and told.json["prediction"]["code"] == CONTEXT_CLASS
+    assert told.json["patient"] == {"age": 70, "sex": "male", "site": CONTEXT_SITE}
+    bad = post_red(context_client, site="elbow")
+    assert bad.status_code == 400 and bad.json["error"]["code"] == "invalid_site"
+
+
+def test_pages_say_whether_the_model_reads_the_context(client, context_model_path):
+    from markupsafe import escape
+
+    from server.model.files import card_path_for
+    from server.reports.context import IGNORES, READS
+
+    page = client.get("/model").get_data(as_text=True)
+    reads = str(escape(READS))
+    assert str(escape(IGNORES)) in page and reads not in page and 'id="context-table"' not in page
+    served = {"without_context": {"balanced_accuracy": 0.70, "accuracy": 0.71, "melanoma_recall": 0.60,
+                                  "malignant": {"auc": 0.90, "sensitivity": 0.90, "specificity": 0.60}},
+              "with_context": {"balanced_accuracy": 0.72, "accuracy": 0.73, "melanoma_recall": 0.62,
+                               "malignant": {"auc": 0.91, "sensitivity": 0.91, "specificity": 0.62}}}
+    card_file = card_path_for(context_model_path)
+    original = card_file.read_text()
+    try:
+        card_file.write_text(json.dumps({**json.loads(original), "patient_context": {
+            "shipped": "image + patient context", "reads": ["age", "sex", "site"], "strength": 1.0,
+            "served": {"test": served}}}))
+        from server import create_app
+
+        app = create_app({"MODEL_PATH": str(context_model_path), "TESTING": True, "SECRET_KEY": "test-secret"})
+        page = app.test_client().get("/model").get_data(as_text=True)
+    finally:
+        card_file.write_text(original)
+    assert reads in page and 'id="context-table"' in page
+    assert "70.0%" in page and "72.0%" in page and "+2.0 points" in page and "0.910" in page

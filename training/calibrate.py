@@ -216,6 +216,12 @@ def calibrate(predictor, card: ModelCard, run_dir, data_dir, uncertain_target: f
     return card, trust, served
 
 
+def save_served(npz_path: Path, served: dict) -> None:
+    """Add (or replace) the served probabilities, ``{split}_probs_served``, in a run's ``predictions.npz``."""
+    saved = dict(np.load(npz_path)) if npz_path.is_file() else {}
+    np.savez_compressed(npz_path, **{**saved, **{f"{s}_probs_served": p for s, p in served.items()}})
+
+
 def served_malignant(labels, probs, threshold: float, tta: str, temperature: float) -> dict:
     """The malignant flag's figures on served probabilities, saying which."""
     figures = evaluate_predictions(labels, probs, malignant_threshold=threshold).get("malignant", {})
@@ -258,7 +264,8 @@ def calibrate_run(run_dir, data_dir, imagenet_weights: str = "", imagenet_labels
         card = add_imagenet_branch(model_path, card, imagenet_weights)
     predictor = Predictor.load(model_path, card, card.sha256, run_dir, tta="off", ood=False, imagenet=True)
     labels = imagenet_label_names(imagenet_labels) if imagenet_labels else None
-    card, trust = calibrate(predictor, card, run_dir, data_dir, imagenet_labels=labels, **options)
+    card, trust, served = calibrate(predictor, card, run_dir, data_dir, imagenet_labels=labels, **options)
+    save_served(run_dir / "predictions.npz", served)
     card.write(card_path)
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}

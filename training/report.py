@@ -6,6 +6,7 @@ from pathlib import Path
 
 from server.model.card import ModelCard
 from server.model.trust import TTA_MODES
+from server.reports.context import context_markdown
 from server.reports.quality import SKIN_TYPE_NOTE, SUBGROUP_COLUMNS, subgroup_lines, subgroup_sentence
 from training.evaluate import metrics_markdown
 
@@ -50,6 +51,8 @@ def write_report(out_dir: Path, card: ModelCard, metrics: dict, plots: list[str]
         text += ["## Ablation (validation balanced accuracy)", "", ablation.read_text()]
     if trust is not None:
         text += ["", *trust_section(trust)]
+    if card.patient_context is not None:
+        text += ["", *context_markdown(card)]
     if card.subgroups is not None:
         text += ["", *subgroup_section(card)]
     (out_dir / "report.md").write_text("\n".join(text) + "\n")

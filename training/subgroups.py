@@ -238,12 +238,14 @@ def add_to_run(run_dir, data_dir, inputs: str | None = None, **options) -> Model
     run_dir = Path(run_dir)
     card = load_card(run_dir / CARD_FILENAME)
     rows = split_metadata(data_dir, run_dir / "split.csv")
-    with np.load(run_dir / "predictions.npz") as saved:
-        labels, probs = saved["test_labels"], saved["test_probs"]
+    with np.load(run_dir / "predictions.npz") as saved:  # the served probabilities, which the card's flag figures are of
+        labels = saved["test_labels"]
+        probs = saved["test_probs_served"] if "test_probs_served" in saved else saved["test_probs"]
     check_order(rows, labels)
     check_matches_card(labels, probs, card)
-    inputs = inputs or ("image + patient context" if card.extra.get("patient_inputs") else "image only")
-    card = card_with_subgroups(card, rows, labels, probs, inputs=inputs, **options)
+    card = card_with_subgroups(card, rows, labels, probs, inputs=inputs or "image only",
+                               probabilities=(card.test_metrics.get("malignant") or {}).get("probabilities", RAW_PROBABILITIES),
+                               **options)
     card.write(run_dir / CARD_FILENAME)
     report = run_dir / "report.md"
     if report.is_file():

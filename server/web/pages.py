@@ -32,6 +32,7 @@ from server.prediction import Prediction
 from server.problems import ServiceError
 from server.web.errors import error_response
 from server.reports import quality
+from server.reports.context import context_figures, context_sentence, context_use
 from server.web.presenters import data_uri, heatmap_uri, metric_rows, patient_form, safeguards
 from server.web.service import card_dir, current_card, current_predictor, loaded_predictor
 from server.web.uploads import FIELD, patient_context, upload_bytes
@@ -210,6 +211,7 @@ def screen():
         image_uri=data_uri(prediction.thumbnail),
         report_token=sign_report(prediction),
         total_ms=prediction.total_ms,
+        context_use=context_use(quality.card_for(prediction, current_card()), prediction.patient.given),
     )
 
 
@@ -246,6 +248,8 @@ def model_page():
         subgroup_columns=[heading for _, heading, _ in quality.SUBGROUP_COLUMNS],
         subgroup_lines=quality.subgroup_lines(card),
         subgroup_sentence=quality.subgroup_sentence(card),
+        context_sentence=context_sentence(card),
+        context_figures=context_figures(card),
         skin_type_note=quality.SKIN_TYPE_NOTE,
         percent=reports.percent,
         limitations=card.limitations or LIMITATIONS,
