@@ -330,6 +330,7 @@ def test_patient_fields_are_usable_on_a_phone(browser, base_url, tmp_path):
         with page.expect_navigation():
             page.click("#submit")
         assert page.inner_text("#patient-context") == "Patient context: age 70, female, arm (upper extremity)."
+        assert "does not read patient context" in page.inner_text("#context-use")  # the fixture model reads none
         assert not failures, failures
     finally:
         context.close()

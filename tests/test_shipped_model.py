@@ -150,3 +150,42 @@ def test_the_shipped_model_screens_a_held_out_lesion(shipped_client, shared_data
                               content_type="image/jpeg")
     assert res.status_code == 200, res.get_json()
     assert res.get_json()["out_of_distribution"] is False
+
+
+def test_the_quoted_patient_context_figures_are_recomputed_from_the_saved_predictions(card):
+    """Without context the served figures are the image-only ones; with it, the saved served rows give the card's."""
+    spec = card["patient_context"]
+    served = spec["served"]["test"]
+    with np.load(SAVED / "predictions.npz") as saved:
+        labels, plain, told = saved["test_labels"], saved["test_probs_served"], saved.get("test_probs_with_context_served")
+    assert balanced_accuracy_score(labels, plain.argmax(1)) == pytest.approx(served["without_context"]["balanced_accuracy"])
+    assert served["without_context"]["balanced_accuracy"] == pytest.approx(card["metrics"]["test"]["balanced_accuracy"])
+    if spec["reads"]:
+        assert balanced_accuracy_score(labels, told.argmax(1)) == pytest.approx(served["with_context"]["balanced_accuracy"])
+        assert spec["shipped"] == "image + patient context" and spec["val_gain"] >= 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_curl_with_the_patient_fields_gives_the_saved_with_context_answer(shipped_client, card, shared_data_dir):
+    """Held-out photos posted with their own age, sex and site answer as the card's with-context figures were computed;
+    posted without, as the image-only ones."""
+    if not card["patient_context"]["reads"]:
+        pytest.skip("the shipped model does not read the patient context")
+    meta = pd.read_csv(shared_data_dir / "HAM10000_metadata.csv").set_index("image_id")
+    split = pd.read_csv(SAVED / "split.csv")
+    test = split[split["split"] == "test"].reset_index(drop=True)
+    picks = np.concatenate([test.index[test["dx"] == code][:2] for code in CLASS_CODES])
+    with np.load(SAVED / "predictions.npz") as saved:
+        plain, told = saved["test_probs_served"], saved["test_probs_with_context_served"]
+    for i in picks:
+        row = meta.loc[test.loc[i, "image_id"]]
+        photo = (shared_data_dir / "images" / f"{test.loc[i, 'image_id']}.jpg").read_bytes()
+        fields = {k: str(v) for k, v in (("age", row["age"]), ("sex", row["sex"]), ("site", row["localization"]))
+                  if not pd.isna(v) and v != "unknown"}
+        for data, expected in ((fields, told[i]), ({}, plain[i])):
+            res = shipped_client.post("/predict", data={"image": (__import__("io").BytesIO(photo), "lesion.jpg"), **data},
+                                      content_type="multipart/form-data")
+            assert res.status_code == 200, res.get_json()
+            got = {c["code"]: c["probability"] for c in res.get_json()["probabilities"]}
+            assert max(abs(got[c] - expected[k]) for k, c in enumerate(CLASS_CODES)) < 2e-3, (i, data)

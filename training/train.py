@@ -13,8 +13,11 @@ The recipe (keras-io's fine-tuning guide, sized for a 2-core CPU):
    (``--keep best``: the epoch with the best raw validation *balanced* accuracy);
 4. post-hoc logit adjustment, its strength chosen on validation, is folded into the last
    layer's bias (``training.posthoc``);
-5. export ``.h5`` + ``model_card.json``, then score the exported file through the
-   service's own Predictor: validation for the operating points, the test split once.
+5. phase 3 (``--patient-context 1``): the patient's age, sex and site join the head when
+   validation says they help (``training.patient_context``);
+6. export ``.h5`` + ``model_card.json``, then score the exported file through the
+   service's own Predictor: validation for the operating points (chosen on the probabilities
+   the service serves), the test split once, per subgroup too (``training.subgroups``).
 
 Every choice is made on validation; the test split is only reported (``--no-test`` skips
 it for ablation runs).
@@ -154,7 +157,7 @@ def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment:
     that reads the context is also scored with each image's own, in ``patient_context``.
     """
     from server.model.predictor import Predictor
-    from server.model.card import thawed
+    from server.model.card import PatientContextSpec, thawed
     from server.model.trust import temperature_scale
     from training.calibrate import calibrate
     from training.patient_context import patient_vectors
@@ -212,8 +215,8 @@ def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment:
                         **{f"{s}_labels": y[s] for s in probs}, **{f"{s}_probs_served": p for s, p in served.items()},
                         **{f"{s}_probs_with_context_served": p for s, p in served_context.items()})
     if context_record is not None:
-        card = card.replace(patient_context=context_section(context_record, y, served, served_context,
-                                                            card.thresholds.malignant))
+        card = card.replace(patient_context=PatientContextSpec.from_dict(context_section(
+            context_record, y, served, served_context, card.thresholds.malignant)))
     card = card_with_subgroups(card, split_rows(df, prepared.parts["test"]), y["test"], served["test"],
                                inputs="image only", probabilities=card.test_metrics["malignant"]["probabilities"])
     card.write(out_dir / CARD_FILENAME)
