@@ -41,17 +41,22 @@ def build_colour_model(size: int = FIXTURE_SIZE):
     return model
 
 
-def export_colour_model(out_dir: Path, size: int = FIXTURE_SIZE) -> Path:
+def export_fixture(model, out_dir: Path, name: str, architecture: str) -> Path:
+    """Export a fixture model through the trainer's own export path, with a minimal card."""
     card = base_card(
-        name="colour-fixture",
+        name=name,
         version="test",
-        input_size=size,
-        architecture="1x1 conv -> GAP -> dense (test fixture)",
+        input_size=int(model.inputs[0].shape[1]),
+        architecture=architecture,
         metrics={"test": {"balanced_accuracy": 0.5, "accuracy": 0.6}},
         thresholds={"malignant": 0.5, "malignant_target_sensitivity": 0.9},
     )
-    model_path, _ = export_model(build_colour_model(size), out_dir, card)
+    model_path, _ = export_model(model, out_dir, card)
     return model_path
+
+
+def export_colour_model(out_dir: Path, size: int = FIXTURE_SIZE) -> Path:
+    return export_fixture(build_colour_model(size), out_dir, "colour-fixture", "1x1 conv -> GAP -> dense (test fixture)")
 
 
 # The context fixture: the colour model with the patient context joined after pooling; a
@@ -81,13 +86,5 @@ def build_colour_context_model(size: int = FIXTURE_SIZE):
 
 
 def export_colour_context_model(out_dir: Path, size: int = FIXTURE_SIZE) -> Path:
-    card = base_card(
-        name="colour-context-fixture",
-        version="test",
-        input_size=size,
-        architecture="1x1 conv -> GAP + patient context -> dense (test fixture)",
-        metrics={"test": {"balanced_accuracy": 0.5, "accuracy": 0.6}},
-        thresholds={"malignant": 0.5, "malignant_target_sensitivity": 0.9},
-    )
-    model_path, _ = export_model(build_colour_context_model(size), out_dir, card)
-    return model_path
+    return export_fixture(build_colour_context_model(size), out_dir, "colour-context-fixture",
+                          "1x1 conv -> GAP + patient context -> dense (test fixture)")
