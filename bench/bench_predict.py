@@ -50,12 +50,14 @@ def sample_jpeg(size=(600, 450), seed=0) -> bytes:
 SHARED_IMAGES = ROOT.parent / "shared" / "data" / "ham10000" / "images"
 
 
-def upload_for(image: Path | None) -> tuple[bytes, str]:
+def upload_for(image: Path | None, size: tuple[int, int] | None = None) -> tuple[bytes, str]:
     """The JPEG every client posts: --image, else a real HAM10000 photo from ../shared when
     present (the trained model's non-skin check refuses synthetic noise), else a 600x450
-    textured JPEG with the decode cost of a photo."""
+    textured JPEG with the decode cost of a photo. With ``size``, the photo upscaled to it."""
     if image is None and SHARED_IMAGES.is_dir():
         image = next(iter(sorted(SHARED_IMAGES.glob("*.jpg"))), None)
+    if image is not None and size:
+        return upscaled_jpeg(image, size), f"{image.name} upscaled to {size[0]}x{size[1]}"
     if image is not None:
         return image.read_bytes(), f"{image.name}"
     return sample_jpeg(), "synthetic 600x450 JPEG"
@@ -65,14 +67,56 @@ def percentile(values, q) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def load_level(url: str, body: bytes, concurrency: int, total: int) -> dict:
-    """``total`` requests from ``concurrency`` threads, each with its own keep-alive session."""
-    sessions = [requests.Session() for _ in range(concurrency)]
+def upscaled_jpeg(photo: Path, size: tuple[int, int], quality: int = 90) -> bytes:
+    """The photo resized to ``size`` (bicubic) and saved as a JPEG: the pixels of a lesion, a phone's byte count."""
+    with Image.open(photo) as img:
+        big = img.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    big.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def multipart(jpeg: bytes) -> tuple[bytes, str]:
+    """The body a browser or ``curl -F image=@lesion.jpg`` sends, built once, before timing."""
+    boundary = "----bench-boundary"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="lesion.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n").encode()
+    return head + jpeg + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def lean_poster(url: str, body: bytes, query: str = ""):
+    """A keep-alive ``http.client`` connection posting a pre-encoded upload: the load generator shares
+    this machine's CPUs with the server, and ``requests`` spends about a millisecond of them per call."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    data, content_type = multipart(body)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+
+    def post() -> None:
+        conn.request("POST", f"/predict{query}", body=data, headers={"Content-Type": content_type})
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"POST /predict answered {resp.status}")
+
+    return post
+
+
+def load_level(url: str, body: bytes, concurrency: int, total: int, client: str = "requests", query: str = "") -> dict:
+    """``total`` requests from ``concurrency`` threads, each with its own keep-alive connection
+    (``client``: ``requests``, as the first figures were measured, or ``lean``: ``lean_poster``)."""
+    if client == "lean":
+        posters = [lean_poster(url, body, query) for _ in range(concurrency)]
+    else:
+        sessions = [requests.Session() for _ in range(concurrency)]
+        posters = [lambda s=s: s.post(f"{url}/predict{query}", files={"image": ("b.jpg", body, "image/jpeg")},
+                                      timeout=60).raise_for_status() for s in sessions]
 
     def one(i):
         started = time.perf_counter()
-        resp = sessions[i % concurrency].post(f"{url}/predict", files={"image": ("b.jpg", body, "image/jpeg")}, timeout=60)
-        resp.raise_for_status()
+        posters[i % concurrency]()
         return (time.perf_counter() - started) * 1000.0
 
     with ThreadPoolExecutor(concurrency) as pool:
@@ -168,6 +212,10 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=48, help="requests per concurrency level (bounded)")
     parser.add_argument("--levels", default="1,4,16")
     parser.add_argument("--bare-n", type=int, default=30)
+    parser.add_argument("--query", default="", help="appended to /predict, e.g. '?explain=1'")
+    parser.add_argument("--photo-size", default="", help="WxH: post the photo upscaled to this size (e.g. 600x450)")
+    parser.add_argument("--client", choices=("requests", "lean"), default="requests",
+                        help="the load generator: python-requests, or a lean http.client poster (less client CPU)")
     args = parser.parse_args(argv)
     if args.url and not args.url.startswith(("http://127.0.0.1", "http://localhost")):
         parser.error("loopback only: --url must be http://127.0.0.1:PORT or http://localhost:PORT")
@@ -180,12 +228,13 @@ def main(argv=None) -> int:
     print(f"ONNX Runtime: {onnxruntime_status()}")
     proc, url = start_gunicorn(model_path) if args.start else (None, args.url.rstrip("/"))
     try:
-        body, what = upload_for(None)
-        print(f"upload: {what}, {len(body)} bytes; {args.requests} requests per level; {url}")
+        size = tuple(int(v) for v in args.photo_size.lower().split("x")) if args.photo_size else None
+        body, what = upload_for(None, size)
+        print(f"upload: {what}, {len(body)} bytes; {args.requests} requests per level; client {args.client}; {url}")
         print(f"{'concurrency':>11} {'p50 ms':>9} {'p95 ms':>9} {'req/s':>8}")
         results = {}
         for level in (int(v) for v in args.levels.split(",")):
-            results[level] = r = load_level(url, body, level, args.requests)
+            results[level] = r = load_level(url, body, level, args.requests, args.client, args.query)
             print(f"{level:>11} {r['p50']:>9.1f} {r['p95']:>9.1f} {r['rps']:>8.2f}")
     finally:
         if proc:

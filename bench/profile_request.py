@@ -30,7 +30,6 @@ its gthread hop and the loopback HTTP client.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import sys
@@ -42,9 +41,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from PIL import Image  # noqa: E402
 
-from bench_predict import SHARED_IMAGES  # noqa: E402
+from bench_predict import SHARED_IMAGES, multipart, upscaled_jpeg  # noqa: E402
 from server.config import DEFAULT_MODEL_PATH  # noqa: E402
 
 SIZES = ((600, 450), (4000, 3000))
@@ -113,23 +111,6 @@ def instrument(app, clock: StageClock) -> None:
     if p.ood is not None:
         p.ood.ratios = clock.wrap("distances", p.ood.ratios)
         p.ood.imagenet_runs = clock.wrap("distances", p.ood.imagenet_runs)
-
-
-def upscaled_jpeg(photo: Path, size: tuple[int, int], quality: int = 90) -> bytes:
-    """The photo resized to ``size`` (bicubic) and saved as a JPEG: the pixels of a lesion, a phone's byte count."""
-    with Image.open(photo) as img:
-        big = img.convert("RGB").resize(size, Image.Resampling.BICUBIC)
-    buf = io.BytesIO()
-    big.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def multipart(jpeg: bytes) -> tuple[bytes, str]:
-    """The body a browser or ``curl -F image=@lesion.jpg`` sends, built once, before timing."""
-    boundary = "----profile-request-boundary"
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="lesion.jpg"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n").encode()
-    return head + jpeg + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 def profile(client, clock: StageClock, jpeg: bytes, n: int, warm: int = 5) -> tuple[dict, int, float]:
