@@ -39,8 +39,8 @@ from server.model.nonskin import (
     image_statistics,
     largest,
 )
+from server.model.onnx_cache import OnnxCache
 from server.model.runtime import (
-    OnnxCache,
     as_pair,
     choose_runner,
     patient_width,
