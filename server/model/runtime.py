@@ -4,8 +4,9 @@ The service runs inference through ONNX Runtime on a graph converted from the ``
 (parity with TensorFlow checked on fixed probe inputs), falling back to a ``tf.function``
 with a fixed input signature. The conversion (tf2onnx) is most of a worker's start-up, so
 the converted graphs are cached on disk (``server/model/onnx_cache.py``) with TensorFlow's
-outputs on the probes; a cached graph still has to pass the parity check, and one that
-fails it is discarded and converted again. Measured on 2 cores at batch 1:
+outputs on the probes; a start that finds everything cached checks the graphs against
+those outputs and never imports TensorFlow (``server/model/serving.py``). A cached graph
+that fails its check is discarded and converted again. Measured on 2 cores at batch 1:
 ``Model.predict`` 126 ms, ``tf.function`` 24-30 ms, ONNX Runtime 5-6 ms. TensorFlow is
 imported inside the functions only, so importing this module stays cheap.
 """
@@ -13,6 +14,7 @@ imported inside the functions only, so importing this module stays cheap.
 from __future__ import annotations
 
 import logging
+import sys
 
 import numpy as np
 
@@ -24,16 +26,29 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("auto", "onnxruntime", "tensorflow")
 PARITY_TOLERANCE = 1e-4  # max |p_onnx - p_tf| on probe images (features: relative); float32 kernels differ far less
 
+_TF_THREADS: dict = {}  # the thread counts asked for, applied when TensorFlow is first needed
+
 
 def configure_tf_threads(intra_op: int, inter_op: int) -> None:
-    """Pin TensorFlow's thread pools; must run before the first TF op in the process."""
+    """Pin TensorFlow's thread pools (before its first op in the process). Applied at once when
+    TensorFlow is already imported, else by ``apply_tf_threads`` on the path that needs it: a
+    worker served from the ONNX cache never imports TensorFlow at all."""
+    _TF_THREADS.update(intra=intra_op, inter=inter_op)
+    if "tensorflow" in sys.modules:
+        apply_tf_threads()
+
+
+def apply_tf_threads() -> None:
+    """Apply ``configure_tf_threads``'s setting; call before loading a model with Keras."""
+    if not _TF_THREADS:
+        return
     import tensorflow as tf
 
     try:
-        if intra_op:
-            tf.config.threading.set_intra_op_parallelism_threads(intra_op)
-        if inter_op:
-            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+        if _TF_THREADS["intra"]:
+            tf.config.threading.set_intra_op_parallelism_threads(_TF_THREADS["intra"])
+        if _TF_THREADS["inter"]:
+            tf.config.threading.set_inter_op_parallelism_threads(_TF_THREADS["inter"])
     except RuntimeError:  # already initialised (e.g. several apps in one test process)
         pass
 
