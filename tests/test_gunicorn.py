@@ -165,3 +165,52 @@ def test_boot_errors_are_one_clear_line(env, words, model_path):
     assert errors == [lines[0]] and "Traceback" not in served.stderr, served.stderr
     assert "Booting worker" not in served.stderr
     assert time.monotonic() - started < 30  # no TensorFlow import on these paths
+
+
+def answered_by(log_path: Path) -> dict[str, int]:
+    """request id -> the pid of the worker that answered it, from the JSON access log."""
+    pids = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            pids[entry["request_id"]] = int(entry["pid"].strip("<>"))
+    return pids
+
+
+RESTART_SECONDS = 10  # issue #16: a killed worker's replacement answers within 10 s
+
+
+def test_a_killed_worker_is_replaced_from_the_onnx_cache_and_answers_within_10_s(live):
+    """The first workers filled the ONNX cache; the replacement of a SIGKILLed one starts from it,
+    without TensorFlow (none of its libraries mapped), and answers a prediction within 10 s."""
+    base, master = live["base"], live["proc"].pid
+    before = worker_pids(master)
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    replacement, answers, i = None, {}, 0
+    while time.monotonic() - killed < 3 * RESTART_SECONDS:
+        if replacement is None:
+            new = worker_pids(master) - before
+            replacement = new.pop() if new else None
+        rid = f"restart-probe-{i}"
+        i += 1
+        try:  # a fresh connection each time, so either worker may take it
+            resp = requests.post(f"{base}/predict", files={"image": ("red.png", image_bytes((220, 30, 30)))},
+                                 headers={"X-Request-ID": rid, "Connection": "close"}, timeout=10)
+            answers[rid] = (time.monotonic() - killed, resp.status_code, resp.json()["prediction"]["code"])
+        except (requests.RequestException, ValueError, KeyError):
+            pass
+        by_pid = answered_by(live["log"])
+        mine = [answers[r] for r in answers if by_pid.get(r) == replacement]
+        if replacement is not None and mine:
+            break
+        time.sleep(0.05)
+    assert replacement is not None, "gunicorn did not replace the killed worker"
+    assert mine, f"the replacement {replacement} answered nothing in {3 * RESTART_SECONDS} s"
+    seconds, status, code = mine[0]
+    assert status == 200 and code == RED_CLASS
+    assert seconds <= RESTART_SECONDS, f"the replacement answered {seconds:.1f} s after the kill"
+    maps = Path(f"/proc/{replacement}/maps").read_text()
+    assert "tensorflow" not in maps.lower(), "the replacement loaded TensorFlow"
+    assert any("onnxruntime" in line for line in maps.splitlines()), "sanity: the maps list the libraries loaded"

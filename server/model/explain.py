@@ -15,7 +15,9 @@ The class score is the pre-softmax logit of the class (as in Selvaraju et al., 2
 This module's rendering half is numpy + Pillow only (no matplotlib, no TensorFlow), so
 the reports can redraw a heatmap from the compact grid a signed report token carries.
 TensorFlow is imported only inside ``feature_layer_names`` and ``head_gradient`` (called by
-the Predictor and the runtime).
+the Predictor and the runtime). A worker started from the ONNX cache computes the same
+gradient in numpy (``server/model/head.py``), whose agreement with ``head_gradient`` is
+checked, for every class, before the head's weights are cached.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """A loaded model with its card: images in, ``Prediction`` values out.
 
 TensorFlow is imported here and in ``training/`` only (through ``server/model/runtime.py``
-and ``server/model/explain.py``). The service builds one Predictor per process (after
-gunicorn forks: TensorFlow's thread pools do not survive a fork).
+and ``server/model/explain.py``), and only when the ONNX cache cannot serve the ``.h5``
+without it (``server/model/serving.py``). The service builds one Predictor per process
+(after gunicorn forks: TensorFlow's thread pools do not survive a fork).
 
 The served graph has two outputs, the last convolutional feature map (the input of the
 GAP layer) and the probabilities, plus two more when the ``.h5`` carries the ImageNet
@@ -19,6 +20,7 @@ model output ``predict_image`` applies, all from the model card:
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -39,19 +41,22 @@ from server.model.nonskin import (
     image_statistics,
     largest,
 )
-from server.model.runtime import (
-    OnnxCache,
-    as_pair,
-    choose_runner,
-    patient_width,
-    served_branch,
-    served_model,
-    split_branch,
+from server.model.onnx_cache import OnnxCache
+from server.model.runtime import apply_tf_threads, as_pair, split_branch
+from server.model.serving import (
+    Served,
+    check_facts,
+    keras_facts,
+    serve_cached,
+    serve_keras,
+    wants_branch,
 )
 from server.model.trust import TTA_MODES, temperature_scale, tta_views
-from server.patient import MODEL_VECTOR_SIZE, PatientContext
+from server.patient import PatientContext
 from server.prediction import Heatmap, ModelInfo, Prediction, prediction_from_probabilities
 from server.thresholds import DEFAULT_UNCERTAIN_BELOW, LOOKS_LIKE_MIN_PROBABILITY, refuses_as_non_skin
+
+log = logging.getLogger(__name__)
 
 
 def model_info(card: ModelCard, sha256: str) -> ModelInfo:
@@ -83,13 +88,14 @@ def load_nonskin(card: ModelCard, card_dir: Path) -> NonSkinCheck | None:
 
 
 class Predictor:
-    """A loaded model plus its card. ``predict_image`` is the only way the service predicts."""
+    """A loaded model plus its card. ``predict_image`` is the only way the service predicts.
 
-    def __init__(self, model, card: ModelCard, sha256: str, runtime: str = "auto", threads: int = 0,
-                 tta: str | None = None, ood: bool = True, card_dir: Path | None = None, imagenet: bool | None = None,
-                 onnx_cache: str | Path | None = None):
-        """``onnx_cache``: a folder for the converted ONNX graphs, keyed by ``sha256`` (which must
-        then be the sha256 of the ``.h5`` this model was loaded from), or None to convert each time."""
+    Built by ``from_path`` (the service): from the ONNX cache alone, without TensorFlow,
+    when it holds everything for this exact ``.h5`` (``server/model/serving.py``), else by
+    ``load`` (Keras + TensorFlow, which fills the cache)."""
+
+    def __init__(self, served: Served, card: ModelCard, sha256: str, tta: str | None = None, ood: bool = True,
+                 card_dir: Path | None = None):
         self.card = card
         self.info = model_info(card, sha256)
         self.input_size = card.input_size
@@ -97,25 +103,13 @@ class Predictor:
         self.classes = card.classes
         self.malignant_threshold = card.thresholds.malignant
         self.uncertain_threshold = card.thresholds.uncertain
-        model, branch = split_branch(model)
-        out_units = model.output_shape[-1]
-        if out_units != len(self.classes):
-            raise ModelLoadError(f"model has {out_units} outputs but its card lists {len(self.classes)} classes")
-        self.patient_width = patient_width(model)  # 0: the model reads no patient context
-        if self.patient_width not in (0, MODEL_VECTOR_SIZE):
-            raise ModelLoadError(f"the model's patient input has {self.patient_width} values; this service encodes "
-                                 f"{MODEL_VECTOR_SIZE} (server/patient.py)")
+        check_facts(served.facts, card)
+        self.patient_width = served.facts.patient_width  # 0: the model reads no patient context
         self.tta = resolve_tta(tta, card)
         self.temperature = card.temperature_for(self.tta)
-        served, self.feature_layer, gap_layer = served_model(model)
-        cache = OnnxCache(Path(onnx_cache), sha256) if onnx_cache else None
-        self._run, self.runtime = choose_runner(served, self.input_size, runtime, threads, cache, "classifier")
-        # The ImageNet branch is served when the non-skin check needs it (or ``imagenet``: the trainer fitting it).
-        self._run_branch = None
-        if branch is not None and (ood if imagenet is None else imagenet):
-            self._run_branch = choose_runner(served_branch(model, branch), self.input_size, runtime, threads,
-                                             cache, "branch")[0]
-        self._gradient = explain.head_gradient(model, gap_layer) if gap_layer is not None else None
+        self.feature_layer = served.facts.feature_layer
+        self._run, self.runtime, self._run_branch = served.run, served.runtime, served.run_branch
+        self._gradient = served.gradient
         self.ood = load_nonskin(card, card_dir) if (ood and card_dir is not None) else None
         if self.ood is not None and self.feature_layer is None:
             raise ModelLoadError("the card has non-skin statistics but the model has no pooled feature layer")
@@ -127,28 +121,64 @@ class Predictor:
             self._gradient(fmap.mean(axis=(1, 2)), [0], self.patient_batch(1, None) if self.reads_patient else None)
 
     @classmethod
+    def from_keras(cls, model, card: ModelCard, sha256: str, runtime: str = "auto", threads: int = 0,
+                   tta: str | None = None, ood: bool = True, card_dir: Path | None = None,
+                   imagenet: bool | None = None, onnx_cache: str | Path | None = None) -> "Predictor":
+        """From a loaded Keras model. ``onnx_cache``: a folder for the converted ONNX graphs and what a
+        TF-free start needs, keyed by ``sha256`` (which must then be the sha256 of the ``.h5`` this
+        model was loaded from), or None to convert each time."""
+        classifier, branch = split_branch(model)
+        facts = keras_facts(classifier, branch)
+        check_facts(facts, card)  # before the slow part: the same errors __init__ would raise
+        resolve_tta(tta, card)
+        cache = OnnxCache(Path(onnx_cache), sha256) if onnx_cache else None
+        served = serve_keras(classifier, branch, facts, sha256, card.input_size, runtime, threads, cache,
+                             wants_branch(facts, ood, imagenet))
+        return cls(served, card, sha256, tta=tta, ood=ood, card_dir=card_dir)
+
+    @classmethod
+    def from_cache(cls, card: ModelCard, sha256: str, onnx_cache: str | Path, card_dir: Path | None = None,
+                   threads: int = 0, tta: str | None = None, ood: bool = True,
+                   imagenet: bool | None = None) -> "Predictor | None":
+        """Without TensorFlow, from what ``from_keras`` cached for the ``.h5`` with this sha256;
+        None when the cache lacks something or a cached graph fails its check."""
+        served = serve_cached(OnnxCache(Path(onnx_cache), sha256), card.input_size, threads, ood, imagenet)
+        if served is None:
+            return None
+        log.info("model %s served from the ONNX cache %s, without TensorFlow", sha256[:12], onnx_cache)
+        return cls(served, card, sha256, tta=tta, ood=ood, card_dir=card_dir)
+
+    @classmethod
     def load(cls, model_path, card: ModelCard, sha256: str, card_dir: Path | None = None, runtime: str = "auto",
              threads: int = 0, tta: str | None = None, ood: bool = True, imagenet: bool | None = None,
              onnx_cache: str | Path | None = None) -> "Predictor":
-        """Load the ``.h5`` for a card already checked against it (the trainer's in-memory card)."""
+        """Load the ``.h5`` with Keras for a card already checked against it (the trainer's in-memory card)."""
+        apply_tf_threads()
         try:
             import keras
 
             model = keras.models.load_model(model_path, compile=False)
         except Exception as exc:  # h5py/keras raise many types for a corrupt file
             raise ModelLoadError(f"could not load model {model_path}: {exc.__class__.__name__}: {exc}") from None
-        return cls(model, card, sha256, runtime, threads, tta=tta, ood=ood, card_dir=card_dir, imagenet=imagenet,
-                   onnx_cache=onnx_cache)
+        return cls.from_keras(model, card, sha256, runtime, threads, tta=tta, ood=ood, card_dir=card_dir,
+                              imagenet=imagenet, onnx_cache=onnx_cache)
 
     @classmethod
     def from_path(cls, model_path, card_path=None, runtime: str = "auto", threads: int = 0,
                   tta: str | None = None, ood: bool = True, imagenet: bool | None = None,
                   onnx_cache: str | Path | None = None) -> "Predictor":
         """Load and validate; every failure is a ModelLoadError naming the path and the fix.
-        ``onnx_cache``: where converted ONNX graphs are kept, keyed by the file's sha256 (None: not kept)."""
+
+        The card and the ``.h5``'s sha256 are checked every time; with ``onnx_cache`` (a folder keyed
+        by that sha256) and an ONNX runtime, a cache holding everything for this file serves it
+        without TensorFlow, and anything else loads the ``.h5`` with TensorFlow and fills the cache."""
         model_path = Path(model_path)
         card, sha = check_model_files(model_path, card_path)
         card_dir = (Path(card_path) if card_path else card_path_for(model_path)).parent
+        if onnx_cache and runtime in ("auto", "onnxruntime"):
+            cached = cls.from_cache(card, sha, onnx_cache, card_dir, threads, tta=tta, ood=ood, imagenet=imagenet)
+            if cached is not None:
+                return cached
         return cls.load(model_path, card, sha, card_dir, runtime, threads, tta=tta, ood=ood, imagenet=imagenet,
                         onnx_cache=onnx_cache)
 

@@ -1,45 +1,54 @@
 """Running the model: TensorFlow thread pools, the served two-output graph, ONNX Runtime or TensorFlow.
 
 The service runs inference through ONNX Runtime on a graph converted from the ``.h5``
-(parity with TensorFlow checked at every start), falling back to a ``tf.function`` with a
-fixed input signature. The conversion (tf2onnx) is most of a worker's start-up, so the
-service caches the converted graphs on disk (``OnnxCache``), keyed by the ``.h5``'s sha256
-and everything else the graph depends on; a cached graph still has to pass the parity
-check, and one that fails it is discarded and converted again. Measured on 2 cores at batch 1: ``Model.predict`` 126 ms,
-``tf.function`` 24-30 ms, ONNX Runtime 5-6 ms. TensorFlow is imported inside the
-functions only, so importing this module stays cheap.
+(parity with TensorFlow checked on fixed probe inputs), falling back to a ``tf.function``
+with a fixed input signature. The conversion (tf2onnx) is most of a worker's start-up, so
+the converted graphs are cached on disk (``server/model/onnx_cache.py``) with TensorFlow's
+outputs on the probes; a start that finds everything cached checks the graphs against
+those outputs and never imports TensorFlow (``server/model/serving.py``). A cached graph
+that fails its check is discarded and converted again. Measured on 2 cores at batch 1:
+``Model.predict`` 126 ms, ``tf.function`` 24-30 ms, ONNX Runtime 5-6 ms. TensorFlow is
+imported inside the functions only, so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
+import sys
 
 import numpy as np
 
 from server.model.files import ModelLoadError
+from server.model.onnx_cache import OPSET, OnnxCache
 
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "onnxruntime", "tensorflow")
-PARITY_TOLERANCE = 1e-4  # max |p_onnx - p_tf| on probe images; float32 kernels differ far less
-OPSET = 17
+PARITY_TOLERANCE = 1e-4  # max |p_onnx - p_tf| on probe images (features: relative); float32 kernels differ far less
+
+_TF_THREADS: dict = {}  # the thread counts asked for, applied when TensorFlow is first needed
 
 
 def configure_tf_threads(intra_op: int, inter_op: int) -> None:
-    """Pin TensorFlow's thread pools; must run before the first TF op in the process."""
+    """Pin TensorFlow's thread pools (before its first op in the process). Applied at once when
+    TensorFlow is already imported, else by ``apply_tf_threads`` on the path that needs it: a
+    worker served from the ONNX cache never imports TensorFlow at all."""
+    _TF_THREADS.update(intra=intra_op, inter=inter_op)
+    if "tensorflow" in sys.modules:
+        apply_tf_threads()
+
+
+def apply_tf_threads() -> None:
+    """Apply ``configure_tf_threads``'s setting; call before loading a model with Keras."""
+    if not _TF_THREADS:
+        return
     import tensorflow as tf
 
     try:
-        if intra_op:
-            tf.config.threading.set_intra_op_parallelism_threads(intra_op)
-        if inter_op:
-            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+        if _TF_THREADS["intra"]:
+            tf.config.threading.set_intra_op_parallelism_threads(_TF_THREADS["intra"])
+        if _TF_THREADS["inter"]:
+            tf.config.threading.set_inter_op_parallelism_threads(_TF_THREADS["inter"])
     except RuntimeError:  # already initialised (e.g. several apps in one test process)
         pass
 
@@ -175,106 +184,68 @@ def onnx_session_runner(graph: bytes, threads: int = 0):
     return lambda *batches: tuple(session.run(None, dict(zip(names, batches))))
 
 
-def _versions() -> dict:
-    import onnxruntime
-    import tensorflow as tf
-    import tf2onnx
-
-    return {"tf2onnx": tf2onnx.__version__, "onnxruntime": onnxruntime.__version__, "tensorflow": tf.__version__}
-
-
-@dataclass(frozen=True)
-class OnnxCache:
-    """Converted ONNX graphs on disk, one file per (model sha256, graph kind, input size, opset, versions).
-
-    The ``.h5`` stays the single source of truth: a graph is only ever a cache of its
-    conversion, found by the ``.h5``'s sha256, so a retrained model can never be served an
-    old graph, and a graph is re-checked against TensorFlow at every load. Files are
-    written to a temporary name and renamed into place, so two workers starting together
-    never read a half-written graph (the last rename wins; both wrote the same bytes).
-    """
-
-    directory: Path
-    model_sha256: str
-
-    def path(self, kind: str, size: int) -> Path:
-        key = {"sha256": self.model_sha256, "kind": kind, "size": size, "opset": OPSET, **_versions()}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        return Path(self.directory) / f"{self.model_sha256[:16]}-{kind}-{size}-{digest}.onnx"
-
-    def read(self, kind: str, size: int) -> bytes | None:
-        try:
-            return self.path(kind, size).read_bytes()
-        except OSError:
-            return None
-
-    def write(self, kind: str, size: int, graph: bytes) -> None:
-        """Atomically store a graph; a cache that cannot be written only costs the next start a conversion."""
-        target = self.path(kind, size)
-        tmp = None
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                f.write(graph)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; other users' workers may read the cache too
-            os.replace(tmp, target)
-            tmp = None
-        except OSError as exc:
-            log.warning("could not cache the ONNX graph in %s (%s); the next start converts again", target.parent, exc)
-        finally:
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-
-    def discard(self, kind: str, size: int) -> None:
-        try:
-            self.path(kind, size).unlink()
-        except OSError:
-            pass
-
-
-def cached_onnx_runner(model, size: int, threads: int, tf_run, cache: OnnxCache | None, kind: str):
-    """(ONNX runner, parity gap against ``tf_run``): the cached graph when it loads and matches
-    TensorFlow, else a fresh conversion (stored in the cache when it matches)."""
-    width = patient_width(model)
-    if cache is not None:
-        graph = cache.read(kind, size)
-        if graph is not None:
-            try:
-                run = onnx_session_runner(graph, threads)
-                gap = parity_gap(run, tf_run, size, width)
-            except Exception as exc:  # a truncated or corrupt file: ONNX Runtime refuses it
-                log.warning("cached ONNX graph %s is unusable (%s); converting again", cache.path(kind, size),
-                            exc.__class__.__name__)
-            else:
-                if gap <= PARITY_TOLERANCE:
-                    return run, gap
-                log.warning("cached ONNX graph %s differs from TensorFlow by %.2e; converting again",
-                            cache.path(kind, size), gap)
-            cache.discard(kind, size)
-    graph = onnx_graph(model, size)
-    run = onnx_session_runner(graph, threads)
-    gap = parity_gap(run, tf_run, size, width)
-    if cache is not None and gap <= PARITY_TOLERANCE:
-        cache.write(kind, size, graph)
-    return run, gap
-
-
-def parity_gap(runner_a, runner_b, size: int, patient: int = 0, seed: int = 0) -> float:
-    """Largest probability difference between two runners on fixed random probe images
-    (with ``patient`` > 0, each with a random context of that width, one of them empty)."""
+def probe_inputs(size: int, patient: int = 0, seed: int = 0) -> list:
+    """Fixed random probe images (and with ``patient`` > 0 a random context each, the first
+    empty): what parity is checked on, at conversion and, from the cache, at every start."""
     rng = np.random.default_rng(seed)
     probe = [rng.uniform(-1, 1, (3, size, size, 3)).astype(np.float32)]
     if patient:
         context = (rng.random((3, patient)) < 0.3).astype(np.float32)
         context[0] = 0.0
         probe.append(context)
-    return float(np.abs(as_pair(runner_a(*probe))[1] - as_pair(runner_b(*probe))[1]).max())
+    return probe
+
+
+def as_outputs(out) -> list:
+    """A runner's output as a list of arrays (one per graph output)."""
+    return [np.asarray(o) for o in out] if isinstance(out, (list, tuple)) else [np.asarray(out)]
+
+
+def outputs_gap(outputs, expected) -> float:
+    """Largest difference between two runs' outputs, each scaled by its largest expected value
+    when above 1: for probabilities the absolute gap (the parity the service promises), for
+    a feature map the gap relative to its activations. Different or non-finite outputs: infinite."""
+    if len(outputs) != len(expected) or any(a.shape != b.shape for a, b in zip(outputs, expected)):
+        return float("inf")
+    gaps = [float(np.abs(np.asarray(a, np.float64) - b).max() / max(1.0, float(np.abs(b).max())))
+            for a, b in zip(outputs, expected)]
+    return max(gaps) if np.all(np.isfinite(gaps)) else float("inf")  # NaN would compare as "close"
+
+
+def parity_gap(runner, probe, expected) -> float:
+    """How far ``runner`` is from the ``expected`` outputs on the ``probe`` inputs."""
+    return outputs_gap(as_outputs(runner(*probe)), expected)
+
+
+def cached_onnx_runner(model, size: int, threads: int, tf_run, cache: OnnxCache | None, kind: str):
+    """(ONNX runner, parity gap against ``tf_run``): the cached graph when it loads and matches
+    TensorFlow, else a fresh conversion. A graph that matches is cached with TensorFlow's
+    outputs on the probe inputs, which let a later start check it without TensorFlow."""
+    probe = probe_inputs(size, patient_width(model))
+    expected = as_outputs(tf_run(*probe))
+    if cache is not None:
+        graph = cache.read(kind, size)
+        if graph is not None:
+            try:
+                run = onnx_session_runner(graph, threads)
+                gap = parity_gap(run, probe, expected)
+            except Exception as exc:  # a truncated or corrupt file: ONNX Runtime refuses it
+                log.warning("cached ONNX graph %s is unusable (%s); converting again", cache.path(kind, size),
+                            exc.__class__.__name__)
+            else:
+                if gap <= PARITY_TOLERANCE:
+                    cache.write_expected(kind, size, probe, expected)
+                    return run, gap
+                log.warning("cached ONNX graph %s differs from TensorFlow by %.2e; converting again",
+                            cache.path(kind, size), gap)
+            cache.discard(kind, size)
+    graph = onnx_graph(model, size)
+    run = onnx_session_runner(graph, threads)
+    gap = parity_gap(run, probe, expected)
+    if cache is not None and gap <= PARITY_TOLERANCE:
+        cache.write(kind, size, graph)
+        cache.write_expected(kind, size, probe, expected)
+    return run, gap
 
 
 def choose_runner(model, size: int, runtime: str = "auto", threads: int = 0, cache: OnnxCache | None = None,
