@@ -34,8 +34,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def server_env(**overrides) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "MODEL_PATH", "WEB_CONCURRENCY")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SECRET_KEY", "MODEL_PATH", "WEB_CONCURRENCY", *BLAS_THREADS)}
     env.update({"HOST": "127.0.0.1", "TF_CPP_MIN_LOG_LEVEL": "2"})
     env.update({k: v for k, v in overrides.items() if v is not None})
     return env
@@ -97,6 +101,17 @@ def test_prediction_over_http(live):
     raw = requests.post(f"{live['base']}/predict", data=image_bytes((220, 30, 30), fmt="JPEG"),
                         headers={"Content-Type": "image/jpeg"}, timeout=30)
     assert raw.status_code == 200 and raw.json()["prediction"]["code"] == RED_CLASS
+
+
+def test_the_config_gives_numpy_one_blas_thread():
+    """OpenBLAS spins a thread per core after each matrix product: it doubled the CPU a request cost.
+    A worker imports numpy after gunicorn.conf.py ran (preload_app is off), as this child process does."""
+    code = ("import runpy; runpy.run_path('gunicorn.conf.py'); import numpy, threadpoolctl; "
+            "print(max(p['num_threads'] for p in threadpoolctl.threadpool_info() if p['internal_api'] == 'openblas'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=server_env(), capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "1"
 
 
 def test_bad_uploads_get_json_errors_and_workers_survive(live):
