@@ -89,7 +89,7 @@ def open_upload(data: bytes) -> Image.Image:
         raise _invalid(f"The image is {width}x{height} pixels; each side must be at least {MIN_SIDE} px.")
     try:
         img.load()
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # a decoded upload is ours to turn: no full-size copy
         return to_rgb8(img)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         raise _invalid("The image is truncated or corrupt and could not be decoded.") from None
@@ -125,6 +125,8 @@ def to_rgb8(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode == "RGB":
+        return img  # convert() would copy every pixel: 30 ms of a 12 MP phone photo
     return img.convert("RGB")
 
 
