@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as gunicorn.conf.py sets for the workers
 
 from bench_predict import SHARED_IMAGES, start_gunicorn, stop  # noqa: E402
 from server.config import DEFAULT_MODEL_PATH  # noqa: E402

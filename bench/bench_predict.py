@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -107,16 +108,22 @@ def lean_poster(url: str, body: bytes, query: str = ""):
 def load_level(url: str, body: bytes, concurrency: int, total: int, client: str = "requests", query: str = "") -> dict:
     """``total`` requests from ``concurrency`` threads, each with its own keep-alive connection
     (``client``: ``requests``, as the first figures were measured, or ``lean``: ``lean_poster``)."""
-    if client == "lean":
-        posters = [lean_poster(url, body, query) for _ in range(concurrency)]
-    else:
-        sessions = [requests.Session() for _ in range(concurrency)]
-        posters = [lambda s=s: s.post(f"{url}/predict{query}", files={"image": ("b.jpg", body, "image/jpeg")},
-                                      timeout=60).raise_for_status() for s in sessions]
+    local = threading.local()  # one connection per client thread: http.client connections are not shared
+
+    def poster():
+        if not hasattr(local, "post"):
+            if client == "lean":
+                local.post = lean_poster(url, body, query)
+            else:
+                session = requests.Session()
+                local.post = lambda: session.post(f"{url}/predict{query}", files={"image": ("b.jpg", body, "image/jpeg")},
+                                                  timeout=60).raise_for_status()
+        return local.post
 
     def one(i):
+        post = poster()
         started = time.perf_counter()
-        posters[i % concurrency]()
+        post()
         return (time.perf_counter() - started) * 1000.0
 
     with ThreadPoolExecutor(concurrency) as pool:

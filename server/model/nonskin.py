@@ -43,15 +43,19 @@ class Mahalanobis:
 
     def __init__(self, mean, precision, projection=None):
         self.mean = np.asarray(mean, np.float64)
-        self.precision = np.asarray(precision, np.float64)
+        # float32: the product streams the whole 1280x1280 matrix for every image, and half the
+        # bytes is half the time (0.24 -> 0.08 ms a distance); the stored precision is float16
+        # anyway, and distances moved by 6e-9 relative.
+        self.precision = np.asarray(precision, np.float32)
         self.projection = None if projection is None else np.asarray(projection, np.float64)
 
     def distances(self, vectors: np.ndarray) -> np.ndarray:
         z = np.atleast_2d(np.asarray(vectors, np.float64)) - self.mean
         if self.projection is not None:
             z = z @ self.projection
+        z = z.astype(np.float32)
         # (z @ P) * z summed: a BLAS product, ten times faster than einsum's loop at 1280 dims.
-        return np.sqrt(np.maximum(((z @ self.precision) * z).sum(axis=1), 0.0))
+        return np.sqrt(np.maximum(((z @ self.precision) * z).sum(axis=1, dtype=np.float64), 0.0))
 
     @classmethod
     def from_arrays(cls, arrays: dict, prefix: str = "") -> "Mahalanobis":
