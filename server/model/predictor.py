@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from server.imaging import COLOUR_NONE, colour_of, model_input
+from server.imaging import COLOUR_NONE, centre_square, colour_of, model_input
 from server.model import explain
 from server.model.card import ModelCard
 from server.model.files import ModelLoadError, card_path_for, check_model_files, file_sha256
@@ -275,12 +275,14 @@ class Predictor:
         """An upright RGB image (from ``imaging.open_upload``) -> Prediction.
 
         ``patient``: the optional age, sex and site, for a model that reads them (its card's
-        ``patient_inputs``); a model that does not ignores them.
+        ``patient_context``); a model that does not ignores them.
 
         ``explain`` adds a Grad-CAM heatmap for ``explain_class`` (default: the top class);
         an image the non-skin check flags gets none (it gets no diagnosis either).
         """
         wanted = self.class_index(explain_class) if explain_class else None  # bad class: fail before work
+        # The centre square once: the model's input and the heatmap's background (1.3 ms of a 600x450 photo).
+        img = centre_square(img, self.input_size)
         x = model_input(img, self.input_size, self.colour)[None]
         context = patient.model_vector() if (patient is not None and self.reads_patient) else None
         start = time.perf_counter()
