@@ -76,10 +76,9 @@ def context_weights(context: np.ndarray, labels: np.ndarray, num_classes: int, s
 
 def with_context(probs: np.ndarray, context: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """softmax(log p + context @ weights): what the widened graph computes, in numpy."""
-    z = np.log(np.clip(np.asarray(probs, np.float64), 1e-12, 1.0)) + context @ weights
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    from training.posthoc import shifted
+
+    return shifted(probs, context @ weights)
 
 
 def choose_strength(val_probs: np.ndarray, val_context: np.ndarray, y_val: np.ndarray, weights: np.ndarray,

@@ -22,12 +22,17 @@ def class_prior(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.maximum(counts, 0.5) / counts.sum()
 
 
-def adjust(probs: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:
-    """softmax(log p - tau * log prior): the same change the folded bias makes to the model."""
-    logits = np.log(np.clip(np.asarray(probs, np.float64), 1e-12, 1.0)) - tau * np.log(prior)
+def shifted(probs: np.ndarray, shift) -> np.ndarray:
+    """softmax(log p + shift): a constant (or per-row) change of the logits, applied to probabilities."""
+    logits = np.log(np.clip(np.asarray(probs, np.float64), 1e-12, 1.0)) + shift
     logits -= logits.max(axis=1, keepdims=True)
     e = np.exp(logits)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def adjust(probs: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:
+    """softmax(log p - tau * log prior): the same change the folded bias makes to the model."""
+    return shifted(probs, -tau * np.log(prior))
 
 
 def choose_tau(val_probs: np.ndarray, val_labels: np.ndarray, prior: np.ndarray,

@@ -15,11 +15,11 @@ READS = ("This model reads the patient's age, sex and body site when they are gi
          "Without them it answers from the photo alone, exactly as it would have without this feature.")
 IGNORES = ("This model answers from the photo alone: age, sex and body site are recorded with the result "
            "but do not change it.")
-# (figure key, heading, shown as a percentage)
-CONTEXT_FIGURES = (("balanced_accuracy", "Balanced accuracy", True), ("accuracy", "Accuracy", True),
-                   ("melanoma_recall", "Melanoma recall", True), ("malignant_auc", "Malignant AUC", False),
-                   ("malignant_sensitivity", "Malignant flag sensitivity", True),
-                   ("malignant_specificity", "Malignant flag specificity", True))
+# (where the figure is in the card's served figures, heading, shown as a percentage)
+CONTEXT_FIGURES = ((("balanced_accuracy",), "Balanced accuracy", True), (("accuracy",), "Accuracy", True),
+                   (("melanoma_recall",), "Melanoma recall", True), (("malignant", "auc"), "Malignant AUC", False),
+                   (("malignant", "sensitivity"), "Malignant flag sensitivity", True),
+                   (("malignant", "specificity"), "Malignant flag specificity", True))
 
 
 def reads_context(card: ModelCard | None) -> bool:
@@ -42,11 +42,10 @@ class ContextFigure:
     change: str
 
 
-def _value(figures, key: str):
-    if key.startswith("malignant_"):
-        part = key.removeprefix("malignant_")
-        return (figures.get("malignant") or {}).get(part)
-    return figures.get(key)
+def _value(figures, path: tuple):
+    for key in path:
+        figures = (figures or {}).get(key)
+    return figures
 
 
 def _show(value, as_percent: bool) -> str:
