@@ -25,7 +25,6 @@ its labels follow ``split.csv``'s test rows and that it reproduces the card's te
 from __future__ import annotations
 
 import argparse
-import csv
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -186,21 +185,29 @@ def card_with_subgroups(card: ModelCard, rows, labels, probs, inputs: str = "ima
 
 # ---------------------------------------------------------------- an existing run folder
 
+def metadata_rows(df) -> list[dict]:
+    """Metadata rows (``training.data.load_metadata``'s columns) as the table reads them, in ``df``'s order."""
+    return df[["image_id", "lesion_id", "dx", "age", "sex", "localization"]].to_dict("records")
+
+
 def split_metadata(data_dir, split_csv, split: str = "test") -> list[dict]:
     """``split_csv``'s rows of one split, in file order (the trainer's order, so ``predictions.npz``'s),
     each with HAM10000's ``age``, ``sex`` and ``localization`` from the data folder's metadata."""
-    data_dir = Path(data_dir)
-    meta_path = next((data_dir / n for n in ("HAM10000_metadata.csv", "images.csv") if (data_dir / n).is_file()), None)
-    if meta_path is None:
-        raise SystemExit(f"error: no HAM10000_metadata.csv or images.csv in {data_dir}")
-    with open(meta_path, newline="") as fh:
-        meta = {r["image_id"]: r for r in csv.DictReader(fh)}
-    with open(split_csv, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["split"] == split]
-    missing = [r["image_id"] for r in rows if r["image_id"] not in meta]
-    if missing:
-        raise SystemExit(f"error: {len(missing)} images of {split_csv} are not in {meta_path}, e.g. {missing[0]}")
-    return [{k: meta[r["image_id"]].get(k) for k in ("age", "sex", "localization")} | r for r in rows]
+    import pandas as pd
+
+    from training import data as D
+
+    rows = pd.read_csv(split_csv)
+    rows = rows.loc[rows["split"] == split, ["image_id", "split"]]
+    try:
+        meta = D.load_metadata(Path(data_dir))
+    except D.DatasetError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    merged = rows.merge(meta, on="image_id", how="left", validate="one_to_one")
+    if merged["path"].isna().any():
+        missing = merged.loc[merged["path"].isna(), "image_id"]
+        raise SystemExit(f"error: {len(missing)} images of {split_csv} are not in {data_dir}, e.g. {missing.iloc[0]}")
+    return metadata_rows(merged)
 
 
 def check_order(rows, labels) -> None:

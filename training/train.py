@@ -161,7 +161,7 @@ def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment:
     from server.model.trust import temperature_scale
     from training.calibrate import calibrate
     from training.patient_context import patient_vectors
-    from training.subgroups import card_with_subgroups
+    from training.subgroups import card_with_subgroups, metadata_rows
 
     out_dir = Path(cfg.out_dir)
     df, y, images, sizes = prepared.df, prepared.y, prepared.images, prepared.sizes
@@ -217,7 +217,7 @@ def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment:
     if context_record is not None:
         card = card.replace(patient_context=PatientContextSpec.from_dict(context_section(
             context_record, y, served, served_context, card.thresholds.malignant)))
-    card = card_with_subgroups(card, split_rows(df, prepared.parts["test"]), y["test"], served["test"],
+    card = card_with_subgroups(card, metadata_rows(df.loc[prepared.parts["test"]]), y["test"], served["test"],
                                inputs="image only", probabilities=card.test_metrics["malignant"]["probabilities"])
     card.write(out_dir / CARD_FILENAME)
     (out_dir / "metrics.json").write_text(json.dumps({**metrics, "trust": trust}, indent=2) + "\n")
@@ -240,11 +240,6 @@ def context_section(record: dict, labels: dict, served: dict, served_context: di
             "served": {s: {"without_context": figures(served[s], labels[s]),
                            **({"with_context": figures(served_context[s], labels[s])} if s in served_context else {})}
                        for s in served}}
-
-
-def split_rows(df, index) -> list[dict]:
-    """The metadata rows of one split, in the split's order (for the per-subgroup figures)."""
-    return df.loc[index, ["image_id", "lesion_id", "age", "sex", "localization"]].to_dict("records")
 
 
 def architecture(cfg: TrainConfig, reads_context: bool) -> str:
