@@ -7,7 +7,10 @@ clinics, not what identifies a lesion:
 
 - a random resized crop (framing and zoom), resized to the model's input size;
 - the eight flips and 90-degree rotations of the square (a lesion has no "up");
-- mild colour jitter (brightness, contrast, saturation: cameras and lighting);
+- mild colour jitter (brightness, contrast, saturation: cameras and lighting), and a
+  per-channel gain (another dermatoscope's white balance);
+- for some views, the dark round corners of a dermatoscope's circular field, which other
+  clinics' photos often show and HAM10000's centre crops mostly do not;
 - a down-and-up resize for some batches, because HAM10000 mixes 224 px crops with 150 px
   frames and features otherwise key on sharpness rather than on the lesion.
 
@@ -34,6 +37,9 @@ class AugmentConfig:
     down_up_prob: float = 0.4
     down_up_low: float = 0.55  # the smallest side of the down-and-up copy, as a share of the input size
     down_up_high: float = 0.85
+    colour_cast: float = 0.0  # per-channel gain in [1 - c, 1 + c]
+    vignette_prob: float = 0.0
+    vignette_radius: tuple[float, float] = (0.85, 1.25)  # where the field ends, as a share of the half-side
 
 
 def to_model_range(images):
@@ -54,7 +60,7 @@ def augment_batch(images, size: int, aug: AugmentConfig, seed):
     import tensorflow as tf
 
     n = tf.shape(images)[0]
-    s = tf.random.experimental.stateless_split(seed, 11)
+    s = tf.random.experimental.stateless_split(seed, 14)
 
     def uniform(i, low=0.0, high=1.0, shape=None):
         return tf.random.stateless_uniform(shape if shape is not None else (n,), s[i], low, high)
@@ -75,19 +81,37 @@ def augment_batch(images, size: int, aug: AugmentConfig, seed):
     x = tf.image.crop_and_resize(tf.cast(images, tf.float32), tf.stack([y1, x1, y2, x2], axis=1), tf.range(n),
                                  (size, size))
     # Colour in one pass: saturation s about the grey, contrast c about the image mean,
-    # brightness b: y = c*s*x + c*(1-s)*grey + (1-c)*mean + b.
+    # brightness b, then a per-channel gain g and the field's mask m:
+    # y = (c*s*x + c*(1-s)*grey + (1-c)*mean + b) * g * m.
     sat = uniform(7, 1 - aug.saturation, 1 + aug.saturation)[:, None, None, None]
     con = uniform(8, 1 - aug.contrast, 1 + aug.contrast)[:, None, None, None]
     bright = uniform(9, -aug.brightness, aug.brightness)[:, None, None, None] * 255.0
+    gain = uniform(11, 1 - aug.colour_cast, 1 + aug.colour_cast, shape=(n, 3))[:, None, None, :]
+    field = dermatoscope_field(n, size, uniform(12) < aug.vignette_prob, uniform(13, *aug.vignette_radius))
     grey = tf.reduce_mean(x, axis=3, keepdims=True)
     mean = tf.reduce_mean(grey, axis=(1, 2, 3), keepdims=True)
-    x = tf.clip_by_value(x * (con * sat) + grey * (con * (1 - sat)) + ((1 - con) * mean + bright), 0.0, 255.0)
+    x = tf.clip_by_value((x * (con * sat) + grey * (con * (1 - sat)) + ((1 - con) * mean + bright)) * (gain * field),
+                         0.0, 255.0)
     # Down and up, for a share of the batches: one random smaller size per batch.
     coin, scale = tf.unstack(uniform(10, shape=(2,)))
     small = tf.cast(tf.round(size * (aug.down_up_low + scale * (aug.down_up_high - aug.down_up_low))), tf.int32)
     return tf.cond(coin < aug.down_up_prob,
                    lambda: tf.image.resize(tf.image.resize(x, (small, small), method="area"), (size, size)),
                    lambda: x)
+
+
+def dermatoscope_field(n, size: int, on, radius):
+    """(n, size, size, 1) masks: 1 inside a circle of ``radius`` half-sides, fading to black outside.
+
+    Where ``on`` is false the mask is all ones. The edge fades over a tenth of the half-side,
+    as a real field's rim is soft.
+    """
+    import tensorflow as tf
+
+    axis = (tf.range(size, dtype=tf.float32) + 0.5) / (size / 2) - 1.0
+    r = tf.sqrt(axis[None, :, None] ** 2 + axis[None, None, :] ** 2)  # (1, size, size)
+    radius = tf.where(on, radius, 100.0)[:, None, None]
+    return tf.clip_by_value((radius - r) / 0.1, 0.0, 1.0)[..., None]
 
 
 def training_dataset(images: np.ndarray, labels: np.ndarray, sample_weights: np.ndarray, *, size: int,

@@ -30,12 +30,16 @@ class TrainConfig:
     batch_size: int = 32
     head_epochs: int = 10
     head_lr: float = 1e-3
-    epochs: int = 20  # about 130 s each here: the whole run stays inside 60 minutes
+    epochs: int = 28  # about 140 s each here
+    swa_epochs: int = 8  # with keep="swa": the last 8 epochs, at swa_lr, are averaged
+    swa_lr: float = 2e-5
     warmup_epochs: float = 1.0
     lr: float = 1e-4
     weight_decay: float = 1e-4
     min_crop_area: float = 0.45
     down_up_prob: float = 0.4
+    colour_cast: float = 0.08  # per-channel gain in [1 - c, 1 + c]: other dermatoscopes' white balance
+    vignette_prob: float = 0.25  # dark round corners of a dermatoscope's field of view
     imbalance: str = "sqrt"
     loss: str = "crossentropy"
     focal_gamma: float = 2.0
@@ -44,7 +48,7 @@ class TrainConfig:
     logit_adjustment: bool = True
     colour: str = COLOUR_NONE  # training.ablate_colour: Shades of Gray did not win on validation
     patient_context: bool = True  # phase 3 (training.patient_context)
-    keep: str = "last"  # the weights at the end of the schedule, or "best": the best raw validation epoch
+    keep: str = "swa"  # the mean of the last swa_epochs' weights; "last": the end of the schedule; "best"
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     limit_per_class: int = 0
@@ -53,9 +57,9 @@ class TrainConfig:
     version: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y.%m.%d"))
 
 
-SMOKE_OVERRIDES = dict(input_size=64, store_size=72, alpha=0.35, dense_units=32, head_epochs=2, epochs=1,
+SMOKE_OVERRIDES = dict(input_size=64, store_size=72, alpha=0.35, dense_units=32, head_epochs=2, epochs=2, swa_epochs=1,
                        batch_size=16, limit_per_class=40)
-KEEP_CHOICES = ("last", "best")
+KEEP_CHOICES = ("last", "best", "swa")
 CHOICES = {"imbalance": IMBALANCE_CHOICES, "loss": LOSS_CHOICES, "keep": KEEP_CHOICES, "colour": COLOURS}
 HELP = {
     "imbalance": "class_weight: balanced weights n/(k n_c); sqrt: their square root; sampling: every class drawn "
@@ -65,7 +69,11 @@ HELP = {
     "min_crop_area": "smallest random crop, as a share of the stored image",
     "colour": "colour constancy applied to every image, in training and in the service (recorded in the card)",
     "patient_context": "phase 3: train a head that also reads age, sex and site, and ship it if validation says it helps",
-    "keep": "which fine-tuned weights to export: the last epoch's, or the best raw validation epoch's",
+    "keep": "which fine-tuned weights to export: the average of the last --swa-epochs epochs' (swa), the last "
+            "epoch's, or the best raw validation epoch's",
+    "swa_epochs": "with --keep swa: how many final epochs, held at --swa-lr, are averaged",
+    "colour_cast": "random per-channel gain, as other cameras' white balance gives (0 for none)",
+    "vignette_prob": "share of training views given the dark round corners of a dermatoscope's field",
     "imagenet_weights": "ImageNet MobileNetV2 with its classifier, exported in the same .h5 for the non-skin check: "
                         "'imagenet' (download) or a with-top .h5; empty for none",
     "imagenet_labels": "the 1000 ImageNet class names, one a line ('imagenet': Keras's class index, downloaded)",
@@ -126,4 +134,6 @@ def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
         p.error("--input-size must be at least 32")
     if not 0 < cfg.min_crop_area <= 1:
         p.error("--min-crop-area must be in (0, 1]")
+    if cfg.keep == "swa" and not 0 < cfg.swa_epochs <= cfg.epochs:
+        cfg.swa_epochs = min(max(cfg.swa_epochs, 1), cfg.epochs)
     return cfg, flags

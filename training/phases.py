@@ -8,8 +8,10 @@
    every epoch, AdamW with a linear warm-up then cosine decay. Each epoch writes a
    backup (``keras.callbacks.BackupAndRestore``: weights, optimizer, epoch) so a cut-off
    run continues with ``--resume``, and the weights with the best validation balanced
-   accuracy so far (``best.weights.h5``). The run keeps the last epoch's weights, or with
-   ``--keep best`` the best epoch's.
+   accuracy so far (``best.weights.h5``). The run keeps the last epoch's weights, with
+   ``--keep best`` the best epoch's, or with ``--keep swa`` the average of the last
+   ``--swa-epochs`` epochs' weights (stochastic weight averaging), which a resumed run
+   rebuilds from the per-epoch snapshots in ``swa/``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ BEST_WEIGHTS = "best.weights.h5"
 HEAD_WEIGHTS = "head.weights.h5"
 BACKUP_DIR = "backup"
 HISTORY = "history.csv"
+SWA_DIR = "swa"
 
 
 def batched_predict(model, x: np.ndarray, batch_size: int = 64, scale: bool = False) -> np.ndarray:
@@ -108,32 +111,79 @@ def best_so_far(history_csv: Path) -> float | None:
     return float(hist["val_balanced_accuracy"].max()) if "val_balanced_accuracy" in hist and len(hist) else None
 
 
-def cosine_with_warmup(peak_lr: float, steps_per_epoch: int, epochs: int, warmup_epochs: float):
-    """Linear warm-up from 0 to ``peak_lr``, then cosine decay to 0 at the last step."""
+def cosine_with_warmup(peak_lr: float, steps_per_epoch: int, epochs: int, warmup_epochs: float,
+                       flat_epochs: int = 0, floor_lr: float = 0.0):
+    """Linear warm-up from 0 to ``peak_lr``, cosine decay to ``floor_lr``, then ``flat_epochs`` at ``floor_lr``.
+
+    Weight averaging needs the last epochs to keep moving: on a schedule that decays to 0
+    their weights would be nearly one point, and their average no better than the last.
+    """
     import keras
 
-    total = max(1, steps_per_epoch * epochs)
+    total = max(1, steps_per_epoch * (epochs - flat_epochs))
     warmup = min(total - 1, int(steps_per_epoch * warmup_epochs))
-    return keras.optimizers.schedules.CosineDecay(0.0, max(1, total - warmup), warmup_target=peak_lr,
-                                                  warmup_steps=warmup)
+    return keras.optimizers.schedules.CosineDecay(0.0, max(1, total - warmup), alpha=floor_lr / peak_lr if peak_lr else 0.0,
+                                                  warmup_target=peak_lr, warmup_steps=warmup)
+
+
+def swa_snapshot_callback(model, out_dir: Path, first_epoch: int):
+    """Saves the weights at the end of every epoch from ``first_epoch`` (1-based) into ``swa/``.
+
+    One file per epoch rather than a running sum, so that an epoch re-run after a cut
+    overwrites its own snapshot instead of being counted twice.
+    """
+    import keras
+
+    folder = Path(out_dir) / SWA_DIR
+
+    class SwaSnapshot(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 >= first_epoch:
+                folder.mkdir(exist_ok=True)
+                model.save_weights(folder / f"epoch_{epoch + 1:03d}.weights.h5")
+
+    return SwaSnapshot()
+
+
+def swa_snapshots(out_dir: Path, first_epoch: int, last_epoch: int) -> list[Path]:
+    """The snapshot files of epochs ``first_epoch``..``last_epoch`` that exist, in order."""
+    folder = Path(out_dir) / SWA_DIR
+    return [p for e in range(first_epoch, last_epoch + 1) if (p := folder / f"epoch_{e:03d}.weights.h5").is_file()]
+
+
+def load_weight_average(model, paths: list[Path]) -> None:
+    """Sets ``model``'s weights to the mean of the weight files ``paths`` (all of one architecture)."""
+    total = None
+    for path in paths:
+        model.load_weights(path)
+        weights = model.get_weights()
+        total = [w.astype(np.float64) for w in weights] if total is None else [t + w for t, w in zip(total, weights)]
+    model.set_weights([(t / len(paths)).astype(w.dtype) for t, w in zip(total, model.get_weights())])
 
 
 def fine_tune(model, make_dataset, n_train: int, x_val, y_val, *, batch_size: int, epochs: int, lr: float,
               warmup_epochs: float, weight_decay: float, ema_momentum: float, loss, out_dir: Path,
-              resume: bool, keep: str = "last", prior=None) -> None:
+              resume: bool, keep: str = "last", prior=None, swa_epochs: int = 0, swa_lr: float = 0.0) -> dict:
     """Phase 2: the whole network (BatchNorm frozen); ends holding the weights ``keep`` names.
 
     ``keep="last"``: the weights at the end of the cosine schedule. ``keep="best"``: the
     epoch with the best raw validation balanced accuracy (``best.weights.h5``, written
     either way). On a validation split this small the best epoch is often a spike while
     the learning rate is still high, and it then leaves less for logit adjustment to gain
-    than the settled last epoch: in the shipped run, 0.729 against 0.782 after adjustment.
+    than the settled last epoch: in the 2026.11.23 run, 0.729 against 0.782 after adjustment.
+    ``keep="swa"``: the mean of the weights after each of the last ``swa_epochs`` epochs,
+    which the schedule holds at ``swa_lr`` so that they differ.
+
+    Returns what the kept weights were chosen from: raw validation balanced accuracy of
+    the last epoch and, with weight averaging, of the average (a paired comparison on the
+    same run, for the ablation table).
 
     ``make_dataset(first_draw)`` returns the endless training stream whose augmentation
     seeds start at ``first_draw``, so a resumed run draws new views rather than replaying
     the first epochs' ones.
     """
     import keras
+    from sklearn.metrics import balanced_accuracy_score
 
     from training.model import set_trainable_from
 
@@ -142,21 +192,28 @@ def fine_tune(model, make_dataset, n_train: int, x_val, y_val, *, batch_size: in
     if not resume:
         for stale in (best_path, history):
             stale.unlink(missing_ok=True)
-        if backup.exists():
-            import shutil
+        import shutil
 
-            shutil.rmtree(backup)
+        for folder in (backup, out_dir / SWA_DIR):
+            if folder.exists():
+                shutil.rmtree(folder)
     set_trainable_from(model, model.layers[1].name)
     steps = math.ceil(n_train / batch_size)
     use_ema = ema_momentum > 0
-    optimizer = keras.optimizers.AdamW(cosine_with_warmup(lr, steps, epochs, warmup_epochs), weight_decay=weight_decay,
+    swa_epochs = swa_epochs if keep == "swa" else 0
+    schedule = cosine_with_warmup(lr, steps, epochs, warmup_epochs, flat_epochs=swa_epochs, floor_lr=swa_lr)
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=weight_decay,
                                        use_ema=use_ema, ema_momentum=ema_momentum if use_ema else 0.99)
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=False)
     done = epochs_done(out_dir) if resume else 0
     best = best_so_far(history) if resume else None
     # SwapEMAWeights goes first, so that scoring and the best-epoch snapshot see the average.
     ema = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if use_ema else []
+    first_swa = epochs - swa_epochs + 1
+    swa = [swa_snapshot_callback(model, out_dir, first_swa)] if swa_epochs else []
+    # The snapshot is written before the backup: a cut between the two re-runs the epoch and overwrites it.
     callbacks = [
+        *swa,
         keras.callbacks.BackupAndRestore(str(backup), save_freq="epoch", delete_checkpoint=False),
         *ema,
         validation_callback(lambda v: batched_predict(model, v), x_val, y_val, optimizer, prior),
@@ -168,8 +225,21 @@ def fine_tune(model, make_dataset, n_train: int, x_val, y_val, *, batch_size: in
         log.info("phase 2: resuming after epoch %d (best validation balanced accuracy so far %.4f)", done, best or 0)
     model.fit(make_dataset(done * steps * batch_size), steps_per_epoch=steps, epochs=epochs, verbose=2,
               callbacks=callbacks)
+
+    def score() -> float:
+        return round(float(balanced_accuracy_score(y_val, batched_predict(model, x_val).argmax(1))), 4)
+
+    record = {"kept": keep, "val_balanced_accuracy_last_epoch": score()}
     if keep == "best" and best_path.is_file():
         model.load_weights(best_path)
+    if swa_epochs:
+        snapshots = swa_snapshots(out_dir, first_swa, epochs)
+        load_weight_average(model, snapshots)
+        record |= {"swa_epochs": [int(p.name[6:9]) for p in snapshots], "swa_lr": swa_lr,
+                   "val_balanced_accuracy_swa": score()}
+        log.info("phase 2: kept the average of epochs %s (raw validation balanced accuracy %.4f; last epoch %.4f)",
+                 record["swa_epochs"], record["val_balanced_accuracy_swa"], record["val_balanced_accuracy_last_epoch"])
+    return record
 
 
 def epochs_done(out_dir: Path) -> int:

@@ -118,10 +118,12 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
     t = time.perf_counter()
     resumed_after = epochs_done(out_dir) if resume else 0
     prior = class_prior(y["train"], k)
-    aug = AugmentConfig(min_crop_area=cfg.min_crop_area, down_up_prob=cfg.down_up_prob)
+    aug = AugmentConfig(min_crop_area=cfg.min_crop_area, down_up_prob=cfg.down_up_prob, colour_cast=cfg.colour_cast,
+                        vignette_prob=cfg.vignette_prob)
     x_val = scale_pixels(images["val"])
+    phase2 = {}
     if cfg.epochs > 0:
-        fine_tune(
+        phase2 = fine_tune(
             model,
             lambda first_draw: training_dataset(images["train"], y["train"], weights, size=cfg.input_size,
                                                 batch_size=cfg.batch_size, seed=cfg.seed, num_classes=k, aug=aug,
@@ -129,7 +131,7 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
             len(y["train"]), x_val, y["val"], batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr,
             warmup_epochs=cfg.warmup_epochs, weight_decay=cfg.weight_decay, ema_momentum=cfg.ema_momentum,
             loss=loss, out_dir=out_dir, resume=resume, keep=cfg.keep,
-            prior=prior if cfg.logit_adjustment else None)
+            prior=prior if cfg.logit_adjustment else None, swa_epochs=cfg.swa_epochs, swa_lr=cfg.swa_lr)
     timings["phase2_finetune"] = time.perf_counter() - t
     del images["train"]
 
@@ -144,13 +146,14 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
     if cfg.patient_context:
         model, context_record = phase3(model, batched_predict(model, x_val), prepared, seed=cfg.seed)
     card = export_and_evaluate(model, cfg, prepared, adjustment, timings, t0, score_test, resumed_after,
-                               context_record)
+                               context_record, kept_weights=phase2)
     finish_worker(cfg.out_dir, strategy, model)
     return card
 
 
 def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment: dict, timings: dict, t0: float,
-                        score_test: bool, resumed_after: int = 0, context_record: dict | None = None) -> ModelCard:
+                        score_test: bool, resumed_after: int = 0, context_record: dict | None = None,
+                        kept_weights: dict | None = None) -> ModelCard:
     """Export the ``.h5``, score it through the service's Predictor, calibrate, then write the card once.
 
     The card's metrics are of images alone (most uploads carry no patient context); a model
@@ -188,6 +191,7 @@ def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment:
     timings["total"] = time.perf_counter() - t0
     training = {"config": asdict(cfg), "git_commit": git_commit(), "weights_source": weights_source(cfg.weights),
                 "hardware": hardware_summary(), "logit_adjustment": adjustment, "resumed_after_epoch": resumed_after,
+                "kept_weights": kept_weights or {},
                 "durations_s": {k: round(v, 1) for k, v in timings.items()}}
     card = ModelCard.from_dict({
         **card.to_dict(), "training": training,
