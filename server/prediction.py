@@ -89,6 +89,9 @@ class Prediction:
     ood_score: float | None = None  # non-skin check: the largest of its checks' ratios (above 1: refused)
     looks_like: str | None = None  # what a refused image seemed to show (ImageNet's top class), when known
     heatmap: Heatmap | None = None
+    # Grids (no pictures) of every class's Grad-CAM, for a page that lets the person switch
+    # the heatmap to any class; empty unless asked for (``ScreeningOptions.explain_all``).
+    class_heatmaps: tuple[Heatmap, ...] = ()
     explain_ms: float | None = None
     total_ms: float | None = None  # decode, preprocess and model time, measured by the screening use case
     thumbnail: bytes | None = field(default=None, repr=False)  # a small JPEG of the upload, for pages and the PDF
@@ -136,6 +139,24 @@ class Prediction:
         return self.malignant_probability >= self.malignant_threshold
 
     @property
+    def explained_class(self) -> str:
+        """The class a heatmap explains unless the caller names one.
+
+        A flagged lesion's heatmap shows where the model saw the malignant evidence (the
+        leading malignant class), not the benign top class: the flag is what the person
+        acts on, so its evidence is what they should be able to see.
+        """
+        if self.malignant_flag:
+            return next(c.code for c in self.classes if c.code in MALIGNANT_CODES)
+        return self.top.code
+
+    def heatmap_for(self, code: str) -> Heatmap | None:
+        """The heatmap of class ``code``: the main one, or its grid among ``class_heatmaps``."""
+        if self.heatmap is not None and self.heatmap.class_code == code:
+            return self.heatmap
+        return next((h for h in self.class_heatmaps if h.class_code == code), None)
+
+    @property
     def advice(self) -> str:
         return lesion_class(self.top.code).advice
 
@@ -169,6 +190,8 @@ class Prediction:
         }
         if self.heatmap is not None:
             out["heatmap"] = self.heatmap.to_dict(with_png=heatmap_png)
+        if self.class_heatmaps:
+            out["class_heatmaps"] = [h.to_dict(with_png=False) for h in self.class_heatmaps]
         return out
 
     @classmethod
@@ -187,6 +210,7 @@ class Prediction:
             tta=(data.get("calibration") or {}).get("tta", "off"),
             ood_score=data.get("ood_score"),
             heatmap=Heatmap.from_dict(data["heatmap"]) if data.get("heatmap") else None,
+            class_heatmaps=tuple(Heatmap.from_dict(h) for h in data.get("class_heatmaps") or ()),
             explain_ms=data["timing"].get("explain_ms"),
             total_ms=data["timing"].get("total_ms"),
             patient=PatientContext.from_dict(data.get("patient")),  # a token from before the field: none given

@@ -24,7 +24,8 @@ class ScreeningOptions:
     """What the caller wants beyond the prediction itself."""
 
     explain: bool = False  # add a Grad-CAM heatmap
-    explain_class: str | None = None  # of this class instead of the top one
+    explain_class: str | None = None  # of this class instead of ``Prediction.explained_class``
+    explain_all: bool = False  # and every other class's grid, so a page can switch between them
     thumbnail: bool = False  # keep a small JPEG of the upload (result page, PDF report)
 
 
@@ -43,7 +44,7 @@ def screen(upload: bytes, options: ScreeningOptions, predictor, patient: Patient
     image = open_upload(upload)
     try:
         prediction = predictor.predict_image(image, explain=options.explain, explain_class=options.explain_class,
-                                             patient=patient)
+                                             patient=patient, explain_all=options.explain_all)
     except ValueError as exc:  # an unknown explain_class
         raise ServiceError(400, "bad_request", str(exc)) from None
     if prediction.out_of_distribution:

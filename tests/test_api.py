@@ -99,6 +99,26 @@ def probabilities(resp) -> dict:
 # ---------------------------------------------------------------- happy paths
 
 
+def test_the_summary_puts_the_flag_first_and_the_heatmap_on_the_malignant_evidence(client):
+    """A lesion the model cannot type but flags: the API's summary says "flagged" first, as the
+    page and the reports do, and explain=1 shows where the melanoma evidence lies."""
+    resp = client.post("/predict?explain=1", data={"image": (io.BytesIO(image_bytes((0, 150, 165), size=(64, 64))),
+                                                             "lesion.png")}, content_type="multipart/form-data")
+    assert resp.status_code == 200, resp.get_data(as_text=True)[:300]
+    body = resp.json
+    assert_valid_prediction(body)
+    assert body["uncertain"] is True and body["malignant_flag"] is True
+    assert body["prediction"]["code"] == BLUE_CLASS == "mel"
+    summary = body["summary"]
+    assert (summary["kind"], summary["title"], summary["next_step"]) == (
+        "flagged", "Flagged as possibly malignant", "See a dermatologist promptly")
+    assert summary["key_figure"]["label"] == "Malignant"
+    assert summary["key_figure"]["value"] == body["malignant_probability"]
+    assert body["heatmap"]["class"] in MALIGNANT_CODES
+    calm = post_file(client, image_bytes((220, 30, 30), size=(64, 64))).json
+    assert calm["summary"]["kind"] == "class" and calm["summary"]["key_figure"]["label"] == "Confidence"
+
+
 @pytest.mark.parametrize("colour, expected", [(RED, RED_CLASS), (GREEN, GREEN_CLASS), (BLUE, BLUE_CLASS)])
 def test_multipart_prediction_is_valid_and_follows_colour(client, colour, expected):
     resp = post_file(client, image_bytes(colour))

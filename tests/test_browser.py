@@ -183,8 +183,12 @@ def shot_dir():
     return ARTIFACTS
 
 
+FLAGGED_UNCERTAIN = (0, 150, 165)  # melanoma leads with 48%, malignant 59%: flagged, and no type reaches 50%
+
+
 @pytest.mark.parametrize("viewport_name", ["phone", "desktop"])
-@pytest.mark.parametrize("case, colour", [("confident", (220, 30, 30)), ("flagged", (30, 30, 220)), ("uncertain", GREY)])
+@pytest.mark.parametrize("case, colour", [("confident", (220, 30, 30)), ("flagged", (30, 30, 220)), ("uncertain", GREY),
+                                          ("flagged-uncertain", FLAGGED_UNCERTAIN)])
 def test_the_answer_comes_first_as_one_message(browser, base_url, tmp_path, shot_dir, viewport_name, case, colour):
     viewport = VIEWPORTS[viewport_name]
     image = tmp_path / "lesion.png"
@@ -196,29 +200,53 @@ def test_the_answer_comes_first_as_one_message(browser, base_url, tmp_path, shot
         screen_in_browser(page, base_url, image)
         assert overflow(page) <= 0, "the page scrolls sideways"
         assert_answer_above_the_fold(page, viewport)
+        for selector in ("#next-step", "#key-figure", "#check-another"):
+            box = page.locator(selector).bounding_box()
+            assert box["y"] + box["height"] <= viewport["height"], f"{selector} is below the first screen"
         if viewport_name == "phone":
-            assert page.locator("#confidence").bounding_box()["y"] < viewport["height"], "the confidence is below the fold"
-            # photo, heatmap and breakdown follow the answer
+            # photo and heatmap follow the answer; the details start within three screens, folded
             photo, advice = page.locator(".result-image").first.bounding_box(), page.locator("#advice").bounding_box()
             assert photo["y"] > advice["y"]
+            assert page.locator("#details").bounding_box()["y"] <= 3 * viewport["height"]
+            assert page.evaluate("document.documentElement.scrollHeight") <= 3.5 * viewport["height"]
+            assert not page.locator("#breakdown").is_visible(), "the breakdown is folded on a phone"
         verdict = page.inner_text("#verdict")
-        assert page.inner_text("#confidence-meaning").strip(), "the confidence says what it means"
-        assert "melanoma, basal cell carcinoma or actinic keratosis" in page.inner_text("#malignant-meaning")
+        assert page.inner_text("#key-meaning").strip(), "the number says what it means"
         if case == "uncertain":
             assert verdict.startswith("Uncertain: the model cannot tell")
             assert page.locator("#predicted-class").count() == 0 and page.locator("#risk-level").count() == 0
             assert 2 <= page.locator("#leading li").count() <= 3
+            assert "missed about" in page.inner_text("#advice") or "not raised" in page.inner_text("#advice")
             assert page.evaluate(GREEN_JS, page.query_selector("main")) == [], "an uncertain answer shows no green"
-        elif case == "flagged":
+        elif case in ("flagged", "flagged-uncertain"):
             assert verdict.startswith("Flagged as possibly malignant")
-            assert page.inner_text("#predicted-class") == lesion_class(BLUE_CLASS).name
+            assert page.inner_text("#next-step") == "See a dermatologist promptly."
+            assert "melanoma, basal cell carcinoma or actinic keratosis" in page.inner_text("#key-meaning")
+            assert page.locator("#verdict-card.tone-high").count() == 1 and page.locator(".tone-uncertain").count() == 0
+            # the flag's red headline sits above any word of uncertainty
+            red = page.eval_on_selector("#verdict", "el => getComputedStyle(el).color")
+            assert red == "rgb(179, 38, 30)", red
+            if case == "flagged-uncertain":
+                assert page.locator("#predicted-class").count() == 0, "an uncertain answer names no type"
+                cannot = page.locator("#cannot-tell").bounding_box()
+                assert cannot["y"] > page.locator("#verdict").bounding_box()["y"]
+                assert page.inner_text("#cannot-tell").startswith("The model cannot tell which type it is.")
+            else:
+                assert page.inner_text("#predicted-class") == lesion_class(BLUE_CLASS).name
+            # the heatmap shows the malignant evidence
+            assert page.inner_text("#heatmap-class") == lesion_class(BLUE_CLASS).name
             assert page.evaluate(GREEN_JS, page.query_selector("main")) == [], "a flagged answer is never green"
         else:
             red = lesion_class(RED_CLASS)
             assert page.inner_text("#predicted-class") == red.name
             assert page.inner_text("#risk-level") == f"{red.risk.capitalize()} risk"
             # the detector sees green where there is some: the low-risk classes of the breakdown
+            page.click("#breakdown-details summary")
             assert page.evaluate(GREEN_JS, page.query_selector("#breakdown"))
+        # every class's heatmap can be shown without JavaScript: the folded figures open on a click
+        page.click("#other-heatmaps summary")
+        assert page.locator(".heatmap-choice img").count() == 6
+        assert all(page.locator(".heatmap-choice img").nth(i).evaluate("img => img.naturalWidth > 0") for i in range(6))
         page.screenshot(path=str(shot_dir / f"result-{case}-{viewport_name}.png"))
         assert not failures, failures
     finally:

@@ -112,7 +112,7 @@ def test_result_page_shows_the_heatmap_beside_the_image(client):
     assert figure, "no heatmap figure on the result page"
     src = re.search(r'src="data:image/png;base64,([^"]+)"', figure.group(1)).group(1)
     assert png_of(src).size == (FIXTURE_SIZE, FIXTURE_SIZE)
-    assert "Where the model looked" in figure.group(1)
+    assert "Where the model saw evidence for" in figure.group(1)
     assert ' style="' not in body
 
 

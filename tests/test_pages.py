@@ -10,8 +10,9 @@ import io
 import re
 
 import pytest
+from markupsafe import escape
 
-from server.lesions import DISCLAIMER, lesion_class
+from server.lesions import CLASS_CODES, DISCLAIMER, lesion_class
 from tests.conftest import image_bytes
 from tests.fixture_model import BLUE_CLASS, RED_CLASS
 
@@ -73,12 +74,20 @@ def test_form_upload_shows_result_page(client, colour, expected):
     assert predicted == expected_class.name.replace("'", "&#39;")
     assert f'class="risk-badge risk-{expected_class.risk}"' in body
     assert 'src="data:image/jpeg;base64,' in body
-    assert DISCLAIMER in body
-    # the full breakdown: seven bars, sorted, and one <details> per class
+    assert body.count(DISCLAIMER) == 1, "the disclaimer in full once (the footer), short elsewhere"
+    # the full breakdown: seven bars, sorted, folded below the answer with the other details
     values = [float(v) for v in re.findall(r'class="bar-value">([\d.]+)%<', body)]
     assert len(values) == 7 and values == sorted(values, reverse=True)
     assert abs(sum(values) - 100) < 0.5
-    assert body.count("<details") == 7
+    folded = re.findall(r'<details[^>]*id="([\w-]+)"', body)
+    assert {"breakdown-details", "numbers-details", "patient-details", "about-details"} <= set(folded)
+    assert all(str(escape(lesion_class(code).description)) in body for code in CLASS_CODES)
+    # the next step and "Check another image" come before the photo
+    assert body.index('id="next-step"') < body.index('id="check-another"') < body.index('id="images-title"')
+    # the person can see the heatmap of every class, without JavaScript
+    main = re.search(r'id="heatmap-class">([^<]+)<', body).group(1)
+    others = re.findall(r'class="result-figure heatmap-choice" id="heatmap-(\w+)"', body)
+    assert sorted(others + [c for c in CLASS_CODES if str(escape(lesion_class(c).name)) == main]) == sorted(CLASS_CODES)
     assert 'name="token" value="' in body
     assert ' style="' not in body, "inline styles are blocked by the Content-Security-Policy"
 

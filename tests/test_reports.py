@@ -41,10 +41,11 @@ def test_text_report_has_every_field():
     assert "Predicted condition:  Melanoma (mel)" in text
     assert "Confidence:           81.0%" in text
     assert "Risk level:           HIGH" in text
-    assert "Malignant (melanoma, basal cell carcinoma or actinic keratosis): 86.0% combined" in squash(text)
+    assert ("86.0% is the model's combined probability that this lesion is malignant (melanoma, basal cell carcinoma "
+            "or actinic keratosis); this model has no screening threshold for it.") in squash(text)
     assert "akiec + bcc + mel" not in text
-    assert text.index("RESULT: Melanoma: high risk. See a dermatologist.") < text.index("WHAT TO DO") \
-        < text.index("WHAT THE NUMBERS MEAN") < text.index("PROBABILITY BREAKDOWN")
+    assert text.index("RESULT: Melanoma: high risk.") < text.index("NEXT STEP: See a dermatologist promptly.") \
+        < text.index("WHAT TO DO") < text.index("WHAT THE NUMBERS MEAN") < text.index("PROBABILITY BREAKDOWN")
     rows = re.findall(r"^ *([\d.]+)%  [# ]{20}  (.+) \[(\w+), (\w+) risk\]$", text, flags=re.MULTILINE)
     assert [code for _, _, code, _ in rows] == ["mel", "nv", "bkl", "bcc", "akiec", "vasc", "df"]
     assert [float(p) for p, *_ in rows] == sorted((float(p) for p, *_ in rows), reverse=True)
@@ -56,7 +57,7 @@ def test_text_report_has_every_field():
 def test_text_report_flags_uncertain_and_low_risk_results():
     unsure = reports.text_report(prediction_from_probabilities(UNSURE, MODEL, 1.0))
     assert "(uncertain)" in unsure and "dermatologist" in unsure
-    assert "RESULT: Uncertain: the model cannot tell. See a dermatologist." in unsure
+    assert "RESULT: Uncertain: the model cannot tell which type this is.\nNEXT STEP: See a dermatologist" in unsure
     # no single class is the answer: no predicted condition, no risk level, the leading classes with their share
     assert "Predicted condition" not in unsure and "Risk level" not in unsure
     assert re.search(r"Leading possibilities.*\n +42\.0%  Melanocytic nevus \(mole\) \[nv\]\n +35\.0%  Melanoma \[mel\]\n"
@@ -208,8 +209,8 @@ def test_malignant_flag_sends_a_benign_top_class_to_a_dermatologist():
     flagged = _benign_top_with_malignant_mass(0.30)
     assert flagged.top.code == "nv" and flagged.malignant_flag is True
     verdict = reports.assess(flagged)
-    assert verdict.see_dermatologist and "possible malignancy" in verdict.headline
-    assert "screening threshold of 30.0%: flagged" in reports.text_report(flagged)
+    assert verdict.see_dermatologist and verdict.headline == "See a dermatologist promptly"
+    assert "at or above the 30.0% that raises the flag" in squash(reports.text_report(flagged))
 
     below = _benign_top_with_malignant_mass(0.45)
     assert below.malignant_flag is False and not reports.assess(below).see_dermatologist
@@ -261,16 +262,57 @@ def test_numbers_carry_their_context_from_the_card():
     model = ModelInfo(name=card.name, version=card.version, sha256="ab" * 32, input_size=192, test_balanced_accuracy=0.69)
     melanoma = prediction_from_probabilities(CONFIDENT, model, 1.0, malignant_threshold=0.245, uncertain_threshold=0.73)
     text = squash(reports.text_report(melanoma, card))
-    assert "Of 100 test lesions the model gave this answer for, about 35 turned out to be melanoma" in text
+    # one number leads (the flagged lesion's malignant share), with the flag's miss rate in words
+    assert "Malignant: 86.0% 86.0% is the model's combined probability" in text
+    assert "it missed about 1 in 9 malignant lesions on the test images" in text
     assert "right about 90 times in 100" in text and "does not meet the product's quality bar" in text
+    # the per-class precision over every confidence read as a third, conflicting number: it stays on /model
+    assert "turned out to be melanoma" not in text
     unsure = squash(reports.text_report(prediction_from_probabilities(UNSURE, model, 1.0, uncertain_threshold=0.73), card))
     assert "answers this unsure were right only about 50 times in 100" in unsure
     # a card of another model adds nothing (a report token made before the model changed)
     other = squash(reports.text_report(prediction_from_probabilities(CONFIDENT, MODEL, 1.0), card))
-    assert "Of 100 test lesions" not in other and "quality bar" not in other
+    assert "missed about" not in other and "quality bar" not in other
     pdf = pdf_text(reports.pdf_report(melanoma, None, card=card))
-    assert pdf.index("Flagged as possibly malignant") < pdf.index("What to do") < pdf.index("probability breakdown")
-    assert "about 35 turned out to be melanoma" in pdf
+    assert pdf.index("Flagged as possibly malignant") < pdf.index("Next step") < pdf.index("What to do") \
+        < pdf.index("probability breakdown")
+    assert "missed about 1 in 9 malignant lesions" in pdf
+    calm = squash(reports.text_report(prediction_from_probabilities([0.01, 0.01, 0.02, 0.01, 0.02, 0.9, 0.03], model,
+                                                                    1.0, malignant_threshold=0.245), card))
+    assert "The malignant flag is not raised, but it missed about 1 in 9 malignant lesions on the test images" in calm
+
+
+def test_the_flag_outranks_uncertainty_by_one_rule_in_every_output():
+    """A flagged lesion the model cannot type is 'flagged' first and 'cannot tell' second, on the
+    verdict, the API summary and both reports: the flag is what the person must act on."""
+    assert reports.assessment.VERDICT_ORDER == ("refused", "flagged", "uncertain", "class")
+    assert reports.assessment.verdict_kind(refused=True, flagged=True, uncertain=True) == "refused"
+    assert reports.assessment.verdict_kind(flagged=True, uncertain=True) == "flagged"
+    assert reports.assessment.verdict_kind(uncertain=True) == "uncertain"
+    assert reports.assessment.verdict_kind() == "class"
+    both = prediction_from_probabilities(UNSURE, MODEL, 1.0, malignant_threshold=0.36, uncertain_threshold=0.73)
+    assert both.uncertain and both.malignant_flag
+    verdict = reports.assess(both)
+    assert (verdict.kind, verdict.tone, verdict.title) == ("flagged", "high", "Flagged as possibly malignant")
+    assert verdict.uncertain and verdict.headline == "See a dermatologist promptly"
+    assert (verdict.key_label, verdict.key_figure) == ("Malignant", both.malignant_probability)
+    assert [c.code for c in verdict.leading] == ["nv", "mel", "bkl"]
+    assert reports.summary(both)["kind"] == "flagged" and reports.summary(both)["next_step"] == verdict.headline
+    text = reports.text_report(both)
+    assert text.index("RESULT: Flagged as possibly malignant.") < text.index("Leading possibilities")
+    assert "Uncertain:" not in text
+    pdf = pdf_text(reports.pdf_report(both, None))
+    assert pdf.index("Flagged as possibly malignant") < pdf.index("Leading possibilities")
+    # the heatmap explains the leading malignant class, not the benign top class
+    assert both.top.code == "nv" and both.explained_class == "mel"
+    assert prediction_from_probabilities(UNSURE, MODEL, 1.0).explained_class == "nv"
+
+
+def test_one_in_says_small_rates_as_people_read_them():
+    from server.reports.assessment import one_in
+
+    assert [one_in(r) for r in (0.115, 0.1, 0.26, 0.02, 0.0, 0.6)] == [
+        "about 1 in 9", "about 1 in 10", "about 1 in 4", "about 1 in 50", "none", "about 60 in 100"]
 
 
 def test_an_uncertain_or_flagged_verdict_is_never_green():

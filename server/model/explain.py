@@ -27,7 +27,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from server.imaging import centre_square
+from server.imaging import centre_square, jpeg_bytes
 
 OVERLAY_ALPHA = 0.45  # heatmap opacity over the photo
 
@@ -100,6 +100,25 @@ def render(image: Image.Image, grid, size: int) -> Image.Image:
     every picture of a heatmap comes from the grid the Prediction carries.
     """
     return overlay(image, from_grid(grid), size)
+
+
+def heatmap_jpeg(heatmap, thumbnail: bytes | None, size: int = 224) -> bytes | None:
+    """A ``Heatmap``'s overlay as a JPEG, drawn from its grid over the thumbnail's centre square.
+
+    The report token carries grids, not pictures: the PDF and the result page's other
+    classes redraw them this way. Without a thumbnail, the heatmap's own PNG (or grey).
+    """
+    if heatmap is None:
+        return None
+    if thumbnail:
+        with Image.open(io.BytesIO(thumbnail)) as im:
+            base = im.convert("RGB")
+    elif heatmap.png:
+        with Image.open(io.BytesIO(heatmap.png)) as im:
+            return jpeg_bytes(im.convert("RGB"))
+    else:
+        base = Image.new("RGB", (size, size), (128, 128, 128))
+    return jpeg_bytes(render(base, heatmap.grid, size))
 
 
 def png_bytes(img: Image.Image) -> bytes:

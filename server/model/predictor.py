@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -240,11 +241,16 @@ class Predictor:
     def heatmap(self, image: Image.Image, feature_map: np.ndarray, class_index: int,
                 patient: np.ndarray | None = None) -> Heatmap:
         """Grad-CAM of one class over the centre square the model saw -> ``Heatmap``."""
-        pooled = feature_map.mean(axis=(0, 1))[None]
-        grad = self._gradient(pooled, [class_index], self.patient_batch(1, patient) if self.reads_patient else None)[0]
-        grid = explain.to_grid(explain.grad_cam(feature_map, grad))
+        grid = self.heatmap_grids(feature_map, [class_index], patient)[0]
         png = explain.png_bytes(explain.render(image, grid, self.input_size))
         return Heatmap(class_code=self.classes[class_index], grid=grid, png=png)
+
+    def heatmap_grids(self, feature_map: np.ndarray, class_indices, patient: np.ndarray | None = None) -> list:
+        """Grad-CAM grids of several classes from one feature map: one batched gradient on the head."""
+        n = len(class_indices)
+        pooled = np.repeat(feature_map.mean(axis=(0, 1))[None], n, axis=0)
+        grads = self._gradient(pooled, list(class_indices), self.patient_batch(n, patient) if self.reads_patient else None)
+        return [explain.to_grid(explain.grad_cam(feature_map, g)) for g in grads]
 
     def ood_score(self, x: np.ndarray, feature_map: np.ndarray) -> tuple[float | None, np.ndarray | None]:
         """(the non-skin score of one image (the largest ratio of its checks), the ImageNet
@@ -271,14 +277,15 @@ class Predictor:
         return self.ood.labels.looks_like(imagenet_probs, LOOKS_LIKE_MIN_PROBABILITY)
 
     def predict_image(self, img: Image.Image, explain: bool = False, explain_class: str | None = None,
-                      patient: PatientContext | None = None) -> Prediction:
+                      patient: PatientContext | None = None, explain_all: bool = False) -> Prediction:
         """An upright RGB image (from ``imaging.open_upload``) -> Prediction.
 
         ``patient``: the optional age, sex and site, for a model that reads them (its card's
         ``patient_context``); a model that does not ignores them.
 
-        ``explain`` adds a Grad-CAM heatmap for ``explain_class`` (default: the top class);
-        an image the non-skin check flags gets none (it gets no diagnosis either).
+        ``explain`` adds a Grad-CAM heatmap for ``explain_class`` (default: the Prediction's
+        ``explained_class``), and ``explain_all`` the grids of every class beside it; an image
+        the non-skin check flags gets none (it gets no diagnosis either).
         """
         wanted = self.class_index(explain_class) if explain_class else None  # bad class: fail before work
         # The centre square once: the model's input and the heatmap's background (1.3 ms of a 600x450 photo).
@@ -290,17 +297,22 @@ class Predictor:
         probs = self.calibrated(probs.mean(axis=0, keepdims=True))[0]
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         score, in_probs = self.ood_score(x, fmap[0]) if fmap is not None else (None, None)
-        heatmap, explain_ms = None, None
         refused = score is not None and refuses_as_non_skin(score)
-        looks_like = self.looks_like(in_probs) if refused else None
-        if explain and fmap is not None and self._gradient is not None and not refused:
-            t = time.perf_counter()
-            heatmap = self.heatmap(img, fmap[0], wanted if wanted is not None else int(np.argmax(probs)), context)
-            explain_ms = round((time.perf_counter() - t) * 1000.0, 2)
-        return prediction_from_probabilities(
+        prediction = prediction_from_probabilities(
             probs, self.info, elapsed_ms, self.classes, self.malignant_threshold,
             uncertain_threshold=DEFAULT_UNCERTAIN_BELOW if self.uncertain_threshold is None else self.uncertain_threshold,
             temperature=self.temperature, tta=self.tta,
-            ood_score=score, looks_like=looks_like,
-            heatmap=heatmap, explain_ms=explain_ms,
+            ood_score=score, looks_like=self.looks_like(in_probs) if refused else None,
         )
+        if not (explain and fmap is not None and self._gradient is not None and not refused):
+            return prediction
+        t = time.perf_counter()
+        index = wanted if wanted is not None else self.class_index(prediction.explained_class)
+        heatmap = self.heatmap(img, fmap[0], index, context)
+        others = ()
+        if explain_all:
+            rest = [i for i in range(len(self.classes)) if i != index]
+            others = tuple(Heatmap(class_code=self.classes[i], grid=g)
+                           for i, g in zip(rest, self.heatmap_grids(fmap[0], rest, context)))
+        return replace(prediction, heatmap=heatmap, class_heatmaps=others,
+                       explain_ms=round((time.perf_counter() - t) * 1000.0, 2))

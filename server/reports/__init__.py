@@ -18,8 +18,7 @@ from server.reports.assessment import (
     assess,
     balanced_accuracy_text,
     format_timestamp,
-    malignant_flag_text,
-    malignant_text,
+    summary,
     percent,
 )
 from server.reports.formats import PAPER_SIZES, REPORT_FORMATS, paper_size, report_filename, requested_format
@@ -27,8 +26,8 @@ from server.reports.pdf import pdf_report
 from server.reports.text import text_report
 
 __all__ = ["NOT_A_DIAGNOSIS", "PAPER_SIZES", "REPORT_FORMATS", "REPORT_TITLE", "SYSTEM_NAME", "Assessment", "assess",
-           "balanced_accuracy_text", "format_timestamp", "malignant_flag_text", "malignant_text", "paper_size",
-           "pdf_report", "percent", "render_report", "requested_format", "text_report", "thumbnail_jpeg"]
+           "balanced_accuracy_text", "format_timestamp", "paper_size",
+           "pdf_report", "percent", "render_report", "requested_format", "summary", "text_report", "thumbnail_jpeg"]
 
 
 def render_report(prediction: Prediction, fmt: str, paper: str | None = None,

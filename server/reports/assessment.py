@@ -26,16 +26,28 @@ NOT_A_DIAGNOSIS = "Screening aid, not a diagnosis."
 LEADING_MIN = 0.05  # an uncertain answer lists its top two classes, and the third when it has at least this
 
 
+# The one precedence rule: a result is described by the first of these that applies. A refusal
+# (not a skin lesion) gives no diagnosis at all; a raised malignant flag outranks class
+# uncertainty, because "see a dermatologist promptly" holds whichever type the lesion is.
+VERDICT_ORDER = ("refused", "flagged", "uncertain", "class")
+
+
+def verdict_kind(*, refused: bool = False, flagged: bool = False, uncertain: bool = False) -> str:
+    """The first verdict of ``VERDICT_ORDER`` that applies: every output orders its answer by this."""
+    applies = {"refused": refused, "flagged": flagged, "uncertain": uncertain, "class": True}
+    return next(kind for kind in VERDICT_ORDER if applies[kind])
+
+
 @dataclass(frozen=True)
 class Assessment:
-    """What a result means for the person: the one place the advice rules and the verdict's order live.
+    """What a result means for the person: the advice rules and the verdict's wording, in one place.
 
     Every output reads it top down in the same order: ``title`` (the verdict), ``headline``
-    and ``advice`` (what to do), ``confidence`` (what the numbers mean), then the details.
-    The verdict is the first that applies of: uncertain, flagged, the top class with its risk.
+    (the next step), ``key_figure`` with ``key_sentence`` (the one number to read and what it
+    means on test images), then ``advice`` and the details. ``kind`` comes from ``verdict_kind``.
     """
 
-    kind: str  # "uncertain" | "flagged" | "class"
+    kind: str  # "flagged" | "uncertain" | "class" (a refusal never becomes a Prediction)
     risk: str  # the top class's risk level
     tone: str  # the colour: "high" | "uncertain" | "moderate" | "low"; never "low" when see_dermatologist
     uncertain: bool
@@ -45,14 +57,17 @@ class Assessment:
     headline: str  # what to do, in one line
     advice: tuple[str, ...]
     leading: tuple[ClassProbability, ...]  # uncertain: the two or three leading classes (no single answer)
-    confidence: tuple[str, ...]  # what the confidence means, in plain words
-    malignant: str  # the malignant share in words, with the flag
+    key_label: str  # "Malignant" when flagged, else "Confidence"
+    key_figure: float  # the one number shown large
+    key_sentence: str  # that number in context: what it is, what it meant on the test images
+    confidence: tuple[str, ...]  # the top class's probability in context (the details)
+    malignant: str  # the malignant share against the flag, with the flag's miss rate on test images
     quality: str | None  # the model against the product's quality bar (None without the model's card)
 
     @property
     def names_a_class(self) -> bool:
         """An uncertain answer names no single class as its result."""
-        return self.kind != "uncertain"
+        return not self.uncertain
 
 
 def _leading(prediction: Prediction) -> tuple[ClassProbability, ...]:
@@ -60,29 +75,66 @@ def _leading(prediction: Prediction) -> tuple[ClassProbability, ...]:
     return (first, second) + tuple(c for c in rest[:1] if c.probability >= LEADING_MIN)
 
 
+def _trust(card: ModelCard | None) -> Mapping:
+    trust = card.uncertain.get("test") if card is not None else None
+    return trust if isinstance(trust, Mapping) else {}
+
+
 def _confidence(prediction: Prediction, card: ModelCard | None) -> tuple[str, ...]:
+    """The top class's probability and what answers that sure were worth on the test images."""
     top = prediction.top
     calibrated = "calibrated " if prediction.temperature else ""
-    trust = card.uncertain.get("test") if card is not None else None
-    trust = trust if isinstance(trust, Mapping) else {}
+    trust = _trust(card)
     if prediction.uncertain:
-        lines = [f"The best guess has only {percent(top.probability)} {calibrated}probability, below the "
-                 f"{percent(prediction.uncertain_below, 0)} this model needs to be reliable."]
+        line = (f"The best guess, {lesion_class(top.code).in_words}, has only {percent(top.probability)} {calibrated}"
+                f"probability, below the {percent(prediction.uncertain_below, 0)} this model needs to name a type")
         if isinstance(trust.get("accuracy_uncertain"), (int, float)):
-            lines.append(f"On the test images, answers this unsure were right only about "
-                         f"{round(trust['accuracy_uncertain'] * 100)} times in 100.")
-        return tuple(lines)
-    lines = [f"{percent(top.probability)} is the model's {calibrated}probability that this is "
-             f"{lesion_class(top.code).in_words}."]
-    precision = quality.precision_sentence(card, top.code)
-    if precision:
-        lines.append(precision)
+            line += (f"; on the test images, answers this unsure were right only about "
+                     f"{round(trust['accuracy_uncertain'] * 100)} times in 100")
+        return (line + ".",)
+    line = f"{percent(top.probability)} is the model's {calibrated}probability that this is {lesion_class(top.code).in_words}"
     if isinstance(trust.get("accuracy_answered"), (int, float)):
-        lines.append(f"Answers at least {percent(prediction.uncertain_below, 0)} confident were right about "
-                     f"{round(trust['accuracy_answered'] * 100)} times in 100 on the test images.")
-    else:
-        lines.append(f"Below {percent(prediction.uncertain_below, 0)} an answer counts as uncertain.")
-    return tuple(lines)
+        line += (f"; on the test images, answers at least {percent(prediction.uncertain_below, 0)} sure were right "
+                 f"about {round(trust['accuracy_answered'] * 100)} times in 100")
+    return (line + ".",)
+
+
+def one_in(rate: float) -> str:
+    """0.115 -> 'about 1 in 9': a small rate as people read it."""
+    if rate <= 0:
+        return "none"
+    return f"about 1 in {max(2, round(1 / rate))}" if rate < 0.5 else f"about {round(rate * 100)} in 100"
+
+
+def flag_miss_rate(card: ModelCard | None) -> float | None:
+    """The share of malignant test lesions the flag did not raise (1 - sensitivity), or None."""
+    sensitivity = (card.test_metrics.get("malignant") or {}).get("sensitivity") if card is not None else None
+    return 1.0 - float(sensitivity) if isinstance(sensitivity, (int, float)) else None
+
+
+def flag_not_raised_sentence(card: ModelCard | None, see_dermatologist: bool) -> str:
+    """What an answer without the malignant flag cannot promise: how often the flag misses, in words."""
+    missed = flag_miss_rate(card)
+    misses = f", but it missed {one_in(missed)} malignant lesions on the test images" if missed is not None else ""
+    tail = ("." if see_dermatologist else
+            ": if the lesion changes, bleeds, itches or worries you, see a doctor whatever this result says.")
+    return f"The malignant flag is not raised{misses}" + tail
+
+
+def malignant_sentence(prediction: Prediction, card: ModelCard | None) -> str:
+    """P(malignant) against the flag's threshold, and how often the flag misses, in one sentence."""
+    share = (f"{percent(prediction.malignant_probability)} is the model's combined probability that this lesion is "
+             f"malignant ({malignant_in_words()})")
+    if prediction.malignant_flag is None:
+        return share + "; this model has no screening threshold for it."
+    missed = flag_miss_rate(card)
+    misses = (f"it missed {one_in(missed)} malignant lesions on the test images" if missed is not None else
+              "no test figure is recorded for how often it misses")
+    if prediction.malignant_flag:
+        return (share + f", at or above the {percent(prediction.malignant_threshold)} that raises the flag; "
+                f"the flag {misses}.")
+    return (share + f", below the {percent(prediction.malignant_threshold)} that raises the flag. The flag is not a "
+            f"guarantee: {misses}.")
 
 
 def assess(prediction: Prediction, card: ModelCard | None = None) -> Assessment:
@@ -98,48 +150,48 @@ def assess(prediction: Prediction, card: ModelCard | None = None) -> Assessment:
     risk = top.risk
     uncertain = prediction.uncertain
     flagged = bool(prediction.malignant_flag)
+    kind = verdict_kind(flagged=flagged, uncertain=uncertain)
     see_dermatologist = uncertain or risk == "high" or flagged
     advice: list[str] = []
-    if uncertain:
+    if flagged and (uncertain or risk != "high"):
+        advice.append("Whatever type the lesion turns out to be, a malignant one cannot be ruled out from this image.")
+    if kind == "uncertain":
         advice.append("The model cannot tell these lesion types apart for this image, so it names none of them as "
-                      "the answer. Please have the lesion examined by a dermatologist.")
-    if flagged and risk != "high":
-        advice.append(
-            f"Although the most likely class is benign, the combined probability of a malignant lesion "
-            f"({percent(prediction.malignant_probability)}) reaches this model's screening threshold "
-            f"({percent(prediction.malignant_threshold)}). Please have the lesion examined by a dermatologist."
-        )
-    if not uncertain:
+                      "the answer.")
+    elif not uncertain:
         advice.append(prediction.advice)
-    if not see_dermatologist:
+    if prediction.malignant_flag is False:
+        advice.append(flag_not_raised_sentence(card, see_dermatologist))
+    elif not see_dermatologist:
         advice.append("If the lesion changes, bleeds, itches or worries you, see a doctor whatever this result says.")
-    if see_dermatologist:
-        reason = " (uncertain result)" if uncertain and risk != "high" else ""
-        reason = " (possible malignancy)" if flagged and risk != "high" and not uncertain else reason
-        headline = "See a dermatologist" + reason
-    elif risk == "moderate":
-        headline = "Probably benign, but have it checked if you are unsure"
+    if kind == "flagged":
+        tone, title = "high", "Flagged as possibly malignant"
+        headline = "See a dermatologist promptly"
+    elif kind == "uncertain":
+        tone, title = "uncertain", "Uncertain: the model cannot tell which type this is"
+        headline = "See a dermatologist (uncertain result)"
     else:
-        headline = "Low concern from this image; keep an eye on it"
-    if uncertain:
-        kind, tone, title = "uncertain", "uncertain", "Uncertain: the model cannot tell. See a dermatologist."
-    elif flagged:
-        kind, tone, title = "flagged", "high", "Flagged as possibly malignant. See a dermatologist."
-    else:
-        kind, tone = "class", risk
-        title = f"{top.name}: {risk} risk" + (". See a dermatologist." if risk == "high" else ".")
+        tone, title = risk, f"{top.name}: {risk} risk"
+        headline = {"high": "See a dermatologist promptly" if top.code == "mel" else "See a dermatologist",
+                    "moderate": "Probably benign, but have it checked if you are unsure"}.get(
+            risk, "Low concern from this image; keep an eye on it")
+    confidence = _confidence(prediction, card)
+    malignant = malignant_sentence(prediction, card)
+    key_label, key_figure, key_sentence = (("Malignant", prediction.malignant_probability, malignant) if flagged
+                                           else ("Confidence", top.probability, confidence[0]))
     return Assessment(kind=kind, risk=risk, tone=tone, uncertain=uncertain, flagged=flagged,
                       see_dermatologist=see_dermatologist, title=title, headline=headline, advice=tuple(advice),
-                      leading=_leading(prediction) if uncertain else (),
-                      confidence=_confidence(prediction, card), malignant=malignant_text(prediction),
+                      leading=_leading(prediction) if uncertain else (), key_label=key_label, key_figure=key_figure,
+                      key_sentence=key_sentence, confidence=confidence, malignant=malignant,
                       quality=quality.bar_sentence(card) if card is not None else None)
 
 
-def malignant_text(prediction: Prediction) -> str:
-    """'Malignant (melanoma, basal cell carcinoma or actinic keratosis): 4.0% combined, below ...'."""
-    flag = malignant_flag_text(prediction)
-    return (f"Malignant ({malignant_in_words()}): {percent(prediction.malignant_probability)} combined"
-            + (f", {flag}" if flag else "") + ".")
+def summary(prediction: Prediction, card: ModelCard | None = None) -> dict:
+    """The verdict in the API's words: the same title, next step and key sentence as the page and reports."""
+    verdict = assess(prediction, card)
+    return {"kind": verdict.kind, "title": verdict.title, "next_step": verdict.headline,
+            "key_figure": {"label": verdict.key_label, "value": verdict.key_figure, "meaning": verdict.key_sentence},
+            "uncertain": verdict.uncertain, "malignant_flag": prediction.malignant_flag}
 
 
 def format_timestamp(iso: str) -> str:
@@ -153,15 +205,6 @@ def format_timestamp(iso: str) -> str:
     offset = when.utcoffset()
     zone = "UTC" if not offset else when.strftime("UTC%z")
     return when.strftime("%Y-%m-%d %H:%M:%S ") + zone
-
-
-def malignant_flag_text(prediction: Prediction) -> str:
-    """How P(malignant) compares with the model's screening threshold, in words, or ''."""
-    if prediction.malignant_flag is None:
-        return ""
-    verdict = "at or above" if prediction.malignant_flag else "below"
-    return (f"{verdict} this model's screening threshold of {percent(prediction.malignant_threshold)}"
-            + (": flagged for a dermatologist" if prediction.malignant_flag else ""))
 
 
 def balanced_accuracy_text(prediction: Prediction) -> str:

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 
 from PIL import Image
 
-from server.imaging import jpeg_bytes
 from server.lesions import lesion_class
 from server.model import explain
 from server.model.card import ModelCard
@@ -124,25 +123,28 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
     ]
     # The verdict first, in the order the result page uses: what it is, what to do, what the numbers mean.
     tone_colour = colors.HexColor(TONE_COLOURS.get(verdict.tone, "#333333"))
-    story.append(Table([[p(verdict.title, banner)]], colWidths=[width],
+    story.append(Table([[p(verdict.title + ".", banner)]], colWidths=[width],
                        style=[("BACKGROUND", (0, 0), (-1, -1), tone_colour), ("LEFTPADDING", (0, 0), (-1, -1), 8),
                               ("TOPPADDING", (0, 0), (-1, -1), 5), ("BOTTOMPADDING", (0, 0), (-1, -1), 6)]))
+    summary = [[p("Next step", small), Paragraph(f"<b>{escape(verdict.headline)}.</b>", body)],
+               [p(verdict.key_label, small), Paragraph(f"<b>{percent(verdict.key_figure)}</b>. "
+                                                       f"{escape(verdict.key_sentence)}", body)]]
     if verdict.uncertain:
-        summary = [[p("Leading possibilities", small),
-                    p("; ".join(f"{c.name} ({c.code}) {percent(c.probability)}" for c in verdict.leading)
-                      + ". None of them is the answer.")]]
+        summary += [[p("Leading possibilities", small),
+                     p("; ".join(f"{c.name} ({c.code}) {percent(c.probability)}" for c in verdict.leading)
+                       + ". None of them is the answer.")]]
     else:
         risk = escape(verdict.risk.upper())
         if verdict.flagged and verdict.risk != "high":
             risk += " for this class alone; the lesion is flagged"
-        summary = [[p("Predicted condition", small), Paragraph(f"<b>{escape(top.name)}</b> ({escape(top.code)})", body)],
-                   [p("Risk level", small), Paragraph(f'<font color="{RISK_COLOURS.get(verdict.risk, "#333333")}">'
-                                                      f"<b>{risk}</b></font>", body)]]
-    summary += [[p("What to do", small), Paragraph(f"<b>{escape(verdict.headline)}.</b>", body)]]
-    summary += [["", p(a)] for a in verdict.advice]
-    summary += [[p("Confidence", small), p(percent(top.probability) + ("  (uncertain)" if verdict.uncertain else "")
-                                           + "\n" + " ".join(verdict.confidence))],
-                [p("Malignant probability", small), p(verdict.malignant)]]
+        summary += [[p("Predicted condition", small), Paragraph(f"<b>{escape(top.name)}</b> ({escape(top.code)})", body)],
+                    [p("Risk level", small), Paragraph(f'<font color="{RISK_COLOURS.get(verdict.risk, "#333333")}">'
+                                                       f"<b>{risk}</b></font>", body)]]
+    summary += [[p("What to do", small) if i == 0 else "", p(a)] for i, a in enumerate(verdict.advice)]
+    other = (("Confidence", percent(top.probability) + ("  (uncertain)" if verdict.uncertain else "") + "\n"
+              + " ".join(verdict.confidence)) if verdict.key_label != "Confidence"
+             else ("Malignant probability", verdict.malignant))
+    summary += [[p(other[0], small), p(other[1])]]
     if verdict.quality:
         summary.append([p("The model", small), p(verdict.quality)])
     story.append(Table(summary, colWidths=[38 * mm, width - 38 * mm], style=[
@@ -151,7 +153,7 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
         ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#f4f6f8"))]))
     story.append(Spacer(1, 6))
 
-    heat = heatmap_jpeg(prediction, thumbnail_jpeg)
+    heat = explain.heatmap_jpeg(prediction.heatmap, thumbnail_jpeg)
     # The photo and the heatmap sit small, side by side, beside the breakdown, so a report keeps to one page.
     image_w = 28 * mm if heat else 40 * mm
     left_w = 2 * image_w + 3 * mm if heat else image_w
@@ -222,19 +224,3 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
                             title=REPORT_TITLE, author=SYSTEM_NAME, subject=verdict.title)
     doc.build(story, onFirstPage=footer, onLaterPages=footer)
     return buf.getvalue()
-
-
-def heatmap_jpeg(prediction: Prediction, thumbnail: bytes | None, size: int = 224) -> bytes | None:
-    """The Grad-CAM overlay as a JPEG for the PDF: drawn from the Prediction's heatmap grid over
-    the thumbnail's centre square (the token carries the grid, not a second picture)."""
-    if prediction.heatmap is None:
-        return None
-    if thumbnail:
-        with Image.open(io.BytesIO(thumbnail)) as im:
-            base = im.convert("RGB")
-    elif prediction.heatmap.png:
-        with Image.open(io.BytesIO(prediction.heatmap.png)) as im:
-            return jpeg_bytes(im.convert("RGB"))
-    else:
-        base = Image.new("RGB", (size, size), (128, 128, 128))
-    return jpeg_bytes(explain.render(base, prediction.heatmap.grid, size))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from server.lesions import CATALOGUE, SKIN_TYPE_NOT_RECORDED, lesion_class
+from server.lesions import CATALOGUE, SKIN_TYPE_NOT_RECORDED
 from server.model.card import ModelCard, SubgroupFigure, SubgroupRow, Subgroups
 from server.prediction import Prediction
 from server.reports.wording import percent
@@ -129,16 +129,6 @@ def bar_sentence(card_or_test) -> str:
                 + (f", and {more} more of its {len(checks)} figures {'falls' if more == 1 else 'fall'} short" if more else "") + ".")
     missing = ", ".join(c.label for c in checks if c.met is None)
     return f"This model is not shown to meet the product's quality bar: its card does not record {missing}."
-
-
-def precision_sentence(card: ModelCard | None, code: str) -> str | None:
-    """'Of 100 test lesions the model called melanoma, about 35 were.' from the card's per-class precision."""
-    figures = {r.code: r for r in class_figures(card)}.get(code)
-    if figures is None:
-        return None
-    return (f"Of 100 test lesions the model gave this answer for, about {round(figures.precision * 100)} turned out to "
-            f"be {lesion_class(code).in_words} (the model's precision for this class on the test split, "
-            "over answers at every confidence).")
 
 
 # ---------------------------------------------------------------- per-subgroup figures

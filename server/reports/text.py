@@ -37,7 +37,9 @@ def text_report(prediction: Prediction, card: ModelCard | None = None) -> str:
     verdict = assess(prediction, card)
     rule = "=" * len(REPORT_TITLE)
     lines = [REPORT_TITLE, rule, NOT_A_DIAGNOSIS, ""]
-    lines += [_wrap("RESULT: " + verdict.title)]
+    lines += [_wrap("RESULT: " + verdict.title + "."), _wrap("NEXT STEP: " + verdict.headline + ".")]
+    unsure = "  (uncertain)" if verdict.uncertain and verdict.key_label == "Confidence" else ""
+    lines += [f"{verdict.key_label + ':':<22}{percent(verdict.key_figure)}{unsure}", _wrap(verdict.key_sentence, "  ")]
     if verdict.uncertain:
         lines.append("Leading possibilities (none of them is the answer):")
         lines += [f"  {percent(c.probability):>6}  {c.name} [{c.code}]" for c in verdict.leading]
@@ -47,11 +49,14 @@ def text_report(prediction: Prediction, card: ModelCard | None = None) -> str:
             risk += " for this class alone; the lesion is flagged (see above)"
         lines += [f"Predicted condition:  {top.name} ({top.code})", f"Risk level:           {risk}"]
     lines += _heading("WHAT TO DO")
-    lines += [_wrap(verdict.headline + ".")] + [_wrap(a, "  ") for a in verdict.advice]
+    lines += [_wrap(a, "  ") for a in verdict.advice]
     lines += _heading("WHAT THE NUMBERS MEAN")
-    lines.append(f"Confidence:           {percent(top.probability)}" + ("  (uncertain)" if verdict.uncertain else ""))
-    lines += [_wrap(line, "  ") for line in verdict.confidence]
-    lines.append(_wrap(verdict.malignant))
+    if verdict.key_label != "Confidence":
+        lines.append(f"Confidence:           {percent(top.probability)}" + ("  (uncertain)" if verdict.uncertain else ""))
+        lines += [_wrap(line, "  ") for line in verdict.confidence]
+    else:
+        lines.append(f"Malignant:            {percent(prediction.malignant_probability)}")
+        lines.append(_wrap(verdict.malignant, "  "))
     if verdict.quality:
         lines.append(_wrap(verdict.quality))
     if prediction.temperature:

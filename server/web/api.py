@@ -66,7 +66,8 @@ def predict():
         response.headers["Content-Disposition"] = f'inline; filename="{filename}"'
         response.headers["X-Total-Ms"] = f"{prediction.total_ms:.2f}"
         return response
-    return jsonify(prediction.to_dict())
+    # The verdict in words, by the same precedence rule as the result page and the reports.
+    return jsonify(prediction.to_dict() | {"summary": reports.summary(prediction, predictor.card)})
 
 
 @bp.get("/healthz")

@@ -62,8 +62,31 @@ PREDICTION_SCHEMA = {
     "type": "object",
     "required": ["prediction", "probabilities", "malignant_probability", "malignant_threshold", "malignant_flag",
                  "uncertain", "uncertain_threshold", "uncertain_message", "calibration", "out_of_distribution",
-                 "model", "timing", "created_at", "disclaimer", "patient"],
+                 "model", "timing", "created_at", "disclaimer", "patient", "summary"],
     "properties": {
+        "summary": {
+            "type": "object",
+            "required": ["kind", "title", "next_step", "key_figure", "uncertain", "malignant_flag"],
+            "description": "The verdict in words, as the result page and the reports give it. kind is the first "
+                           "that applies of: flagged (malignant_flag: see a dermatologist promptly, whatever the "
+                           "type), uncertain (the model cannot tell which type), class (a confident answer).",
+            "properties": {
+                "kind": {"type": "string", "enum": ["flagged", "uncertain", "class"]},
+                "title": {"type": "string", "description": "The verdict in one line."},
+                "next_step": {"type": "string", "description": "What to do, in one line."},
+                "key_figure": {
+                    "type": "object",
+                    "required": ["label", "value", "meaning"],
+                    "description": "The one number to read: P(malignant) when flagged, else the top probability.",
+                    "properties": {"label": {"type": "string", "enum": ["Malignant", "Confidence"]},
+                                   "value": {"type": "number", "minimum": 0, "maximum": 1},
+                                   "meaning": {"type": "string", "description": "The number in context: what it "
+                                               "meant on the test images, and how often the flag misses."}},
+                },
+                "uncertain": {"type": "boolean"},
+                "malignant_flag": {"type": ["boolean", "null"]},
+            },
+        },
         "prediction": {
             "allOf": [_CLASS_PROB],
             "type": "object",
@@ -114,7 +137,8 @@ PREDICTION_SCHEMA = {
         "heatmap": {
             "type": "object",
             "required": ["class", "grid", "png_base64"],
-            "description": "Only with ?explain=1: Grad-CAM for one class.",
+            "description": "Only with ?explain=1: Grad-CAM for one class: explain_class, else the leading "
+                           "malignant class when malignant_flag is true, else the top class.",
             "properties": {
                 "class": {"type": "string", "enum": list(CLASS_CODES)},
                 "png_base64": {"type": "string", "description": "PNG overlay of the heatmap on the centre square "
@@ -163,9 +187,10 @@ QUERY_PARAMETERS = {
                "and application/pdf."),
         _query("paper", {"type": "string", "enum": list(PAPER_SIZES)},
                "The PDF report's paper size: a4 (default) or letter (US Letter)."),
-        _query("explain", _FLAG, "1: add a Grad-CAM heatmap (`heatmap`) for the top class."),
+        _query("explain", _FLAG, "1: add a Grad-CAM heatmap (`heatmap`): for the leading malignant class when "
+                                 "malignant_flag is true (where the malignant evidence lies), else for the top class."),
         _query("explain_class", {"type": "string", "enum": list(CLASS_CODES)},
-               "The class to explain instead of the top one (implies explain=1)."),
+               "The class to explain instead (implies explain=1)."),
     ],
 }
 

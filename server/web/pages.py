@@ -33,7 +33,7 @@ from server.problems import ServiceError
 from server.web.errors import error_response
 from server.reports import quality
 from server.reports.context import context_figures, context_sentence, context_use
-from server.web.presenters import data_uri, heatmap_uri, metric_rows, patient_form, safeguards
+from server.web.presenters import data_uri, heatmap_uri, metric_rows, other_heatmap_uris, patient_form, safeguards
 from server.web.service import card_dir, current_card, current_predictor, loaded_predictor
 from server.web.uploads import FIELD, patient_context, upload_bytes
 
@@ -188,7 +188,7 @@ def screen():
         values = {name: request.form.get(name) for name in PATIENT_FIELDS}
         predictor = current_predictor()
         # The page shows where the model looked, and the upload's thumbnail.
-        options = screening.ScreeningOptions(explain=True, thumbnail=True)
+        options = screening.ScreeningOptions(explain=True, explain_all=True, thumbnail=True)
         upload = upload_bytes(request)
         prediction = screening.screen(upload, options, predictor, patient=patient_context(request))
     except ServiceError as exc:
@@ -207,6 +207,7 @@ def screen():
         balanced_accuracy=reports.balanced_accuracy_text(prediction),
         uncertain_below=prediction.uncertain_below,
         heatmap_uri=heatmap_uri(prediction),
+        other_heatmaps=other_heatmap_uris(prediction),
         lesion_class=lesion_class,
         image_uri=data_uri(prediction.thumbnail),
         report_token=sign_report(prediction),

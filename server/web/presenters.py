@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 
+from server.model import explain
 from server.model.card import ModelCard
 from server.patient import MAX_AGE, MIN_AGE, PATIENT_FIELDS, SEXES, SITE_WORDS
 from server.prediction import Prediction
@@ -20,6 +21,21 @@ def heatmap_uri(prediction: Prediction) -> str | None:
     if prediction.heatmap is None or not prediction.heatmap.png:
         return None
     return "data:image/png;base64," + base64.b64encode(prediction.heatmap.png).decode("ascii")
+
+
+def other_heatmap_uris(prediction: Prediction) -> list[tuple[str, str]]:
+    """(class code, JPEG data URI) of every class but the main heatmap's, most probable first.
+
+    Drawn from the grids over the thumbnail, so the page can show any class's heatmap
+    without JavaScript and without a second pass through the model.
+    """
+    out = []
+    for c in prediction.classes:
+        heatmap = prediction.heatmap_for(c.code)
+        if heatmap is None or heatmap is prediction.heatmap:
+            continue
+        out.append((c.code, data_uri(explain.heatmap_jpeg(heatmap, prediction.thumbnail))))
+    return out
 
 
 _METRIC_LABELS = {  # key -> (label, as a percentage?)
