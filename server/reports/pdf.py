@@ -127,8 +127,7 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
                        style=[("BACKGROUND", (0, 0), (-1, -1), tone_colour), ("LEFTPADDING", (0, 0), (-1, -1), 8),
                               ("TOPPADDING", (0, 0), (-1, -1), 5), ("BOTTOMPADDING", (0, 0), (-1, -1), 6)]))
     summary = [[p("Next step", small), Paragraph(f"<b>{escape(verdict.headline)}.</b>", body)],
-               [p(verdict.key_label, small), Paragraph(f"<b>{percent(verdict.key_figure)}</b>. "
-                                                       f"{escape(verdict.key_sentence)}", body)]]
+               [p(verdict.key_label, small), p(verdict.key_sentence)]]
     if verdict.uncertain:
         summary += [[p("Leading possibilities", small),
                      p("; ".join(f"{c.name} ({c.code}) {percent(c.probability)}" for c in verdict.leading)
