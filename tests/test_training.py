@@ -310,3 +310,60 @@ def test_cli_exports_the_imagenet_branch_and_fits_its_check(dataset, tmp_path):
     assert predictor.ood.check("imagenet") is not None
     _, _, features, probs = predictor.forward_all(np.zeros((1, 32, 32, 3), np.float32))
     assert features.shape == (1, 1280) and probs.shape == (1, 1000)
+
+
+@pytest.mark.slow
+def test_weight_averaging_keeps_the_mean_of_the_last_epochs_and_a_resume_rebuilds_it(tmp_path):
+    """``--keep swa``: the kept weights are the mean of the last epochs' snapshots, the schedule
+    holds those epochs at the SWA rate, and a run resumed after its last epoch keeps the same mean."""
+    import tensorflow as tf
+
+    from training.losses import make_loss
+    from training.model import build_model
+    from training.phases import SWA_DIR, cosine_with_warmup, fine_tune
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (24, 32, 32, 3)).astype(np.float32)
+    labels = np.arange(24) % len(CLASS_CODES)
+    onehot = np.eye(len(CLASS_CODES), dtype=np.float32)[labels]
+
+    def stream(first_draw):
+        return tf.data.Dataset.from_tensor_slices((images, onehot, np.ones(24, np.float32))).batch(8).repeat()
+
+    def run(resume: bool):
+        model = build_model(len(CLASS_CODES), 32, 0.35, None, 8, 0.0, seed=1)
+        record = fine_tune(model, stream, 24, images, labels, batch_size=8, epochs=4, lr=1e-2, warmup_epochs=0.0,
+                           weight_decay=0.0, ema_momentum=0.0, loss=make_loss(), out_dir=tmp_path, resume=resume,
+                           keep="swa", swa_epochs=2, swa_lr=1e-3)
+        return model, record
+
+    model, record = run(resume=False)
+    snapshots = sorted((tmp_path / SWA_DIR).glob("*.weights.h5"))
+    assert [p.name for p in snapshots] == ["epoch_003.weights.h5", "epoch_004.weights.h5"]
+    assert record["swa_epochs"] == [3, 4] and "val_balanced_accuracy_swa" in record
+    kept = model.get_layer("head_out").get_weights()
+    each = []
+    for path in snapshots:
+        model.load_weights(path)
+        each.append(model.get_layer("head_out").get_weights())
+    assert not np.allclose(each[0][0], each[1][0]), "the SWA epochs must still move"
+    for i, w in enumerate(kept):
+        np.testing.assert_allclose(w, (each[0][i] + each[1][i]) / 2, rtol=1e-5, atol=1e-6)
+    resumed, _ = run(resume=True)
+    for a, b in zip(resumed.get_layer("head_out").get_weights(), kept):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # warm-up, cosine down to the SWA rate, then flat at it for the averaged epochs
+    schedule = cosine_with_warmup(1e-2, steps_per_epoch=3, epochs=4, warmup_epochs=0.0, flat_epochs=2, floor_lr=1e-3)
+    assert float(schedule(6)) == pytest.approx(1e-3) and float(schedule(11)) == pytest.approx(1e-3)
+    assert float(schedule(1)) > 1e-3
+
+
+def test_the_dermatoscope_field_darkens_corners_only_where_drawn():
+    import tensorflow as tf
+
+    from training.augment import dermatoscope_field
+
+    mask = dermatoscope_field(2, 16, tf.constant([True, False]), tf.constant([0.9, 0.9])).numpy()[..., 0]
+    assert mask.shape == (2, 16, 16)
+    assert mask[0, 0, 0] == 0 and mask[0, 8, 8] == 1 and 0 < mask[0].mean() < 1  # dark rim, bright centre
+    assert (mask[1] == 1).all()  # no field drawn: the view is untouched

@@ -62,7 +62,13 @@ def validation_callback(predict_fn, x_val, y_val, optimizer=None, prior=None):
 
     from training.posthoc import choose_tau
 
+    import time
+
     class ValBalancedAccuracy(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = getattr(self, "started", None) or time.perf_counter()
+            self.first_epoch = getattr(self, "first_epoch", epoch)
+
         def on_epoch_end(self, epoch, logs=None):
             logs = logs if logs is not None else {}
             probs = predict_fn(x_val)
@@ -73,8 +79,17 @@ def validation_callback(predict_fn, x_val, y_val, optimizer=None, prior=None):
             if optimizer is not None:
                 logs["learning_rate"] = float(optimizer.learning_rate)
             log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in sorted(logs.items())))
+            log.info("epoch %d of %d: %s", epoch + 1, self.params["epochs"],
+                     eta_text(time.perf_counter() - self.started, epoch + 1 - self.first_epoch,
+                              self.params["epochs"] - epoch - 1))
 
     return ValBalancedAccuracy()
+
+
+def eta_text(elapsed_s: float, epochs_run: int, epochs_left: int) -> str:
+    """'142 s an epoch, about 38 min left in this phase': the pace of this session's epochs."""
+    per_epoch = elapsed_s / max(1, epochs_run)
+    return f"{per_epoch:.0f} s an epoch, about {per_epoch * epochs_left / 60:.0f} min left in this phase"
 
 
 def warm_up_head(model, pooled_train, y_train, class_weight_per_class, pooled_val, y_val, *, epochs: int, lr: float,
