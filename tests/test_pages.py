@@ -215,6 +215,26 @@ def test_model_page_serves_the_confusion_matrix_when_present(app, client, model_
     assert client.get("/model/confusion_matrix.png").status_code == 404
 
 
+def test_model_page_images_load_with_a_relative_model_path(model_path, tmp_path, monkeypatch):
+    """``make run`` passes MODEL_PATH relative to the working directory: every image the page shows must load."""
+    import os
+    import shutil
+
+    from server import create_app
+
+    for name in (model_path.name, "model_card.json"):
+        shutil.copy(model_path.parent / name, tmp_path / name)
+    (tmp_path / "confusion_matrix.png").write_bytes(image_bytes(fmt="PNG"))
+    monkeypatch.setenv("MODEL_PATH", os.path.relpath(tmp_path / model_path.name))  # from the environment, as make run
+    client = create_app({"SECRET_KEY": "k"}).test_client()
+    sources = re.findall(r'<img[^>]* src="([^"]+)"', html(client.get("/model")))
+    assert "/model/confusion_matrix.png" in sources
+    for src in sources:
+        served = client.get(src)
+        assert (served.status_code, served.mimetype) == (200, "image/png"), src
+        assert served.data.startswith(b"\x89PNG")
+
+
 def test_model_page_without_metrics_renders(tmp_path):
     from server import create_app
     from tests.fixture_model import build_colour_model
