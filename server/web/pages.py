@@ -149,10 +149,10 @@ def render_upload(error: str | None = None, status: int = 200, refusal: ServiceE
 def report_response(prediction: Prediction, fmt: str, paper: str | None) -> Response:
     """A txt or pdf report download, rebuilt from a verified token."""
     try:
-        body, mimetype, filename = reports.render_report(prediction, fmt, paper, current_card())
+        body, content_type, filename = reports.render_report(prediction, fmt, paper, current_card())
     except ValueError as exc:
         raise ServiceError(400, "bad_report_request", str(exc)) from None
-    response = Response(body, mimetype=mimetype)
+    response = Response(body, content_type=content_type)
     response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
 
