@@ -164,14 +164,6 @@ def layout_globals() -> dict:
             "system_name": reports.SYSTEM_NAME}
 
 
-@bp.after_app_request
-def no_store_for_results(response):
-    """Results and reports are personal health data: browsers and proxies must not keep them."""
-    if request.blueprint == "pages" and request.method == "POST":
-        response.headers["Cache-Control"] = "no-store"
-    return response
-
-
 # ---------------------------------------------------------------- views
 
 @bp.get("/")
