@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask
 
-from server.config import ROOT, config_from_env, ensure_secret_key
+from server.config import ROOT, absolute_model_paths, config_from_env, ensure_secret_key
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -24,6 +24,7 @@ def create_app(config: dict | None = None) -> Flask:
         app.config.update(config)
         if "MAX_UPLOAD_MB" in config and "MAX_CONTENT_LENGTH" not in config:
             app.config["MAX_CONTENT_LENGTH"] = config["MAX_UPLOAD_MB"] * 1024 * 1024 + 64 * 1024
+    absolute_model_paths(app.config)
     ensure_secret_key(app.config)
     logging.getLogger("server").setLevel(logging.INFO)
 

@@ -102,6 +102,19 @@ def config_from_env() -> dict:
     }
 
 
+def absolute_model_paths(config: dict) -> None:
+    """Make MODEL_PATH and MODEL_CARD_PATH absolute, against the directory the service starts in.
+
+    ``make run`` passes a relative MODEL_PATH. Read as it is, it names one file when a page checks
+    it (against the working directory) and another when a route serves from its folder (Flask's
+    ``send_from_directory`` resolves a relative folder against the app's package), so the path is
+    pinned once, here, before anything reads it.
+    """
+    for key in ("MODEL_PATH", "MODEL_CARD_PATH"):
+        if config.get(key):
+            config[key] = os.path.abspath(config[key])
+
+
 def ensure_secret_key(config: dict) -> None:
     """Give development runs a random key; the key signs report links and CSRF tokens.
 

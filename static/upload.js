@@ -36,6 +36,12 @@
     if (message) { input.setAttribute("aria-invalid", "true"); } else { input.removeAttribute("aria-invalid"); }
   }
 
+  // "12 KB" under a megabyte ("0.0 MB" says nothing), "2.4 MB" above; at least "1 KB" for a tiny file.
+  function sizeText(bytes) {
+    if (bytes < 1048576) { return Math.max(1, Math.round(bytes / 1024)) + " KB"; }
+    return (bytes / 1048576).toFixed(1) + " MB";
+  }
+
   // A data: URL, not a blob: one: the Content-Security-Policy allows img-src 'self' data: only.
   function showPreview(file) {
     previewToken += 1;
@@ -45,7 +51,7 @@
     reader.onload = function () {
       if (mine !== previewToken) { return; }  // a newer file was chosen meanwhile
       previewImg.src = reader.result;
-      previewName.textContent = file.name + " (" + (file.size / 1048576).toFixed(1) + " MB)";
+      previewName.textContent = file.name + " (" + sizeText(file.size) + ")";
       preview.hidden = false;
     };
     reader.readAsDataURL(file);

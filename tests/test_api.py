@@ -467,6 +467,25 @@ def test_security_and_request_id_headers(client):
     assert client.get("/healthz").headers["X-Request-ID"] != resp.headers["X-Request-ID"]
 
 
+def test_every_predict_answer_is_never_cached(client):
+    """A screening answer is personal health data, in any format and when it is an error: no-store, as the pages."""
+    lesion = image_bytes(RED)
+    answers = {
+        "json": (post_file(client, lesion), 200),
+        "txt": (client.post("/predict?format=txt", data={"image": (io.BytesIO(lesion), "a.png")}), 200),
+        "pdf": (client.post("/predict?format=pdf", data={"image": (io.BytesIO(lesion), "a.png")}), 200),
+        "bad format": (client.post("/predict?format=docx", data={"image": (io.BytesIO(lesion), "a.png")}), 400),
+        "no file": (client.post("/predict"), 400),
+        "too large": (post_raw(client, lesion + b"\x00" * (11 * 1024 * 1024), "image/png"), 413),
+        "not an image": (post_raw(client, b"image=not-really", "text/plain"), 415),
+        "truncated": (post_file(client, lesion[:60]), 422),
+        "wrong method": (client.get("/predict"), 405),
+    }
+    for name, (resp, status) in answers.items():
+        assert resp.status_code == status, name
+        assert resp.headers.get("Cache-Control") == "no-store", name
+
+
 def test_request_id_is_echoed_only_when_safe_to_log(client):
     assert client.get("/healthz", headers={"X-Request-ID": "abc-123.x_y"}).headers["X-Request-ID"] == "abc-123.x_y"
     sneaky = client.get("/healthz", headers={"X-Request-ID": 'x" injected="1'}).headers["X-Request-ID"]

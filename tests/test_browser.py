@@ -6,6 +6,7 @@ download needs the internet). ``make test`` installs both; elsewhere the test sk
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 from pathlib import Path
@@ -25,17 +26,26 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
-@pytest.fixture(scope="module")
-def base_url(app):
-    """Serve the session app on a free loopback port for the browser."""
+@contextlib.contextmanager
+def serving(app):
+    """Serve ``app`` on a free loopback port for the browser; yields its base URL."""
     from werkzeug.serving import make_server
 
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=5)
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def base_url(app):
+    """Serve the session app on a free loopback port for the browser."""
+    with serving(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +72,7 @@ def test_upload_result_and_reports_in_a_browser(browser, base_url, tmp_path):
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     try:
         page.goto(base_url + "/")
+        page.click("#disclaimer summary")  # folded above the form, so the button stays on a phone's first screen
         assert DISCLAIMER in page.inner_text("main")
         page.set_input_files("#image", str(image))
         page.wait_for_selector("#preview:not([hidden])")  # the JS preview appeared
@@ -255,17 +266,11 @@ def test_the_answer_comes_first_as_one_message(browser, base_url, tmp_path, shot
 
 @pytest.fixture(scope="module")
 def ood_base_url(ood_model):  # noqa: F811 (the imported fixture)
-    from werkzeug.serving import make_server
-
     from server import create_app
 
     app = create_app({"MODEL_PATH": str(ood_model), "TESTING": True, "SECRET_KEY": "test-secret"})
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=5)
+    with serving(app) as url:
+        yield url
 
 
 @pytest.mark.parametrize("viewport_name", ["phone", "desktop"])
@@ -405,3 +410,167 @@ def test_a_bad_age_shows_its_error_on_a_phone(browser, base_url, tmp_path, javas
         assert overflow(page) <= 0
     finally:
         context.close()
+
+
+# ---------------------------------------------------------------- issue #26: the home page on a phone, /model, /docs, GET /screen
+
+TOUCH_PHONE = {"viewport": PHONE, "has_touch": True, "is_mobile": True}
+
+
+@contextlib.contextmanager
+def browser_page(browser, **context_options):
+    """A page in a fresh browser context (viewport, touch, JavaScript...), closed afterwards."""
+    context = browser.new_context(**context_options)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+def page_overflow(page) -> int:
+    """How far the page scrolls sideways (0: it fits the screen)."""
+    return page.evaluate("document.scrollingElement.scrollWidth - innerWidth")
+
+
+def cut_off_tables(page) -> list[str]:
+    """Tables wider than their box (a column hidden in a scroll box) or than the screen."""
+    return page.evaluate("""() => [...document.querySelectorAll('table')]
+        .filter(t => t.scrollWidth > t.parentElement.clientWidth + 1 || t.getBoundingClientRect().right > innerWidth)
+        .map(t => `${t.id || t.className} ${t.scrollWidth}px in ${t.parentElement.clientWidth}px`)""")
+
+
+@pytest.fixture(scope="module")
+def relative_base_url(model_path, tmp_path_factory):
+    """The app served as ``make run`` serves it: MODEL_PATH relative to the working directory, a plot beside the card."""
+    import os
+
+    from server import create_app
+
+    folder = tmp_path_factory.mktemp("relative-model")
+    for name in (model_path.name, "model_card.json"):
+        shutil.copy(model_path.parent / name, folder / name)
+    (folder / "confusion_matrix.png").write_bytes(image_bytes((90, 120, 200), size=(300, 240)))
+    app = create_app({"MODEL_PATH": os.path.relpath(folder / model_path.name), "SECRET_KEY": "test-secret"})
+    with serving(app) as url:
+        yield url
+
+
+@pytest.mark.parametrize("viewport_name", ["phone", "desktop"])
+def test_every_image_on_the_model_page_loads_under_a_relative_model_path(browser, relative_base_url, viewport_name):
+    with browser_page(browser, viewport=VIEWPORTS[viewport_name]) as page:
+        failures = watch(page)
+        page.goto(relative_base_url + "/model")
+        images = page.locator("main img")
+        assert images.count() >= 1, "the plot beside the card is shown"
+        for image in images.all():
+            image.scroll_into_view_if_needed()  # the plot loads lazily
+            page.wait_for_function("img => img.complete", arg=image.element_handle())
+            assert image.evaluate("img => img.naturalWidth") > 0, image.get_attribute("src")
+        assert not failures, failures
+
+
+@pytest.mark.parametrize("path", ["/model", "/docs"])
+def test_model_and_docs_fit_a_phone_with_no_table_cut_off(browser, base_url, path):
+    with browser_page(browser, **TOUCH_PHONE) as page:
+        page.goto(base_url + path)
+        assert page_overflow(page) <= 0, f"{path} scrolls sideways on a phone"
+        assert cut_off_tables(page) == []
+        if path == "/model":
+            headings = page.eval_on_selector_all("main h2", "hs => hs.map(h => h.id)")
+            assert headings[:2] == ["quality-title", "limits-title"], "the limits follow the quality bar"
+
+
+# The shipped card's per-class test figures: long names, and the weakest class named beside its recall.
+SHIPPED_PER_CLASS = {"akiec": (0.403, 0.630, 46), "bcc": (0.625, 0.811, 74), "bkl": (0.533, 0.618, 157),
+                     "df": (0.250, 0.471, 17), "mel": (0.353, 0.673, 159), "nv": (0.969, 0.728, 958),
+                     "vasc": (0.667, 0.900, 20)}
+
+
+@pytest.fixture(scope="module")
+def per_class_base_url(model_path, tmp_path_factory):
+    """The fixture model with the shipped card's per-class figures (the lowest recall: "47.1% (Dermatofibroma)")."""
+    import json
+
+    from server import create_app
+
+    folder = tmp_path_factory.mktemp("per-class-model")
+    shutil.copy(model_path, folder / model_path.name)
+    card = json.loads(model_path.with_name("model_card.json").read_text())
+    card["metrics"]["test"]["per_class"] = {code: {"precision": p, "recall": r, "support": n}
+                                            for code, (p, r, n) in SHIPPED_PER_CLASS.items()}
+    (folder / "model_card.json").write_text(json.dumps(card))
+    app = create_app({"MODEL_PATH": str(folder / model_path.name), "SECRET_KEY": "test-secret"})
+    with serving(app) as url:
+        yield url
+
+
+def test_the_quality_bar_and_per_class_tables_fit_a_phone(browser, per_class_base_url):
+    """The "Met?" column was once cut off on a phone, inside a scroll box that showed no sign of scrolling."""
+    with browser_page(browser, **TOUCH_PHONE) as page:
+        page.goto(per_class_base_url + "/model")
+        assert page.locator("#per-class tbody tr").count() == 7
+        assert "(Dermatofibroma)" in page.inner_text("#quality-bar")
+        assert cut_off_tables(page) == [] and page_overflow(page) <= 0
+        for row in page.locator("#quality-bar tbody tr").all():
+            met = row.locator("td").last
+            box = met.bounding_box()
+            assert met.is_visible() and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], box
+            assert met.inner_text().endswith(("yes", "no", "not recorded"))
+
+
+def test_the_home_page_submit_button_is_on_a_phones_first_screen(browser, base_url):
+    with browser_page(browser, **TOUCH_PHONE) as page:
+        page.goto(base_url + "/")
+        box = page.locator("#submit").bounding_box()
+        assert box and box["y"] + box["height"] <= PHONE["height"], f"the submit button is below the first screen: {box}"
+        assert page.locator(".aid-banner").bounding_box()["y"] < 200
+        assert "Screening aid, not a diagnosis." in page.inner_text(".aid-banner")
+        assert page.is_hidden(".drop-hint"), "no drag and drop on a touch screen"
+        assert "drag and drop" not in page.inner_text("main")
+        page.click("#disclaimer summary")  # the full disclaimer, folded, opens
+        assert DISCLAIMER in page.inner_text("#disclaimer")
+        assert page_overflow(page) <= 0
+
+
+def test_the_drag_and_drop_hint_shows_with_a_mouse_only(browser, base_url):
+    with browser_page(browser, viewport=DESKTOP) as page:
+        page.goto(base_url + "/")
+        assert page.is_visible(".drop-hint")
+
+
+@pytest.mark.parametrize("size, shown", [(12 * 1024, "12 KB"), (300, "1 KB"), (1536 * 1024, "1.5 MB")])
+def test_the_file_preview_says_its_size_in_kb_or_mb(browser, base_url, tmp_path, size, shown):
+    image = tmp_path / "lesion.png"
+    png = image_bytes((210, 40, 40), size=(8, 8))
+    image.write_bytes(png + b"\0" * (size - len(png)))  # a PNG decoder ignores what follows IEND
+    with browser_page(browser) as page:
+        page.goto(base_url + "/")
+        page.set_input_files("#image", str(image))
+        page.wait_for_selector("#preview:not([hidden])")
+        assert page.inner_text("#preview-name") == f"lesion.png ({shown})"
+
+
+@pytest.mark.parametrize("viewport_name", ["phone", "desktop"])
+def test_a_reloaded_result_address_explains_and_offers_the_form(browser, base_url, viewport_name):
+    with browser_page(browser, viewport=VIEWPORTS[viewport_name]) as page:
+        response = page.goto(base_url + "/screen")
+        assert response.status == 200
+        notice = page.inner_text("#notice")
+        assert "never stored on the server" in notice and "upload the photo again" in notice
+        box = page.locator("#notice").bounding_box()
+        assert box["y"] + box["height"] <= VIEWPORTS[viewport_name]["height"]
+        assert page.locator("#upload-form").count() == 1
+        assert page_overflow(page) <= 0
+
+
+@pytest.mark.parametrize("viewport_name", ["phone", "desktop"])
+def test_docs_tables_break_no_name_mid_token(browser, base_url, viewport_name):
+    """A parameter name, a status or a field name sits on one line ("forma/t" once came from overflow-wrap: anywhere)."""
+    with browser_page(browser, viewport=VIEWPORTS[viewport_name]) as page:
+        page.goto(base_url + "/docs")
+        broken = page.eval_on_selector_all(".doc-table th code, .doc-table thead th",
+                                           "els => els.filter(e => { const r = document.createRange(); r.selectNodeContents(e);"
+                                           " return new Set([...r.getClientRects()].map(x => Math.round(x.top))).size > 1"
+                                           " && !e.textContent.trim().includes(' '); }).map(e => e.textContent)")
+        assert broken == []
+        assert page.locator(".doc-table th code").count() > 10

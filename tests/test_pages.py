@@ -54,6 +54,33 @@ def test_upload_page_has_disclaimer_first_and_a_no_js_form(client):
     assert "Screening aid, not a diagnosis." in body
 
 
+def test_upload_page_tells_the_truth_and_folds_the_full_disclaimer(client):
+    body = html(client.get("/"))
+    assert "Analysis takes under a second." in body and "few seconds" not in body
+    folded = re.search(r'<details class="disclaimer[^"]*" id="disclaimer">\s*<summary[^>]*>Medical disclaimer</summary>\s*<p>([^<]+)</p>',
+                       body)
+    assert folded and folded.group(1) == DISCLAIMER
+    assert re.search(r'<span class="js-only drop-hint">[^<]*drag and drop', body), "the hint a touch screen hides"
+
+
+def test_reloading_a_result_address_explains_and_offers_the_form(client):
+    """GET /screen (a reloaded, bookmarked or shared result): results are not kept, so say so; never a bare 405."""
+    response = client.get("/screen", headers={"Accept": "text/html"})
+    body = html(response)
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    notice = re.search(r'<p class="alert alert-notice" id="notice" role="status">([^<]+)</p>', body)
+    assert notice and "results are never stored on the server" in notice.group(1)
+    assert body.index('id="notice"') < body.index('<form') and TOKEN_RE.search(body), "the form follows, ready to use"
+    assert 'id="notice"' not in html(client.get("/"))
+
+
+@pytest.mark.parametrize("path", ["/", "/model", "/docs", "/screen"])
+def test_every_page_links_the_api_reference(client, path):
+    footer = html(client.get(path))
+    footer = footer[footer.index('<footer'):]
+    assert 'href="/docs"' in footer
+
+
 def test_static_assets_are_served_locally(client):
     body = html(client.get("/"))
     assets = re.findall(r'(?:src|href)="([^"]+\.(?:css|js|svg))"', body)
@@ -211,6 +238,13 @@ def test_model_page_shows_card_metrics_and_limits(client):
     assert "/model/confusion_matrix.png" not in body  # the fixture card's directory has no plot
 
 
+def test_model_page_says_when_not_to_trust_it_right_after_the_quality_bar(client):
+    body = html(client.get("/model"))
+    sections = re.findall(r'<h2 id="([\w-]+)"', body)
+    assert sections[:3] == ["quality-title", "limits-title", "what-title"]
+    assert 'href="/docs"' in body[body.index('id="what-title"'):body.index('id="data-title"')]
+
+
 def test_model_page_serves_the_confusion_matrix_when_present(app, client, model_path):
     plot = model_path.parent / "confusion_matrix.png"
     plot.write_bytes(image_bytes(fmt="PNG"))
@@ -222,6 +256,26 @@ def test_model_page_serves_the_confusion_matrix_when_present(app, client, model_
     finally:
         plot.unlink()
     assert client.get("/model/confusion_matrix.png").status_code == 404
+
+
+def test_model_page_images_load_with_a_relative_model_path(model_path, tmp_path, monkeypatch):
+    """``make run`` passes MODEL_PATH relative to the working directory: every image the page shows must load."""
+    import os
+    import shutil
+
+    from server import create_app
+
+    for name in (model_path.name, "model_card.json"):
+        shutil.copy(model_path.parent / name, tmp_path / name)
+    (tmp_path / "confusion_matrix.png").write_bytes(image_bytes(fmt="PNG"))
+    monkeypatch.setenv("MODEL_PATH", os.path.relpath(tmp_path / model_path.name))  # from the environment, as make run
+    client = create_app({"SECRET_KEY": "k"}).test_client()
+    sources = re.findall(r'<img[^>]* src="([^"]+)"', html(client.get("/model")))
+    assert "/model/confusion_matrix.png" in sources
+    for src in sources:
+        served = client.get(src)
+        assert (served.status_code, served.mimetype) == (200, "image/png"), src
+        assert served.data.startswith(b"\x89PNG")
 
 
 def test_model_page_without_metrics_renders(tmp_path):
@@ -285,7 +339,7 @@ def test_metric_rows_show_rates_as_percentages_and_losses_as_numbers():
 def test_model_page_states_the_quality_bar_and_per_class_figures(calibrated_card_client):
     body = html(calibrated_card_client.get("/model"))
     assert re.search(r'id="bar-verdict"><strong>No\.</strong> This model does not meet the product&#39;s quality bar', body)
-    rows = re.findall(r'<tr><th scope="row">([^<]+)</th><td>([\d.]+)%</td><td>([\d.]+)%</td><td>(\d+)</td></tr>', body)
+    rows = re.findall(r'<tr><th scope="row">([^<]+)</th><td[^>]*>([\d.]+)%</td><td[^>]*>([\d.]+)%</td><td[^>]*>(\d+)</td></tr>', body)
     assert [r[0] for r in rows] == ["Melanoma", "Melanocytic nevus (mole)"]
     assert rows[0][1:] == ("35.3", "67.3", "159")
 

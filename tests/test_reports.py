@@ -192,6 +192,24 @@ def test_predict_api_returns_reports_on_request(client, query, headers, mimetype
         assert response.json["prediction"]["code"] == BLUE_CLASS and "total_ms" in response.json["timing"]
 
 
+def test_reports_name_their_content_type_once(client):
+    """One charset in the header: ``text/plain; charset=utf-8``, from the page's download and from the API."""
+    csrf, token = result_page_token(client)
+    lesion = image_bytes((30, 30, 220))
+    answers = {
+        "page txt": (client.post("/report/txt", data={"csrf_token": csrf, "token": token}), "text/plain; charset=utf-8"),
+        "api txt": (client.post("/predict?format=txt", data={"image": (io.BytesIO(lesion), "b.png")}),
+                    "text/plain; charset=utf-8"),
+        "api Accept txt": (client.post("/predict", data={"image": (io.BytesIO(lesion), "b.png")}, headers={"Accept": "text/plain"}),
+                           "text/plain; charset=utf-8"),
+        "page pdf": (client.post("/report/pdf", data={"csrf_token": csrf, "token": token}), "application/pdf"),
+        "api pdf": (client.post("/predict?format=pdf", data={"image": (io.BytesIO(lesion), "b.png")}), "application/pdf"),
+    }
+    for name, (response, content_type) in answers.items():
+        assert response.status_code == 200, name
+        assert response.headers["Content-Type"] == content_type, name
+
+
 def test_predict_api_refuses_unknown_format(client):
     response = client.post("/predict?format=docx", data={"image": (io.BytesIO(image_bytes()), "a.png")})
     assert response.status_code == 400 and response.json["error"]["code"] == "bad_request"

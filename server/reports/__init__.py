@@ -32,8 +32,10 @@ __all__ = ["NOT_A_DIAGNOSIS", "PAPER_SIZES", "REPORT_FORMATS", "REPORT_TITLE", "
 
 def render_report(prediction: Prediction, fmt: str, paper: str | None = None,
                   card: ModelCard | None = None) -> tuple[str | bytes, str, str]:
-    """(body, mimetype, filename) of a txt or pdf report.
+    """(body, content type, filename) of a txt or pdf report.
 
+    The content type is the whole header value, charset included: send it as ``content_type``
+    (Werkzeug's ``mimetype`` would append a second charset to a text type).
     Raises ValueError for an unknown format or paper size.
     """
     if fmt == "txt":

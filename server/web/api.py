@@ -61,8 +61,8 @@ def predict():
     upload = upload_bytes(request)
     prediction = screen(upload, options, predictor, patient=patient_context(request))
     if fmt != "json":
-        body, mimetype, filename = reports.render_report(prediction, fmt, paper, predictor.card)
-        response = current_app.response_class(body, mimetype=mimetype)
+        body, content_type, filename = reports.render_report(prediction, fmt, paper, predictor.card)
+        response = current_app.response_class(body, content_type=content_type)
         response.headers["Content-Disposition"] = f'inline; filename="{filename}"'
         response.headers["X-Total-Ms"] = f"{prediction.total_ms:.2f}"
         return response

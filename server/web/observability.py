@@ -1,4 +1,4 @@
-"""Per-request id and security headers, added to every response by ``after_request``.
+"""Per-request id, security headers and the no-store rule, added to every response by ``after_request``.
 
 The request id ties one access-log line (gunicorn logs the ``X-Request-ID`` response
 header, see ``gunicorn.conf.py``) to what a user reports and to the app's own error log.
@@ -48,6 +48,18 @@ SECURITY_HEADERS = {
 }
 
 
+PREDICT_PATH = "/predict"
+
+
+def private_answer() -> bool:
+    """Whether this answer is personal health data that browsers and proxies must not keep.
+
+    Every answer to an upload (a POST: a result page, a report, JSON, or why the photo was
+    refused) is about someone's lesion, and so is every answer on ``/predict``, errors included.
+    """
+    return request.method == "POST" or request.path == PREDICT_PATH
+
+
 def csp_nonce() -> str:
     """The current request's nonce (made on first use, so every response has its own)."""
     if "csp_nonce" not in g:
@@ -68,6 +80,8 @@ def _finish_response(response):
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     response.headers.setdefault("Content-Security-Policy", content_security_policy(csp_nonce()))
+    if private_answer():
+        response.headers["Cache-Control"] = "no-store"
     return response
 
 

@@ -56,6 +56,10 @@ FORM_MESSAGES = {
                     "Then choose the photo again.",
 }
 
+# GET /screen: a result page's address opened again (reload, bookmark, shared link).
+RESULT_NOT_STORED = ("No result to show: for your privacy, results are never stored on the server, "
+                     "so a reloaded or shared result cannot be shown again. Please upload the photo again.")
+
 
 # ---------------------------------------------------------------- helpers
 
@@ -130,29 +134,30 @@ def model_ready() -> bool:
 
 
 def render_upload(error: str | None = None, status: int = 200, refusal: ServiceError | None = None,
-                  error_field: str = FIELD, values: dict | None = None):
+                  error_field: str = FIELD, values: dict | None = None, notice: str | None = None):
     """The upload form; with ``error`` the message sits on the form, by the field it is about
     (``error_field``: the file input, or a patient field), which takes focus. ``values``: the
     patient fields as the person sent them, shown again so nothing they typed is lost.
 
     ``refusal``: an image the service would not screen (not a skin lesion): the page opens with
     that verdict, in the words the refusal carries, and ``looks_like`` (what the image seemed to
-    show, when the refusal says) before the form, ready for another photo.
+    show, when the refusal says) before the form, ready for another photo. ``notice``: a short
+    message at the top of the page (why there is no result to show).
     """
     file_error = error if error_field == FIELD else None
     return render_template("upload.html", error=file_error, max_upload_mb=current_app.config["MAX_UPLOAD_MB"],
                            model_ready=model_ready(), refusal=refusal, error_field=error_field if error else None,
                            patient=patient_form(values, error_field, error),
-                           looks_like=getattr(refusal, "looks_like", None) if refusal else None), status
+                           looks_like=getattr(refusal, "looks_like", None) if refusal else None, notice=notice), status
 
 
 def report_response(prediction: Prediction, fmt: str, paper: str | None) -> Response:
     """A txt or pdf report download, rebuilt from a verified token."""
     try:
-        body, mimetype, filename = reports.render_report(prediction, fmt, paper, current_card())
+        body, content_type, filename = reports.render_report(prediction, fmt, paper, current_card())
     except ValueError as exc:
         raise ServiceError(400, "bad_report_request", str(exc)) from None
-    response = Response(body, mimetype=mimetype)
+    response = Response(body, content_type=content_type)
     response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
 
@@ -162,14 +167,6 @@ def layout_globals() -> dict:
     """Every page shows the disclaimer; templates read it from the catalogue module."""
     return {"disclaimer": DISCLAIMER, "not_a_diagnosis": reports.NOT_A_DIAGNOSIS,
             "system_name": reports.SYSTEM_NAME}
-
-
-@bp.after_app_request
-def no_store_for_results(response):
-    """Results and reports are personal health data: browsers and proxies must not keep them."""
-    if request.blueprint == "pages" and request.method == "POST":
-        response.headers["Cache-Control"] = "no-store"
-    return response
 
 
 # ---------------------------------------------------------------- views
@@ -214,6 +211,12 @@ def screen():
         total_ms=prediction.total_ms,
         context_use=context_use(quality.card_for(prediction, current_card()), prediction.patient.given),
     )
+
+
+@bp.get("/screen")
+def screen_again():
+    """A result's address opened again: nothing was kept to show, so say why and offer the form (not a bare 405)."""
+    return render_upload(notice=RESULT_NOT_STORED)
 
 
 @bp.errorhandler(RequestEntityTooLarge)

@@ -50,6 +50,6 @@ def current_card() -> ModelCard | None:
 
 
 def card_dir() -> Path:
-    """The folder the card (and its evaluation plots) sit in."""
+    """The folder the card (and its evaluation plots) sit in; absolute, as ``create_app`` made the paths."""
     configured = current_app.config.get("MODEL_CARD_PATH")
     return (Path(configured) if configured else card_path_for(Path(current_app.config["MODEL_PATH"]))).parent
