@@ -57,7 +57,7 @@ class TrainConfig:
     version: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y.%m.%d"))
 
 
-SMOKE_OVERRIDES = dict(input_size=64, store_size=72, alpha=0.35, dense_units=32, head_epochs=2, epochs=2, swa_epochs=1,
+SMOKE_OVERRIDES = dict(input_size=64, store_size=72, alpha=0.35, dense_units=32, head_epochs=2, epochs=1,
                        batch_size=16, limit_per_class=40)
 KEEP_CHOICES = ("last", "best", "swa")
 CHOICES = {"imbalance": IMBALANCE_CHOICES, "loss": LOSS_CHOICES, "keep": KEEP_CHOICES, "colour": COLOURS}
