@@ -54,7 +54,7 @@ from server.model.serving import (
 from server.model.trust import TTA_MODES, temperature_scale, tta_views
 from server.patient import PatientContext
 from server.prediction import Heatmap, ModelInfo, Prediction, prediction_from_probabilities
-from server.thresholds import DEFAULT_UNCERTAIN_BELOW, LOOKS_LIKE_MIN_PROBABILITY, refuses_as_non_skin
+from server.thresholds import DEFAULT_UNCERTAIN_BELOW, LOOKS_LIKE_MIN_PROBABILITY, NONSKIN_REFUSED
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def load_nonskin(card: ModelCard, card_dir: Path) -> NonSkinCheck | None:
         raise ModelLoadError(f"the model card's non-skin statistics {path} are missing: run training.calibrate")
     if spec.sha256 and file_sha256(path) != spec.sha256:
         raise ModelLoadError(f"{path} does not match the sha256 its model card records")
-    return NonSkinCheck.load(path, spec.thresholds(), spec.imagenet_gate)
+    return NonSkinCheck.load(path, spec.thresholds(), spec.imagenet_gate, spec.refusal())
 
 
 class Predictor:
@@ -246,11 +246,12 @@ class Predictor:
         png = explain.png_bytes(explain.render(image, grid, self.input_size))
         return Heatmap(class_code=self.classes[class_index], grid=grid, png=png)
 
-    def ood_score(self, x: np.ndarray, feature_map: np.ndarray) -> tuple[float | None, np.ndarray | None]:
-        """(the non-skin score of one image (the largest ratio of its checks), the ImageNet
-        probabilities when the branch ran for it), or (None, None) without a check."""
+    def nonskin(self, x: np.ndarray, feature_map: np.ndarray) -> tuple[float | None, str | None, str | None]:
+        """(the non-skin score of one image (the largest ratio of its checks), its answer
+        (``server.thresholds.nonskin_answer``), what a refused image seemed to show), or
+        (None, None, None) without a check."""
         if self.ood is None:
-            return None, None
+            return None, None, None
         signals = {FEATURES: feature_map.mean(axis=(0, 1))[None]}
         needed = self.ood.signals_needed()
         if PICTURE in needed:
@@ -262,7 +263,9 @@ class Predictor:
         if self.ood.imagenet_runs(ratios)[0]:  # only for images the model's own features place far out
             in_features, in_probs = self.forward_imagenet(x)
             ratios[IMAGENET] = self.ood.check(IMAGENET).ratios(in_features)
-        return float(largest(ratios)[0]), None if in_probs is None else in_probs[0]
+        answer = str(self.ood.answers(ratios, in_probs)[0])
+        looks_like = self.looks_like(None if in_probs is None else in_probs[0]) if answer == NONSKIN_REFUSED else None
+        return float(largest(ratios)[0]), answer, looks_like
 
     def looks_like(self, imagenet_probs) -> str | None:
         """What a refused image seemed to show, in ImageNet's words, when the branch is confident."""
@@ -278,7 +281,7 @@ class Predictor:
         ``patient_context``); a model that does not ignores them.
 
         ``explain`` adds a Grad-CAM heatmap for ``explain_class`` (default: the top class);
-        an image the non-skin check flags gets none (it gets no diagnosis either).
+        an image the non-skin check refuses gets none (it gets no diagnosis either).
         """
         wanted = self.class_index(explain_class) if explain_class else None  # bad class: fail before work
         # The centre square once: the model's input and the heatmap's background (1.3 ms of a 600x450 photo).
@@ -289,11 +292,9 @@ class Predictor:
         fmap, probs = self.forward(tta_views(x, self.tta), context)
         probs = self.calibrated(probs.mean(axis=0, keepdims=True))[0]
         elapsed_ms = (time.perf_counter() - start) * 1000.0
-        score, in_probs = self.ood_score(x, fmap[0]) if fmap is not None else (None, None)
+        score, answer, looks_like = self.nonskin(x, fmap[0]) if fmap is not None else (None, None, None)
         heatmap, explain_ms = None, None
-        refused = score is not None and refuses_as_non_skin(score)
-        looks_like = self.looks_like(in_probs) if refused else None
-        if explain and fmap is not None and self._gradient is not None and not refused:
+        if explain and fmap is not None and self._gradient is not None and answer != NONSKIN_REFUSED:
             t = time.perf_counter()
             heatmap = self.heatmap(img, fmap[0], wanted if wanted is not None else int(np.argmax(probs)), context)
             explain_ms = round((time.perf_counter() - t) * 1000.0, 2)
@@ -301,6 +302,6 @@ class Predictor:
             probs, self.info, elapsed_ms, self.classes, self.malignant_threshold,
             uncertain_threshold=DEFAULT_UNCERTAIN_BELOW if self.uncertain_threshold is None else self.uncertain_threshold,
             temperature=self.temperature, tta=self.tta,
-            ood_score=score, looks_like=looks_like,
+            ood_score=score, nonskin=answer, looks_like=looks_like,
             heatmap=heatmap, explain_ms=explain_ms,
         )

@@ -65,6 +65,9 @@ def _confidence(prediction: Prediction, card: ModelCard | None) -> tuple[str, ..
     calibrated = "calibrated " if prediction.temperature else ""
     trust = card.uncertain.get("test") if card is not None else None
     trust = trust if isinstance(trust, Mapping) else {}
+    if prediction.uncertain and not prediction.low_confidence:  # uncertain because the photo is unusual
+        return (f"The best guess has {percent(top.probability)} {calibrated}probability, but that figure was measured "
+                f"on photos like the training ones, and this photo is not one of them.",)
     if prediction.uncertain:
         lines = [f"The best guess has only {percent(top.probability)} {calibrated}probability, below the "
                  f"{percent(prediction.uncertain_below, 0)} this model needs to be reliable."]
@@ -99,7 +102,7 @@ def assess(prediction: Prediction, card: ModelCard | None = None) -> Assessment:
     uncertain = prediction.uncertain
     flagged = bool(prediction.malignant_flag)
     see_dermatologist = uncertain or risk == "high" or flagged
-    advice: list[str] = []
+    advice: list[str] = [prediction.unusual_message] if prediction.unusual_image else []
     if uncertain:
         advice.append("The model cannot tell these lesion types apart for this image, so it names none of them as "
                       "the answer. Please have the lesion examined by a dermatologist.")
