@@ -107,7 +107,7 @@ def instrument(app, clock: StageClock) -> None:
     p = app.extensions[EXTENSION_KEY]
     p.predict_image = clock.wrap("result", p.predict_image)
     p.forward = clock.wrap("model", p.forward)
-    p.ood_score = clock.wrap("non-skin glue", p.ood_score)
+    p.nonskin = clock.wrap("non-skin glue", p.nonskin)
     p.forward_imagenet = clock.wrap("branch", p.forward_imagenet)
     if p.ood is not None:
         p.ood.ratios = clock.wrap("distances", p.ood.ratios)

@@ -17,7 +17,7 @@ import numpy as np
 
 from server.lesions import CLASS_CODES, DISCLAIMER, MALIGNANT_CODES, lesion_class
 from server.patient import PatientContext
-from server.thresholds import DEFAULT_UNCERTAIN_BELOW, refuses_as_non_skin
+from server.thresholds import DEFAULT_UNCERTAIN_BELOW, NONSKIN_REFUSED, NONSKIN_UNUSUAL, NONSKIN_USUAL
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,9 @@ UNCERTAIN_MESSAGE = (
     "Uncertain result: the model's best guess has a calibrated probability of {p:.1%}, below the {t:.0%} "
     "this model needs to be reliable. Please have the lesion examined by a dermatologist."
 )
+# The one sentence every output shows for an unusual image (the non-skin check's middle answer).
+UNUSUAL_IMAGE_MESSAGE = ("This photo looks unlike the images the model learnt from, so the result is less reliable "
+                         "than usual.")
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,8 @@ class Prediction:
     uncertain_threshold: float = DEFAULT_UNCERTAIN_BELOW  # the card's thresholds.uncertain (chosen on validation)
     temperature: float | None = None  # calibration applied to the probabilities (None: raw model output)
     tta: str = "off"  # test-time augmentation used: off | flips | full
-    ood_score: float | None = None  # non-skin check: the largest of its checks' ratios (above 1: refused)
+    ood_score: float | None = None  # non-skin check: the largest of its checks' ratios (above 1: unusual)
+    nonskin: str | None = None  # its answer: usual | unusual | refused (server.thresholds.nonskin_answer); None: no check
     looks_like: str | None = None  # what a refused image seemed to show (ImageNet's top class), when known
     heatmap: Heatmap | None = None
     # Grids (no pictures) of every class's Grad-CAM, for a page that lets the person switch
@@ -107,24 +111,38 @@ class Prediction:
         return DEFAULT_UNCERTAIN_BELOW if self.uncertain_threshold is None else float(self.uncertain_threshold)
 
     @property
-    def uncertain(self) -> bool:
-        """The calibrated top probability is below the threshold: the answer is not to be relied on.
-
-        A top probability exactly at the threshold is *not* uncertain.
-        """
+    def low_confidence(self) -> bool:
+        """The calibrated top probability is below the threshold (exactly at it is *not* low)."""
         return self.top.probability < self.uncertain_below
 
     @property
+    def uncertain(self) -> bool:
+        """The answer is not to be relied on: its confidence is low, or the photo is unusual for the
+        model (its calibration was measured on photos like the training ones, not on this one)."""
+        return self.low_confidence or bool(self.unusual_image)
+
+    @property
     def uncertain_message(self) -> str | None:
-        return UNCERTAIN_MESSAGE.format(p=self.top.probability, t=self.uncertain_below) if self.uncertain else None
+        if self.low_confidence:
+            return UNCERTAIN_MESSAGE.format(p=self.top.probability, t=self.uncertain_below)
+        return f"{UNUSUAL_IMAGE_MESSAGE} Please have the lesion examined by a dermatologist." if self.uncertain else None
 
     @property
     def out_of_distribution(self) -> bool | None:
-        """True when the image does not look like the dermoscopic images the model was trained on
-        (the API then refuses it with 422 ``not_a_skin_lesion``); None without non-skin statistics."""
-        if self.ood_score is None:
-            return None
-        return bool(refuses_as_non_skin(self.ood_score))
+        """True when the non-skin check refused the image as not a lesion photo (the API answers 422
+        ``not_a_skin_lesion``); None without non-skin statistics."""
+        return None if self.nonskin is None else self.nonskin == NONSKIN_REFUSED
+
+    @property
+    def unusual_image(self) -> bool | None:
+        """True when the photo lies far from the training images but nothing says it is not skin:
+        it is screened, marked uncertain, and every output says ``UNUSUAL_IMAGE_MESSAGE``;
+        None without non-skin statistics."""
+        return None if self.nonskin is None else self.nonskin == NONSKIN_UNUSUAL
+
+    @property
+    def unusual_message(self) -> str | None:
+        return UNUSUAL_IMAGE_MESSAGE if self.unusual_image else None
 
     @property
     def malignant_flag(self) -> bool | None:
@@ -181,6 +199,8 @@ class Prediction:
             "uncertain_message": self.uncertain_message,
             "calibration": {"temperature": self.temperature, "tta": self.tta},
             "out_of_distribution": self.out_of_distribution,
+            "unusual_image": self.unusual_image,
+            "unusual_message": self.unusual_message,
             "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
             "model": asdict(self.model),
             "timing": timing,
@@ -209,12 +229,20 @@ class Prediction:
             temperature=(data.get("calibration") or {}).get("temperature"),
             tta=(data.get("calibration") or {}).get("tta", "off"),
             ood_score=data.get("ood_score"),
+            nonskin=nonskin_from_flags(data.get("out_of_distribution"), data.get("unusual_image")),
             heatmap=Heatmap.from_dict(data["heatmap"]) if data.get("heatmap") else None,
             class_heatmaps=tuple(Heatmap.from_dict(h) for h in data.get("class_heatmaps") or ()),
             explain_ms=data["timing"].get("explain_ms"),
             total_ms=data["timing"].get("total_ms"),
             patient=PatientContext.from_dict(data.get("patient")),  # a token from before the field: none given
         )
+
+
+def nonskin_from_flags(refused: bool | None, unusual: bool | None) -> str | None:
+    """The non-skin answer back from the JSON's two flags (a token from before ``unusual_image``: usual)."""
+    if refused is None:
+        return None
+    return NONSKIN_REFUSED if refused else NONSKIN_UNUSUAL if unusual else NONSKIN_USUAL
 
 
 def prediction_from_probabilities(

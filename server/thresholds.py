@@ -7,6 +7,8 @@ when a card has none. ``training`` imports them from here, never the other way r
 
 from __future__ import annotations
 
+import numpy as np
+
 # The malignant flag's operating point is the highest threshold on P(malignant) that
 # still catches this share of the malignant validation lesions.
 MALIGNANT_TARGET_SENSITIVITY = 0.90
@@ -15,31 +17,65 @@ MALIGNANT_TARGET_SENSITIVITY = 0.90
 UNCERTAIN_TARGET_ACCURACY = 0.90
 # The uncertain threshold for a card that has none (an older card, or no validated choice).
 DEFAULT_UNCERTAIN_BELOW = 0.5
-# The non-skin rule: each distance check divides its distance by its own threshold, the
-# score is the largest ratio, and a score above this refuses the image (422, no diagnosis).
+# The non-skin rule: each check divides its distance by its own threshold (a floor check its
+# floor by the value), the score is the largest ratio, and a score above this makes the
+# image *unusual*: far from the training images, screened with a warning and marked uncertain.
+NONSKIN_UNUSUAL_ABOVE = 1.0
+# Each check also has a refusal level, further out (``training.nonskin`` fits it beyond the
+# validation lesions, plain, made harder and shifted as other clinics photograph them); the
+# refusal score is the largest ratio to those levels, and above this the image is refused
+# (422, no diagnosis): a made picture or a photo far beyond any lesion. A card without
+# refusal levels refuses every unusual image, as cards did before there were two answers.
 NONSKIN_REFUSE_ABOVE = 1.0
+# An unusual image is refused, too, when the ImageNet branch names what it shows: its top
+# class (not one that training lesions get) has at least this probability, and the classes
+# lesions get (``ImagenetLabels.lesion_like``: tick, velvet, Petri dish...) together have at
+# most the second. A lesion photographed another way keeps some of its lesion-like
+# probability (under 1% for about 1 in 100 shifted validation lesions); a cat, a coffee cup
+# or a rocket has none. The top class's probability alone names objects in 3% of shifted
+# validation lesions (a round field reads as a "gong" or a "bubble"), too often to refuse on.
+NONSKIN_NAMED_MIN_PROBABILITY = 0.25
+NONSKIN_NAMED_MAX_LESION_LIKE = 0.01
+# The three answers of the non-skin check.
+NONSKIN_USUAL, NONSKIN_UNUSUAL, NONSKIN_REFUSED = "usual", "unusual", "refused"
 
 
 # A refusal names what the image seemed to show only when the ImageNet classifier gives
 # its top class at least this probability (a cat photo: 0.5-0.7; a flat colour: < 0.1).
 LOOKS_LIKE_MIN_PROBABILITY = 0.25
-# Each distance check's threshold is this percentile of the validation lesions' distances,
-# the lowest of the candidates that keeps the combined false refusals within the targets
-# below (validation lesions, and validation lesions made harder: darker, brighter, blurred,
-# rotated, with a ruler or hair, at 150 px). Floors use the matching low percentile.
+# Each distance check's threshold (where "unusual" starts) is this percentile of the
+# validation lesions' distances, the lowest of the candidates that keeps the combined
+# unusual shares within the targets below (validation lesions, and validation lesions made
+# harder: darker, brighter, blurred, rotated, with a ruler or hair, at 150 px). Floors use
+# the matching low percentile, ceilings the matching high one.
 NONSKIN_PERCENTILE_CANDIDATES = (99.5, 99.6, 99.7, 99.8, 99.9)
 NONSKIN_FLOOR_PERCENTILE = 0.1
+# Each check's refusal level is this percentile of its ratios over the validation lesions,
+# plain, made harder and shifted as other clinics photograph them (``training/nonskin_corpus.py``),
+# and never below its unusual level: 100, the furthest of them, so that no validation lesion,
+# however photographed, is refused by a distance, a floor or a ceiling.
+NONSKIN_REFUSE_PERCENTILE = 100.0
 # The ImageNet check runs only for images whose own features lie beyond this percentile of
 # the validation lesions' distances: the three quarters of lesions that look most typical
 # skip it and its cost (a second MobileNetV2 pass), and no validation figure changed.
 NONSKIN_IMAGENET_GATE_PERCENTILE = 75
-NONSKIN_MAX_FALSE_REFUSALS = 0.01
-NONSKIN_MAX_FALSE_REFUSALS_HARD = 0.02
+NONSKIN_MAX_UNUSUAL = 0.01
+NONSKIN_MAX_UNUSUAL_HARD = 0.02
 
 
-def refuses_as_non_skin(score):
-    """The one non-skin rule: True where ``score`` (a float or an array) is above the limit."""
-    return score > NONSKIN_REFUSE_ABOVE
+def nonskin_answer(score, refusal_score, named):
+    """The one non-skin rule: ``NONSKIN_REFUSED``, ``NONSKIN_UNUSUAL`` or ``NONSKIN_USUAL`` (arrays: element-wise).
+
+    Refused only on evidence that the image is not skin: beyond a refusal level (a made
+    picture, or a photo further out than any validation lesion however it was photographed),
+    or unusual and ``named`` as an everyday object by the ImageNet branch. An image that is
+    merely unusual (another clinic's lighting, colour or framing) is screened with a warning:
+    refusing a real melanoma is the worst answer this product can give.
+    """
+    unusual = np.asarray(score) > NONSKIN_UNUSUAL_ABOVE
+    refused = (np.asarray(refusal_score) > NONSKIN_REFUSE_ABOVE) | (unusual & np.asarray(named, bool))
+    answer = np.where(refused, NONSKIN_REFUSED, np.where(unusual, NONSKIN_UNUSUAL, NONSKIN_USUAL))
+    return str(answer) if answer.ndim == 0 else answer
 
 
 # The product's quality bar: what a model must reach on the held-out test split before the

@@ -16,6 +16,7 @@ import pytest
 from server.lesions import DISCLAIMER, lesion_class
 from tests.conftest import image_bytes
 from tests.fixture_model import BLUE_CLASS, RED_CLASS
+from tests.test_nonskin_answers import branch_model, unusual_model  # noqa: F401  (fixtures: an unusual-lesion card)
 from tests.test_ood import ood_model  # noqa: F401  (fixture: the colour model with non-skin statistics)
 
 pytestmark = pytest.mark.slow
@@ -574,3 +575,43 @@ def test_docs_tables_break_no_name_mid_token(browser, base_url, viewport_name):
                                            " && !e.textContent.trim().includes(' '); }).map(e => e.textContent)")
         assert broken == []
         assert page.locator(".doc-table th code").count() > 10
+
+
+@pytest.fixture(scope="module")
+def unusual_base_url(unusual_model):  # noqa: F811 (the imported fixture)
+    from werkzeug.serving import make_server
+
+    from server import create_app
+
+    app = create_app({"MODEL_PATH": str(unusual_model), "TESTING": True, "SECRET_KEY": "test-secret"})
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("viewport_name", ["phone", "desktop"])
+def test_an_unusual_lesion_is_screened_uncertain_with_its_warning(browser, unusual_base_url, tmp_path, shot_dir,
+                                                                  viewport_name):
+    from server.prediction import UNUSUAL_IMAGE_MESSAGE
+    from tests.test_nonskin_answers import skin_png
+
+    viewport = VIEWPORTS[viewport_name]
+    image = tmp_path / "unusual.png"
+    image.write_bytes(skin_png())
+    context = browser.new_context(viewport=viewport)
+    page = context.new_page()
+    failures = watch(page)
+    try:
+        screen_in_browser(page, unusual_base_url, image)
+        assert page.inner_text("#verdict").startswith("Uncertain")
+        assert UNUSUAL_IMAGE_MESSAGE in page.inner_text("#advice")
+        assert "melanoma, basal cell carcinoma or actinic keratosis" in page.text_content("#malignant-meaning")
+        assert_answer_above_the_fold(page, viewport)
+        assert overflow(page) <= 0
+        page.screenshot(path=str(shot_dir / f"result-unusual-{viewport_name}.png"))
+        assert not failures, failures
+    finally:
+        context.close()

@@ -208,7 +208,19 @@ def test_floor_statistics_are_the_picture_statistics_the_floors_read():
     from server.model.nonskin import GRADIENT_COLUMN, SATURATION_COLUMN, floor_statistics, image_statistics
 
     x = scale_pixels(skin_like(np.random.default_rng(6), 5))
-    np.testing.assert_array_equal(floor_statistics(x), image_statistics(x)[:, [GRADIENT_COLUMN, SATURATION_COLUMN]])
+    np.testing.assert_array_equal(floor_statistics(x)[:, :2], image_statistics(x)[:, [GRADIENT_COLUMN, SATURATION_COLUMN]])
+
+
+def test_the_flat_share_tells_made_pictures_from_photos():
+    """A fill or a smooth gradient is flat along an axis; a photo's noise is not; a black surround does not count."""
+    from server.model.nonskin import FLAT_SHARE, floor_statistics
+
+    ramp = np.repeat(np.linspace(60, 250, 32)[None, :, None], 32, axis=0).repeat(3, axis=2).astype(np.uint8)
+    skin = skin_like(np.random.default_rng(6), 1)[0]
+    black = np.zeros_like(skin)
+    black[4:28, 4:28] = skin[4:28, 4:28]  # a round field's dark surround around a photo
+    flat = floor_statistics(scale_pixels(np.stack([ramp, skin, black])))[:, FLAT_SHARE]
+    assert flat[0] > 2 and flat[1] < -1 and flat[2] < -1  # logits: nearly all, few, few
 
 
 def test_lesion_like_classes_are_the_frequent_top_classes():

@@ -67,7 +67,7 @@ from training.calibration import (
     tta_latency_ms,
 )
 from training.evaluate import choose_malignant_threshold, evaluate_predictions
-from training.nonskin import HARD_LESIONS, IMAGENET_PROBS, fit_nonskin
+from training.nonskin import IMAGENET_PROBS, LESION_SETS, fit_nonskin
 
 log = logging.getLogger("training.calibrate")
 
@@ -106,15 +106,16 @@ def load_split_images(run_dir: Path, data_dir: Path, size: int, train_max: int, 
     df = split.merge(meta, on="image_id", how="left", validate="one_to_one")
     if df["path"].isna().any():
         raise SystemExit(f"{int(df['path'].isna().sum())} images of {run_dir / 'split.csv'} are not in {data_dir}")
-    out, hard_sources = {}, {}
+    out, sources = {}, {}
     for s in ("train", "val", "test"):
         part = df[df["split"] == s]
-        if s != "train":  # a sample of the split's photos, as files, to make harder
-            hard_sources[s] = list(part["path"].sample(min(HARD_LESIONS, len(part)), random_state=seed))
+        if s != "train":  # samples of the split's photos, as files, to make harder and to shift (one seed each)
+            for i, (name, (n, _)) in enumerate(LESION_SETS.items()):
+                sources[f"{name}_{s}"] = list(part["path"].sample(min(n, len(part)), random_state=seed + i))
         if s == "train" and train_max and len(part) > train_max:
             part = part.sample(train_max, random_state=seed)
         out[s] = (D.load_images(list(part["path"]), size, colour=colour), part["label"].to_numpy())
-    return out, hard_sources
+    return out, sources
 
 
 def calibrate(predictor, card: ModelCard, run_dir, data_dir, uncertain_target: float = UNCERTAIN_TARGET_ACCURACY,
@@ -133,7 +134,7 @@ def calibrate(predictor, card: ModelCard, run_dir, data_dir, uncertain_target: f
     if predictor.feature_layer is None:
         raise SystemExit("this model has no GAP feature layer: no Grad-CAM, no non-skin check")
     size = predictor.input_size
-    data, hard_sources = load_split_images(run_dir, data_dir, size, train_max, seed, predictor.colour)
+    data, sources = load_split_images(run_dir, data_dir, size, train_max, seed, predictor.colour)
     log.info("images loaded in %.0f s: %s", time.perf_counter() - t0, {k: len(v[1]) for k, v in data.items()})
 
     t = time.perf_counter()
@@ -195,7 +196,7 @@ def calibrate(predictor, card: ModelCard, run_dir, data_dir, uncertain_target: f
     uncertain = {**unc, "rule": unc_rule, "val": selective_figures(cal_val, labels["val"], unc["threshold"]),
                  "test": selective_figures(cal_test, labels["test"], unc["threshold"])}
 
-    ood = fit_nonskin(predictor, signals, run_dir, run_views, hard_sources, imagenet_labels, ood_dims, seed)
+    ood = fit_nonskin(predictor, signals, run_dir, run_views, sources, imagenet_labels, ood_dims, seed)
 
     # The malignant flag compares the *served* P(malignant) (TTA, temperature) with its
     # threshold, so the threshold is chosen on, and its figures are of, served probabilities.
@@ -277,6 +278,41 @@ def calibrate_run(run_dir, data_dir, imagenet_weights: str = "", imagenet_labels
     return trust
 
 
+def refit_nonskin(run_dir, data_dir, train_max: int = 4000, seed: int = 42, ood_dims: int = 0) -> dict:
+    """Fit the non-skin check of an exported run again, and nothing else: its card's ``ood``, ``ood_stats.npz``,
+    ``metrics.json`` (``trust.ood``) and ``report.md``; the weights, TTA, calibration and thresholds stay.
+
+    The check the card had is measured on the same sets first (``ood.previous_check``), and the
+    ImageNet class names stored with it are kept. Returns the new ``ood`` section.
+    """
+    from server.model.files import CARD_FILENAME, check_model_files
+    from server.model.predictor import Predictor, load_nonskin
+    from training.export import MODEL_FILENAME
+    from training.report import existing_plots, write_report
+
+    run_dir = Path(run_dir)
+    card, _ = check_model_files(run_dir / MODEL_FILENAME, run_dir / CARD_FILENAME)
+    previous = load_nonskin(card, run_dir) if card.ood is not None else None
+    labels = list(previous.labels.names) if previous is not None and previous.labels is not None else None
+    predictor = Predictor.load(run_dir / MODEL_FILENAME, card, card.sha256, run_dir, tta="off", ood=False, imagenet=True)
+    t = time.perf_counter()
+    data, sources = load_split_images(run_dir, Path(data_dir), predictor.input_size, train_max, seed, predictor.colour)
+    signals = {s: run_views(predictor, images)[1] for s, (images, _) in data.items()}
+    log.info("forward passes of the splits done (%.0f s)", time.perf_counter() - t)
+    ood = fit_nonskin(predictor, signals, run_dir, run_views, sources, labels, ood_dims, seed, previous=previous)
+    card = ModelCard.from_dict({**card.to_dict(), "ood": ood})
+    card.write(run_dir / CARD_FILENAME)
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    if "trust" in metrics:
+        metrics["trust"]["ood"] = ood
+        metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+        if {"val", "test"} <= set(metrics):
+            write_report(run_dir, card, metrics, existing_plots(run_dir), metrics["trust"])
+    log.info("non-skin check refitted in %.0f s", time.perf_counter() - t)
+    return ood
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -289,8 +325,16 @@ def main(argv=None) -> int:
     p.add_argument("--ood-dims", type=int, default=0, help="PCA dimensions for the non-skin check (0: all features)")
     p.add_argument("--tta-min-gain", type=float, default=TTA_MIN_GAIN)
     p.add_argument("--train-max", type=int, default=4000, help="training images sampled for the feature statistics")
+    p.add_argument("--nonskin-only", action="store_true",
+                   help="fit the non-skin check again and nothing else (weights, TTA, calibration, thresholds stay)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if args.nonskin_only:
+        from training.report import nonskin_table
+
+        ood = refit_nonskin(args.run_dir, args.data_dir, args.train_max, ood_dims=args.ood_dims)
+        print("\n".join(nonskin_table(ood)))
+        return 0
     trust = calibrate_run(args.run_dir, args.data_dir, uncertain_target=args.uncertain_target,
                           ood_dims=args.ood_dims, tta_min_gain=args.tta_min_gain, train_max=args.train_max,
                           imagenet_weights=args.imagenet_weights, imagenet_labels=args.imagenet_labels)

@@ -1,24 +1,28 @@
-"""Fitting the non-skin check for a run: the statistics, each check's threshold, and the rates.
+"""Fitting the non-skin check for a run: the statistics, each check's two levels, and the rates.
 
-The checks themselves (distances, floors, stored format, the one rule) are the service's,
-in ``server/model/nonskin.py``. Here, from the training and validation splits only:
+The checks themselves (distances, floors, ceilings, stored format, the one rule) are the
+service's, in ``server/model/nonskin.py``. Here, from the training and validation splits only:
 
 - Mahalanobis statistics of training images for the model's own pooled features and for
   the ImageNet branch's pooled features;
-- each distance threshold at one percentile of the validation distances, the lowest of
-  ``NONSKIN_PERCENTILE_CANDIDATES`` that keeps the combined false refusals within
-  ``NONSKIN_MAX_FALSE_REFUSALS`` on validation lesions and ``NONSKIN_MAX_FALSE_REFUSALS_HARD``
-  on validation lesions made harder (``training/nonskin_corpus.py``);
-- floors on texture and colour at a low percentile of the validation lesions;
+- where "unusual" starts: each distance threshold at one percentile of the validation
+  distances, the lowest of ``NONSKIN_PERCENTILE_CANDIDATES`` that keeps the combined unusual
+  share within ``NONSKIN_MAX_UNUSUAL`` on validation lesions and ``NONSKIN_MAX_UNUSUAL_HARD``
+  on validation lesions made harder (``training/nonskin_corpus.py``); floors on texture and
+  colour at a low percentile of the validation lesions, ceilings on texture (noise) and the
+  flat share at the matching high one;
+- where refusal starts: each check's ``NONSKIN_REFUSE_PERCENTILE`` percentile of its ratios
+  over the validation lesions, plain, made harder and shifted as other clinics photograph them;
 - the ImageNet classes that are the top class of training lesions, which a refusal never names.
 
-Then it reports, never fits: refusals of the test lesions, of test lesions made harder, and
-of the named corpus of everyday photographs and made pictures.
+Then it reports, never fits: refused and unusual shares of the test lesions, of test lesions
+made harder and shifted, and of the named corpus of everyday photographs and made pictures.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +30,10 @@ import numpy as np
 from server.imaging import COLOUR_NONE, centre_square, colour_normalised
 from server.model.files import file_sha256
 from server.model.nonskin import (
-    COLOUR_FLOOR,
     FEATURES,
     FLOORS,
     IMAGENET,
-    TEXTURE_FLOOR,
+    PICTURE_CHECKS,
     DistanceCheck,
     FloorCheck,
     ImagenetLabels,
@@ -43,10 +46,15 @@ from server.thresholds import (
     LOOKS_LIKE_MIN_PROBABILITY,
     NONSKIN_FLOOR_PERCENTILE,
     NONSKIN_IMAGENET_GATE_PERCENTILE,
-    NONSKIN_MAX_FALSE_REFUSALS,
-    NONSKIN_MAX_FALSE_REFUSALS_HARD,
+    NONSKIN_MAX_UNUSUAL,
+    NONSKIN_MAX_UNUSUAL_HARD,
+    NONSKIN_NAMED_MAX_LESION_LIKE,
+    NONSKIN_NAMED_MIN_PROBABILITY,
     NONSKIN_PERCENTILE_CANDIDATES,
-    refuses_as_non_skin,
+    NONSKIN_REFUSE_PERCENTILE,
+    NONSKIN_REFUSED,
+    NONSKIN_UNUSUAL,
+    NONSKIN_UNUSUAL_ABOVE,
 )
 from training import nonskin_corpus as corpus
 
@@ -55,7 +63,11 @@ log = logging.getLogger("training.calibrate")
 OOD_FILENAME = "ood_stats.npz"
 IMAGENET_PROBS = "imagenet_probs"  # the branch's class probabilities, beside the signals the checks read
 HARD_LESIONS = 150  # lesions per split made harder in each of the corpus's ways
+SHIFTED_LESIONS = 200  # lesions per split shifted in each of the corpus's ways (other clinics)
 LESION_LIKE_SHARE = 0.005  # an ImageNet class that is the top class of more training lesions than this is lesion-like
+# The lesion photos the corpus changes, by set: (how many per split, the corpus function, seed offset).
+LESION_SETS = {"hard": (HARD_LESIONS, corpus.hard_cases), "shifted": (SHIFTED_LESIONS, corpus.shifted_lesions)}
+TEST_SEED_OFFSET = 10_000
 
 
 def fit_ood(train_features, dims: int = 0, seed: int = 0) -> dict:
@@ -95,14 +107,91 @@ def compact_faithfully(full_stats: dict, val_vectors) -> tuple[dict, float]:
 
 
 def choose_percentile(check_at, val: dict, hard_val: dict) -> float:
-    """The lowest candidate percentile whose check (``check_at(percentile)``) keeps the false
-    refusals of validation lesions, plain and made harder, within the targets."""
+    """The lowest candidate percentile whose check (``check_at(percentile)``) keeps the unusual shares
+    of validation lesions, plain and made harder, within the targets."""
     for pct in NONSKIN_PERCENTILE_CANDIDATES:
         check = check_at(pct)
-        if (refuses_as_non_skin(check.score(val)).mean() <= NONSKIN_MAX_FALSE_REFUSALS
-                and refuses_as_non_skin(check.score(hard_val)).mean() <= NONSKIN_MAX_FALSE_REFUSALS_HARD):
+        if (unusual_or_worse(check, val).mean() <= NONSKIN_MAX_UNUSUAL
+                and unusual_or_worse(check, hard_val).mean() <= NONSKIN_MAX_UNUSUAL_HARD):
             return pct
     return NONSKIN_PERCENTILE_CANDIDATES[-1]
+
+
+def unusual_or_worse(check: NonSkinCheck, signals: dict) -> np.ndarray:
+    return check.score(signals) > NONSKIN_UNUSUAL_ABOVE
+
+
+def answers(check: NonSkinCheck, signals: dict) -> np.ndarray:
+    """Per image, the service's answer (usual, unusual, refused) from its precomputed ``signals``."""
+    return check.answers(check.ratios(signals), signals.get(IMAGENET_PROBS))
+
+
+def with_refusal_levels(check: NonSkinCheck, pooled: list[dict]) -> NonSkinCheck:
+    """``check`` with each check's refusal level at ``NONSKIN_REFUSE_PERCENTILE`` of its ratios over the
+    ``pooled`` signal sets (validation lesions however photographed), never below its unusual level."""
+    ratios = [check.ratios(signals) for signals in pooled]
+    out = []
+    for c in check.checks:
+        factor = max(1.0, float(np.percentile(np.concatenate([r[c.name] for r in ratios]), NONSKIN_REFUSE_PERCENTILE)))
+        if isinstance(c, FloorCheck):
+            out.append(replace(c, refuse_floor=c.floor - c.sign * float(np.log(factor))))
+        else:
+            out.append(replace(c, refuse_threshold=c.threshold * factor))
+    return NonSkinCheck(tuple(out), check.labels, check.imagenet_gate)
+
+
+def shares(flags_by_answer: np.ndarray) -> dict:
+    """{n, refused, unusual} counts of an array of answers."""
+    return {"n": int(len(flags_by_answer)), "refused": int((flags_by_answer == NONSKIN_REFUSED).sum()),
+            "unusual": int((flags_by_answer == NONSKIN_UNUSUAL).sum())}
+
+
+def by_kind(kinds, answered) -> dict[str, dict]:
+    kinds = np.asarray(kinds)
+    return {kind: shares(answered[kinds == kind]) for kind in dict.fromkeys(kinds.tolist())}
+
+
+def measure(check: NonSkinCheck, sets: dict, kinds: dict, everyday, made) -> dict:
+    """The figures of ``check`` on the report sets: refused and unusual shares, by kind and by check."""
+    answered = {name: answers(check, sets[name]) for name in
+                ("val", "test", "hard_val", "hard_test", "shifted_val", "shifted_test", "everyday", "made")}
+
+    def rate(name, answer):
+        return float(np.mean(answered[name] == answer))
+
+    def refused_by_check(name):
+        refused = answered[name] == NONSKIN_REFUSED
+        factors = {c.name: c.refuse_factor for c in check.checks}
+        return {n: int((refused & (r > factors[n])).sum()) for n, r in check.ratios(sets[name]).items()}
+
+    def not_refused(items, name):
+        return [item for (item, _, _), a in zip(items, answered[name]) if a != NONSKIN_REFUSED]
+
+    def changed(name):
+        """The figures of a set of test lesions the corpus changed, overall and by kind."""
+        return {f"{name}_false_flag_rate": rate(name, NONSKIN_REFUSED), f"{name}_unusual_rate": rate(name, NONSKIN_UNUSUAL),
+                f"{name}_images": int(len(answered[name])), f"{name}_by_kind": by_kind(kinds[name], answered[name]),
+                f"{name}_refused_by_check": refused_by_check(name)}
+
+    every_refused, made_refused = answered["everyday"] == NONSKIN_REFUSED, answered["made"] == NONSKIN_REFUSED
+    return {
+        "val_false_flag_rate": rate("val", NONSKIN_REFUSED), "val_unusual_rate": rate("val", NONSKIN_UNUSUAL),
+        "test_false_flag_rate": rate("test", NONSKIN_REFUSED), "test_unusual_rate": rate("test", NONSKIN_UNUSUAL),
+        "test_refused_by_check": refused_by_check("test"),
+        "hard_val_false_flag_rate": rate("hard_val", NONSKIN_REFUSED),
+        **changed("hard_test"),
+        "shifted_val_false_flag_rate": rate("shifted_val", NONSKIN_REFUSED),
+        **changed("shifted_test"),
+        "everyday_true_flag_rate": float(every_refused.mean()), "everyday_images": int(len(every_refused)),
+        "everyday_passed": not_refused(everyday, "everyday"),
+        "made_true_flag_rate": float(made_refused.mean()), "made_images": int(len(made_refused)),
+        "made_passed": not_refused(made, "made"),
+        "made_by_kind": {k: {"n": v["n"], "refused": v["refused"]}
+                         for k, v in by_kind([k for _, k, _ in made], answered["made"]).items()},
+        "nonskin_true_flag_rate": float(np.concatenate([every_refused, made_refused]).mean()),
+        "nonskin_images": int(len(every_refused) + len(made_refused)),
+        "counts": {name: shares(answered[name]) for name in ("test", "hard_test", "shifted_test", "everyday", "made")},
+    }
 
 
 def lesion_like_classes(train_probs: np.ndarray) -> np.ndarray:
@@ -117,17 +206,32 @@ def squares(images, size: int, colour: str = COLOUR_NONE) -> np.ndarray:
                      for img in images])
 
 
-def fit_nonskin(predictor, signals: dict, run_dir: Path, run_views, hard_sources: dict, label_names=None,
-                ood_dims: int = 0, seed: int = 0) -> dict:
+def lesion_signals(predictor, run_views, sources: dict, seed: int) -> tuple[dict, dict]:
+    """({set name: signals}, {set name: kinds}) of the lesion photos the corpus changes, by ``LESION_SETS``
+    and split (``hard_val``, ``shifted_test``...): ``sources`` maps each such name to photo paths."""
+    from PIL import Image
+
+    sets, kinds = {}, {}
+    for name, (_, make) in LESION_SETS.items():
+        for split in ("val", "test"):
+            key = f"{name}_{split}"
+            lesions = [Image.open(p).convert("RGB") for p in sources[key]]
+            items = make(lesions, seed=seed + (0 if split == "val" else TEST_SEED_OFFSET))
+            kinds[key] = [k for _, k, _ in items]
+            sets[key] = run_views(predictor, squares([img for _, _, img in items], predictor.input_size, predictor.colour))[1]
+    return sets, kinds
+
+
+def fit_nonskin(predictor, signals: dict, run_dir: Path, run_views, sources: dict, label_names=None,
+                ood_dims: int = 0, seed: int = 0, previous: NonSkinCheck | None = None) -> dict:
     """Fit the checks on ``signals`` (by split: ``features``, ``floors`` and, when the model
     carries the ImageNet branch, ``imagenet`` and ``imagenet_probs``), write ``ood_stats.npz``
     into ``run_dir`` and return the card's ``ood`` section with its figures.
 
-    ``hard_sources``: by split ("val", "test"), lesion photos (PIL) to make harder.
+    ``sources``: by set and split (``hard_val``, ``hard_test``, ``shifted_val``, ``shifted_test``),
+    lesion photo paths to change. ``previous``: the check the run's card had, measured on the
+    same sets (``previous_check``) so a refit says what it changed.
     """
-    from PIL import Image
-
-    size = predictor.input_size
     has_imagenet = signals["train"].get(IMAGENET) is not None
     distance_signals = (FEATURES, IMAGENET) if has_imagenet else (FEATURES,)
     stored, storage_error = {}, {}
@@ -135,36 +239,24 @@ def fit_nonskin(predictor, signals: dict, run_dir: Path, run_views, hard_sources
         full = fit_ood(signals["train"][name], ood_dims if name == FEATURES else 0, seed)
         stored[name], storage_error[name] = compact_faithfully(full, signals["val"][name])
 
-    def hard(split):
-        lesions = [Image.open(p).convert("RGB") for p in hard_sources[split]]
-        items = corpus.hard_cases(lesions, seed=seed + (0 if split == "val" else 10_000))
-        return [k for _, k, _ in items], run_views(predictor, squares([img for _, _, img in items], size, predictor.colour))[1]
-
-    hard_kinds, sets = {}, dict(signals)
-    for split in ("val", "test"):
-        hard_kinds[split], sets[f"hard_{split}"] = hard(split)
+    lesion_sets, kinds = lesion_signals(predictor, run_views, sources, seed)
+    sets = {**signals, **lesion_sets}
+    size = predictor.input_size
     everyday, made = corpus.everyday_photos(), corpus.made_pictures(size, seed)
     sets["everyday"] = run_views(predictor, squares([img for _, _, img in everyday], size, predictor.colour))[1]
     sets["made"] = run_views(predictor, squares([img for _, _, img in made], size, predictor.colour))[1]
 
-    columns = {"texture": TEXTURE_FLOOR, "colour": COLOUR_FLOOR}
-    floors = {name: float(np.percentile(signals["val"][FLOORS][:, column], NONSKIN_FLOOR_PERCENTILE))
-              for name, column in columns.items()}
-    floor_checks = [FloorCheck(name, column, floors[name]) for name, column in columns.items()]
+    val_floors = signals["val"][FLOORS]
+    levels = {name: float(np.percentile(val_floors[:, column], 100 - NONSKIN_FLOOR_PERCENTILE if ceiling
+                                        else NONSKIN_FLOOR_PERCENTILE))
+              for name, (column, ceiling) in PICTURE_CHECKS.items()}
+    picture_checks = [FloorCheck(name, column, levels[name], ceiling=ceiling)
+                      for name, (column, ceiling) in PICTURE_CHECKS.items()]
     measures = {n: Mahalanobis.from_arrays(stored[n]) for n in distance_signals}
     val_distances = {n: m.distances(signals["val"][n]) for n, m in measures.items()}
     gate = float(np.percentile(val_distances[FEATURES], NONSKIN_IMAGENET_GATE_PERCENTILE)) if has_imagenet else None
 
-    def check_at(pct: float) -> NonSkinCheck:
-        """Every check, its distance thresholds at the ``pct`` percentile of validation distances."""
-        distance_checks = (DistanceCheck(n, n, measures[n], float(np.percentile(val_distances[n], pct)))
-                           for n in distance_signals)
-        return NonSkinCheck((*distance_checks, *floor_checks), imagenet_gate=gate)
-
-    percentile = choose_percentile(check_at, sets["val"], sets["hard_val"])
-    check = check_at(percentile)
-    thresholds = {n: check.check(n).threshold for n in distance_signals}
-
+    labels = None
     arrays = dict(stored[FEATURES])
     if has_imagenet:
         arrays.update({f"imagenet_{k}": v for k, v in stored[IMAGENET].items()})
@@ -172,72 +264,70 @@ def fit_nonskin(predictor, signals: dict, run_dir: Path, run_views, hard_sources
         arrays["imagenet_lesion_like"] = lesion_like
         if label_names is not None:
             arrays["imagenet_labels"] = np.asarray(label_names)
-            check = NonSkinCheck(check.checks, ImagenetLabels(tuple(label_names), frozenset(lesion_like.tolist())), gate)
+            labels = ImagenetLabels(tuple(label_names), frozenset(lesion_like.tolist()))  # as the service reads them
+
+    def check_at(pct: float) -> NonSkinCheck:
+        """Every check, its distance thresholds at the ``pct`` percentile of validation distances."""
+        distance_checks = (DistanceCheck(n, n, measures[n], float(np.percentile(val_distances[n], pct)))
+                           for n in distance_signals)
+        return NonSkinCheck((*distance_checks, *picture_checks), labels, gate)
+
+    percentile = choose_percentile(check_at, sets["val"], sets["hard_val"])
+    check = with_refusal_levels(check_at(percentile), [sets["val"], sets["hard_val"], sets["shifted_val"]])
+    level = {c.name: c for c in check.checks}
     sha = save_ood(arrays, run_dir / OOD_FILENAME)
 
-    def refused(which):
-        return refuses_as_non_skin(check.score(sets[which]))
-
-    def by_check(which):
-        return {name: int(refuses_as_non_skin(r).sum()) for name, r in check.ratios(sets[which]).items()}
-
-    def by_kind(kinds, flags):
-        out: dict[str, dict] = {}
-        for kind, flag in zip(kinds, flags):
-            out.setdefault(kind, {"n": 0, "refused": 0})
-            out[kind]["n"] += 1
-            out[kind]["refused"] += int(flag)
-        return out
-
-    def passed(items, flags):
-        return [name for (name, _, _), flag in zip(items, flags) if not flag]
-
-    every_flags, made_flags = refused("everyday"), refused("made")
     looks = {}
-    if check.labels is not None:
+    if labels is not None:
         for (name, _, _), p in zip(everyday, sets["everyday"][IMAGENET_PROBS]):
             looks[name] = check.labels.looks_like(p, LOOKS_LIKE_MIN_PROBABILITY)
     checks_text = ["the model's own pooled features (Mahalanobis distance, Ledoit-Wolf shrinkage precision)"]
     if has_imagenet:
         checks_text.append("the ImageNet branch's pooled features (the same)")
-    checks_text.append("floors on texture (mean gradient) and colour (saturation)")
-    return {
-        "method": "refused when any check fails: " + "; ".join(checks_text),
+    checks_text.append("floors on texture (mean gradient) and colour (saturation); ceilings on texture (noise) and "
+                       "the flat share (equal neighbouring pixels along the flatter axis)")
+    figures = measure(check, sets, kinds, everyday, made)
+    out = {
+        "method": "each check has an unusual level and a refusal level further out: " + "; ".join(checks_text),
         "file": OOD_FILENAME, "sha256": sha, "feature_layer": predictor.feature_layer,
         "dims": int(stored[FEATURES]["dim"]), "train_images": int(len(signals["train"][FEATURES])),
         "storage": "means float32, precisions as upper triangles scaled by their maximum",
         "storage_max_relative_distance_error_val": storage_error,
-        "threshold": thresholds[FEATURES], "imagenet_threshold": thresholds.get(IMAGENET), "imagenet_gate": gate,
+        "threshold": level[FEATURES].threshold, "refuse_threshold": level[FEATURES].refuse_threshold,
+        "imagenet_threshold": level[IMAGENET].threshold if has_imagenet else None,
+        "imagenet_refuse_threshold": level[IMAGENET].refuse_threshold if has_imagenet else None,
+        "imagenet_gate": gate,
         "imagenet_gate_rule": (f"the ImageNet check runs for images whose own-feature distance exceeds the "
                                f"{NONSKIN_IMAGENET_GATE_PERCENTILE}th percentile of validation lesions'"),
         "imagenet_runs_val": float(np.mean(val_distances[FEATURES] > gate)) if has_imagenet else None,
-        "texture_floor": floors["texture"], "colour_floor": floors["colour"],
-        "threshold_rule": (f"distance thresholds: the {percentile:g}th percentile of validation distances, the lowest of "
-                           f"{list(NONSKIN_PERCENTILE_CANDIDATES)} with combined false refusals <= "
-                           f"{NONSKIN_MAX_FALSE_REFUSALS:.0%} of validation lesions and <= "
-                           f"{NONSKIN_MAX_FALSE_REFUSALS_HARD:.0%} of validation lesions made harder; floors: the "
-                           f"{NONSKIN_FLOOR_PERCENTILE:g}th percentile of validation lesions"),
+        "texture_floor": level["texture"].floor, "texture_refuse_floor": level["texture"].refuse_floor,
+        "colour_floor": level["colour"].floor, "colour_refuse_floor": level["colour"].refuse_floor,
+        "noise_ceiling": level["noise"].floor, "noise_refuse_ceiling": level["noise"].refuse_floor,
+        "flat_ceiling": level["flat"].floor, "flat_refuse_ceiling": level["flat"].refuse_floor,
+        "threshold_rule": (f"unusual: distance thresholds at the {percentile:g}th percentile of validation distances, the "
+                           f"lowest of {list(NONSKIN_PERCENTILE_CANDIDATES)} with combined unusual shares <= "
+                           f"{NONSKIN_MAX_UNUSUAL:.0%} of validation lesions and <= {NONSKIN_MAX_UNUSUAL_HARD:.0%} of "
+                           f"validation lesions made harder; floors at the {NONSKIN_FLOOR_PERCENTILE:g}th and ceilings "
+                           f"at the {100 - NONSKIN_FLOOR_PERCENTILE:g}th percentile of validation lesions. Refused: each "
+                           f"check at the {NONSKIN_REFUSE_PERCENTILE:g}th percentile of its ratios over validation "
+                           f"lesions, plain, made harder and shifted as other clinics photograph them"),
+        "refuse_factors": {c.name: c.refuse_factor for c in check.checks},
         "percentile": percentile,
-        "rule": "refused when any check fails (score = the largest distance / threshold or floor ratio > 1)",
+        "rule": ("refused (422) when any check is beyond its refusal level, or when the image is unusual and the "
+                 f"ImageNet branch names an object (top class not lesion-like, p >= {NONSKIN_NAMED_MIN_PROBABILITY}, "
+                 f"lesion-like classes <= {NONSKIN_NAMED_MAX_LESION_LIKE}); unusual (200, uncertain, with a warning) "
+                 "when any check is beyond its unusual level (score = the largest ratio > 1); else usual"),
         "looks_like_rule": (f"a refusal names the ImageNet top class when its probability is >= {LOOKS_LIKE_MIN_PROBABILITY} "
                             f"and it is not the top class of > {LESION_LIKE_SHARE:.1%} of training lesions"),
-        "val_false_flag_rate": float(refused("val").mean()),
-        "test_false_flag_rate": float(refused("test").mean()),
-        "test_refused_by_check": by_check("test"),
-        "hard_val_false_flag_rate": float(refused("hard_val").mean()),
-        "hard_test_false_flag_rate": float(refused("hard_test").mean()),
-        "hard_test_images": int(len(hard_kinds["test"])),
-        "hard_test_by_kind": by_kind(hard_kinds["test"], refused("hard_test")),
-        "hard_test_refused_by_check": by_check("hard_test"),
-        "everyday_true_flag_rate": float(every_flags.mean()), "everyday_images": int(len(every_flags)),
-        "everyday_passed": passed(everyday, every_flags),
+        **figures,
         "everyday_looks_like": looks,
-        "made_true_flag_rate": float(made_flags.mean()), "made_images": int(len(made_flags)),
-        "made_passed": passed(made, made_flags),
-        "made_by_kind": by_kind([k for _, k, _ in made], made_flags),
-        "nonskin_true_flag_rate": float(np.concatenate([every_flags, made_flags]).mean()),
-        "nonskin_images": int(len(every_flags) + len(made_flags)),
         "corpus": "training/nonskin_corpus.py: everyday photographs from scikit-image, scikit-learn and matplotlib; "
-                  "made pictures; test lesions made harder (darker, brighter, blurred, rotated, ruler, hair, 150 px)",
-        "api": "422 not_a_skin_lesion with error.looks_like: no diagnosis is given for a refused image",
+                  "made pictures; test lesions made harder (darker, brighter, blurred, rotated, ruler, hair, 150 px); "
+                  f"{SHIFTED_LESIONS} test lesions shifted as other clinics photograph them, each way "
+                  f"({', '.join(corpus.shifted_kinds())})",
+        "api": ("422 not_a_skin_lesion with error.looks_like: no diagnosis is given for a refused image; an unusual "
+                "image is screened with unusual_image: true and marked uncertain"),
     }
+    if previous is not None:
+        out["previous_check"] = measure(previous, sets, kinds, everyday, made)
+    return out

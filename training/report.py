@@ -120,6 +120,9 @@ def trust_section(trust: dict) -> list[str]:
         f"| made non-skin pictures refused | {f(ood['made_true_flag_rate'])} of {ood['made_images']} |",
         f"| lesion test images wrongly refused | {f(ood['test_false_flag_rate'], 4)} |",
         f"| test lesions made harder, wrongly refused | {f(ood['hard_test_false_flag_rate'], 4)} of {ood['hard_test_images']} |",
+        *([f"| test lesions shifted as other clinics photograph them, wrongly refused | "
+           f"{f(ood['shifted_test_false_flag_rate'], 4)} of {ood['shifted_test_images']} |"]
+          if "shifted_test_false_flag_rate" in ood else []),
         f"| TTA default | {tta['default']} |",
         *[f"| TTA {m}: val BA gain / cost ratio | {tta['val_gain'][m]:+.4f} / {tta['cost_ratio'][m]:.2f}x |"
           for m in TTA_MODES],
@@ -134,4 +137,34 @@ def trust_section(trust: dict) -> list[str]:
         + ", ".join(f"{k} {v['refused']}/{v['n']}" for k, v in ood["hard_test_by_kind"].items()) + ".",
         f"- Not refused: everyday {ood['everyday_passed'] or 'none'}; made {ood['made_passed'] or 'none'}.",
         f"- Corpus: {ood['corpus']}.", "",
+        *(nonskin_table(ood) + [""] if "shifted_test_by_kind" in ood else []),
     ]
+
+
+def _share(counts: dict | None, key: str) -> str:
+    return f"{counts[key] / counts['n']:.1%} ({counts[key]}/{counts['n']})" if counts and counts.get("n") else "n/a"
+
+
+NONSKIN_ROWS = (("everyday", "everyday photographs (must be refused)"), ("made", "made pictures (must be refused)"),
+                ("test", "test lesions"), ("hard_test", "test lesions made harder"),
+                ("shifted_test", "test lesions shifted as other clinics photograph them"))
+
+
+def nonskin_table(ood: dict) -> list[str]:
+    """The non-skin check's answers by set and by shift, as markdown lines: refused and unusual shares, and
+    the previous check's refusals on the same pictures when the card was refitted (``previous_check``)."""
+    before = ood.get("previous_check")
+    lines = ["### Non-skin check: refused and unusual, by set and by shift", "",
+             "| pictures | refused | unusual (screened with the warning) |" + (" refused before the refit |" if before else ""),
+             "|---|---|---|" + ("---|" if before else "")]
+
+    def row(label, now, old):
+        lines.append(f"| {label} | {_share(now, 'refused')} | {_share(now, 'unusual')} |"
+                     + (f" {_share(old, 'refused')} |" if before else ""))
+
+    counts = ood.get("counts", {})
+    for key, label in NONSKIN_ROWS:
+        row(label, counts.get(key), (before or {}).get("counts", {}).get(key))
+    for kind, now in ood.get("shifted_test_by_kind", {}).items():
+        row(f"shifted: {kind}", now, (before or {}).get("shifted_test_by_kind", {}).get(kind))
+    return lines

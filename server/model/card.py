@@ -108,6 +108,16 @@ class NonSkinSpec:
     imagenet_gate: float | None = None  # ...checked only beyond this distance of the model's own features
     texture_floor: float | None = None  # one-sided floors on picture statistics
     colour_floor: float | None = None
+    noise_ceiling: float | None = None  # one-sided ceilings: texture (pixel noise, text) and the flat share
+    flat_ceiling: float | None = None
+    # Refusal levels, further out than the thresholds and floors above (which make an image
+    # unusual); None: the check refuses at its threshold, as cards did before the two answers.
+    refuse_threshold: float | None = None
+    imagenet_refuse_threshold: float | None = None
+    texture_refuse_floor: float | None = None
+    colour_refuse_floor: float | None = None
+    noise_refuse_ceiling: float | None = None
+    flat_refuse_ceiling: float | None = None
     extra: Mapping = field(default_factory=dict)  # how they were fitted, and the measured flag rates
 
     def figure(self, key: str, default=None):
@@ -116,7 +126,14 @@ class NonSkinSpec:
     def thresholds(self) -> dict:
         """Each check's threshold or floor by check name (``server.model.nonskin`` names them)."""
         return {"features": self.threshold, "picture": self.image_threshold, "imagenet": self.imagenet_threshold,
-                "texture": self.texture_floor, "colour": self.colour_floor}
+                "texture": self.texture_floor, "colour": self.colour_floor, "noise": self.noise_ceiling,
+                "flat": self.flat_ceiling}
+
+    def refusal(self) -> dict:
+        """Each check's refusal level by check name, None where it has none."""
+        return {"features": self.refuse_threshold, "imagenet": self.imagenet_refuse_threshold,
+                "texture": self.texture_refuse_floor, "colour": self.colour_refuse_floor,
+                "noise": self.noise_refuse_ceiling, "flat": self.flat_refuse_ceiling}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "NonSkinSpec":
@@ -125,6 +142,13 @@ class NonSkinSpec:
                    imagenet_threshold=number(data, "imagenet_threshold", "ood.", 0),
                    imagenet_gate=number(data, "imagenet_gate", "ood.", 0),
                    texture_floor=number(data, "texture_floor", "ood."), colour_floor=number(data, "colour_floor", "ood."),
+                   refuse_threshold=number(data, "refuse_threshold", "ood.", 0),
+                   imagenet_refuse_threshold=number(data, "imagenet_refuse_threshold", "ood.", 0),
+                   texture_refuse_floor=number(data, "texture_refuse_floor", "ood."),
+                   colour_refuse_floor=number(data, "colour_refuse_floor", "ood."),
+                   noise_ceiling=number(data, "noise_ceiling", "ood."), flat_ceiling=number(data, "flat_ceiling", "ood."),
+                   noise_refuse_ceiling=number(data, "noise_refuse_ceiling", "ood."),
+                   flat_refuse_ceiling=number(data, "flat_refuse_ceiling", "ood."),
                    extra=rest(data, cls))
 
 

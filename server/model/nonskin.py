@@ -11,11 +11,18 @@ Two kinds of check, each giving a ratio that is above 1 when the image fails it:
   gradient; ``colour``: the saturation). A photo of skin has some texture and some
   colour; a flat colour, a smooth gradient or a greyscale picture has less than almost
   any lesion photo. One-sided, so a brighter, darker or hairier lesion photo cannot fail
-  it the way a two-sided distance on the same statistics did.
+  it the way a two-sided distance on the same statistics did. With ``ceiling`` it is the
+  other side's limit: ``noise`` (more texture than any lesion photo: pixel noise, text)
+  and ``flat`` (the share of neighbouring pixels that are exactly equal along one axis: a
+  made picture's fills, gradients and skies; a photo's sensor noise leaves few).
 
-All thresholds are fitted by ``training.nonskin`` on the training and validation splits.
-The score of an image is the largest ratio, and ``server.thresholds.refuses_as_non_skin``
-is the one rule that turns a score into a refusal. The ImageNet classifier's top class
+Each check has two levels: its threshold (or floor), beyond which an image is unusual, and
+a refusal level further out (``refuse_factor`` times the ratio), beyond which it is clearly
+not a lesion photo. All are fitted by ``training.nonskin`` on the training and validation
+splits. The score of an image is the largest ratio, its refusal score the largest ratio to
+the refusal levels, and ``server.thresholds.nonskin_answer`` is the one rule that turns
+them, with what the ImageNet classifier names (``ImagenetLabels.names_an_object``), into an answer:
+usual, unusual (screened with a warning) or refused. The ImageNet classifier's top class
 explains a refusal ("looks like: tabby cat") through ``looks_like``.
 
 numpy only: the trainer fits the statistics and stores them with ``compact_ood`` in the
@@ -29,12 +36,20 @@ from pathlib import Path
 
 import numpy as np
 
+from server.thresholds import NONSKIN_NAMED_MAX_LESION_LIKE, NONSKIN_NAMED_MIN_PROBABILITY, nonskin_answer
+
 # The signals a check can read: pooled features, the 12 picture statistics, the ImageNet
 # branch's pooled features, and the two picture statistics the floors read.
 FEATURES, PICTURE, IMAGENET, FLOORS = "features", "picture", "imagenet", "floors"
 # Columns of ``image_statistics`` that ``floor_statistics`` computes on their own, in order.
 GRADIENT_COLUMN, SATURATION_COLUMN = 6, 10
-TEXTURE_FLOOR, COLOUR_FLOOR = 0, 1  # columns of ``floor_statistics``
+TEXTURE_FLOOR, COLOUR_FLOOR, FLAT_SHARE = 0, 1, 2  # columns of ``floor_statistics``
+# The picture checks: name -> (column of ``floor_statistics``, is it a ceiling?).
+PICTURE_CHECKS = {"texture": (TEXTURE_FLOOR, False), "colour": (COLOUR_FLOOR, False),
+                  "noise": (TEXTURE_FLOOR, True), "flat": (FLAT_SHARE, True)}
+# Pixels darker than this (0..255 grey) do not count towards the flat share: the black
+# surround of a dermatoscope's round field is as flat as a made picture's fill.
+FLAT_DARK_BELOW = 40.0
 
 
 class Mahalanobis:
@@ -101,6 +116,12 @@ class DistanceCheck:
     signal: str  # FEATURES or PICTURE: which vector of the image it measures
     stats: Mahalanobis
     threshold: float
+    refuse_threshold: float | None = None  # a distance beyond which the image is refused (None: the threshold)
+
+    @property
+    def refuse_factor(self) -> float:
+        """The ratio at which this check refuses (1 without a refusal level of its own)."""
+        return 1.0 if self.refuse_threshold is None else self.refuse_threshold / self.threshold
 
     def distances(self, vectors: np.ndarray) -> np.ndarray:
         return self.stats.distances(vectors)
@@ -111,16 +132,28 @@ class DistanceCheck:
 
 @dataclass(frozen=True)
 class FloorCheck:
-    """One named one-sided test: a picture statistic below its floor fails (ratio exp(floor - value) > 1)."""
+    """One named one-sided test: a picture statistic below its floor fails (ratio exp(floor - value) > 1),
+    or with ``ceiling`` above it (ratio exp(value - floor))."""
 
     name: str
     column: int  # which column of ``floor_statistics``
-    floor: float
+    floor: float  # the floor, or with ``ceiling`` the ceiling
     signal: str = FLOORS
+    refuse_floor: float | None = None  # a value beyond which the image is refused (None: the floor)
+    ceiling: bool = False
+
+    @property
+    def sign(self) -> float:
+        return -1.0 if self.ceiling else 1.0
+
+    @property
+    def refuse_factor(self) -> float:
+        """The ratio at which this check refuses, 1 without a refusal level of its own."""
+        return 1.0 if self.refuse_floor is None else float(np.exp(self.sign * (self.floor - self.refuse_floor)))
 
     def ratios(self, vectors: np.ndarray) -> np.ndarray:
         values = np.atleast_2d(np.asarray(vectors, np.float64))[:, self.column]
-        return np.exp(np.minimum(self.floor - values, 50.0))
+        return np.exp(np.minimum(self.sign * (self.floor - values), 50.0))
 
 
 @dataclass(frozen=True)
@@ -135,12 +168,21 @@ class ImagenetLabels:
     names: tuple[str, ...]
     lesion_like: frozenset[int]
 
+    def names_an_object(self, probs: np.ndarray, min_probability: float, max_lesion_like: float = 1.0) -> np.ndarray:
+        """Per row of (n, classes) probabilities: is the top class at least ``min_probability`` and not
+        lesion-like, with at most ``max_lesion_like`` of the probability on the lesion-like classes?"""
+        probs = np.atleast_2d(probs)
+        top = probs.argmax(axis=1)
+        classes = np.fromiter(self.lesion_like, int, len(self.lesion_like))
+        lesion_like_mass = probs[:, classes].sum(axis=1)
+        return ((probs[np.arange(len(probs)), top] >= min_probability) & ~np.isin(top, classes)
+                & (lesion_like_mass <= max_lesion_like))
+
     def looks_like(self, probs: np.ndarray, min_probability: float) -> str | None:
         """The top class's readable name when it is confident enough and not lesion-like, else None."""
-        top = int(np.argmax(probs))
-        if probs[top] < min_probability or top in self.lesion_like:
+        if not self.names_an_object(probs, min_probability)[0]:
             return None
-        return readable_label(self.names[top])
+        return readable_label(self.names[int(np.argmax(probs))])
 
 
 def readable_label(line: str) -> str:
@@ -193,29 +235,51 @@ class NonSkinCheck:
         return features * self.check(FEATURES).threshold > self.imagenet_gate
 
     def score(self, signals: dict) -> np.ndarray:
-        """Per image, the largest ratio over the checks (the one rule turns it into a refusal)."""
+        """Per image, the largest ratio over the checks: above 1, the image is unusual."""
         return largest(self.ratios(signals))
+
+    def refusal_score(self, ratios: dict) -> np.ndarray:
+        """Per image, from the checks' ``ratios``: the largest ratio to their refusal levels."""
+        factors = {c.name: c.refuse_factor for c in self.checks}
+        return largest({name: r / factors[name] for name, r in ratios.items()})
+
+    def answers(self, ratios: dict, imagenet_probs=None) -> np.ndarray:
+        """Per image, from the checks' ``ratios`` and the ImageNet probabilities (None where the branch
+        did not run): the answer of the one rule, ``server.thresholds.nonskin_answer``."""
+        named = self.named(ratios, imagenet_probs)
+        return np.atleast_1d(nonskin_answer(largest(ratios), self.refusal_score(ratios), named))
+
+    def named(self, ratios: dict, imagenet_probs) -> np.ndarray:
+        """Per image: did the ImageNet branch run (its gate open) and name an everyday object, with next to
+        nothing on the classes lesions get (``NONSKIN_NAMED_MIN_PROBABILITY``, ``NONSKIN_NAMED_MAX_LESION_LIKE``)?"""
+        n = len(ratios[FEATURES])
+        if imagenet_probs is None or self.labels is None:
+            return np.zeros(n, bool)
+        return self.imagenet_runs(ratios) & self.labels.names_an_object(
+            imagenet_probs, NONSKIN_NAMED_MIN_PROBABILITY, NONSKIN_NAMED_MAX_LESION_LIKE)
 
     def signals_needed(self) -> set[str]:
         return {c.signal for c in self.checks}
 
     @classmethod
-    def from_arrays(cls, arrays: dict, thresholds: dict, imagenet_gate: float | None = None) -> "NonSkinCheck":
+    def from_arrays(cls, arrays: dict, thresholds: dict, imagenet_gate: float | None = None,
+                    refusal: dict | None = None) -> "NonSkinCheck":
         """The checks the card's thresholds name, with the statistics a file holds.
 
         ``thresholds``: ``features`` (always), and when present ``picture``, ``imagenet``
-        (distance thresholds) and ``texture``, ``colour`` (floors).
+        (distance thresholds) and ``texture``, ``colour`` (floors). ``refusal``: by the same
+        names, the refusal levels of the checks that have one.
         """
-        checks = [DistanceCheck(FEATURES, FEATURES, Mahalanobis.from_arrays(arrays), float(thresholds[FEATURES]))]
-        if "image_mean" in arrays and thresholds.get(PICTURE) is not None:
-            checks.append(DistanceCheck(PICTURE, PICTURE, Mahalanobis.from_arrays(arrays, "image_"),
-                                        float(thresholds[PICTURE])))
-        if "imagenet_mean" in arrays and thresholds.get(IMAGENET) is not None:
-            checks.append(DistanceCheck(IMAGENET, IMAGENET, Mahalanobis.from_arrays(arrays, "imagenet_"),
-                                        float(thresholds[IMAGENET])))
-        for name, column in (("texture", TEXTURE_FLOOR), ("colour", COLOUR_FLOOR)):
+        refusal = {k: float(v) for k, v in (refusal or {}).items() if v is not None}
+        checks = []
+        for name, prefix in ((FEATURES, ""), (PICTURE, "image_"), (IMAGENET, "imagenet_")):
+            if thresholds.get(name) is not None and (name == FEATURES or f"{prefix}mean" in arrays):
+                checks.append(DistanceCheck(name, name, Mahalanobis.from_arrays(arrays, prefix), float(thresholds[name]),
+                                            refusal.get(name)))
+        for name, (column, ceiling) in PICTURE_CHECKS.items():
             if thresholds.get(name) is not None:
-                checks.append(FloorCheck(name, column, float(thresholds[name])))
+                checks.append(FloorCheck(name, column, float(thresholds[name]), refuse_floor=refusal.get(name),
+                                         ceiling=ceiling))
         labels = None
         if "imagenet_labels" in arrays:
             names = tuple(str(n) for n in arrays["imagenet_labels"])
@@ -223,10 +287,11 @@ class NonSkinCheck:
         return cls(tuple(checks), labels, imagenet_gate)
 
     @classmethod
-    def load(cls, path: Path, thresholds: dict, imagenet_gate: float | None = None) -> "NonSkinCheck":
+    def load(cls, path: Path, thresholds: dict, imagenet_gate: float | None = None,
+             refusal: dict | None = None) -> "NonSkinCheck":
         with np.load(path) as data:
             arrays = {k: data[k] for k in data.files}
-        return cls.from_arrays(arrays, thresholds, imagenet_gate)
+        return cls.from_arrays(arrays, thresholds, imagenet_gate, refusal)
 
 
 def _channels(x: np.ndarray):
@@ -258,17 +323,27 @@ def _logit(p):
     return np.log(p / (1 - p))
 
 
-def floor_statistics(x: np.ndarray) -> np.ndarray:
-    """(n, s, s, 3) model inputs in [-1, 1] -> (n, 2): the texture and colour the floors read.
+def _flat_share(grey, gx, gy):
+    """The share of neighbouring pixels that are exactly equal, along the flatter of the two axes, among
+    pixels not darker than ``FLAT_DARK_BELOW``: a made picture (a fill, a gradient, a sky) is flat along
+    at least one axis; a photo's sensor noise and skin texture leave few equal neighbours either way."""
+    lit_x, lit_y = grey[:, :, 1:] >= FLAT_DARK_BELOW, grey[:, 1:] >= FLAT_DARK_BELOW
+    return np.maximum(((gx == 0) & lit_x).mean(axis=(1, 2)), ((gy == 0) & lit_y).mean(axis=(1, 2)))
 
-    Exactly columns ``GRADIENT_COLUMN`` and ``SATURATION_COLUMN`` of ``image_statistics``
-    (the same functions compute them), at a fraction of its cost: the service computes
-    only these.
+
+def floor_statistics(x: np.ndarray) -> np.ndarray:
+    """(n, s, s, 3) model inputs in [-1, 1] -> (n, 3): the texture, colour and flat share the picture checks read.
+
+    The first two are exactly columns ``GRADIENT_COLUMN`` and ``SATURATION_COLUMN`` of
+    ``image_statistics`` (the same functions compute them), at a fraction of its cost: the
+    service computes only these.
     """
     _, r, g, b = _channels(x)
     mx, mn = _extremes(r, g, b)
-    grad = _mean_gradient(*_gradients((r + g + b) / np.float32(3.0)))
-    return np.stack([np.log1p(grad), _logit(_saturation(mx, mn))], axis=1)
+    grey = (r + g + b) / np.float32(3.0)
+    gx, gy = _gradients(grey)
+    return np.stack([np.log1p(_mean_gradient(gx, gy)), _logit(_saturation(mx, mn)), _logit(_flat_share(grey, gx, gy))],
+                    axis=1)
 
 
 def image_statistics(x: np.ndarray) -> np.ndarray:

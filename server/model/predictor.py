@@ -55,7 +55,7 @@ from server.model.serving import (
 from server.model.trust import TTA_MODES, temperature_scale, tta_views
 from server.patient import PatientContext
 from server.prediction import Heatmap, ModelInfo, Prediction, prediction_from_probabilities
-from server.thresholds import DEFAULT_UNCERTAIN_BELOW, LOOKS_LIKE_MIN_PROBABILITY, refuses_as_non_skin
+from server.thresholds import DEFAULT_UNCERTAIN_BELOW, LOOKS_LIKE_MIN_PROBABILITY, NONSKIN_REFUSED
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def load_nonskin(card: ModelCard, card_dir: Path) -> NonSkinCheck | None:
         raise ModelLoadError(f"the model card's non-skin statistics {path} are missing: run training.calibrate")
     if spec.sha256 and file_sha256(path) != spec.sha256:
         raise ModelLoadError(f"{path} does not match the sha256 its model card records")
-    return NonSkinCheck.load(path, spec.thresholds(), spec.imagenet_gate)
+    return NonSkinCheck.load(path, spec.thresholds(), spec.imagenet_gate, spec.refusal())
 
 
 class Predictor:
@@ -252,11 +252,12 @@ class Predictor:
         grads = self._gradient(pooled, list(class_indices), self.patient_batch(n, patient) if self.reads_patient else None)
         return [explain.to_grid(explain.grad_cam(feature_map, g)) for g in grads]
 
-    def ood_score(self, x: np.ndarray, feature_map: np.ndarray) -> tuple[float | None, np.ndarray | None]:
-        """(the non-skin score of one image (the largest ratio of its checks), the ImageNet
-        probabilities when the branch ran for it), or (None, None) without a check."""
+    def nonskin(self, x: np.ndarray, feature_map: np.ndarray) -> tuple[float | None, str | None, str | None]:
+        """(the non-skin score of one image (the largest ratio of its checks), its answer
+        (``server.thresholds.nonskin_answer``), what a refused image seemed to show), or
+        (None, None, None) without a check."""
         if self.ood is None:
-            return None, None
+            return None, None, None
         signals = {FEATURES: feature_map.mean(axis=(0, 1))[None]}
         needed = self.ood.signals_needed()
         if PICTURE in needed:
@@ -268,7 +269,9 @@ class Predictor:
         if self.ood.imagenet_runs(ratios)[0]:  # only for images the model's own features place far out
             in_features, in_probs = self.forward_imagenet(x)
             ratios[IMAGENET] = self.ood.check(IMAGENET).ratios(in_features)
-        return float(largest(ratios)[0]), None if in_probs is None else in_probs[0]
+        answer = str(self.ood.answers(ratios, in_probs)[0])
+        looks_like = self.looks_like(None if in_probs is None else in_probs[0]) if answer == NONSKIN_REFUSED else None
+        return float(largest(ratios)[0]), answer, looks_like
 
     def looks_like(self, imagenet_probs) -> str | None:
         """What a refused image seemed to show, in ImageNet's words, when the branch is confident."""
@@ -285,7 +288,7 @@ class Predictor:
 
         ``explain`` adds a Grad-CAM heatmap for ``explain_class`` (default: the Prediction's
         ``explained_class``), and ``explain_all`` the grids of every class beside it; an image
-        the non-skin check flags gets none (it gets no diagnosis either).
+        the non-skin check refuses gets none (it gets no diagnosis either).
         """
         wanted = self.class_index(explain_class) if explain_class else None  # bad class: fail before work
         # The centre square once: the model's input and the heatmap's background (1.3 ms of a 600x450 photo).
@@ -296,13 +299,13 @@ class Predictor:
         fmap, probs = self.forward(tta_views(x, self.tta), context)
         probs = self.calibrated(probs.mean(axis=0, keepdims=True))[0]
         elapsed_ms = (time.perf_counter() - start) * 1000.0
-        score, in_probs = self.ood_score(x, fmap[0]) if fmap is not None else (None, None)
-        refused = score is not None and refuses_as_non_skin(score)
+        score, answer, looks_like = self.nonskin(x, fmap[0]) if fmap is not None else (None, None, None)
+        refused = answer == NONSKIN_REFUSED
         prediction = prediction_from_probabilities(
             probs, self.info, elapsed_ms, self.classes, self.malignant_threshold,
             uncertain_threshold=DEFAULT_UNCERTAIN_BELOW if self.uncertain_threshold is None else self.uncertain_threshold,
             temperature=self.temperature, tta=self.tta,
-            ood_score=score, looks_like=self.looks_like(in_probs) if refused else None,
+            ood_score=score, nonskin=answer, looks_like=looks_like,
         )
         if not (explain and fmap is not None and self._gradient is not None and not refused):
             return prediction

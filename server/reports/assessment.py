@@ -85,6 +85,9 @@ def _confidence(prediction: Prediction, card: ModelCard | None) -> tuple[str, ..
     top = prediction.top
     calibrated = "calibrated " if prediction.temperature else ""
     trust = _trust(card)
+    if prediction.uncertain and not prediction.low_confidence:  # uncertain because the photo is unusual
+        return (f"The best guess has {percent(top.probability)} {calibrated}probability, but that figure was measured "
+                f"on photos like the training ones, and this photo is not one of them.",)
     if prediction.uncertain:
         line = (f"The best guess, {lesion_class(top.code).in_words}, has only {percent(top.probability)} {calibrated}"
                 f"probability, below the {percent(prediction.uncertain_below, 0)} this model needs to name a type")
@@ -152,10 +155,10 @@ def assess(prediction: Prediction, card: ModelCard | None = None) -> Assessment:
     flagged = bool(prediction.malignant_flag)
     kind = verdict_kind(flagged=flagged, uncertain=uncertain)
     see_dermatologist = uncertain or risk == "high" or flagged
-    advice: list[str] = []
+    advice: list[str] = [prediction.unusual_message] if prediction.unusual_image else []
     if flagged and (uncertain or risk != "high"):
         advice.append("Whatever type the lesion turns out to be, a malignant one cannot be ruled out from this image.")
-    if kind == "uncertain":
+    if kind == "uncertain" and prediction.low_confidence:
         advice.append("The model cannot tell these lesion types apart for this image, so it names none of them as "
                       "the answer.")
     elif not uncertain:

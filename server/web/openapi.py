@@ -10,6 +10,7 @@ which refuses a name this module does not declare.
 from __future__ import annotations
 
 from server.lesions import CLASS_CODES, RISK_LEVELS
+from server.prediction import UNUSUAL_IMAGE_MESSAGE
 from server.reports import PAPER_SIZES, REPORT_FORMATS
 from server.thresholds import MALIGNANT_TARGET_SENSITIVITY
 from server.web import openapi_patient as patient
@@ -62,6 +63,7 @@ PREDICTION_SCHEMA = {
     "type": "object",
     "required": ["prediction", "probabilities", "malignant_probability", "malignant_threshold", "malignant_flag",
                  "uncertain", "uncertain_threshold", "uncertain_message", "calibration", "out_of_distribution",
+                 "unusual_image", "unusual_message",
                  "model", "timing", "created_at", "disclaimer", "patient", "summary"],
     "properties": {
         "summary": {
@@ -128,12 +130,23 @@ PREDICTION_SCHEMA = {
             },
         },
         "out_of_distribution": {"type": ["boolean", "null"],
-                                "description": "Always false in a 200 answer (a flagged image is refused with 422 "
-                                               "not_a_skin_lesion); null when the model has no non-skin statistics."},
+                                "description": "Always false in a 200 answer (an image that is not a skin lesion is "
+                                               "refused with 422 not_a_skin_lesion); null when the model has no "
+                                               "non-skin statistics."},
+        "unusual_image": {"type": ["boolean", "null"],
+                          "description": "True when the photo lies far from the images the model learnt from (another "
+                                         "dermatoscope, lighting, colour balance or framing) but nothing says it is not "
+                                         "skin: it is screened all the same, `uncertain` is true and the malignant flag "
+                                         "is computed as usual, but the result is less reliable. null when the model "
+                                         "has no non-skin statistics."},
+        "unusual_message": {"type": ["string", "null"],
+                            "description": f"The sentence every output shows for an unusual image: "
+                                           f"\"{UNUSUAL_IMAGE_MESSAGE}\" null otherwise."},
         "ood_score": {"type": ["number", "null"], "minimum": 0,
-                      "description": "The non-skin check: Mahalanobis distance of the image's deep features, and of "
-                                     "its picture statistics, from the training images, each divided by its "
-                                     "threshold; the larger of the two. Above 1 the image is refused (422)."},
+                      "description": "The non-skin check: the distances of the image's features from the training "
+                                     "images and its texture and colour against their floors, each as a ratio to its "
+                                     "threshold; the largest of them. Above 1 the image is unusual (unusual_image), "
+                                     "or refused (422) where the evidence says it is not skin."},
         "heatmap": {
             "type": "object",
             "required": ["class", "grid", "png_base64"],
@@ -218,9 +231,11 @@ def openapi_document(max_upload_mb: int) -> dict:
                         f"Send a JPEG or PNG (at most {max_upload_mb} MB, at least 32 px a side) as multipart field "
                         "`image`, or as the raw body with Content-Type image/jpeg or image/png. "
                         "415: not a JPEG/PNG. 422: a JPEG/PNG that cannot be decoded or used, or "
-                        "`not_a_skin_lesion`: the non-skin check found the image unlike the dermoscopic photos the "
-                        "model knows (a portrait, a screenshot, a chart, a flat colour...); it gets no diagnosis, and "
-                        "`error.looks_like` says what it seemed to be when the model can tell (`tabby cat`). "
+                        "`not_a_skin_lesion`: the non-skin check found evidence that the image is not a skin "
+                        "lesion (an everyday object or scene it can name, a screenshot, a chart, a flat colour...); it "
+                        "gets no diagnosis, and `error.looks_like` says what it seemed to be when the model can tell "
+                        "(`tabby cat`). A lesion photo that is merely unusual for the model is screened (200) with "
+                        "`unusual_image: true`, and marked uncertain. "
                         "A multipart upload may add the patient context, each field optional: `age`, `sex`, `site`; "
                         "the answer echoes it as `patient`, and a bad value is 400 `invalid_age`, `invalid_sex` or "
                         "`invalid_site` with `error.field` naming the field. A raw-body upload carries none. "

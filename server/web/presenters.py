@@ -100,7 +100,7 @@ def nonskin_in_words(ood) -> str:
     def share(rate_key: str, count_key: str) -> str:
         return f"{percent(ood.figure(rate_key))} of {ood.figure(count_key)}"
 
-    return ("Images that do not look like a skin lesion are refused without a diagnosis, and the refusal says what "
+    text = ("Images that do not look like a skin lesion are refused without a diagnosis, and the refusal says what "
             "the image seemed to be when the model can tell. Checked on pictures the thresholds were not fitted on: "
             f"{share('everyday_true_flag_rate', 'everyday_images')} everyday photographs (a cat, coffee, a rocket...) "
             f"and {share('made_true_flag_rate', 'made_images')} made pictures (flat skin tones, gradients, sunsets, "
@@ -108,6 +108,13 @@ def nonskin_in_words(ood) -> str:
             f"{percent(ood.figure('test_false_flag_rate', 0.0))} of the real lesion photos of the test split, and "
             f"{share('hard_test_false_flag_rate', 'hard_test_images')} of them made harder (darker, brighter, blurred, "
             "rotated, with a ruler or hair, at 150 px), were wrongly refused.")
+    if ood.figure("shifted_test_false_flag_rate") is None:
+        return text
+    return text + (" A lesion photo that is merely unusual for the model, as another clinic's may be, is screened "
+                   "all the same, marked uncertain, with a warning: of the test lesions shifted as other clinics "
+                   f"photograph them (colour casts, contrast, round fields, glare, hair, ink, JPEG, blur, a wider "
+                   f"field), {share('shifted_test_false_flag_rate', 'shifted_test_images')} were refused and "
+                   f"{percent(ood.figure('shifted_test_unusual_rate'))} carried the warning.")
 
 
 def patient_form(values: Mapping | None = None, error_field: str | None = None, error: str | None = None) -> dict:
