@@ -79,7 +79,7 @@ def validation_callback(predict_fn, x_val, y_val, optimizer=None, prior=None):
             if optimizer is not None:
                 logs["learning_rate"] = float(optimizer.learning_rate)
             log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in sorted(logs.items())))
-            log.info("epoch %d of %d: %s", epoch + 1, self.params["epochs"],
+            log.info("progress: epoch %d of %d, %s", epoch + 1, self.params["epochs"],
                      eta_text(time.perf_counter() - self.started, epoch + 1 - self.first_epoch,
                               self.params["epochs"] - epoch - 1))
 
