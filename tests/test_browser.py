@@ -363,6 +363,7 @@ def test_patient_fields_are_usable_on_a_phone(browser, base_url, tmp_path):
         page.select_option("#site", "upper extremity")
         with page.expect_navigation():
             page.click("#submit")
+        page.click("#patient-details summary")  # folded under Details, one tap away
         assert page.inner_text("#patient-context") == "Patient context: age 70, female, arm (upper extremity)."
         assert "does not read patient context" in page.inner_text("#context-use")  # the fixture model reads none
         assert not failures, failures
