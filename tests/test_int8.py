@@ -148,3 +148,15 @@ def test_readyz_and_the_model_page_say_which_arithmetic_answers(quantized, model
     plain = app_for(model_path, "auto")
     assert plain.get("/readyz").json["precision"] == "float32"
     assert "float32, the arithmetic the model was trained in" in plain.get("/model").get_data(as_text=True)
+
+
+def test_int8_weights_round_each_output_channel_on_its_own_scale():
+    """One channel's outlier (a batch-norm fold gone wide) costs that channel its small weights, never the others."""
+    from training.quantize import int8_weights
+
+    w = np.zeros((2, 3, 1, 1), np.float32)
+    w[0, :, 0, 0] = [56.0, 0.3, -0.2]
+    w[1, :, 0, 0] = [1.0, 0.3, -0.2]
+    q = int8_weights(w)
+    assert q[0, 0, 0, 0] == pytest.approx(56.0) and q[0, 2, 0, 0] == 0.0  # 0.2 < half a step of 56/127
+    np.testing.assert_allclose(q[1], w[1], atol=0.5 / 127)

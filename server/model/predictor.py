@@ -8,7 +8,9 @@ without it (``server/model/serving.py``). The service builds one Predictor per p
 The served graph has two outputs, the last convolutional feature map (the input of the
 GAP layer) and the probabilities, plus two more when the ``.h5`` carries the ImageNet
 branch (its pooled features and its 1000 class probabilities), so one forward pass serves
-the prediction, the non-skin check and Grad-CAM (``server/model/explain.py``). On top of the raw
+the prediction, the non-skin check and Grad-CAM (``server/model/explain.py``). Those graphs are
+float32, or with ``precision`` (``INFERENCE_PRECISION``) the int8 forms the card pins beside the
+``.h5`` (``server/model/precision.py``). On top of the raw
 model output ``predict_image`` applies, all from the model card:
 
 - test-time augmentation (``TTA``: off | flips | full; the card's choice unless set) and
