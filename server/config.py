@@ -80,6 +80,9 @@ def config_from_env() -> dict:
         "TF_INTRA_OP_THREADS": _env_int("TF_INTRA_OP_THREADS", 0),
         # auto: ONNX Runtime converted from the .h5 when it matches TensorFlow, else TensorFlow.
         "INFERENCE_RUNTIME": os.environ.get("INFERENCE_RUNTIME", "auto"),
+        # float32 | int8 | auto: the int8 graphs beside the .h5 (training.quantize) when its card records that
+        # they met the accuracy bar against float32 (training.int8_bar); see server/model/precision.py.
+        "INFERENCE_PRECISION": os.environ.get("INFERENCE_PRECISION", "auto"),
         # Converted ONNX graphs, keyed by the .h5's sha256, so a worker start skips tf2onnx ("" = off).
         "ONNX_CACHE_DIR": onnx_cache_dir(),
         "TF_INTER_OP_THREADS": _env_int("TF_INTER_OP_THREADS", 0),

@@ -59,6 +59,18 @@ def load_metadata(data_dir: Path) -> pd.DataFrame:
     return df[["image_id", "lesion_id", "dx", "path", "label", *PATIENT_COLUMNS]].reset_index(drop=True)
 
 
+def split_frame(data_dir: Path, split_csv: Path, split: str) -> pd.DataFrame:
+    """``split_csv``'s rows of one split, in file order (the trainer's, so ``predictions.npz``'s), joined
+    with ``load_metadata``'s columns (path, label, patient context); DatasetError when an image is absent."""
+    rows = pd.read_csv(split_csv)
+    rows = rows.loc[rows["split"] == split, ["image_id", "split"]]
+    merged = rows.merge(load_metadata(Path(data_dir)), on="image_id", how="left", validate="one_to_one")
+    if merged["path"].isna().any():
+        missing = merged.loc[merged["path"].isna(), "image_id"]
+        raise DatasetError(f"{len(missing)} images of {split_csv} are not in {data_dir}, e.g. {missing.iloc[0]}")
+    return merged.reset_index(drop=True)
+
+
 def _find_image(data_dir: Path, image_id: str) -> Path:
     for folder in ("images", "HAM10000_images_part_1", "HAM10000_images_part_2", "."):
         for ext in (".jpg", ".jpeg", ".png"):

@@ -193,21 +193,12 @@ def metadata_rows(df) -> list[dict]:
 def split_metadata(data_dir, split_csv, split: str = "test") -> list[dict]:
     """``split_csv``'s rows of one split, in file order (the trainer's order, so ``predictions.npz``'s),
     each with HAM10000's ``age``, ``sex`` and ``localization`` from the data folder's metadata."""
-    import pandas as pd
-
     from training import data as D
 
-    rows = pd.read_csv(split_csv)
-    rows = rows.loc[rows["split"] == split, ["image_id", "split"]]
     try:
-        meta = D.load_metadata(Path(data_dir))
+        return metadata_rows(D.split_frame(Path(data_dir), Path(split_csv), split))
     except D.DatasetError as exc:
         raise SystemExit(f"error: {exc}") from None
-    merged = rows.merge(meta, on="image_id", how="left", validate="one_to_one")
-    if merged["path"].isna().any():
-        missing = merged.loc[merged["path"].isna(), "image_id"]
-        raise SystemExit(f"error: {len(missing)} images of {split_csv} are not in {data_dir}, e.g. {missing.iloc[0]}")
-    return metadata_rows(merged)
 
 
 def check_order(rows, labels) -> None:

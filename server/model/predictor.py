@@ -8,7 +8,9 @@ without it (``server/model/serving.py``). The service builds one Predictor per p
 The served graph has two outputs, the last convolutional feature map (the input of the
 GAP layer) and the probabilities, plus two more when the ``.h5`` carries the ImageNet
 branch (its pooled features and its 1000 class probabilities), so one forward pass serves
-the prediction, the non-skin check and Grad-CAM (``server/model/explain.py``). On top of the raw
+the prediction, the non-skin check and Grad-CAM (``server/model/explain.py``). Those graphs are
+float32, or with ``precision`` (``INFERENCE_PRECISION``) the int8 forms the card pins beside the
+``.h5`` (``server/model/precision.py``). On top of the raw
 model output ``predict_image`` applies, all from the model card:
 
 - test-time augmentation (``TTA``: off | flips | full; the card's choice unless set) and
@@ -43,6 +45,7 @@ from server.model.nonskin import (
     largest,
 )
 from server.model.onnx_cache import OnnxCache
+from server.model.precision import at_precision, wanted_precision
 from server.model.runtime import apply_tf_threads, as_pair, split_branch
 from server.model.serving import (
     Served,
@@ -110,6 +113,7 @@ class Predictor:
         self.temperature = card.temperature_for(self.tta)
         self.feature_layer = served.facts.feature_layer
         self._run, self.runtime, self._run_branch = served.run, served.runtime, served.run_branch
+        self.precision = served.precision  # float32 | int8: what /readyz and /model say is served
         self._gradient = served.gradient
         self.ood = load_nonskin(card, card_dir) if (ood and card_dir is not None) else None
         if self.ood is not None and self.feature_layer is None:
@@ -124,35 +128,41 @@ class Predictor:
     @classmethod
     def from_keras(cls, model, card: ModelCard, sha256: str, runtime: str = "auto", threads: int = 0,
                    tta: str | None = None, ood: bool = True, card_dir: Path | None = None,
-                   imagenet: bool | None = None, onnx_cache: str | Path | None = None) -> "Predictor":
+                   imagenet: bool | None = None, onnx_cache: str | Path | None = None,
+                   precision: str | None = "float32") -> "Predictor":
         """From a loaded Keras model. ``onnx_cache``: a folder for the converted ONNX graphs and what a
         TF-free start needs, keyed by ``sha256`` (which must then be the sha256 of the ``.h5`` this
-        model was loaded from), or None to convert each time."""
+        model was loaded from), or None to convert each time. ``precision``: as ``INFERENCE_PRECISION``
+        (``server/model/precision.py``); int8 graphs are read from ``card_dir``."""
         classifier, branch = split_branch(model)
         facts = keras_facts(classifier, branch)
         check_facts(facts, card)  # before the slow part: the same errors __init__ would raise
         resolve_tta(tta, card)
+        wanted = wanted_precision(precision, card)
         cache = OnnxCache(Path(onnx_cache), sha256) if onnx_cache else None
         served = serve_keras(classifier, branch, facts, sha256, card.input_size, runtime, threads, cache,
                              wants_branch(facts, ood, imagenet))
+        served = at_precision(served, wanted, card, card_dir, sha256, threads)
         return cls(served, card, sha256, tta=tta, ood=ood, card_dir=card_dir)
 
     @classmethod
     def from_cache(cls, card: ModelCard, sha256: str, onnx_cache: str | Path, card_dir: Path | None = None,
                    threads: int = 0, tta: str | None = None, ood: bool = True,
-                   imagenet: bool | None = None) -> "Predictor | None":
+                   imagenet: bool | None = None, precision: str | None = "float32") -> "Predictor | None":
         """Without TensorFlow, from what ``from_keras`` cached for the ``.h5`` with this sha256;
         None when the cache lacks something or a cached graph fails its check."""
+        wanted = wanted_precision(precision, card)
         served = serve_cached(OnnxCache(Path(onnx_cache), sha256), card.input_size, threads, ood, imagenet)
         if served is None:
             return None
         log.info("model %s served from the ONNX cache %s, without TensorFlow", sha256[:12], onnx_cache)
+        served = at_precision(served, wanted, card, card_dir, sha256, threads)
         return cls(served, card, sha256, tta=tta, ood=ood, card_dir=card_dir)
 
     @classmethod
     def load(cls, model_path, card: ModelCard, sha256: str, card_dir: Path | None = None, runtime: str = "auto",
              threads: int = 0, tta: str | None = None, ood: bool = True, imagenet: bool | None = None,
-             onnx_cache: str | Path | None = None) -> "Predictor":
+             onnx_cache: str | Path | None = None, precision: str | None = "float32") -> "Predictor":
         """Load the ``.h5`` with Keras for a card already checked against it (the trainer's in-memory card)."""
         apply_tf_threads()
         try:
@@ -162,12 +172,12 @@ class Predictor:
         except Exception as exc:  # h5py/keras raise many types for a corrupt file
             raise ModelLoadError(f"could not load model {model_path}: {exc.__class__.__name__}: {exc}") from None
         return cls.from_keras(model, card, sha256, runtime, threads, tta=tta, ood=ood, card_dir=card_dir,
-                              imagenet=imagenet, onnx_cache=onnx_cache)
+                              imagenet=imagenet, onnx_cache=onnx_cache, precision=precision)
 
     @classmethod
     def from_path(cls, model_path, card_path=None, runtime: str = "auto", threads: int = 0,
                   tta: str | None = None, ood: bool = True, imagenet: bool | None = None,
-                  onnx_cache: str | Path | None = None) -> "Predictor":
+                  onnx_cache: str | Path | None = None, precision: str | None = "float32") -> "Predictor":
         """Load and validate; every failure is a ModelLoadError naming the path and the fix.
 
         The card and the ``.h5``'s sha256 are checked every time; with ``onnx_cache`` (a folder keyed
@@ -177,11 +187,12 @@ class Predictor:
         card, sha = check_model_files(model_path, card_path)
         card_dir = (Path(card_path) if card_path else card_path_for(model_path)).parent
         if onnx_cache and runtime in ("auto", "onnxruntime"):
-            cached = cls.from_cache(card, sha, onnx_cache, card_dir, threads, tta=tta, ood=ood, imagenet=imagenet)
+            cached = cls.from_cache(card, sha, onnx_cache, card_dir, threads, tta=tta, ood=ood, imagenet=imagenet,
+                                    precision=precision)
             if cached is not None:
                 return cached
         return cls.load(model_path, card, sha, card_dir, runtime, threads, tta=tta, ood=ood, imagenet=imagenet,
-                        onnx_cache=onnx_cache)
+                        onnx_cache=onnx_cache, precision=precision)
 
     @property
     def reads_patient(self) -> bool:

@@ -65,6 +65,7 @@ class Served:
     runtime: str  # onnxruntime | tensorflow
     run_branch: Callable | None  # image batch -> (ImageNet features, probabilities), when served
     gradient: Callable | None  # (pooled, classes, context) -> d logit / d pooled, without GAP None
+    precision: str = "float32"  # the arithmetic of run and run_branch: float32 | int8 (server/model/precision.py)
 
 
 def check_facts(facts: ModelFacts, card) -> None:

@@ -82,7 +82,8 @@ def readyz():
     predictor = loaded_predictor()
     if predictor is None:
         return jsonify(status="not_ready", model_loaded=False), 503
-    return jsonify(status="ready", model_loaded=True, model=predictor.info.version, runtime=predictor.runtime)
+    return jsonify(status="ready", model_loaded=True, model=predictor.info.version, runtime=predictor.runtime,
+                   precision=predictor.precision)
 
 
 @bp.get("/api/model")

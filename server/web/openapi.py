@@ -290,11 +290,13 @@ def openapi_document(max_upload_mb: int) -> dict:
                 "get": {
                     "summary": "Readiness",
                     "responses": {
-                        "200": {"description": "A model is loaded: its version and the inference runtime serving it.",
+                        "200": {"description": "A model is loaded: its version, the inference runtime serving it "
+                                               "and its arithmetic (float32, or int8 graphs quantized from it).",
                                 "content": {"application/json": {"schema": {
-                                    "allOf": [_STATUS], "required": ["model_loaded", "model", "runtime"],
+                                    "allOf": [_STATUS], "required": ["model_loaded", "model", "runtime", "precision"],
                                     "properties": {"model_loaded": {"const": True}, "model": {"type": "string"},
-                                                   "runtime": {"type": "string"}}}}}},
+                                                   "runtime": {"type": "string"},
+                                                   "precision": {"enum": ["float32", "int8"]}}}}}},
                         "503": {"description": "No model loaded.",
                                 "content": {"application/json": {"schema": {
                                     "allOf": [_STATUS], "required": ["model_loaded"],

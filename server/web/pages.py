@@ -33,7 +33,8 @@ from server.problems import ServiceError
 from server.web.errors import error_response
 from server.reports import quality
 from server.reports.context import context_figures, context_sentence, context_use
-from server.web.presenters import data_uri, heatmap_uri, metric_rows, other_heatmap_uris, patient_form, safeguards
+from server.web.presenters import (data_uri, heatmap_uri, metric_rows, other_heatmap_uris, patient_form,
+                                   precision_in_words, safeguards)
 from server.web.service import card_dir, current_card, current_predictor, loaded_predictor
 from server.web.uploads import FIELD, patient_context, upload_bytes
 
@@ -239,10 +240,12 @@ def report(fmt: str):
 
 @bp.get("/model")
 def model_page():
-    card = current_predictor().card
+    predictor = current_predictor()
+    card = predictor.card
     return render_template(
         "model.html",
         card=card,
+        precision=precision_in_words(predictor.precision, card),
         test_scalars=metric_rows(card.test_metrics),
         class_figures=quality.class_figures(card),
         bar_checks=quality.bar_checks(card),

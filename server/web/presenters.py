@@ -95,6 +95,21 @@ def safeguards(card: ModelCard | Mapping) -> list[tuple[str, str]]:
     return out
 
 
+def precision_in_words(precision: str, card: ModelCard) -> str:
+    """Which arithmetic answers (``Predictor.precision``), and for int8 how closely it was measured to follow float32."""
+    if precision != "int8":
+        return "float32, the arithmetic the model was trained in."
+    text = "int8: graphs quantized from this model (static, per channel), which answer faster on a CPU."
+    figures = (card.int8.figure("bar") or {}) if card.int8 is not None else {}
+    test = figures.get("test") or {}
+    if "float32" in test and "int8" in test:
+        text += (f" On the {figures.get('images')} test images their balanced accuracy was "
+                 f"{percent(test['int8']['balanced_accuracy'])} against {percent(test['float32']['balanced_accuracy'])} "
+                 f"in float32, and no class probability moved by more than "
+                 f"{percent(figures.get('largest_probability_change', float('nan')))}.")
+    return text
+
+
 def nonskin_in_words(ood) -> str:
     """The non-skin check's measured rates, on pictures its thresholds were not fitted on."""
     def share(rate_key: str, count_key: str) -> str:

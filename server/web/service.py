@@ -27,7 +27,7 @@ def init_predictor(app) -> None:
         app.config["MODEL_PATH"], app.config.get("MODEL_CARD_PATH"),
         runtime=app.config["INFERENCE_RUNTIME"], threads=app.config["TF_INTRA_OP_THREADS"],
         tta=app.config.get("TTA"), ood=app.config.get("OOD_CHECK", True),
-        onnx_cache=app.config.get("ONNX_CACHE_DIR") or None,
+        onnx_cache=app.config.get("ONNX_CACHE_DIR") or None, precision=app.config.get("INFERENCE_PRECISION"),
     )
 
 

@@ -1,0 +1,162 @@
+"""Int8 serving on the colour fixture: the quantize step, its sha256 tie to the ``.h5``, the fallback
+to float32, the INFERENCE_PRECISION setting, and /readyz and /model saying which arithmetic answers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from server.model.card import CARD_FILENAME, ModelCard
+from server.model.files import ModelLoadError, file_sha256
+from server.model.precision import wanted_precision
+from server.model.predictor import Predictor
+from tests.fixture_model import BLUE_CLASS, GREEN_CLASS, RED_CLASS
+
+
+def colour_batch(size: int, n: int = 24, seed: int = 0) -> np.ndarray:
+    """Flat-ish pictures of random colours with a little noise, as model inputs in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    colours = rng.uniform(-1, 1, (n, 1, 1, 3))
+    return np.clip(colours + rng.normal(0, 0.1, (n, size, size, 3)), -1, 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def quantized(model_path, tmp_path_factory):
+    """A copy of the fixture's run folder with its int8 graph made by ``training.quantize``."""
+    from training.quantize import quantize_run
+
+    folder = tmp_path_factory.mktemp("int8-model")
+    for name in (model_path.name, CARD_FILENAME):
+        shutil.copy(model_path.parent / name, folder / name)
+    card_path = folder / CARD_FILENAME
+    card = ModelCard.from_dict(json.loads(card_path.read_text()))
+    h5 = folder / model_path.name
+    spec = quantize_run(h5, card, file_sha256(h5), colour_batch(card.input_size, seed=1))
+    card.replace(int8=spec).write(card_path)
+    return h5
+
+
+def with_card(h5, tmp_path, **changes):
+    """A copy of the quantized run folder whose card's int8 section has ``changes``."""
+    for path in h5.parent.iterdir():
+        shutil.copy(path, tmp_path / path.name)
+    card_path = tmp_path / CARD_FILENAME
+    card = ModelCard.from_dict(json.loads(card_path.read_text()))
+    card.replace(int8=replace(card.int8, **changes)).write(card_path)
+    return tmp_path / h5.name
+
+
+def load(h5, precision, cache=None):
+    return Predictor.from_path(h5, runtime="onnxruntime", onnx_cache=cache, precision=precision)
+
+
+def test_the_int8_graph_is_quantized_and_tied_to_the_h5_by_sha256(quantized):
+    import onnx
+
+    card = ModelCard.from_dict(json.loads((quantized.parent / CARD_FILENAME).read_text()))
+    assert card.int8.source_sha256 == file_sha256(quantized) == card.sha256
+    graph_path = quantized.parent / card.int8.classifier.file
+    assert card.int8.classifier.sha256 == file_sha256(graph_path)
+    assert card.int8.branch is None  # the fixture carries no ImageNet branch
+    ops = {node.op_type for node in onnx.load(str(graph_path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops, ops
+    assert card.int8.meets_bar is None, "nothing measured the bar yet"
+
+
+def test_int8_answers_stay_close_to_float32(quantized, tmp_path):
+    f32, i8 = load(quantized, "float32", tmp_path), load(quantized, "int8", tmp_path)
+    assert (f32.precision, i8.precision) == ("float32", "int8")
+    x = colour_batch(f32.input_size, seed=2)
+    p32, p8 = f32.predict_arrays(x), i8.predict_arrays(x)
+    assert not np.array_equal(p32, p8), "int8 answered bit for bit as float32: its graph did not run"
+    assert np.abs(p32 - p8).max() < 0.03
+    assert (p32.argmax(axis=1) == p8.argmax(axis=1)).mean() >= 0.95
+    fm32, fm8 = f32.forward(x)[0], i8.forward(x)[0]  # the feature map Grad-CAM and the non-skin check read
+    assert np.abs(fm32 - fm8).max() < 0.02 * np.abs(fm32).max()
+
+
+@pytest.mark.parametrize("colour, code", [((1.0, -1, -1), RED_CLASS), ((-1, 1.0, -1), GREEN_CLASS),
+                                          ((-1, -1, 1.0), BLUE_CLASS)])
+def test_int8_picks_the_same_class_on_clear_colours(quantized, tmp_path, colour, code):
+    i8 = load(quantized, "int8", tmp_path)
+    x = np.broadcast_to(np.asarray(colour, np.float32), (1, i8.input_size, i8.input_size, 3)).copy()
+    assert i8.classes[int(i8.predict_arrays(x)[0].argmax())] == code
+
+
+def test_int8_from_another_h5_falls_back_to_float32_with_a_log_line(quantized, tmp_path, caplog):
+    h5 = with_card(quantized, tmp_path, source_sha256="0" * 64)
+    with caplog.at_level(logging.WARNING, logger="server.model.precision"):
+        p = load(h5, "int8")
+    assert p.precision == "float32"
+    assert any("quantized from another .h5" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_an_int8_file_that_differs_from_its_sha256_falls_back_to_float32(quantized, tmp_path, caplog):
+    h5 = with_card(quantized, tmp_path)
+    card = ModelCard.from_dict(json.loads((tmp_path / CARD_FILENAME).read_text()))
+    graph = tmp_path / card.int8.classifier.file
+    graph.write_bytes(graph.read_bytes()[:-1] + b"\0")
+    with caplog.at_level(logging.WARNING, logger="server.model.precision"):
+        p = load(h5, "int8")
+    assert p.precision == "float32"
+    assert any("does not match the sha256" in r.getMessage() for r in caplog.records), caplog.text
+    graph.unlink()
+    assert load(h5, "int8").precision == "float32"
+
+
+def test_a_card_without_int8_graphs_serves_float32(model_path):
+    assert load(model_path, "int8").precision == "float32"
+
+
+def test_auto_serves_int8_only_where_the_card_says_it_met_the_bar(quantized, tmp_path):
+    card = ModelCard.from_dict(json.loads((quantized.parent / CARD_FILENAME).read_text()))
+    assert wanted_precision("auto", card) == "float32"
+    assert wanted_precision(None, card) == "float32"
+    passed = card.replace(int8=replace(card.int8, meets_bar=True))
+    assert wanted_precision("auto", passed) == "int8"
+    assert wanted_precision("float32", passed) == "float32"
+    assert wanted_precision("int8", card) == "int8"
+    with pytest.raises(ModelLoadError, match="INFERENCE_PRECISION"):
+        wanted_precision("int4", card)
+    assert load(with_card(quantized, tmp_path, meets_bar=True), "auto").precision == "int8"
+
+
+def test_the_setting_is_read_from_the_environment(monkeypatch):
+    from server.config import config_from_env
+
+    monkeypatch.delenv("INFERENCE_PRECISION", raising=False)
+    assert config_from_env()["INFERENCE_PRECISION"] == "auto"
+    monkeypatch.setenv("INFERENCE_PRECISION", "int8")
+    assert config_from_env()["INFERENCE_PRECISION"] == "int8"
+
+
+def test_readyz_and_the_model_page_say_which_arithmetic_answers(quantized, model_path):
+    from server import create_app
+
+    def app_for(h5, precision):
+        return create_app({"MODEL_PATH": str(h5), "TESTING": True, "SECRET_KEY": "test-secret",
+                           "INFERENCE_PRECISION": precision}).test_client()
+
+    int8 = app_for(quantized, "int8")
+    assert int8.get("/readyz").json["precision"] == "int8"
+    assert "int8: graphs quantized from this model" in int8.get("/model").get_data(as_text=True)
+    plain = app_for(model_path, "auto")
+    assert plain.get("/readyz").json["precision"] == "float32"
+    assert "float32, the arithmetic the model was trained in" in plain.get("/model").get_data(as_text=True)
+
+
+def test_int8_weights_round_each_output_channel_on_its_own_scale():
+    """One channel's outlier (a batch-norm fold gone wide) costs that channel its small weights, never the others."""
+    from training.quantize import int8_weights
+
+    w = np.zeros((2, 3, 1, 1), np.float32)
+    w[0, :, 0, 0] = [56.0, 0.3, -0.2]
+    w[1, :, 0, 0] = [1.0, 0.3, -0.2]
+    q = int8_weights(w)
+    assert q[0, 0, 0, 0] == pytest.approx(56.0) and q[0, 2, 0, 0] == 0.0  # 0.2 < half a step of 56/127
+    np.testing.assert_allclose(q[1], w[1], atol=0.5 / 127)

@@ -1,0 +1,248 @@
+"""Static int8 quantization of the served graphs, beside the ``.h5`` they come from.
+
+    python -m training.quantize --run-dir saved_models --data-dir ../shared/data/ham10000
+
+The service's float32 graphs are what tf2onnx makes of the ``.h5`` (``server/model/runtime.py``):
+the classifier (feature map, probabilities) and, when the ``.h5`` carries it, the ImageNet
+branch (pooled features, probabilities). Each is quantized here with ONNX Runtime's own tools,
+as its quantization guide advises for CNNs: ``quant_pre_process`` first, then static QDQ with
+int8 weights per output channel (per-tensor weights wreck MobileNets' depthwise convolutions),
+ranges calibrated on training-split photos read through the service's own upload path.
+
+Activations are unsigned (U8S8) by default, not the guide's first choice S8S8: measured on the
+shipped MobileNetV2 with ONNX Runtime 1.32 on x86-64, S8S8 left the 16 projection convolutions
+(those without a ReLU6 after them) and the 10 residual Adds as float32 between
+DequantizeLinear/QuantizeLinear pairs, and ran no faster than float32 at one thread (8.7 against
+9.7 ms); U8S8 fused every convolution into QLinearConv and every Add into QLinearAdd (5.8 ms).
+U8S8 kernels can saturate on x86 CPUs without VNNI, which ``--reduce-range`` (7-bit weights) avoids.
+
+A deployed service has no calibration data, so this runs at export time, for whatever model ships.
+
+Only the nodes the graph's first output depends on (the convolutional backbone up to the feature
+map, or to the pooled features) are quantized, less the convolutions too sensitive to int8 weights.
+Measured on the shipped model: rounding the weights alone to int8 per channel changed the class
+probabilities by 0.048 on average and the top class of 17% of test photos, and one layer did most
+of that: the first depthwise convolution, whose folded batch normalisation left one channel's
+weights up to 56 against a median of 0.3, so its small weights rounded to zero (alone: 0.042).
+So each convolution's weights are rounded alone first, on calibration photos, and those that move
+the graph's probabilities (its last output) by more than ``WEIGHT_TOLERANCE`` on average stay float32.
+The head stays float32: it is a sliver of the cost, Grad-CAM's gradient is computed from its float32
+weights (``server/model/head.py``), and the patient context joins there.
+
+The graphs go into the run folder as ``<model>.int8-<graph>.onnx``; the card's ``int8`` section
+records each file's sha256 and the sha256 of the ``.h5`` they were made from, so the service
+serves them only with that exact ``.h5`` (``server/model/precision.py``). Whether they are good
+enough to serve by default is measured by ``training.int8_bar``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from server.imaging import COLOUR_NONE, colour_of, model_input, open_upload
+from server.model.card import CARD_FILENAME, Int8Graph, Int8Spec, ModelCard
+from server.model.files import check_model_files, file_sha256, load_card
+from server.model.onnx_cache import OPSET, versions
+from server.model.serving import BRANCH, CLASSIFIER
+from training.export import MODEL_FILENAME
+
+log = logging.getLogger("training.quantize")
+
+CALIBRATION_IMAGES = 300  # training-split photos; MinMax ranges settle well before this
+CALIBRATION_SEED = 0
+SENSITIVITY_IMAGES = 32  # calibration photos the per-convolution weight check runs on
+WEIGHT_TOLERANCE = 0.005  # mean |change| of a probability when one convolution's weights alone are int8
+ACTIVATIONS = ("u8", "s8")
+METHOD = ("ONNX Runtime static quantization: quant_pre_process, then QDQ, int8 weights per output channel, "
+          "MinMax activation ranges on training-split photos; the nodes before the graph's first output only "
+          "(the head stays float32), less the convolutions whose int8 weights alone move the probabilities "
+          "by more than weight_tolerance on calibration photos")
+
+
+def int8_filename(model_file: str, kind: str) -> str:
+    """``ham10000_mobilenetv2.int8-classifier.onnx``: beside the ``.h5``, named after it."""
+    return f"{Path(model_file).stem}.int8-{kind}.onnx"
+
+
+def calibration_inputs(paths, size: int, colour: str = COLOUR_NONE) -> np.ndarray:
+    """Photos -> (n, size, size, 3) model inputs, read as an upload is (decode, upright, centre square, scale)."""
+    return np.stack([model_input(open_upload(Path(p).read_bytes()), size, colour) for p in paths])
+
+
+def backbone_nodes(graph) -> list[str]:
+    """Names of the nodes the graph's first output depends on, in graph order: what is quantized."""
+    producer = {out: node for node in graph.graph.node for out in node.output}
+    needed, todo = set(), [graph.graph.output[0].name]
+    while todo:
+        node = producer.get(todo.pop())
+        if node is None or node.name in needed:
+            continue
+        needed.add(node.name)
+        todo.extend(node.input)
+    return [node.name for node in graph.graph.node if node.name in needed]
+
+
+def int8_weights(w: np.ndarray) -> np.ndarray:
+    """Convolution weights (out, in, kh, kw) rounded as per-channel symmetric int8 does, back in float32."""
+    scale = np.abs(w).reshape(len(w), -1).max(axis=1) / 127.0
+    scale[scale == 0] = 1.0
+    scale = scale.reshape(-1, *([1] * (w.ndim - 1)))
+    return (np.clip(np.round(w / scale), -127, 127) * scale).astype(np.float32)
+
+
+def probabilities(graph_bytes: bytes, images: np.ndarray) -> np.ndarray:
+    """The graph's last output (its probabilities) for each image (batch 1), patient context "not given"."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(graph_bytes, options, providers=["CPUExecutionProvider"])
+    inputs = session.get_inputs()
+    rest = {i.name: np.zeros((1, i.shape[-1]), np.float32) for i in inputs[1:]}
+    return np.stack([session.run(None, {inputs[0].name: images[k:k + 1], **rest})[-1][0] for k in range(len(images))])
+
+
+def weight_sensitivity(graph, images: np.ndarray) -> dict[str, float]:
+    """For each convolution of the backbone: how far its weights alone, rounded to int8, move the graph's
+    probabilities (mean |change|) on ``images``."""
+    from onnx import numpy_helper
+
+    reference = probabilities(graph.SerializeToString(), images)
+    initializers = {i.name: i for i in graph.graph.initializer}
+    backbone = set(backbone_nodes(graph))
+    out = {}
+    for node in graph.graph.node:
+        if node.op_type != "Conv" or node.name not in backbone or node.input[1] not in initializers:
+            continue
+        init = initializers[node.input[1]]
+        original = numpy_helper.to_array(init)
+        init.CopyFrom(numpy_helper.from_array(int8_weights(original), init.name))
+        changed = probabilities(graph.SerializeToString(), images)
+        init.CopyFrom(numpy_helper.from_array(original, init.name))
+        out[node.name] = float(np.abs(changed - reference).mean())
+    return out
+
+
+class Batches:
+    """One image at a time (batch 1, as the service runs) for ONNX Runtime's calibrator; any
+    second input (the patient context) all "not given": it joins only in the float32 head."""
+
+    def __init__(self, graph, images: np.ndarray):
+        self.names = [i.name for i in graph.graph.input]
+        self.widths = [i.type.tensor_type.shape.dim[-1].dim_value for i in graph.graph.input]
+        self.images, self.at = images, 0
+
+    def get_next(self):
+        if self.at >= len(self.images):
+            return None
+        x = self.images[self.at:self.at + 1]
+        self.at += 1
+        feeds = {self.names[0]: x}
+        feeds.update({n: np.zeros((1, w), np.float32) for n, w in zip(self.names[1:], self.widths[1:])})
+        return feeds
+
+    def rewind(self):
+        self.at = 0
+
+
+def quantize_graph(graph: bytes, images: np.ndarray, activations: str = "u8",
+                   reduce_range: bool = False) -> tuple[bytes, list[str]]:
+    """A float32 ONNX graph -> (its static int8 QDQ form (see the module docstring), calibrated on ``images``,
+    the convolutions left in float32)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
+        source, prepared, target = Path(tmp) / "float.onnx", Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+        source.write_bytes(graph)
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # ONNX shape inference suffices: no sympy
+        model = onnx.load(str(prepared))
+        sensitivity = weight_sensitivity(model, images[:SENSITIVITY_IMAGES])
+        kept = {name for name, change in sensitivity.items() if change > WEIGHT_TOLERANCE}
+        for name in sorted(sensitivity, key=sensitivity.get, reverse=True)[:5]:
+            log.info("  int8 weights of %s alone: %.4f%s", name, sensitivity[name], " (stays float32)" * (name in kept))
+        quantize_static(
+            str(prepared), str(target), Batches(model, images),
+            quant_format=QuantFormat.QDQ, weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8 if activations == "u8" else QuantType.QInt8,
+            per_channel=True, reduce_range=reduce_range, calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_quantize=[name for name in backbone_nodes(model) if name not in kept],
+            extra_options={"WeightSymmetric": True},
+        )
+        return target.read_bytes(), sorted(kept)
+
+
+def float_graphs(model_path: Path, size: int) -> dict[str, bytes]:
+    """The float32 graphs the service converts from the ``.h5`` (the branch only when it carries one)."""
+    import keras
+
+    from server.model.runtime import onnx_graph, served_branch, served_model, split_branch
+
+    classifier, branch = split_branch(keras.models.load_model(model_path, compile=False))
+    graphs = {CLASSIFIER: onnx_graph(served_model(classifier)[0], size)}
+    if branch is not None:
+        graphs[BRANCH] = onnx_graph(served_branch(classifier, branch), size)
+    return graphs
+
+
+def calibration_paths(run_dir: Path, data_dir: Path, n: int, seed: int = CALIBRATION_SEED) -> list[str]:
+    """``n`` training-split photos of the run (its ``split.csv``), drawn at random with ``seed``."""
+    from training.data import split_frame
+
+    train = split_frame(data_dir, run_dir / "split.csv", "train")
+    return list(train["path"].sample(min(n, len(train)), random_state=seed))
+
+
+def quantize_run(model_path: Path, card: ModelCard, sha256: str, images: np.ndarray, activations: str = "u8",
+                 reduce_range: bool = False) -> Int8Spec:
+    """Write the int8 graphs beside ``model_path``; the card's ``int8`` section describing them
+    (tied to ``sha256``, the ``.h5``'s; no bar measured yet)."""
+    written, kept = {}, {}
+    for kind, graph in float_graphs(model_path, card.input_size).items():
+        target = model_path.with_name(int8_filename(model_path.name, kind))
+        quantized, kept[kind] = quantize_graph(graph, images, activations, reduce_range)
+        target.write_bytes(quantized)
+        written[kind] = Int8Graph(file=target.name, sha256=file_sha256(target))
+        log.info("%s: %s (%.1f MB, float32 %.1f MB)", kind, target, target.stat().st_size / 1e6, len(graph) / 1e6)
+    return Int8Spec(source_sha256=sha256, classifier=written[CLASSIFIER], branch=written.get(BRANCH),
+                    extra={"method": METHOD, "activations": activations, "weights": "s8, per channel",
+                           "reduce_range": reduce_range, "calibration_images": int(len(images)),
+                           "calibration_split": "train", "weight_tolerance": WEIGHT_TOLERANCE,
+                           "float32_convolutions": kept, "opset": OPSET, **versions()})
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run-dir", required=True, help="a training run (or saved_models/): .h5, model_card.json, split.csv")
+    p.add_argument("--data-dir", required=True, help="HAM10000 folder (../shared/data/ham10000)")
+    p.add_argument("--images", type=int, default=CALIBRATION_IMAGES, help="training-split photos to calibrate on")
+    p.add_argument("--seed", type=int, default=CALIBRATION_SEED)
+    p.add_argument("--activations", choices=ACTIVATIONS, default="u8",
+                   help="u8 (U8S8, fastest measured) or s8 (S8S8)")
+    p.add_argument("--reduce-range", action="store_true",
+                   help="7-bit weights: for CPUs without VNNI, whose u8s8 kernels can saturate")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    run_dir = Path(args.run_dir)
+    card_path = run_dir / CARD_FILENAME
+    model_path = run_dir / (load_card(card_path).model_file or MODEL_FILENAME)
+    card, sha = check_model_files(model_path, card_path)
+    paths = calibration_paths(run_dir, Path(args.data_dir), args.images, args.seed)
+    images = calibration_inputs(paths, card.input_size, colour_of(card.preprocessing) or COLOUR_NONE)
+    spec = quantize_run(model_path, card, sha, images, args.activations, args.reduce_range)
+    replace(card, int8=spec).write(card_path)
+    print(f"int8 graphs for {model_path.name} (sha256 {sha[:12]}...) written beside it; card updated. "
+          f"Measure them: python -m training.int8_bar --run-dir {run_dir} --data-dir {args.data_dir} --record")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
