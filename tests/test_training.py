@@ -252,16 +252,11 @@ def test_a_cut_off_run_resumes_from_its_last_epoch(dataset, tmp_path):
     assert "resuming after epoch 2" in (out / "train.log").read_text()
 
 
-@pytest.mark.slow
-def test_weight_ema_keeps_the_average_not_the_last_weights(tmp_path):
-    """With ``--ema-momentum`` the kept weights are the running average. With a momentum
-    near 1 that average hardly leaves where it was set (Keras sets it to the weights after
-    the first step), while the raw weights travel on: so what is kept must have moved far
-    less than the raw weights. Without the swap the two would be equal."""
+def fine_tune_tiny(model, out_dir, resume: bool = False, ema_momentum: float = 0.0, **options) -> dict:
+    """Four fine-tuning epochs on 24 random 32-px images: enough for the weights to move, in seconds."""
     import tensorflow as tf
 
     from training.losses import make_loss
-    from training.model import build_model
     from training.phases import fine_tune
 
     rng = np.random.default_rng(0)
@@ -272,13 +267,25 @@ def test_weight_ema_keeps_the_average_not_the_last_weights(tmp_path):
     def stream(first_draw):
         return tf.data.Dataset.from_tensor_slices((images, onehot, np.ones(24, np.float32))).batch(8).repeat()
 
+    return fine_tune(model, stream, 24, images, labels, batch_size=8, epochs=4, lr=1e-2, warmup_epochs=0.0,
+                     weight_decay=0.0, ema_momentum=ema_momentum, loss=make_loss(), out_dir=out_dir, resume=resume,
+                     **options)
+
+
+@pytest.mark.slow
+def test_weight_ema_keeps_the_average_not_the_last_weights(tmp_path):
+    """With ``--ema-momentum`` the kept weights are the running average. With a momentum
+    near 1 that average hardly leaves where it was set (Keras sets it to the weights after
+    the first step), while the raw weights travel on: so what is kept must have moved far
+    less than the raw weights. Without the swap the two would be equal."""
+    from training.model import build_model
+
     def drift(ema_momentum: float) -> float:
         model = build_model(len(CLASS_CODES), 32, 0.35, None, 8, 0.0, seed=1)
         start = [w.copy() for w in model.get_layer("head_out").get_weights()]
         out = tmp_path / f"ema{ema_momentum}"
         out.mkdir()
-        fine_tune(model, stream, 24, images, labels, batch_size=8, epochs=4, lr=1e-2, warmup_epochs=0.0,
-                  weight_decay=0.0, ema_momentum=ema_momentum, loss=make_loss(), out_dir=out, resume=False)
+        fine_tune_tiny(model, out, ema_momentum=ema_momentum)
         end = model.get_layer("head_out").get_weights()
         return float(sum(np.abs(e - s).sum() for e, s in zip(end, start)))
 
@@ -316,25 +323,12 @@ def test_cli_exports_the_imagenet_branch_and_fits_its_check(dataset, tmp_path):
 def test_weight_averaging_keeps_the_mean_of_the_last_epochs_and_a_resume_rebuilds_it(tmp_path):
     """``--keep swa``: the kept weights are the mean of the last epochs' snapshots, the schedule
     holds those epochs at the SWA rate, and a run resumed after its last epoch keeps the same mean."""
-    import tensorflow as tf
-
-    from training.losses import make_loss
     from training.model import build_model
-    from training.phases import SWA_DIR, cosine_with_warmup, fine_tune
-
-    rng = np.random.default_rng(0)
-    images = rng.uniform(-1, 1, (24, 32, 32, 3)).astype(np.float32)
-    labels = np.arange(24) % len(CLASS_CODES)
-    onehot = np.eye(len(CLASS_CODES), dtype=np.float32)[labels]
-
-    def stream(first_draw):
-        return tf.data.Dataset.from_tensor_slices((images, onehot, np.ones(24, np.float32))).batch(8).repeat()
+    from training.phases import SWA_DIR, cosine_with_warmup
 
     def run(resume: bool):
         model = build_model(len(CLASS_CODES), 32, 0.35, None, 8, 0.0, seed=1)
-        record = fine_tune(model, stream, 24, images, labels, batch_size=8, epochs=4, lr=1e-2, warmup_epochs=0.0,
-                           weight_decay=0.0, ema_momentum=0.0, loss=make_loss(), out_dir=tmp_path, resume=resume,
-                           keep="swa", swa_epochs=2, swa_lr=1e-3)
+        record = fine_tune_tiny(model, tmp_path, resume=resume, keep="swa", swa_epochs=2, swa_lr=1e-3)
         return model, record
 
     model, record = run(resume=False)
