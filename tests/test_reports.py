@@ -229,6 +229,9 @@ def test_malignant_flag_sends_a_benign_top_class_to_a_dermatologist():
     verdict = reports.assess(flagged)
     assert verdict.see_dermatologist and verdict.headline == "See a dermatologist promptly"
     assert "at or above the 30.0% that raises the flag" in squash(reports.text_report(flagged))
+    assert verdict.malignant.endswith(
+        "actinic keratosis), at or above the 30.0% that raises the flag; no test figure is recorded for how often the "
+        "flag misses.")
 
     below = _benign_top_with_malignant_mass(0.45)
     assert below.malignant_flag is False and not reports.assess(below).see_dermatologist
@@ -282,7 +285,7 @@ def test_numbers_carry_their_context_from_the_card():
     text = squash(reports.text_report(melanoma, card))
     # one number leads (the flagged lesion's malignant share), with the flag's miss rate in words
     assert "Malignant: 86.0% 86.0% is the model's combined probability" in text
-    assert "it missed about 1 in 9 malignant lesions on the test images" in text
+    assert "raises the flag; the flag missed about 1 in 9 malignant lesions on the test images." in text
     assert "right about 90 times in 100" in text and "does not meet the product's quality bar" in text
     # the per-class precision over every confidence read as a third, conflicting number: it stays on /model
     assert "turned out to be melanoma" not in text

@@ -117,8 +117,7 @@ def flag_miss_rate(card: ModelCard | None) -> float | None:
 
 def flag_not_raised_sentence(card: ModelCard | None, see_dermatologist: bool) -> str:
     """What an answer without the malignant flag cannot promise: how often the flag misses, in words."""
-    missed = flag_miss_rate(card)
-    misses = f", but it missed {one_in(missed)} malignant lesions on the test images" if missed is not None else ""
+    misses = f", but {flag_misses(card, 'it')}" if flag_miss_rate(card) is not None else ""
     tail = ("." if see_dermatologist else
             ": if the lesion changes, bleeds, itches or worries you, see a doctor whatever this result says.")
     return f"The malignant flag is not raised{misses}" + tail
@@ -130,14 +129,19 @@ def malignant_sentence(prediction: Prediction, card: ModelCard | None) -> str:
              f"malignant ({malignant_in_words()})")
     if prediction.malignant_flag is None:
         return share + "; this model has no screening threshold for it."
-    missed = flag_miss_rate(card)
-    misses = (f"it missed {one_in(missed)} malignant lesions on the test images" if missed is not None else
-              "no test figure is recorded for how often it misses")
     if prediction.malignant_flag:
         return (share + f", at or above the {percent(prediction.malignant_threshold)} that raises the flag; "
-                f"the flag {misses}.")
+                f"{flag_misses(card, 'the flag')}.")
     return (share + f", below the {percent(prediction.malignant_threshold)} that raises the flag. The flag is not a "
-            f"guarantee: {misses}.")
+            f"guarantee: {flag_misses(card, 'it')}.")
+
+
+def flag_misses(card: ModelCard | None, subject: str) -> str:
+    """'<subject> missed about 1 in 9 malignant lesions on the test images', or that no such figure is recorded."""
+    missed = flag_miss_rate(card)
+    if missed is None:
+        return f"no test figure is recorded for how often {subject} misses"
+    return f"{subject} missed {one_in(missed)} malignant lesions on the test images"
 
 
 def assess(prediction: Prediction, card: ModelCard | None = None) -> Assessment:
