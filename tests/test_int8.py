@@ -160,3 +160,56 @@ def test_int8_weights_round_each_output_channel_on_its_own_scale():
     q = int8_weights(w)
     assert q[0, 0, 0, 0] == pytest.approx(56.0) and q[0, 2, 0, 0] == 0.0  # 0.2 < half a step of 56/127
     np.testing.assert_allclose(q[1], w[1], atol=0.5 / 127)
+
+
+def bar_figures(**changes) -> dict:
+    base = {"balanced_accuracy": 0.70, "malignant_auc": 0.90, "coverage": 0.52, "malignant_sensitivity": 0.885}
+    return {**base, **changes}
+
+
+def refusals(changed: int = 0) -> dict:
+    return {"lesions": {"float32": 6, "int8": 6, "n": 100, "changed": changed},
+            "everyday": {"float32": 40, "int8": 40, "n": 45, "changed": 0}}
+
+
+@pytest.mark.parametrize("int8_changes, met", [
+    ({}, True),
+    ({"balanced_accuracy": 0.691}, True), ({"balanced_accuracy": 0.689}, False),
+    ({"malignant_auc": 0.896}, True), ({"malignant_auc": 0.894}, False),
+    ({"coverage": 0.529}, True), ({"coverage": 0.531}, False), ({"coverage": 0.509}, False),
+    ({"malignant_sensitivity": 0.885}, True), ({"malignant_sensitivity": 0.884}, False),
+], ids=lambda v: str(v))
+def test_the_bar_holds_int8_to_each_limit(int8_changes, met):
+    from training.int8_bar import bar
+
+    verdict = bar(bar_figures(), bar_figures(**int8_changes), refusals(), np.array([0.95, 0.97]), 0.1, target=0.90)
+    assert verdict["meets_bar"] is met, verdict["checks"]
+    assert verdict["sensitivity_floor"] == 0.885  # float32 itself is below the 0.90 target: int8 may not go lower
+
+
+def test_one_changed_refusal_or_heatmaps_that_wander_fail_the_bar():
+    from training.int8_bar import bar
+
+    same = bar_figures()
+    assert not bar(same, same, refusals(changed=1), np.array([0.95]), 0.1, 0.90)["meets_bar"]
+    assert not bar(same, same, refusals(), np.array([0.95, 0.80]), 0.1, 0.90)["meets_bar"]
+    assert not bar(same, same, refusals(), np.array([]), 0.1, 0.90)["meets_bar"]
+
+
+def test_the_bar_screens_uploads_as_the_service_does(quantized, tmp_path):
+    """``int8_bar`` reads each picture through ``open_upload`` and ``predict_image`` in each precision."""
+    from PIL import Image
+
+    from training.int8_bar import heatmap_correlations, screen_all, top_codes, upload_of
+
+    f32, i8 = load(quantized, "float32", tmp_path), load(quantized, "int8", tmp_path)
+    uploads = [upload_of(Image.new("RGB", (64, 48), colour)) for colour in ((200, 30, 30), (30, 200, 30), (30, 30, 200))]
+    a = screen_all(f32, uploads, explain=True)
+    b = screen_all(i8, uploads, explain=True, explain_codes=top_codes(f32, a))
+    assert a.probs.shape == b.probs.shape == (3, len(f32.classes))
+    np.testing.assert_allclose(a.probs.sum(axis=1), 1.0, atol=1e-3)
+    assert [f32.classes[i] for i in a.probs.argmax(axis=1)] == [RED_CLASS, GREEN_CLASS, BLUE_CLASS]
+    assert (a.probs.argmax(axis=1) == b.probs.argmax(axis=1)).all()
+    assert a.refused.dtype == bool and len(a.refused) == 3
+    assert all(g is not None for g in a.grids + b.grids), "explain=True: a Grad-CAM for every picture"
+    assert len(heatmap_correlations(a, b)) == 0, "a flat colour gives a flat map, which no correlation can judge"

@@ -6,10 +6,11 @@ Loads the run's model twice through the service's own ``Predictor.from_path``, o
 and once with the int8 graphs ``training.quantize`` made (``INFERENCE_PRECISION``), and screens
 the same pictures with both as an upload is screened (``open_upload``, then ``predict_image``):
 
-- every test-split photo, photo alone (the card's ``metrics.test`` are float32's reference):
+- every photo of the split, photo alone: the test split (the card's ``metrics.test`` are
+  float32's reference), or validation with ``--split val`` to choose how to quantize:
   balanced accuracy, malignant AUC, the malignant flag's sensitivity, coverage (answers not
   marked uncertain), refusals as non-skin, Grad-CAM of float32's top class, class probabilities;
-- test lesions made harder (``training/nonskin_corpus.py``), everyday photographs and made
+- the split's lesions made harder (``training/nonskin_corpus.py``), everyday photographs and made
   pictures: which of them each precision refuses as non-skin.
 
 This measures the int8 graphs against the model they were made from, once per model; it chooses
@@ -30,7 +31,6 @@ import numpy as np
 from server.imaging import open_upload
 from server.model.card import CARD_FILENAME
 from server.model.files import check_model_files, load_card
-from server.thresholds import refuses_as_non_skin
 from training.evaluate import evaluate_predictions
 
 # The bar (issue #25): int8 may differ from float32 by at most this much.
@@ -38,7 +38,7 @@ MAX_BALANCED_ACCURACY_DROP = 0.01
 MAX_MALIGNANT_AUC_DROP = 0.005
 MAX_COVERAGE_CHANGE = 0.01
 MIN_HEATMAP_CORRELATION = 0.9
-HARD_LESIONS = 150  # test lesions made harder in each way, as the card's non-skin figures use
+HARD_LESIONS = 150  # the split's lesions made harder in each way, as the card's non-skin figures use
 SEED = 42
 
 
@@ -72,7 +72,7 @@ def screen_all(predictor, uploads, explain: bool = False, explain_codes=None) ->
             row[index[c.code]] = c.probability
         probs.append(row)
         uncertain.append(p.uncertain)
-        refused.append(bool(p.ood_score is not None and refuses_as_non_skin(p.ood_score)))
+        refused.append(bool(p.out_of_distribution))  # the one non-skin rule refused it
         grids.append(None if p.heatmap is None else np.asarray(p.heatmap.grid, np.float64))
     return Screened(np.asarray(probs), np.asarray(uncertain), np.asarray(refused), grids)
 
@@ -134,7 +134,7 @@ def corpus_uploads(test_paths: list[str], size: int, hard_lesions: int) -> dict:
 
 
 def measure(run_dir: Path, data_dir: Path, onnx_cache: str | None, hard_lesions: int = HARD_LESIONS,
-            limit: int = 0) -> dict:
+            limit: int = 0, split: str = "test") -> dict:
     """Every figure of the bar for the run's int8 graphs against its float32 model."""
     from server.model.predictor import Predictor
     from training.data import split_frame
@@ -148,22 +148,22 @@ def measure(run_dir: Path, data_dir: Path, onnx_cache: str | None, hard_lesions:
     if i8p.precision != "int8":
         raise SystemExit(f"error: the int8 graphs of {model_path} could not be served (see the log); "
                          f"run python -m training.quantize --run-dir {run_dir} --data-dir {data_dir}")
-    test = split_frame(data_dir, run_dir / "split.csv", "test")
+    frame = split_frame(data_dir, run_dir / "split.csv", split)
     if limit:
-        test = test.sample(min(limit, len(test)), random_state=SEED)
-    uploads = [Path(p).read_bytes() for p in test["path"]]
-    labels = test["label"].to_numpy()
+        frame = frame.sample(min(limit, len(frame)), random_state=SEED)
+    uploads = [Path(p).read_bytes() for p in frame["path"]]
+    labels = frame["label"].to_numpy()
     f32 = screen_all(f32p, uploads, explain=True)
     i8 = screen_all(i8p, uploads, explain=True, explain_codes=top_codes(f32p, f32))
-    refusals = {"test_lesions": refusal_figures(f32, i8)}
-    for name, pictures in corpus_uploads(list(test["path"]), card.input_size, hard_lesions).items():
+    refusals = {"lesions": refusal_figures(f32, i8)}
+    for name, pictures in corpus_uploads(list(frame["path"]), card.input_size, hard_lesions).items():
         refusals[name] = refusal_figures(screen_all(f32p, pictures), screen_all(i8p, pictures))
     correlations = heatmap_correlations(f32, i8)
     threshold = card.thresholds.malignant
     figures = {"float32": test_figures(labels, f32, threshold), "int8": test_figures(labels, i8, threshold)}
     largest = float(np.abs(f32.probs - i8.probs).max())
     verdict = bar(figures["float32"], figures["int8"], refusals, correlations, largest, card.thresholds.malignant_target)
-    return {"split": "test", "images": int(len(labels)), "through": "open_upload + Predictor.predict_image, photo alone",
+    return {"split": split, "images": int(len(labels)), "through": "open_upload + Predictor.predict_image, photo alone",
             "test": figures, "refusals": refusals,
             "heatmap_correlation": {"mean": float(correlations.mean()), "p05": float(np.percentile(correlations, 5)),
                                     "min": float(correlations.min()), "n": int(len(correlations))},
@@ -181,7 +181,7 @@ def table(result: dict) -> str:
             ("malignant AUC", "malignant_auc", f"int8 >= float32 - {MAX_MALIGNANT_AUC_DROP}"),
             ("coverage (not uncertain)", "coverage", f"within {MAX_COVERAGE_CHANGE}"),
             ("malignant flag sensitivity", "malignant_sensitivity", f">= {result['sensitivity_floor']:.3f}")]
-    lines = ["| figure (test split, photo alone) | float32 | int8 | change | bar | met |", "|---|---:|---:|---:|---|---|"]
+    lines = [f"| figure ({result['split']} split, photo alone) | float32 | int8 | change | bar | met |", "|---|---:|---:|---:|---|---|"]
     for label, key, rule in rows:
         lines.append(f"| {label} | {f32[key]:.4f} | {i8[key]:.4f} | {i8[key] - f32[key]:+.4f} | {rule} | {yes[checks[key]]} |")
     lines.append(f"| malignant flag specificity | {f32['malignant_specificity']:.4f} | {i8['malignant_specificity']:.4f} | "
@@ -206,11 +206,13 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", required=True, type=Path, help="HAM10000 folder (../shared/data/ham10000)")
     p.add_argument("--hard-lesions", type=int, default=HARD_LESIONS, help="test lesions made harder in each way")
     p.add_argument("--limit", type=int, default=0, help="only N test photos at random (a quick look; never --record)")
+    p.add_argument("--split", choices=("val", "test"), default="test",
+                   help="val to choose how to quantize; the verdict (--record) is on test, once per model")
     p.add_argument("--record", action="store_true", help="write the figures and the verdict into the card's int8 section")
     args = p.parse_args(argv)
-    if args.record and args.limit:
-        p.error("--record needs the whole test split (no --limit)")
-    result = measure(args.run_dir, args.data_dir, onnx_cache_dir() or None, args.hard_lesions, args.limit)
+    if args.record and (args.limit or args.split != "test"):
+        p.error("--record needs the whole test split (no --limit, no --split val)")
+    result = measure(args.run_dir, args.data_dir, onnx_cache_dir() or None, args.hard_lesions, args.limit, args.split)
     print(table(result))
     print(f"\nfloat32 here: balanced accuracy {result['test']['float32']['balanced_accuracy']:.4f} "
           f"(card's metrics.test: {result['card_test_balanced_accuracy']}); meets the bar: {result['meets_bar']}")
