@@ -26,6 +26,8 @@ of that: the first depthwise convolution, whose folded batch normalisation left 
 weights up to 56 against a median of 0.3, so its small weights rounded to zero (alone: 0.042).
 So each convolution's weights are rounded alone first, on calibration photos, and those that move
 the graph's probabilities (its last output) by more than ``WEIGHT_TOLERANCE`` on average stay float32.
+Last, ``training.bias_correction`` puts half of each convolution's measured mean shift against
+float32 back into its bias, so int8 is not systematically more confident than float32.
 The head stays float32: it is a sliver of the cost, Grad-CAM's gradient is computed from its float32
 weights (``server/model/head.py``), and the patient context joins there.
 
@@ -50,6 +52,8 @@ from server.model.card import CARD_FILENAME, Int8Graph, Int8Spec, ModelCard
 from server.model.files import check_model_files, file_sha256, load_card
 from server.model.onnx_cache import OPSET, versions
 from server.model.serving import BRANCH, CLASSIFIER
+from training.bias_correction import SHARE as BIAS_SHARE
+from training.bias_correction import correct_biases
 from training.export import MODEL_FILENAME
 
 log = logging.getLogger("training.quantize")
@@ -62,7 +66,8 @@ ACTIVATIONS = ("u8", "s8")
 METHOD = ("ONNX Runtime static quantization: quant_pre_process, then QDQ, int8 weights per output channel, "
           "MinMax activation ranges on training-split photos; the nodes before the graph's first output only "
           "(the head stays float32), less the convolutions whose int8 weights alone move the probabilities "
-          "by more than weight_tolerance on calibration photos")
+          "by more than weight_tolerance on calibration photos; then bias_correction times each convolution's "
+          "per-channel mean shift against float32 on the calibration photos put back into its bias")
 
 
 def int8_filename(model_file: str, kind: str) -> str:
@@ -152,7 +157,7 @@ class Batches:
 
 
 def quantize_graph(graph: bytes, images: np.ndarray, activations: str = "u8",
-                   reduce_range: bool = False) -> tuple[bytes, list[str]]:
+                   reduce_range: bool = False, bias_share: float = BIAS_SHARE) -> tuple[bytes, list[str]]:
     """A float32 ONNX graph -> (its static int8 QDQ form (see the module docstring), calibrated on ``images``,
     the convolutions left in float32)."""
     import onnx
@@ -176,7 +181,13 @@ def quantize_graph(graph: bytes, images: np.ndarray, activations: str = "u8",
             nodes_to_quantize=[name for name in backbone_nodes(model) if name not in kept],
             extra_options={"WeightSymmetric": True},
         )
-        return target.read_bytes(), sorted(kept)
+        corrected = onnx.load(str(target))
+        if bias_share:
+            corrected, shifts = correct_biases(model, corrected, images, bias_share)
+            if shifts:
+                log.info("  bias correction: %d convolutions, measured mean |shift| %.4f (largest %.4f), %.2f of it put back",
+                         len(shifts), np.mean(list(shifts.values())), max(shifts.values()), bias_share)
+        return corrected.SerializeToString(), sorted(kept)
 
 
 def float_graphs(model_path: Path, size: int) -> dict[str, bytes]:
@@ -201,13 +212,13 @@ def calibration_paths(run_dir: Path, data_dir: Path, n: int, seed: int = CALIBRA
 
 
 def quantize_run(model_path: Path, card: ModelCard, sha256: str, images: np.ndarray, activations: str = "u8",
-                 reduce_range: bool = False) -> Int8Spec:
+                 reduce_range: bool = False, bias_share: float = BIAS_SHARE) -> Int8Spec:
     """Write the int8 graphs beside ``model_path``; the card's ``int8`` section describing them
     (tied to ``sha256``, the ``.h5``'s; no bar measured yet)."""
     written, kept = {}, {}
     for kind, graph in float_graphs(model_path, card.input_size).items():
         target = model_path.with_name(int8_filename(model_path.name, kind))
-        quantized, kept[kind] = quantize_graph(graph, images, activations, reduce_range)
+        quantized, kept[kind] = quantize_graph(graph, images, activations, reduce_range, bias_share)
         target.write_bytes(quantized)
         written[kind] = Int8Graph(file=target.name, sha256=file_sha256(target))
         log.info("%s: %s (%.1f MB, float32 %.1f MB)", kind, target, target.stat().st_size / 1e6, len(graph) / 1e6)
@@ -215,7 +226,8 @@ def quantize_run(model_path: Path, card: ModelCard, sha256: str, images: np.ndar
                     extra={"method": METHOD, "activations": activations, "weights": "s8, per channel",
                            "reduce_range": reduce_range, "calibration_images": int(len(images)),
                            "calibration_split": "train", "weight_tolerance": WEIGHT_TOLERANCE,
-                           "float32_convolutions": kept, "opset": OPSET, **versions()})
+                           "float32_convolutions": kept,
+                           "bias_correction": bias_share, "opset": OPSET, **versions()})
 
 
 def main(argv=None) -> int:
@@ -228,6 +240,8 @@ def main(argv=None) -> int:
                    help="u8 (U8S8, fastest measured) or s8 (S8S8)")
     p.add_argument("--reduce-range", action="store_true",
                    help="7-bit weights: for CPUs without VNNI, whose u8s8 kernels can saturate")
+    p.add_argument("--bias-correction", type=float, default=BIAS_SHARE, metavar="SHARE",
+                   help="share of each convolution's measured mean shift put back into its bias (0: none)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -237,7 +251,7 @@ def main(argv=None) -> int:
     card, sha = check_model_files(model_path, card_path)
     paths = calibration_paths(run_dir, Path(args.data_dir), args.images, args.seed)
     images = calibration_inputs(paths, card.input_size, colour_of(card.preprocessing) or COLOUR_NONE)
-    spec = quantize_run(model_path, card, sha, images, args.activations, args.reduce_range)
+    spec = quantize_run(model_path, card, sha, images, args.activations, args.reduce_range, args.bias_correction)
     replace(card, int8=spec).write(card_path)
     print(f"int8 graphs for {model_path.name} (sha256 {sha[:12]}...) written beside it; card updated. "
           f"Measure them: python -m training.int8_bar --run-dir {run_dir} --data-dir {args.data_dir} --record")
