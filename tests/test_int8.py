@@ -213,3 +213,31 @@ def test_the_bar_screens_uploads_as_the_service_does(quantized, tmp_path):
     assert a.refused.dtype == bool and len(a.refused) == 3
     assert all(g is not None for g in a.grids + b.grids), "explain=True: a Grad-CAM for every picture"
     assert len(heatmap_correlations(a, b)) == 0, "a flat colour gives a flat map, which no correlation can judge"
+
+
+@pytest.mark.parametrize("score, answer, again", [
+    (0.40, "usual", False), (0.84, "usual", False), (0.86, "usual", True),
+    (1.20, "unusual", True), (0.50, "unusual", True), (77.0, "refused", True), (None, None, False),
+])
+def test_int8_screens_again_in_float32_anywhere_near_a_nonskin_level(score, answer, again):
+    """A picture int8 places within the margin of unusual, or beyond, gets float32's answer (margin 0.15)."""
+    from server.model.predictor import near_a_nonskin_level
+
+    assert near_a_nonskin_level(score, answer) is again
+
+
+def test_the_imagenet_gate_opens_earlier_for_int8_features():
+    from server.model.nonskin import NonSkinCheck
+
+    check = NonSkinCheck((), None, imagenet_gate=40.0)
+    assert check.gate_opened_by(0.15).imagenet_gate == pytest.approx(34.0)
+    assert check.imagenet_gate == 40.0, "the card's own gate is left as it is"
+    assert NonSkinCheck((), None, None).gate_opened_by(0.15).imagenet_gate is None
+
+
+def test_an_int8_predictor_keeps_float32_beside_it_for_the_second_look(quantized, tmp_path):
+    f32, i8 = load(quantized, "float32", tmp_path), load(quantized, "int8", tmp_path)
+    x = colour_batch(f32.input_size, seed=3)
+    np.testing.assert_array_equal(i8.forward(x, float32=True)[1], f32.forward(x)[1])
+    assert not np.array_equal(i8.forward(x)[1], f32.forward(x)[1])
+    np.testing.assert_array_equal(f32.forward(x, float32=True)[1], f32.forward(x)[1])  # float32 served: no twin

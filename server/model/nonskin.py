@@ -216,6 +216,12 @@ class NonSkinCheck:
     def check(self, name: str) -> DistanceCheck | None:
         return next((c for c in self.checks if c.name == name), None)
 
+    def gate_opened_by(self, margin: float) -> NonSkinCheck:
+        """The same checks with the ImageNet gate ``margin`` (a share) nearer: for int8 features, which
+        lie a few percent nearer the lesions than float32's, so the branch runs wherever float32's would."""
+        gate = None if self.imagenet_gate is None else self.imagenet_gate * (1.0 - margin)
+        return NonSkinCheck(self.checks, self.labels, gate)
+
     def ratios(self, signals: dict) -> dict[str, np.ndarray]:
         """Each check's ratios by name, for the checks whose signal is given (``signals`` maps a
         signal name to (n, d) vectors). The ImageNet check's ratio is 0 where its gate is shut."""

@@ -118,4 +118,4 @@ def at_precision(served, precision: str, card: ModelCard, card_dir: Path | None,
     if run is None or (served.run_branch is not None and run_branch is None):
         return served
     log.info("model %s served in int8 (%s)", sha256[:12], " and ".join(graphs))
-    return replace(served, run=run, run_branch=run_branch, precision=INT8)
+    return replace(served, run=run, run_branch=run_branch, precision=INT8, float32=served)

@@ -58,7 +58,8 @@ from server.model.serving import (
 from server.model.trust import TTA_MODES, temperature_scale, tta_views
 from server.patient import PatientContext
 from server.prediction import Heatmap, ModelInfo, Prediction, prediction_from_probabilities
-from server.thresholds import DEFAULT_UNCERTAIN_BELOW, LOOKS_LIKE_MIN_PROBABILITY, NONSKIN_REFUSED
+from server.thresholds import (DEFAULT_UNCERTAIN_BELOW, INT8_NONSKIN_MARGIN, LOOKS_LIKE_MIN_PROBABILITY, NONSKIN_REFUSED,
+                               NONSKIN_USUAL)
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,14 @@ def load_nonskin(card: ModelCard, card_dir: Path) -> NonSkinCheck | None:
     return NonSkinCheck.load(path, spec.thresholds(), spec.imagenet_gate, spec.refusal())
 
 
+def near_a_nonskin_level(score: float | None, answer: str | None) -> bool:
+    """Served in int8: must this picture be screened again in float32? When int8 finds it anything but
+    usual, or any check's ratio within ``INT8_NONSKIN_MARGIN`` of unusual (``server/thresholds.py``)."""
+    if answer is None:
+        return False
+    return answer != NONSKIN_USUAL or score >= 1.0 - INT8_NONSKIN_MARGIN
+
+
 class Predictor:
     """A loaded model plus its card. ``predict_image`` is the only way the service predicts.
 
@@ -114,8 +123,10 @@ class Predictor:
         self.feature_layer = served.facts.feature_layer
         self._run, self.runtime, self._run_branch = served.run, served.runtime, served.run_branch
         self.precision = served.precision  # float32 | int8: what /readyz and /model say is served
+        self._float32 = served.float32  # served in int8: float32's runners, to re-screen pictures near a non-skin level
         self._gradient = served.gradient
         self.ood = load_nonskin(card, card_dir) if (ood and card_dir is not None) else None
+        self._ood_int8 = None if (self.ood is None or self._float32 is None) else self.ood.gate_opened_by(INT8_NONSKIN_MARGIN)
         if self.ood is not None and self.feature_layer is None:
             raise ModelLoadError("the card has non-skin statistics but the model has no pooled feature layer")
         if self.ood is not None and IMAGENET in self.ood.signals_needed() and self._run_branch is None:
@@ -205,22 +216,26 @@ class Predictor:
             return np.zeros((n, self.patient_width), np.float32)
         return np.ascontiguousarray(np.broadcast_to(np.asarray(patient, np.float32), (n, self.patient_width)))
 
-    def forward(self, batch: np.ndarray, patient: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+    def forward(self, batch: np.ndarray, patient: np.ndarray | None = None,
+                float32: bool = False) -> tuple[np.ndarray | None, np.ndarray]:
         """Preprocessed (n, size, size, 3) -> (feature maps (n, h, w, k) or None, raw probabilities (n, classes)).
 
         ``patient``: the encoded context ((w,) for every image, or (n, w)); ignored by an image-only model.
+        ``float32``: in float32 even when int8 is served.
         """
+        run = self._float32.run if (float32 and self._float32 is not None) else self._run
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if not self.reads_patient:
-            return as_pair(self._run(batch))
-        return as_pair(self._run(batch, self.patient_batch(len(batch), patient)))
+            return as_pair(run(batch))
+        return as_pair(run(batch, self.patient_batch(len(batch), patient)))
 
-    def forward_imagenet(self, batch: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def forward_imagenet(self, batch: np.ndarray, float32: bool = False) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Preprocessed (n, size, size, 3) -> the ImageNet branch's (pooled features (n, 1280),
         probabilities (n, 1000)), or (None, None) when it is not served."""
-        if self._run_branch is None:
+        run = self._float32.run_branch if (float32 and self._float32 is not None) else self._run_branch
+        if run is None:
             return None, None
-        return as_pair(self._run_branch(np.ascontiguousarray(batch, dtype=np.float32)))
+        return as_pair(run(np.ascontiguousarray(batch, dtype=np.float32)))
 
     def forward_all(self, batch: np.ndarray) -> tuple:
         """Both graphs on every image: (feature maps, probabilities, ImageNet features, ImageNet probabilities)."""
@@ -263,24 +278,27 @@ class Predictor:
         grads = self._gradient(pooled, list(class_indices), self.patient_batch(n, patient) if self.reads_patient else None)
         return [explain.to_grid(explain.grad_cam(feature_map, g)) for g in grads]
 
-    def nonskin(self, x: np.ndarray, feature_map: np.ndarray) -> tuple[float | None, str | None, str | None]:
+    def nonskin(self, x: np.ndarray, feature_map: np.ndarray,
+                float32: bool = False) -> tuple[float | None, str | None, str | None]:
         """(the non-skin score of one image (the largest ratio of its checks), its answer
         (``server.thresholds.nonskin_answer``), what a refused image seemed to show), or
-        (None, None, None) without a check."""
-        if self.ood is None:
+        (None, None, None) without a check. ``float32``: the ImageNet branch in float32 (and the
+        card's own gate) even when int8 is served."""
+        check = self.ood if (float32 or self._ood_int8 is None) else self._ood_int8
+        if check is None:
             return None, None, None
         signals = {FEATURES: feature_map.mean(axis=(0, 1))[None]}
-        needed = self.ood.signals_needed()
+        needed = check.signals_needed()
         if PICTURE in needed:
             signals[PICTURE] = image_statistics(x)
         if FLOORS in needed:
             signals[FLOORS] = floor_statistics(x)
-        ratios = self.ood.ratios(signals)
+        ratios = check.ratios(signals)
         in_probs = None
-        if self.ood.imagenet_runs(ratios)[0]:  # only for images the model's own features place far out
-            in_features, in_probs = self.forward_imagenet(x)
-            ratios[IMAGENET] = self.ood.check(IMAGENET).ratios(in_features)
-        answer = str(self.ood.answers(ratios, in_probs)[0])
+        if check.imagenet_runs(ratios)[0]:  # only for images the model's own features place far out
+            in_features, in_probs = self.forward_imagenet(x, float32)
+            ratios[IMAGENET] = check.check(IMAGENET).ratios(in_features)
+        answer = str(check.answers(ratios, in_probs)[0])
         looks_like = self.looks_like(None if in_probs is None else in_probs[0]) if answer == NONSKIN_REFUSED else None
         return float(largest(ratios)[0]), answer, looks_like
 
@@ -308,9 +326,14 @@ class Predictor:
         context = patient.model_vector() if (patient is not None and self.reads_patient) else None
         start = time.perf_counter()
         fmap, probs = self.forward(tta_views(x, self.tta), context)
-        probs = self.calibrated(probs.mean(axis=0, keepdims=True))[0]
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         score, answer, looks_like = self.nonskin(x, fmap[0]) if fmap is not None else (None, None, None)
+        if self._float32 is not None and near_a_nonskin_level(score, answer):
+            start = time.perf_counter()
+            fmap, probs = self.forward(tta_views(x, self.tta), context, float32=True)
+            elapsed_ms += (time.perf_counter() - start) * 1000.0
+            score, answer, looks_like = self.nonskin(x, fmap[0], float32=True)
+        probs = self.calibrated(probs.mean(axis=0, keepdims=True))[0]
         refused = answer == NONSKIN_REFUSED
         prediction = prediction_from_probabilities(
             probs, self.info, elapsed_ms, self.classes, self.malignant_threshold,

@@ -66,6 +66,7 @@ class Served:
     run_branch: Callable | None  # image batch -> (ImageNet features, probabilities), when served
     gradient: Callable | None  # (pooled, classes, context) -> d logit / d pooled, without GAP None
     precision: str = "float32"  # the arithmetic of run and run_branch: float32 | int8 (server/model/precision.py)
+    float32: Served | None = None  # served in int8: the float32 runners, for pictures near a non-skin level
 
 
 def check_facts(facts: ModelFacts, card) -> None:
