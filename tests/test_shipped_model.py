@@ -192,3 +192,17 @@ def test_curl_with_the_patient_fields_gives_the_saved_with_context_answer(shippe
             assert res.status_code == 200, res.get_json()
             got = {c["code"]: c["probability"] for c in res.get_json()["probabilities"]}
             assert max(abs(got[c] - expected[k]) for k, c in enumerate(CLASS_CODES)) < 2e-3, (i, data)
+
+
+def test_the_shipped_int8_graphs_belong_to_the_h5_met_the_bar_and_are_served_by_default(card):
+    from server.model.card import ModelCard
+    from server.model.precision import wanted_precision
+
+    int8 = card["int8"]
+    assert int8["source_sha256"] == file_sha256(MODEL)
+    for graph in (int8["classifier"], int8["branch"]):
+        path = SAVED / graph["file"]
+        assert path.stat().st_size < 20_000_000 and file_sha256(path) == graph["sha256"]
+    assert int8["meets_bar"] is True and int8["bar"]["split"] == "test"
+    assert all(int8["bar"]["checks"].values()), int8["bar"]["checks"]
+    assert wanted_precision("auto", ModelCard.from_dict(card)) == "int8"
