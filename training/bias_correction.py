@@ -32,12 +32,13 @@ SHARE = 0.5  # the share of each measured mean shift put back (see the module do
 BATCH = 25
 
 
-def session_of(graph):
+def quiet_session(graph_bytes: bytes):
+    """An ONNX Runtime CPU session on ``graph_bytes`` that logs errors only (QDQ graphs warn at length)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(graph_bytes, options, providers=["CPUExecutionProvider"])
 
 
 def with_outputs(graph, names: list[str]):
@@ -55,7 +56,7 @@ def channel_means(graph, images: np.ndarray, names: list[str]) -> list[np.ndarra
     input (the patient context) "not given", as during calibration."""
     if not names:
         return []
-    session = session_of(with_outputs(graph, names))
+    session = quiet_session(with_outputs(graph, names).SerializeToString())
     inputs = session.get_inputs()
     widths = {i.name: i.shape[-1] for i in inputs[1:]}
     sums = [0.0] * len(names)

@@ -53,7 +53,7 @@ from server.model.files import check_model_files, file_sha256, load_card
 from server.model.onnx_cache import OPSET, versions
 from server.model.serving import BRANCH, CLASSIFIER
 from training.bias_correction import SHARE as BIAS_SHARE
-from training.bias_correction import correct_biases
+from training.bias_correction import correct_biases, quiet_session
 from training.export import MODEL_FILENAME
 
 log = logging.getLogger("training.quantize")
@@ -103,11 +103,7 @@ def int8_weights(w: np.ndarray) -> np.ndarray:
 
 def probabilities(graph_bytes: bytes, images: np.ndarray) -> np.ndarray:
     """The graph's last output (its probabilities) for each image (batch 1), patient context "not given"."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(graph_bytes, options, providers=["CPUExecutionProvider"])
+    session = quiet_session(graph_bytes)
     inputs = session.get_inputs()
     rest = {i.name: np.zeros((1, i.shape[-1]), np.float32) for i in inputs[1:]}
     return np.stack([session.run(None, {inputs[0].name: images[k:k + 1], **rest})[-1][0] for k in range(len(images))])
