@@ -45,6 +45,18 @@ NONSKIN_NAMED_MAX_LESION_LIKE = 0.01
 # branch runs on every picture float32 would run it on. About 1 lesion photo in 20 pays the float32 pass
 # (73 of 1,432 validation photos).
 INT8_NONSKIN_MARGIN = 0.15
+# Before a host serves int8 by default, the int8 graphs answer a reference batch of validation photos
+# on its CPU (``server/model/int8_check.py``) and must stay this close to float32's stored answers:
+# at most these shares of photos with another top class or another malignant flag, at most this mean
+# change of a (calibrated) class probability, and the ImageNet branch's pooled features at most this
+# far from float32's (mean relative L2 gap). Measured on the shipped model's 48 reference photos:
+# MEASURED_LATER. And int8 must run at least this many times as fast as float32 at the worker's
+# thread count, or its small accuracy cost buys nothing.
+INT8_CHECK_MAX_TOP_CLASS_CHANGES = 0.10
+INT8_CHECK_MAX_FLAG_CHANGES = 0.10
+INT8_CHECK_MAX_MEAN_CHANGE = 0.015
+INT8_CHECK_MAX_FEATURE_GAP = 0.10
+INT8_CHECK_MIN_SPEEDUP = 1.1
 # The three answers of the non-skin check.
 NONSKIN_USUAL, NONSKIN_UNUSUAL, NONSKIN_REFUSED = "usual", "unusual", "refused"
 

@@ -115,15 +115,16 @@ def test_a_card_without_int8_graphs_serves_float32(model_path):
 
 def test_auto_serves_int8_only_where_the_card_says_it_met_the_bar(quantized, tmp_path):
     card = ModelCard.from_dict(json.loads((quantized.parent / CARD_FILENAME).read_text()))
-    assert wanted_precision("auto", card) == "float32"
-    assert wanted_precision(None, card) == "float32"
+    assert wanted_precision("auto", card).precision == "float32"
+    assert wanted_precision(None, card).precision == "float32"
     passed = card.replace(int8=replace(card.int8, meets_bar=True))
-    assert wanted_precision("auto", passed) == "int8"
-    assert wanted_precision("float32", passed) == "float32"
-    assert wanted_precision("int8", card) == "int8"
+    assert wanted_precision("auto", passed).precision == "int8"
+    assert wanted_precision("auto", passed).prove, "auto serves int8 only once this CPU has checked it"
+    assert wanted_precision("float32", passed).precision == "float32"
+    assert wanted_precision("int8", card).precision == "int8"
+    assert not wanted_precision("int8", card).prove, "int8 forces the graphs, checked or not"
     with pytest.raises(ModelLoadError, match="INFERENCE_PRECISION"):
         wanted_precision("int4", card)
-    assert load(with_card(quantized, tmp_path, meets_bar=True), "auto").precision == "int8"
 
 
 def test_the_setting_is_read_from_the_environment(monkeypatch):
@@ -152,7 +153,7 @@ def test_readyz_and_the_model_page_say_which_arithmetic_answers(quantized, model
 
 def test_int8_weights_round_each_output_channel_on_its_own_scale():
     """One channel's outlier (a batch-norm fold gone wide) costs that channel its small weights, never the others."""
-    from training.quantize import int8_weights
+    from training.weight_sensitivity import int8_weights
 
     w = np.zeros((2, 3, 1, 1), np.float32)
     w[0, :, 0, 0] = [56.0, 0.3, -0.2]

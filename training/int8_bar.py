@@ -31,6 +31,7 @@ import numpy as np
 from server.imaging import open_upload
 from server.model.card import CARD_FILENAME
 from server.model.files import check_model_files, load_card
+from server.model.int8_check import cpu_flags
 from training.evaluate import evaluate_predictions
 
 # The bar (issue #25): int8 may differ from float32 by at most this much.
@@ -164,6 +165,7 @@ def measure(run_dir: Path, data_dir: Path, onnx_cache: str | None, hard_lesions:
     largest = float(np.abs(f32.probs - i8.probs).max())
     verdict = bar(figures["float32"], figures["int8"], refusals, correlations, largest, card.thresholds.malignant_target)
     return {"split": split, "images": int(len(labels)), "through": "open_upload + Predictor.predict_image, photo alone",
+            "cpu": cpu_flags(), "format": card.int8.figure("format", "u8s8"),
             "test": figures, "refusals": refusals,
             "heatmap_correlation": {"mean": float(correlations.mean()), "p05": float(np.percentile(correlations, 5)),
                                     "min": float(correlations.min()), "n": int(len(correlations))},
@@ -213,6 +215,7 @@ def main(argv=None) -> int:
     if args.record and (args.limit or args.split != "test"):
         p.error("--record needs the whole test split (no --limit, no --split val)")
     result = measure(args.run_dir, args.data_dir, onnx_cache_dir() or None, args.hard_lesions, args.limit, args.split)
+    print(f"CPU: {result['cpu']}; int8 format {result['format']} (a figure holds for CPUs with these kernels only)")
     print(table(result))
     print(f"\nfloat32 here: balanced accuracy {result['test']['float32']['balanced_accuracy']:.4f} "
           f"(card's metrics.test: {result['card_test_balanced_accuracy']}); meets the bar: {result['meets_bar']}")

@@ -9,12 +9,16 @@ as its quantization guide advises for CNNs: ``quant_pre_process`` first, then st
 int8 weights per output channel (per-tensor weights wreck MobileNets' depthwise convolutions),
 ranges calibrated on training-split photos read through the service's own upload path.
 
-Activations are unsigned (U8S8) by default, not the guide's first choice S8S8: measured on the
-shipped MobileNetV2 with ONNX Runtime 1.32 on x86-64, S8S8 left the 16 projection convolutions
-(those without a ReLU6 after them) and the 10 residual Adds as float32 between
-DequantizeLinear/QuantizeLinear pairs, and ran no faster than float32 at one thread (8.7 against
-9.7 ms); U8S8 fused every convolution into QLinearConv and every Add into QLinearAdd (5.8 ms).
-U8S8 kernels can saturate on x86 CPUs without VNNI, which ``--reduce-range`` (7-bit weights) avoids.
+The integer format is named as ONNX Runtime's guide names it, activations then weights (``FORMATS``).
+U8U8 is the default because its arithmetic is the same on every x86 CPU: ONNX Runtime's U8S8 and
+S8S8 kernels on CPUs without VNNI (AVX2, AVX-512 without VNNI) multiply with ``vpmaddubsw``, whose
+16-bit pair sums saturate, so the same U8S8 graph answers differently there than on a VNNI CPU
+(measured under ``qemu-x86_64 -cpu Haswell``: mean |change| of a probability against float32 0.029
+there, 0.005 natively with VNNI). U8U8 kernels widen to 16 bits first and cannot saturate; so does
+``--reduce-range`` (7-bit weights), at the cost of a coarser weight grid. S8S8 also left the 16
+projection convolutions and the 10 residual Adds unfused (no faster than float32 at one thread).
+Whatever the format, the service checks the graphs on its own CPU before serving them
+(``server/model/int8_check.py``).
 
 A deployed service has no calibration data, so this runs at export time, for whatever model ships.
 
@@ -50,19 +54,25 @@ import numpy as np
 from server.imaging import COLOUR_NONE, colour_of, model_input, open_upload
 from server.model.card import CARD_FILENAME, Int8Graph, Int8Spec, ModelCard
 from server.model.files import check_model_files, file_sha256, load_card
+from server.model.int8_check import cpu_flags
 from server.model.onnx_cache import OPSET, versions
 from server.model.serving import BRANCH, CLASSIFIER
 from training.bias_correction import SHARE as BIAS_SHARE
-from training.bias_correction import correct_biases, quiet_session
+from training.bias_correction import correct_biases
 from training.export import MODEL_FILENAME
+from training.weight_sensitivity import backbone_nodes, probabilities, weight_sensitivity
 
 log = logging.getLogger("training.quantize")
 
 CALIBRATION_IMAGES = 300  # training-split photos; MinMax ranges settle well before this
 CALIBRATION_SEED = 0
 SENSITIVITY_IMAGES = 32  # calibration photos the per-convolution weight check runs on
+REFERENCE_IMAGES = 48  # validation photos each host checks the int8 graphs on before serving them (4 MB)
+REFERENCE = "reference"
 WEIGHT_TOLERANCE = 0.005  # mean |change| of a probability when one convolution's weights alone are int8
-ACTIVATIONS = ("u8", "s8")
+# ONNX Runtime's integer formats: (activations, weights); U8U8 cannot saturate on any x86 kernel.
+FORMATS = {"u8u8": ("u8", "u8"), "u8s8": ("u8", "s8"), "s8s8": ("s8", "s8")}
+DEFAULT_FORMAT = "u8u8"
 METHOD = ("ONNX Runtime static quantization: quant_pre_process, then QDQ, int8 weights per output channel, "
           "MinMax activation ranges on training-split photos; the nodes before the graph's first output only "
           "(the head stays float32), less the convolutions whose int8 weights alone move the probabilities "
@@ -78,56 +88,6 @@ def int8_filename(model_file: str, kind: str) -> str:
 def calibration_inputs(paths, size: int, colour: str = COLOUR_NONE) -> np.ndarray:
     """Photos -> (n, size, size, 3) model inputs, read as an upload is (decode, upright, centre square, scale)."""
     return np.stack([model_input(open_upload(Path(p).read_bytes()), size, colour) for p in paths])
-
-
-def backbone_nodes(graph) -> list[str]:
-    """Names of the nodes the graph's first output depends on, in graph order: what is quantized."""
-    producer = {out: node for node in graph.graph.node for out in node.output}
-    needed, todo = set(), [graph.graph.output[0].name]
-    while todo:
-        node = producer.get(todo.pop())
-        if node is None or node.name in needed:
-            continue
-        needed.add(node.name)
-        todo.extend(node.input)
-    return [node.name for node in graph.graph.node if node.name in needed]
-
-
-def int8_weights(w: np.ndarray) -> np.ndarray:
-    """Convolution weights (out, in, kh, kw) rounded as per-channel symmetric int8 does, back in float32."""
-    scale = np.abs(w).reshape(len(w), -1).max(axis=1) / 127.0
-    scale[scale == 0] = 1.0
-    scale = scale.reshape(-1, *([1] * (w.ndim - 1)))
-    return (np.clip(np.round(w / scale), -127, 127) * scale).astype(np.float32)
-
-
-def probabilities(graph_bytes: bytes, images: np.ndarray) -> np.ndarray:
-    """The graph's last output (its probabilities) for each image (batch 1), patient context "not given"."""
-    session = quiet_session(graph_bytes)
-    inputs = session.get_inputs()
-    rest = {i.name: np.zeros((1, i.shape[-1]), np.float32) for i in inputs[1:]}
-    return np.stack([session.run(None, {inputs[0].name: images[k:k + 1], **rest})[-1][0] for k in range(len(images))])
-
-
-def weight_sensitivity(graph, images: np.ndarray) -> dict[str, float]:
-    """For each convolution of the backbone: how far its weights alone, rounded to int8, move the graph's
-    probabilities (mean |change|) on ``images``."""
-    from onnx import numpy_helper
-
-    reference = probabilities(graph.SerializeToString(), images)
-    initializers = {i.name: i for i in graph.graph.initializer}
-    backbone = set(backbone_nodes(graph))
-    out = {}
-    for node in graph.graph.node:
-        if node.op_type != "Conv" or node.name not in backbone or node.input[1] not in initializers:
-            continue
-        init = initializers[node.input[1]]
-        original = numpy_helper.to_array(init)
-        init.CopyFrom(numpy_helper.from_array(int8_weights(original), init.name))
-        changed = probabilities(graph.SerializeToString(), images)
-        init.CopyFrom(numpy_helper.from_array(original, init.name))
-        out[node.name] = float(np.abs(changed - reference).mean())
-    return out
 
 
 class Batches:
@@ -152,12 +112,19 @@ class Batches:
         self.at = 0
 
 
-def quantize_graph(graph: bytes, images: np.ndarray, activations: str = "u8",
+def quant_type(code: str):
+    """``u8`` or ``s8`` -> ONNX Runtime's QuantType."""
+    from onnxruntime.quantization import QuantType
+
+    return {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}[code]
+
+
+def quantize_graph(graph: bytes, images: np.ndarray, fmt: str = DEFAULT_FORMAT,
                    reduce_range: bool = False, bias_share: float = BIAS_SHARE) -> tuple[bytes, list[str]]:
     """A float32 ONNX graph -> (its static int8 QDQ form (see the module docstring), calibrated on ``images``,
     the convolutions left in float32)."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
@@ -171,8 +138,8 @@ def quantize_graph(graph: bytes, images: np.ndarray, activations: str = "u8",
             log.info("  int8 weights of %s alone: %.4f%s", name, sensitivity[name], " (stays float32)" * (name in kept))
         quantize_static(
             str(prepared), str(target), Batches(model, images),
-            quant_format=QuantFormat.QDQ, weight_type=QuantType.QInt8,
-            activation_type=QuantType.QUInt8 if activations == "u8" else QuantType.QInt8,
+            quant_format=QuantFormat.QDQ, weight_type=quant_type(FORMATS[fmt][1]),
+            activation_type=quant_type(FORMATS[fmt][0]),
             per_channel=True, reduce_range=reduce_range, calibrate_method=CalibrationMethod.MinMax,
             nodes_to_quantize=[name for name in backbone_nodes(model) if name not in kept],
             extra_options={"WeightSymmetric": True},
@@ -199,31 +166,54 @@ def float_graphs(model_path: Path, size: int) -> dict[str, bytes]:
     return graphs
 
 
-def calibration_paths(run_dir: Path, data_dir: Path, n: int, seed: int = CALIBRATION_SEED) -> list[str]:
-    """``n`` training-split photos of the run (its ``split.csv``), drawn at random with ``seed``."""
+def calibration_paths(run_dir: Path, data_dir: Path, n: int, seed: int = CALIBRATION_SEED,
+                      split: str = "train") -> list[str]:
+    """``n`` photos of the run's ``split`` (its ``split.csv``), drawn at random with ``seed``."""
     from training.data import split_frame
 
-    train = split_frame(data_dir, run_dir / "split.csv", "train")
-    return list(train["path"].sample(min(n, len(train)), random_state=seed))
+    frame = split_frame(data_dir, run_dir / "split.csv", split)
+    return list(frame["path"].sample(min(n, len(frame)), random_state=seed))
 
 
-def quantize_run(model_path: Path, card: ModelCard, sha256: str, images: np.ndarray, activations: str = "u8",
-                 reduce_range: bool = False, bias_share: float = BIAS_SHARE) -> Int8Spec:
-    """Write the int8 graphs beside ``model_path``; the card's ``int8`` section describing them
+def write_reference_batch(model_path: Path, graphs: dict[str, bytes], inputs: np.ndarray) -> Int8Graph:
+    """The batch each host checks the int8 graphs on (``server/model/int8_check.py``): ``inputs`` with the
+    float32 classifier's probabilities and the float32 branch's pooled features, beside the ``.h5``."""
+    from server.imaging import scale_pixels
+    from server.model.int8_check import pixels_of, write_reference
+
+    inputs = scale_pixels(pixels_of(inputs))  # exactly what the stored uint8 pixels give back
+    features = probabilities(graphs[BRANCH], inputs, output=0) if BRANCH in graphs else None
+    target = model_path.with_name(int8_filename(model_path.name, REFERENCE).replace(".onnx", ".npz"))
+    write_reference(target, inputs, probabilities(graphs[CLASSIFIER], inputs), features)
+    return Int8Graph(file=target.name, sha256=file_sha256(target))
+
+
+def quantize_run(model_path: Path, card: ModelCard, sha256: str, images: np.ndarray, fmt: str = DEFAULT_FORMAT,
+                 reduce_range: bool = False, bias_share: float = BIAS_SHARE,
+                 reference_inputs: np.ndarray | None = None) -> Int8Spec:
+    """Write the int8 graphs beside ``model_path``, and the reference batch of ``reference_inputs``
+    (default: the first calibration images); the card's ``int8`` section describing them
     (tied to ``sha256``, the ``.h5``'s; no bar measured yet)."""
     written, kept = {}, {}
-    for kind, graph in float_graphs(model_path, card.input_size).items():
+    graphs = float_graphs(model_path, card.input_size)
+    reference = write_reference_batch(model_path, graphs, images[:REFERENCE_IMAGES]
+                                      if reference_inputs is None else reference_inputs)
+    for kind, graph in graphs.items():
         target = model_path.with_name(int8_filename(model_path.name, kind))
-        quantized, kept[kind] = quantize_graph(graph, images, activations, reduce_range, bias_share)
+        quantized, kept[kind] = quantize_graph(graph, images, fmt, reduce_range, bias_share)
         target.write_bytes(quantized)
         written[kind] = Int8Graph(file=target.name, sha256=file_sha256(target))
         log.info("%s: %s (%.1f MB, float32 %.1f MB)", kind, target, target.stat().st_size / 1e6, len(graph) / 1e6)
-    return Int8Spec(source_sha256=sha256, classifier=written[CLASSIFIER], branch=written.get(BRANCH),
-                    extra={"method": METHOD, "activations": activations, "weights": "s8, per channel",
+    return Int8Spec(source_sha256=sha256, classifier=written[CLASSIFIER], branch=written.get(BRANCH), reference=reference,
+                    extra={"method": METHOD, "format": fmt, "activations": FORMATS[fmt][0],
+                           "weights": f"{FORMATS[fmt][1]}, per channel",
                            "reduce_range": reduce_range, "calibration_images": int(len(images)),
                            "calibration_split": "train", "weight_tolerance": WEIGHT_TOLERANCE,
                            "float32_convolutions": kept,
-                           "bias_correction": bias_share, "opset": OPSET, **versions()})
+                           "bias_correction": bias_share, "opset": OPSET, "quantized_on": cpu_flags(),
+                           "reference_images": int(len(images[:REFERENCE_IMAGES] if reference_inputs is None
+                                                       else reference_inputs)),
+                           "reference_split": "val" if reference_inputs is not None else "train", **versions()})
 
 
 def main(argv=None) -> int:
@@ -232,10 +222,11 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", required=True, help="HAM10000 folder (../shared/data/ham10000)")
     p.add_argument("--images", type=int, default=CALIBRATION_IMAGES, help="training-split photos to calibrate on")
     p.add_argument("--seed", type=int, default=CALIBRATION_SEED)
-    p.add_argument("--activations", choices=ACTIVATIONS, default="u8",
-                   help="u8 (U8S8, fastest measured) or s8 (S8S8)")
+    p.add_argument("--format", choices=sorted(FORMATS), default=DEFAULT_FORMAT,
+                   help="activations and weights: u8u8 (the same answers on every x86 CPU), u8s8 (saturates "
+                        "without VNNI), s8s8")
     p.add_argument("--reduce-range", action="store_true",
-                   help="7-bit weights: for CPUs without VNNI, whose u8s8 kernels can saturate")
+                   help="7-bit weights: another way to keep u8s8 kernels from saturating")
     p.add_argument("--bias-correction", type=float, default=BIAS_SHARE, metavar="SHARE",
                    help="share of each convolution's measured mean shift put back into its bias (0: none)")
     args = p.parse_args(argv)
@@ -245,9 +236,12 @@ def main(argv=None) -> int:
     card_path = run_dir / CARD_FILENAME
     model_path = run_dir / (load_card(card_path).model_file or MODEL_FILENAME)
     card, sha = check_model_files(model_path, card_path)
-    paths = calibration_paths(run_dir, Path(args.data_dir), args.images, args.seed)
-    images = calibration_inputs(paths, card.input_size, colour_of(card.preprocessing) or COLOUR_NONE)
-    spec = quantize_run(model_path, card, sha, images, args.activations, args.reduce_range, args.bias_correction)
+    colour = colour_of(card.preprocessing) or COLOUR_NONE
+    images = calibration_inputs(calibration_paths(run_dir, Path(args.data_dir), args.images, args.seed),
+                                card.input_size, colour)
+    reference = calibration_inputs(calibration_paths(run_dir, Path(args.data_dir), REFERENCE_IMAGES, args.seed, "val"),
+                                   card.input_size, colour)
+    spec = quantize_run(model_path, card, sha, images, args.format, args.reduce_range, args.bias_correction, reference)
     replace(card, int8=spec).write(card_path)
     print(f"int8 graphs for {model_path.name} (sha256 {sha[:12]}...) written beside it; card updated. "
           f"Measure them: python -m training.int8_bar --run-dir {run_dir} --data-dir {args.data_dir} --record")

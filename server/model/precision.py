@@ -1,30 +1,35 @@
 """Which arithmetic serves the model: the float32 graphs or their int8 forms beside the ``.h5``.
 
-``training.quantize`` writes the int8 graphs into the run folder and records them in the card's
-``int8`` section, tied to the ``.h5`` by its sha256; ``training.int8_bar`` measures them against
-float32 on the test split and records whether they meet the bar. ``INFERENCE_PRECISION``:
+``training.quantize`` writes the int8 graphs into the run folder, with a reference batch, and records
+them in the card's ``int8`` section, tied to the ``.h5`` by its sha256; ``training.int8_bar`` measures
+them against float32 and records whether they meet the bar. ``INFERENCE_PRECISION``:
 
 - ``float32``: the graphs converted from the ``.h5`` (``server/model/serving.py``), as before;
-- ``int8``: the int8 graphs whenever they belong to this ``.h5``, measured or not;
-- ``auto`` (the default): int8 only when the card records that they met the bar.
+- ``int8``: the int8 graphs whenever they belong to this ``.h5``, measured or not, checked or not;
+- ``auto`` (the default): int8 only when the card records that they met the bar *and* they pass the
+  check on this CPU (``server/model/int8_check.py``): a bar measured on one CPU holds there only.
 
 The ``.h5`` stays the one source of truth: int8 graphs made from another ``.h5`` (a retrained
 model beside an old card section), a file that is missing or whose bytes differ from the card's
 sha256, or a graph ONNX Runtime refuses, all fall back to float32 with one log line. Only the
 classifier and branch runners change: the model's facts and Grad-CAM's float32 head stay those
-of the float32 path (the int8 graphs keep their head in float32).
+of the float32 path (the int8 graphs keep their head in float32). Every outcome carries a
+``PrecisionChoice``: what answers and why, which ``/readyz`` and ``/model`` show.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from server.lesions import MALIGNANT_CODES
+from server.model import int8_check
 from server.model.card import Int8Graph, ModelCard
 from server.model.files import ModelLoadError, file_sha256
+from server.model.int8_check import PrecisionChoice
 from server.model.runtime import as_outputs, onnx_session_runner
 
 log = logging.getLogger(__name__)
@@ -33,14 +38,27 @@ PRECISIONS = ("auto", "int8", "float32")
 FLOAT32, INT8 = "float32", "int8"
 
 
-def wanted_precision(setting: str | None, card: ModelCard) -> str:
-    """``float32`` or ``int8``: the setting, or with ``auto`` (or none) int8 when the card says it met the bar."""
+@dataclass(frozen=True)
+class Wanted:
+    """What the setting and the card ask for, before any graph is loaded."""
+
+    precision: str  # float32 | int8
+    reason: str  # why, in one sentence (the reason served when nothing overrides it)
+    prove: bool = False  # int8 only once the graphs pass the check on this CPU (``auto``)
+
+
+def wanted_precision(setting: str | None, card: ModelCard) -> Wanted:
+    """The setting, or with ``auto`` (or none) int8 when the card says it met the bar, to be proven on this CPU."""
     chosen = (setting or "").strip().lower() or "auto"
     if chosen not in PRECISIONS:
         raise ModelLoadError(f"INFERENCE_PRECISION={chosen!r} is not one of {', '.join(PRECISIONS)}")
-    if chosen == "auto":
-        return INT8 if card.int8 is not None and card.int8.meets_bar is True else FLOAT32
-    return chosen
+    if chosen == FLOAT32:
+        return Wanted(FLOAT32, "INFERENCE_PRECISION=float32 asks for float32")
+    if chosen == INT8:
+        return Wanted(INT8, "INFERENCE_PRECISION=int8 forces the int8 graphs, unchecked on this CPU")
+    if card.int8 is not None and card.int8.meets_bar is True:
+        return Wanted(INT8, "the card's int8 graphs met the accuracy bar", prove=True)
+    return Wanted(FLOAT32, "the card records no int8 graphs that met the accuracy bar")
 
 
 def int8_graph(spec: Int8Graph, card_dir: Path) -> bytes | None:
@@ -96,18 +114,11 @@ def int8_runner(graph: bytes, reference, probe: list, threads: int, name: str):
     return None
 
 
-def at_precision(served, precision: str, card: ModelCard, card_dir: Path | None, sha256: str, threads: int):
-    """``served`` (a ``server.model.serving.Served``) with its runners at ``precision`` when it can be, else as it is.
-
-    int8 needs ONNX Runtime and the card's int8 graphs for this exact ``.h5``; anything less serves float32."""
-    if precision != INT8:
-        return served
-    if served.runtime != "onnxruntime" or card_dir is None:
-        log.warning("int8 needs ONNX Runtime and the model's folder; serving float32 with %s", served.runtime)
-        return served
+def int8_served(served, card: ModelCard, card_dir: Path, sha256: str, threads: int):
+    """``served`` with int8 runners from the card's graphs, keeping float32's beside them; None (logged) when it cannot."""
     graphs = int8_graphs(card, card_dir, sha256, served.run_branch is not None)
     if graphs is None:
-        return served
+        return None
     size = card.input_size
     image = np.zeros((1, size, size, 3), np.float32)
     probe = [image] + ([np.zeros((1, served.facts.patient_width), np.float32)] if served.facts.patient_width else [])
@@ -116,6 +127,47 @@ def at_precision(served, precision: str, card: ModelCard, card_dir: Path | None,
     if served.run_branch is not None:
         run_branch = int8_runner(graphs["branch"], served.run_branch, [image], threads, "branch")
     if run is None or (served.run_branch is not None and run_branch is None):
-        return served
-    log.info("model %s served in int8 (%s)", sha256[:12], " and ".join(graphs))
+        return None
     return replace(served, run=run, run_branch=run_branch, precision=INT8, float32=served)
+
+
+def proven_choice(int8, card: ModelCard, card_dir: Path, threads: int, cache_dir) -> PrecisionChoice:
+    """The host check's verdict on ``int8`` (a Served), from the cache when this host already decided."""
+    spec = card.int8
+    if spec.reference is None:
+        return PrecisionChoice(FLOAT32, "the card's int8 graphs have no reference batch to check them on this CPU "
+                                        "(python -m training.quantize makes one)")
+    path = Path(card_dir) / spec.reference.file
+    if not path.is_file() or file_sha256(path) != spec.reference.sha256:
+        return PrecisionChoice(FLOAT32, f"the int8 reference batch {path.name} is missing or differs from its sha256")
+    shas = [spec.classifier.sha256, spec.reference.sha256] + ([spec.branch.sha256] if int8.run_branch else [])
+    key = int8_check.decision_key(shas, threads)
+    choice = int8_check.cached_choice(cache_dir, key)
+    if choice is None:
+        malignant = np.asarray([c in MALIGNANT_CODES for c in card.classes])
+        choice = int8_check.measure(int8, int8_check.read_reference(path), malignant, card.thresholds.malignant,
+                                    card.temperature_for("off") or 1.0)
+        int8_check.remember(cache_dir, key, choice)
+    return choice
+
+
+def at_precision(served, wanted: Wanted, card: ModelCard, card_dir: Path | None, sha256: str, threads: int,
+                 cache_dir=None):
+    """``served`` (a ``server.model.serving.Served``) at the wanted precision when it can be, else float32;
+    either way with its ``choice``: what answers and why (logged once).
+
+    int8 needs ONNX Runtime and the card's int8 graphs for this exact ``.h5``; with ``auto`` they must also
+    pass the check on this CPU (``server/model/int8_check.py``, its verdict cached in ``cache_dir``)."""
+    float32 = replace(served, choice=PrecisionChoice(FLOAT32, wanted.reason))
+    if wanted.precision != INT8:
+        return float32
+    if served.runtime != "onnxruntime" or card_dir is None:
+        log.warning("int8 needs ONNX Runtime and the model's folder; serving float32 with %s", served.runtime)
+        return replace(served, choice=PrecisionChoice(FLOAT32, f"int8 needs ONNX Runtime; {served.runtime} serves"))
+    int8 = int8_served(served, card, card_dir, sha256, threads)
+    if int8 is None:
+        return replace(served, choice=PrecisionChoice(FLOAT32, "the card's int8 graphs could not be served (see the log)"))
+    choice = proven_choice(int8, card, card_dir, threads, cache_dir) if wanted.prove else PrecisionChoice(INT8, wanted.reason)
+    log.log(logging.INFO if choice.precision == INT8 else logging.WARNING, "model %s served in %s: %s",
+            sha256[:12], choice.precision, choice.reason)
+    return replace(int8, choice=choice) if choice.precision == INT8 else replace(served, choice=choice)

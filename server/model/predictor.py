@@ -123,6 +123,7 @@ class Predictor:
         self.feature_layer = served.facts.feature_layer
         self._run, self.runtime, self._run_branch = served.run, served.runtime, served.run_branch
         self.precision = served.precision  # float32 | int8: what /readyz and /model say is served
+        self.precision_choice = served.choice  # and why (server/model/precision.py)
         self._float32 = served.float32  # served in int8: float32's runners, to re-screen pictures near a non-skin level
         self._gradient = served.gradient
         self.ood = load_nonskin(card, card_dir) if (ood and card_dir is not None) else None
@@ -153,7 +154,7 @@ class Predictor:
         cache = OnnxCache(Path(onnx_cache), sha256) if onnx_cache else None
         served = serve_keras(classifier, branch, facts, sha256, card.input_size, runtime, threads, cache,
                              wants_branch(facts, ood, imagenet))
-        served = at_precision(served, wanted, card, card_dir, sha256, threads)
+        served = at_precision(served, wanted, card, card_dir, sha256, threads, onnx_cache)
         return cls(served, card, sha256, tta=tta, ood=ood, card_dir=card_dir)
 
     @classmethod
@@ -167,7 +168,7 @@ class Predictor:
         if served is None:
             return None
         log.info("model %s served from the ONNX cache %s, without TensorFlow", sha256[:12], onnx_cache)
-        served = at_precision(served, wanted, card, card_dir, sha256, threads)
+        served = at_precision(served, wanted, card, card_dir, sha256, threads, onnx_cache)
         return cls(served, card, sha256, tta=tta, ood=ood, card_dir=card_dir)
 
     @classmethod

@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from server.model.files import ModelLoadError
+from server.model.int8_check import PrecisionChoice
 from server.model.head import NumpyHead, head_arrays
 from server.model.onnx_cache import OnnxCache
 from server.model.runtime import (
@@ -67,6 +68,7 @@ class Served:
     gradient: Callable | None  # (pooled, classes, context) -> d logit / d pooled, without GAP None
     precision: str = "float32"  # the arithmetic of run and run_branch: float32 | int8 (server/model/precision.py)
     float32: Served | None = None  # served in int8: the float32 runners, for pictures near a non-skin level
+    choice: PrecisionChoice | None = None  # which precision answers and why (server/model/precision.py)
 
 
 def check_facts(facts: ModelFacts, card) -> None:

@@ -82,8 +82,9 @@ def readyz():
     predictor = loaded_predictor()
     if predictor is None:
         return jsonify(status="not_ready", model_loaded=False), 503
+    choice = predictor.precision_choice
     return jsonify(status="ready", model_loaded=True, model=predictor.info.version, runtime=predictor.runtime,
-                   precision=predictor.precision)
+                   precision=predictor.precision, precision_reason=choice.reason if choice else "")
 
 
 @bp.get("/api/model")

@@ -290,13 +290,16 @@ def openapi_document(max_upload_mb: int) -> dict:
                 "get": {
                     "summary": "Readiness",
                     "responses": {
-                        "200": {"description": "A model is loaded: its version, the inference runtime serving it "
-                                               "and its arithmetic (float32, or int8 graphs quantized from it).",
+                        "200": {"description": "A model is loaded: its version, the inference runtime serving it, "
+                                               "its arithmetic (float32, or int8 graphs quantized from it) and why "
+                                               "(int8 is served by default only after it passed a check on this CPU).",
                                 "content": {"application/json": {"schema": {
-                                    "allOf": [_STATUS], "required": ["model_loaded", "model", "runtime", "precision"],
+                                    "allOf": [_STATUS],
+                                    "required": ["model_loaded", "model", "runtime", "precision", "precision_reason"],
                                     "properties": {"model_loaded": {"const": True}, "model": {"type": "string"},
                                                    "runtime": {"type": "string"},
-                                                   "precision": {"enum": ["float32", "int8"]}}}}}},
+                                                   "precision": {"enum": ["float32", "int8"]},
+                                                   "precision_reason": {"type": "string"}}}}}},
                         "503": {"description": "No model loaded.",
                                 "content": {"application/json": {"schema": {
                                     "allOf": [_STATUS], "required": ["model_loaded"],

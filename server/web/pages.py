@@ -245,7 +245,7 @@ def model_page():
     return render_template(
         "model.html",
         card=card,
-        precision=precision_in_words(predictor.precision, card),
+        precision=precision_in_words(predictor.precision, card, predictor.precision_choice),
         test_scalars=metric_rows(card.test_metrics),
         class_figures=quality.class_figures(card),
         bar_checks=quality.bar_checks(card),

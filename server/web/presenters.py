@@ -95,10 +95,12 @@ def safeguards(card: ModelCard | Mapping) -> list[tuple[str, str]]:
     return out
 
 
-def precision_in_words(precision: str, card: ModelCard) -> str:
-    """Which arithmetic answers (``Predictor.precision``), and for int8 how closely it was measured to follow float32."""
+def precision_in_words(precision: str, card: ModelCard, choice=None) -> str:
+    """Which arithmetic answers (``Predictor.precision``) and why (its ``PrecisionChoice``), and for int8 how
+    closely it was measured to follow float32."""
+    why = f" Why: {choice.reason}." if choice is not None and choice.reason else ""
     if precision != "int8":
-        return "float32, the arithmetic the model was trained in."
+        return "float32, the arithmetic the model was trained in." + why
     text = "int8: graphs quantized from this model (static, per channel), which answer faster on a CPU."
     figures = (card.int8.figure("bar") or {}) if card.int8 is not None else {}
     test = figures.get("test") or {}
@@ -107,7 +109,7 @@ def precision_in_words(precision: str, card: ModelCard) -> str:
                  f"{percent(test['int8']['balanced_accuracy'])} against {percent(test['float32']['balanced_accuracy'])} "
                  f"in float32, and no class probability moved by more than "
                  f"{percent(figures.get('largest_probability_change', float('nan')))}.")
-    return text
+    return text + why
 
 
 def nonskin_in_words(ood) -> str:
