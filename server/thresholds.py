@@ -45,17 +45,25 @@ NONSKIN_NAMED_MAX_LESION_LIKE = 0.01
 # branch runs on every picture float32 would run it on. About 1 lesion photo in 20 pays the float32 pass
 # (73 of 1,432 validation photos).
 INT8_NONSKIN_MARGIN = 0.15
+# Served in int8, a close call is decided in float32 too (``server/model/second_look.py``): a picture
+# whose calibrated int8 answer lies within this of the top-two tie, the uncertain threshold or the
+# malignant flag's threshold. Measured on validation: 23% of photos take the float32 pass, and the
+# top class then matches float32's for 98.8% of them (int8 alone: 97.0%).
+INT8_DECISION_MARGIN = 0.05
 # Before a host serves int8 by default, the int8 graphs answer a reference batch of validation photos
 # on its CPU (``server/model/int8_check.py``) and must stay this close to float32's stored answers:
 # at most these shares of photos with another top class or another malignant flag, at most this mean
 # change of a (calibrated) class probability, and the ImageNet branch's pooled features at most this
-# far from float32's (mean relative L2 gap). Measured on the shipped model's 48 reference photos:
-# MEASURED_LATER. And int8 must run at least this many times as fast as float32 at the worker's
-# thread count, or its small accuracy cost buys nothing.
+# far from float32's (mean relative L2 gap). Measured on the shipped model's 48 reference photos
+# (``bench/int8_other_cpus.py``), U8S8 graphs: natively with VNNI (they met their bar) top class 2.1%,
+# flag 0%, mean change 0.0074, feature gap 0.097; on an emulated AVX2 CPU (qemu Haswell, where the
+# same graphs lost 0.072 of balanced accuracy) 14.6%, 10.4%, 0.0341 and 0.563. And int8, counting the
+# float32 pass its close calls take, must run at least this many times as fast as float32 at the
+# worker's thread count, or its small accuracy cost buys nothing.
 INT8_CHECK_MAX_TOP_CLASS_CHANGES = 0.10
-INT8_CHECK_MAX_FLAG_CHANGES = 0.10
+INT8_CHECK_MAX_FLAG_CHANGES = 0.0625
 INT8_CHECK_MAX_MEAN_CHANGE = 0.015
-INT8_CHECK_MAX_FEATURE_GAP = 0.10
+INT8_CHECK_MAX_FEATURE_GAP = 0.25
 INT8_CHECK_MIN_SPEEDUP = 1.1
 # The three answers of the non-skin check.
 NONSKIN_USUAL, NONSKIN_UNUSUAL, NONSKIN_REFUSED = "usual", "unusual", "refused"

@@ -195,6 +195,8 @@ def test_one_changed_refusal_or_heatmaps_that_wander_fail_the_bar():
     assert not bar(same, same, refusals(changed=1), np.array([0.95]), 0.1, 0.90)["meets_bar"]
     assert not bar(same, same, refusals(), np.array([0.95, 0.80]), 0.1, 0.90)["meets_bar"]
     assert not bar(same, same, refusals(), np.array([]), 0.1, 0.90)["meets_bar"]
+    assert bar(same, same, refusals(), np.array([0.95]), 0.1, 0.90, same_top_class=0.97)["meets_bar"]
+    assert not bar(same, same, refusals(), np.array([0.95]), 0.1, 0.90, same_top_class=0.969)["meets_bar"]
 
 
 def test_the_bar_screens_uploads_as_the_service_does(quantized, tmp_path):
@@ -222,7 +224,7 @@ def test_the_bar_screens_uploads_as_the_service_does(quantized, tmp_path):
 ])
 def test_int8_screens_again_in_float32_anywhere_near_a_nonskin_level(score, answer, again):
     """A picture int8 places within the margin of unusual, or beyond, gets float32's answer (margin 0.15)."""
-    from server.model.predictor import near_a_nonskin_level
+    from server.model.second_look import near_a_nonskin_level
 
     assert near_a_nonskin_level(score, answer) is again
 

@@ -114,18 +114,20 @@ def test_without_a_reference_batch_auto_serves_float32(quantized, tmp_path):  # 
 
 @pytest.mark.parametrize("key, value, refused", [
     ("top_class_changed", 0.10, False), ("top_class_changed", 0.13, True),
-    ("flag_changed", 0.11, True), ("mean_probability_change", 0.015, False),
-    ("mean_probability_change", 0.016, True), ("branch_feature_gap", 0.2, True),
+    ("flag_changed", 0.0625, False), ("flag_changed", 0.08, True), ("mean_probability_change", 0.015, False),
+    ("mean_probability_change", 0.016, True), ("branch_feature_gap", 0.2, False), ("branch_feature_gap", 0.3, True),
 ])
 def test_each_limit_refuses_just_beyond_it(key, value, refused):
     figures = {"photos": 48, "top_class_changed": 0.0, "flag_changed": 0.0, "mean_probability_change": 0.0, key: value}
     assert (int8_check.disagreement(figures) is not None) is refused
 
 
-def test_speed_is_compared_with_a_margin():
+def test_speed_is_compared_with_a_margin_and_the_float32_pass_of_close_calls():
     assert int8_check.slower({"int8_ms": 2.0, "float32_ms": 4.0}) is None
     assert "not faster" in int8_check.slower({"int8_ms": 3.9, "float32_ms": 4.0})
     assert "not faster" in int8_check.slower({"int8_ms": 5.0, "float32_ms": 4.0})
+    assert int8_check.slower({"int8_ms": 2.0, "float32_ms": 4.0, "second_look_share": 0.25}) is None  # 3.0 ms
+    assert "not faster" in int8_check.slower({"int8_ms": 2.0, "float32_ms": 4.0, "second_look_share": 0.5})  # 4.0 ms
 
 
 def test_readyz_says_which_precision_answers_and_why(quantized, tmp_path, monkeypatch, fast_enough):  # noqa: F811
@@ -138,3 +140,31 @@ def test_readyz_says_which_precision_answers_and_why(quantized, tmp_path, monkey
     ready = client.get("/readyz").json
     assert ready["precision"] == "float32" and "not served" in ready["precision_reason"]
     assert "checked on this CPU and not served" in client.get("/model").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("probs, close", [
+    ([0.90, 0.05, 0.05], False),  # far from every decision (flag threshold 0.4 on class 2, uncertain 0.7)
+    ([0.50, 0.47, 0.03], True),  # the top two within 0.05
+    ([0.72, 0.20, 0.08], True),  # the top probability within 0.05 of uncertain
+    ([0.10, 0.52, 0.38], True),  # P(malignant) within 0.05 of the flag's threshold
+    ([0.10, 0.56, 0.34], False),  # 0.06 from each
+])
+def test_a_close_call_is_one_near_any_decision_the_answer_makes(probs, close):
+    from server.model.second_look import close_call
+
+    malignant = np.array([False, False, True])
+    assert close_call(np.asarray(probs), malignant, 0.40, 0.70) is close
+
+
+def test_an_int8_predictor_decides_close_calls_in_float32(quantized, tmp_path, monkeypatch):  # noqa: F811
+    """With every picture a close call, an int8 predictor's answers are float32's, to the last digit."""
+    from PIL import Image
+
+    from server.model import second_look
+
+    f32, i8 = load(quantized, "float32", tmp_path), load(quantized, "int8", tmp_path)
+    pictures = [Image.new("RGB", (64, 48), c) for c in ((200, 30, 30), (120, 130, 90), (30, 30, 200))]
+    apart = [i8.predict_image(p).classes for p in pictures]
+    assert apart != [f32.predict_image(p).classes for p in pictures], "int8 answers differ from float32 somewhere"
+    monkeypatch.setattr(i8, "close_call", lambda probs: second_look.close_call(probs, i8.malignant, None, None, 2.0))
+    assert [i8.predict_image(p).classes for p in pictures] == [f32.predict_image(p).classes for p in pictures]

@@ -10,15 +10,15 @@ int8 weights per output channel (per-tensor weights wreck MobileNets' depthwise 
 ranges calibrated on training-split photos read through the service's own upload path.
 
 The integer format is named as ONNX Runtime's guide names it, activations then weights (``FORMATS``).
-U8U8 is the default because its arithmetic is the same on every x86 CPU: ONNX Runtime's U8S8 and
-S8S8 kernels on CPUs without VNNI (AVX2, AVX-512 without VNNI) multiply with ``vpmaddubsw``, whose
-16-bit pair sums saturate, so the same U8S8 graph answers differently there than on a VNNI CPU
-(measured under ``qemu-x86_64 -cpu Haswell``: mean |change| of a probability against float32 0.029
-there, 0.005 natively with VNNI). U8U8 kernels widen to 16 bits first and cannot saturate; so does
-``--reduce-range`` (7-bit weights), at the cost of a coarser weight grid. S8S8 also left the 16
-projection convolutions and the 10 residual Adds unfused (no faster than float32 at one thread).
-Whatever the format, the service checks the graphs on its own CPU before serving them
-(``server/model/int8_check.py``).
+U8S8 is the default. On CPUs with VNNI (or AMX) its kernels sum in 32 bits, exactly; on CPUs
+without (AVX2, AVX-512 without VNNI) they multiply with ``vpmaddubsw``, whose 16-bit pair sums
+saturate, so the same graph answers worse there: under ``qemu-x86_64 -cpu Haswell``
+(``bench/int8_other_cpus.py``) the top class changed on 15% of the reference photos against 2%
+natively with VNNI. U8U8 kernels cannot saturate, so U8U8 answers alike on every CPU, but measured
+here it ran 1.5x *slower* than float32 (VNNI CPU, one thread), so it would never be served; S8S8
+left the projection convolutions and residual Adds unfused and ran no faster than float32. So the
+graphs are U8S8, and each host proves them before serving them (``server/model/int8_check.py``):
+a CPU whose kernels saturate serves float32.
 
 A deployed service has no calibration data, so this runs at export time, for whatever model ships.
 
@@ -70,9 +70,9 @@ SENSITIVITY_IMAGES = 32  # calibration photos the per-convolution weight check r
 REFERENCE_IMAGES = 48  # validation photos each host checks the int8 graphs on before serving them (4 MB)
 REFERENCE = "reference"
 WEIGHT_TOLERANCE = 0.005  # mean |change| of a probability when one convolution's weights alone are int8
-# ONNX Runtime's integer formats: (activations, weights); U8U8 cannot saturate on any x86 kernel.
-FORMATS = {"u8u8": ("u8", "u8"), "u8s8": ("u8", "s8"), "s8s8": ("s8", "s8")}
-DEFAULT_FORMAT = "u8u8"
+# ONNX Runtime's integer formats: (activations, weights). U8S8 is fastest where it is exact (VNNI).
+FORMATS = {"u8s8": ("u8", "s8"), "u8u8": ("u8", "u8"), "s8s8": ("s8", "s8")}
+DEFAULT_FORMAT = "u8s8"
 METHOD = ("ONNX Runtime static quantization: quant_pre_process, then QDQ, int8 weights per output channel, "
           "MinMax activation ranges on training-split photos; the nodes before the graph's first output only "
           "(the head stays float32), less the convolutions whose int8 weights alone move the probabilities "
@@ -223,8 +223,8 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=CALIBRATION_IMAGES, help="training-split photos to calibrate on")
     p.add_argument("--seed", type=int, default=CALIBRATION_SEED)
     p.add_argument("--format", choices=sorted(FORMATS), default=DEFAULT_FORMAT,
-                   help="activations and weights: u8u8 (the same answers on every x86 CPU), u8s8 (saturates "
-                        "without VNNI), s8s8")
+                   help="activations and weights: u8s8 (fastest; exact with VNNI, saturates without), u8u8 "
+                        "(exact everywhere, slower than float32 here), s8s8")
     p.add_argument("--reduce-range", action="store_true",
                    help="7-bit weights: another way to keep u8s8 kernels from saturating")
     p.add_argument("--bias-correction", type=float, default=BIAS_SHARE, metavar="SHARE",

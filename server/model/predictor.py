@@ -46,6 +46,7 @@ from server.model.nonskin import (
 )
 from server.model.onnx_cache import OnnxCache
 from server.model.precision import at_precision, wanted_precision
+from server.model.second_look import close_call, near_a_nonskin_level
 from server.model.runtime import apply_tf_threads, as_pair, split_branch
 from server.model.serving import (
     Served,
@@ -58,8 +59,8 @@ from server.model.serving import (
 from server.model.trust import TTA_MODES, temperature_scale, tta_views
 from server.patient import PatientContext
 from server.prediction import Heatmap, ModelInfo, Prediction, prediction_from_probabilities
-from server.thresholds import (DEFAULT_UNCERTAIN_BELOW, INT8_NONSKIN_MARGIN, LOOKS_LIKE_MIN_PROBABILITY, NONSKIN_REFUSED,
-                               NONSKIN_USUAL)
+from server.lesions import MALIGNANT_CODES
+from server.thresholds import DEFAULT_UNCERTAIN_BELOW, INT8_NONSKIN_MARGIN, LOOKS_LIKE_MIN_PROBABILITY, NONSKIN_REFUSED
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +93,6 @@ def load_nonskin(card: ModelCard, card_dir: Path) -> NonSkinCheck | None:
     return NonSkinCheck.load(path, spec.thresholds(), spec.imagenet_gate, spec.refusal())
 
 
-def near_a_nonskin_level(score: float | None, answer: str | None) -> bool:
-    """Served in int8: must this picture be screened again in float32? When int8 finds it anything but
-    usual, or any check's ratio within ``INT8_NONSKIN_MARGIN`` of unusual (``server/thresholds.py``)."""
-    if answer is None:
-        return False
-    return answer != NONSKIN_USUAL or score >= 1.0 - INT8_NONSKIN_MARGIN
-
-
 class Predictor:
     """A loaded model plus its card. ``predict_image`` is the only way the service predicts.
 
@@ -115,6 +108,7 @@ class Predictor:
         self.colour = colour_of(card.preprocessing) or COLOUR_NONE  # checked against the card by check_model_files
         self.classes = card.classes
         self.malignant_threshold = card.thresholds.malignant
+        self.malignant = np.asarray([c in MALIGNANT_CODES for c in card.classes])  # mask over the classes
         self.uncertain_threshold = card.thresholds.uncertain
         check_facts(served.facts, card)
         self.patient_width = served.facts.patient_width  # 0: the model reads no patient context
@@ -260,6 +254,11 @@ class Predictor:
     def calibrated(self, probs: np.ndarray) -> np.ndarray:
         return temperature_scale(probs, self.temperature) if self.temperature else np.asarray(probs, np.float64)
 
+    def close_call(self, probs: np.ndarray) -> bool:
+        """Whether calibrated ``probs`` lie near a decision this answer makes (``server/model/second_look.py``)."""
+        uncertain = DEFAULT_UNCERTAIN_BELOW if self.uncertain_threshold is None else self.uncertain_threshold
+        return close_call(probs, self.malignant, self.malignant_threshold, uncertain)
+
     def class_index(self, code: str) -> int:
         if code not in self.classes:
             raise ValueError(f"explain_class must be one of {', '.join(self.classes)}; got {code!r}")
@@ -329,12 +328,13 @@ class Predictor:
         fmap, probs = self.forward(tta_views(x, self.tta), context)
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         score, answer, looks_like = self.nonskin(x, fmap[0]) if fmap is not None else (None, None, None)
-        if self._float32 is not None and near_a_nonskin_level(score, answer):
+        probs = self.calibrated(probs.mean(axis=0, keepdims=True))[0]
+        if self._float32 is not None and (near_a_nonskin_level(score, answer) or self.close_call(probs)):
             start = time.perf_counter()
             fmap, probs = self.forward(tta_views(x, self.tta), context, float32=True)
             elapsed_ms += (time.perf_counter() - start) * 1000.0
-            score, answer, looks_like = self.nonskin(x, fmap[0], float32=True)
-        probs = self.calibrated(probs.mean(axis=0, keepdims=True))[0]
+            score, answer, looks_like = self.nonskin(x, fmap[0], float32=True) if fmap is not None else (None, None, None)
+            probs = self.calibrated(probs.mean(axis=0, keepdims=True))[0]
         refused = answer == NONSKIN_REFUSED
         prediction = prediction_from_probabilities(
             probs, self.info, elapsed_ms, self.classes, self.malignant_threshold,
