@@ -26,7 +26,12 @@ def create_app(config: dict | None = None) -> Flask:
             app.config["MAX_CONTENT_LENGTH"] = config["MAX_UPLOAD_MB"] * 1024 * 1024 + 64 * 1024
     absolute_model_paths(app.config)
     ensure_secret_key(app.config)
-    logging.getLogger("server").setLevel(logging.INFO)
+    server_log = logging.getLogger("server")
+    server_log.setLevel(logging.INFO)
+    if not server_log.handlers and not logging.getLogger().handlers:  # under gunicorn: its lines beside gunicorn's
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"))
+        server_log.addHandler(handler)
 
     from server.web import api, errors, observability, pages, scaleout
     from server.web.service import init_predictor
