@@ -1,7 +1,7 @@
 """Does a 12 MP phone photo get the answer its 600x450 copy gets? And what does decoding it cost?
 
     python bench/bench_photo_size.py                                   # the test split, 4000x3000, shipped settings
-    python bench/bench_photo_size.py --limit 200 --sides 192,256,384,512,full --precision float32
+    python bench/bench_photo_size.py --limit 200 --sides 192,384,full --precision float32,int8
 
 For each photo of the split (``saved_models/split.csv``, ``training.data.split_frame``; the
 shared files are 224x224 crops and 200x150 frames), screens it upscaled (bicubic, quality-90
@@ -63,16 +63,16 @@ def answer(predictor, data: bytes, side: int) -> tuple[np.ndarray, bool, bool, f
     return probs, bool(p.malignant_flag), bool(p.out_of_distribution), decode_ms
 
 
-def compare(predictor, paths: list[Path], size: tuple[int, int], sides: list[int]) -> dict:
-    """Per working side: the small and large answers of every photo, side by side."""
-    rows = {side: {"small": [], "large": [], "decode_ms": []} for side in sides}
+def compare(predictors: dict, paths: list[Path], size: tuple[int, int], sides: list[int]) -> dict:
+    """Per (precision, working side): the small and large answers of every photo, side by side."""
+    rows = {(name, side): {"small": [], "large": [], "decode_ms": []} for name in predictors for side in sides}
     for n, path in enumerate(paths, 1):
         small, large = upscaled_jpeg(path, SMALL), upscaled_jpeg(path, size)
-        for side in sides:
-            rows[side]["small"].append(answer(predictor, small, side))
-            got = answer(predictor, large, side)
-            rows[side]["large"].append(got)
-            rows[side]["decode_ms"].append(got[3])
+        for (name, side), row in rows.items():
+            row["small"].append(answer(predictors[name], small, side))
+            got = answer(predictors[name], large, side)
+            row["large"].append(got)
+            row["decode_ms"].append(got[3])
         if n % 100 == 0:
             print(f"  {n}/{len(paths)} photos", file=sys.stderr, flush=True)
     return rows
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
                         help=f"working sides to decode the large upload to, comma-separated, 'full' for all pixels "
                              f"(default: the service's {WORKING_SIDE})")
     parser.add_argument("--precision", default=os.environ.get("INFERENCE_PRECISION", "auto"),
-                        help="float32, int8 or auto (the service's default)")
+                        help="float32, int8 or auto (the service's default), or several, comma-separated")
     parser.add_argument("--limit", type=int, default=0, help="a random sample of this many photos (0: all)")
     args = parser.parse_args(argv)
 
@@ -118,19 +118,22 @@ def main(argv=None) -> int:
     if args.limit:
         frame = frame.sample(min(args.limit, len(frame)), random_state=SEED)
     model = args.run_dir / "ham10000_mobilenetv2.h5"
-    predictor = Predictor.from_path(model, args.run_dir / CARD_FILENAME, threads=1,
-                                    onnx_cache=onnx_cache_dir() or None, precision=args.precision)
-    rows = compare(predictor, [Path(p) for p in frame["path"]], args.size, args.sides)
+    predictors = {}
+    for wanted in args.precision.split(","):
+        p = Predictor.from_path(model, args.run_dir / CARD_FILENAME, threads=1, onnx_cache=onnx_cache_dir() or None,
+                                precision=wanted.strip())
+        predictors[p.precision] = p
+    rows = compare(predictors, [Path(p) for p in frame["path"]], args.size, args.sides)
     width, height = args.size
-    print(f"{args.split} split, {len(frame)} photos upscaled to 600x450 against {width}x{height} "
-          f"(JPEG q90); {predictor.precision}, runtime {predictor.runtime}, TTA {predictor.tta}")
-    print("| working side | same top class | same malignant flag | same non-skin answer | largest change "
+    print(f"{args.split} split, {len(frame)} photos upscaled to 600x450 against {width}x{height} (JPEG q90); "
+          f"runtime {p.runtime}, TTA {p.tta}")
+    print("| precision | working side | same top class | same malignant flag | same non-skin answer | largest change "
           "| p99 change | decode ms (large, median) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for side in args.sides:
-        f = figures(rows[side])
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for (name, side), row in rows.items():
+        f = figures(row)
         label = "full (every pixel)" if side == FULL else f"{side} px"
-        print(f"| {label} | {f['same_top']:.2%} | {f['same_flag']:.2%} | {f['same_refusal']:.2%} "
+        print(f"| {name} | {label} | {f['same_top']:.2%} | {f['same_flag']:.2%} | {f['same_refusal']:.2%} "
               f"| {f['max_change']:.3f} | {f['p99_change']:.3f} | {f['decode_ms']:.1f} |")
     return 0
 

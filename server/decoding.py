@@ -47,7 +47,7 @@ LIGHT_PIXELS = 1_000_000
 # buffer), and PNG inflates every pixel, so their bounds are tighter: a lossless photo carries
 # about a byte a pixel, a progressive photo upscaled from 600x450 about 27 px/B.
 MAX_PIXELS_PER_BYTE = {"JPEG": 128, "progressive JPEG": 32, "PNG": 8}
-BAND_ROWS = 64  # rows of the reduced image converted at a time: bounds the conversion's copies
+BAND_ROWS = 32  # rows of the reduced image converted at a time: bounds the conversion's copies
 
 # Pillow's own bomb guard warns at MAX_IMAGE_PIXELS and raises at twice that. Our check in
 # ``open_upload`` reads the header dimensions and refuses anything over MAX_PIXELS before

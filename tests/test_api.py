@@ -260,7 +260,7 @@ def test_image_just_over_the_pixel_limit_is_refused_without_decoding():
     from server.decoding import ImageRejected
 
     with pytest.raises(ImageRejected) as info:
-        open_upload(png_with_header(8000, 5001))  # 40.008 MP: just over, under Pillow's own 2x error
+        open_upload(png_with_header(8000, 6251))  # 50.008 MP: just over, under Pillow's own 2x error
     assert info.value.status == 422
 
 
