@@ -102,6 +102,13 @@ def open_upload(data: bytes, working_side: int = WORKING_SIDE) -> Image.Image:
         raise _invalid("The image is truncated or corrupt and could not be decoded.") from None
 
 
+def upload_limits_in_words() -> str:
+    """What ``check_declared_size`` refuses, for the API contract and the docs page."""
+    per_byte = ", ".join(f"{n} for a {kind}" for kind, n in MAX_PIXELS_PER_BYTE.items())
+    return (f"at least {MIN_SIDE} px a side, at most {MAX_PIXELS:,} pixels, and above {LIGHT_PIXELS:,} pixels "
+            f"no more pixels per byte of the file than {per_byte}; checked from the header, before decoding")
+
+
 def check_declared_size(img: Image.Image, n_bytes: int) -> None:
     """Refuse (422) a header whose canvas is too large, too small, or too large for the file's bytes.
 
