@@ -57,6 +57,16 @@ def test_phone_photos_are_decoded_at_working_size_and_look_the_same(size):
     assert np.abs(np.asarray(got, np.float32) - reference).mean() < 3.0  # the same picture, a few levels of JPEG
 
 
+@pytest.mark.parametrize("fmt, mode", [("MPO", "RGB"), ("JPEG", "CMYK"), ("JPEG", "L")],
+                         ids=["multi-picture", "cmyk", "greyscale"])
+def test_every_kind_of_phone_jpeg_is_reduced_to_rgb(fmt, mode):
+    """Phones write MPO (a JPEG with a second frame); CMYK and greyscale JPEGs come from other software."""
+    picture = photo((4000, 3000)).convert(mode)
+    kwargs = {"save_all": True, "append_images": [picture.resize((400, 300))]} if fmt == "MPO" else {}
+    got = open_upload(encoded(picture, fmt, quality=90, **kwargs))
+    assert got.mode == "RGB" and WORKING_SIDE <= min(got.size) < 2 * WORKING_SIDE
+
+
 def test_a_phone_photo_turned_by_exif_is_upright_after_reduction():
     """Red on the left of a landscape 4000x3000 frame tagged 'rotate 90 clockwise to display': red on top."""
     left_red = Image.new("RGB", (4000, 3000), (30, 30, 220))
