@@ -70,6 +70,15 @@ def predict_row(predictor, path: Path, folder: Path, metadata: Metadata | None =
     }
 
 
+def service_predictor(model: Path):
+    """The model as the service loads it, from the same environment (``server/config.py``): its
+    precision, runtime, TTA, non-skin check and ONNX cache, so a row says what the API would."""
+    from server.config import config_from_env, predictor_options
+    from server.model.predictor import Predictor
+
+    return Predictor.from_path(model, **predictor_options(config_from_env()))
+
+
 def progress(files: list[Path], stream=None):
     """``files`` wrapped in a progress bar (count, rate, ETA) on ``stream`` (stderr) when it is a
     terminal; silent otherwise, so logs and pipes get no carriage-return clutter."""
@@ -116,10 +125,9 @@ def main(argv=None) -> int:
               f"{', '.join(unmatched)}", file=sys.stderr)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from server.model.files import ModelLoadError
-    from server.model.predictor import Predictor
 
     try:
-        predictor = Predictor.from_path(args.model)
+        predictor = service_predictor(args.model)
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
