@@ -194,3 +194,11 @@ def test_one_photo_one_answer_at_12mp_and_at_600x450(shared_data_dir):
         same_top += small.top.code == large.top.code
         same_flag += small.malignant_flag == large.malignant_flag
     assert same_top / len(frame) >= 0.97 and same_flag / len(frame) >= 0.98, (same_top, same_flag)
+
+
+def test_a_phone_photo_keeps_a_full_size_thumbnail():
+    """The result page, the report token and the PDF show a 384 px thumbnail: the working size must hold it."""
+    from server.imaging import THUMBNAIL_PX, thumbnail_jpeg
+
+    with Image.open(io.BytesIO(thumbnail_jpeg(open_upload(encoded(photo((4032, 3024)), quality=90))))) as thumb:
+        assert thumb.size == (THUMBNAIL_PX, THUMBNAIL_PX * 3 // 4)
