@@ -85,7 +85,8 @@ def operator_ms(graph: bytes, feeds_x: np.ndarray, threads: int, n: int) -> dict
 
 
 def image(size: int, colour: str) -> np.ndarray:
-    from server.imaging import model_input, open_upload
+    from server.decoding import open_upload
+    from server.imaging import model_input
 
     photo = next(iter(sorted(SHARED_IMAGES.glob("*.jpg"))), None) if SHARED_IMAGES.is_dir() else None
     if photo is None:

@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     p.add_argument("--http", action="store_true", help="also compare POST /predict through gunicorn")
     args = p.parse_args(argv)
 
-    from server.imaging import model_input, open_upload
+    from server.decoding import open_upload
+    from server.imaging import model_input
     from server.model.nonskin import FEATURES
     from server.model.predictor import Predictor
     from server.model.runtime import configure_tf_threads

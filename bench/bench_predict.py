@@ -4,11 +4,15 @@
     python bench/bench_predict.py --start --model PATH.h5      # another exported model
     python bench/bench_predict.py --start --synthetic          # untrained MobileNetV2 224 (same cost as the real one)
     python bench/bench_predict.py --url http://127.0.0.1:8000  # a server already running
+    python bench/bench_predict.py --start --photo-size 600x450,4000x3000 --levels 1,16   # phone photos against small ones
 
 Prints p50/p95 latency and req/s at concurrency 1, 4 and 16 (a bounded number of requests
 each), the bare ``Predictor.predict_arrays`` time (batch 1, median of N, one TF thread as
 each gunicorn worker uses), their ratio, and whether ONNX Runtime is available. The gap
 between the two is what HTTP, decoding and preprocessing cost: it says where to optimise.
+With several ``--photo-size`` values, every level posts each size in turn against the same
+server, and the last lines compare each size with the first, as ratios measured in one run
+(timings on a shared machine drift between runs).
 """
 
 from __future__ import annotations
@@ -209,6 +213,16 @@ def onnxruntime_status() -> str:
         return "not installed"
 
 
+def print_ratios(by_size: dict) -> None:
+    """Each later upload size against the first, per level: p50 ratio and req/s as a share."""
+    sizes = list(by_size)
+    for size in sizes[1:]:
+        for level, r in by_size[size].items():
+            base = by_size[sizes[0]][level]
+            print(f"{'x'.join(map(str, size))} against {'x'.join(map(str, sizes[0]))} at concurrency {level}: "
+                  f"p50 {r['p50'] / base['p50']:.2f}x, req/s {r['rps'] / base['rps']:.0%}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     target = parser.add_mutually_exclusive_group(required=True)
@@ -220,7 +234,8 @@ def main(argv=None) -> int:
     parser.add_argument("--levels", default="1,4,16")
     parser.add_argument("--bare-n", type=int, default=30)
     parser.add_argument("--query", default="", help="appended to /predict, e.g. '?explain=1'")
-    parser.add_argument("--photo-size", default="", help="WxH: post the photo upscaled to this size (e.g. 600x450)")
+    parser.add_argument("--photo-size", default="",
+                        help="WxH: post the photo upscaled to this size (e.g. 4000x3000), or several, comma-separated")
     parser.add_argument("--client", choices=("requests", "lean"), default="requests",
                         help="the load generator: python-requests, or a lean http.client poster (less client CPU)")
     args = parser.parse_args(argv)
@@ -235,17 +250,23 @@ def main(argv=None) -> int:
     print(f"ONNX Runtime: {onnxruntime_status()}")
     proc, url = start_gunicorn(model_path) if args.start else (None, args.url.rstrip("/"))
     try:
-        size = tuple(int(v) for v in args.photo_size.lower().split("x")) if args.photo_size else None
-        body, what = upload_for(None, size)
-        print(f"upload: {what}, {len(body)} bytes; {args.requests} requests per level; client {args.client}; {url}")
-        print(f"{'concurrency':>11} {'p50 ms':>9} {'p95 ms':>9} {'req/s':>8}")
-        results = {}
+        sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.photo_size.split(",")] \
+            if args.photo_size else [None]
+        uploads = {size: upload_for(None, size) for size in sizes}
+        for body, what in uploads.values():
+            print(f"upload: {what}, {len(body)} bytes; {args.requests} requests per level; client {args.client}; {url}")
+        print(f"{'upload':>12} {'concurrency':>11} {'p50 ms':>9} {'p95 ms':>9} {'req/s':>8}")
+        by_size = {size: {} for size in sizes}
         for level in (int(v) for v in args.levels.split(",")):
-            results[level] = r = load_level(url, body, level, args.requests, args.client, args.query)
-            print(f"{level:>11} {r['p50']:>9.1f} {r['p95']:>9.1f} {r['rps']:>8.2f}")
+            for size, (body, _) in uploads.items():
+                by_size[size][level] = r = load_level(url, body, level, args.requests, args.client, args.query)
+                label = "x".join(map(str, size)) if size else "default"
+                print(f"{label:>12} {level:>11} {r['p50']:>9.1f} {r['p95']:>9.1f} {r['rps']:>8.2f}")
     finally:
         if proc:
             stop(proc)
+    print_ratios(by_size)
+    results = by_size[sizes[0]]
     first = results[min(results)]
     for runtime in ("onnxruntime", "tensorflow"):
         try:

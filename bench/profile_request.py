@@ -165,7 +165,8 @@ def http_p50(uploads: dict, model: Path, n: int) -> dict:
 def branch_photo(app, size, look_at: int = 60) -> bytes | None:
     """A 600x450 upload of the first HAM10000 photo whose features open the ImageNet branch's gate
     (a quarter of lesions do), so the table shows that path too."""
-    from server.imaging import model_input, open_upload
+    from server.decoding import open_upload
+    from server.imaging import model_input
     from server.model.nonskin import FEATURES
 
     p = app.extensions["predictor"]

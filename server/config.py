@@ -105,6 +105,14 @@ def config_from_env() -> dict:
     }
 
 
+def predictor_options(config: dict) -> dict:
+    """``Predictor.from_path``'s keywords from a config: how the service and the folder CLI both load
+    a model, so a batch row answers what the API would."""
+    return {"runtime": config["INFERENCE_RUNTIME"], "threads": config["TF_INTRA_OP_THREADS"], "tta": config.get("TTA"),
+            "ood": config.get("OOD_CHECK", True), "onnx_cache": config.get("ONNX_CACHE_DIR") or None,
+            "precision": config.get("INFERENCE_PRECISION")}
+
+
 def absolute_model_paths(config: dict) -> None:
     """Make MODEL_PATH and MODEL_CARD_PATH absolute, against the directory the service starts in.
 

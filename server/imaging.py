@@ -1,4 +1,4 @@
-"""Upload bytes -> validated RGB image -> model input (and its thumbnail). The ONE preprocessing path.
+"""Validated RGB image -> model input (and its thumbnail). The ONE preprocessing path.
 
 Training (``training/``) and serving both call these functions, so a model never sees
 pixels prepared differently from the ones it learned on. The geometry is fixed and
@@ -11,18 +11,18 @@ MobileNetV2 expects. Centre-cropping rather than squashing keeps lesion shape (a
 distortion changes border irregularity, a melanoma cue) and makes HAM10000's two framings
 (224 px centre crops and 200x150 full frames) show the same field of view.
 
-Nothing here touches the disk or logs the bytes: uploads stay in memory.
+Upload bytes become that RGB image in ``server/decoding.py`` (``open_upload``). Nothing here
+touches the disk or logs the bytes: uploads stay in memory.
 """
 
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from server.problems import ImageRejected
+from server.decoding import to_rgb8
 
 PREPROCESSING_ID = "exif-rgb8/centre-square/bilinear/mobilenet_v2[-1,1]"
 # Optional colour constancy, applied to the centre square before scaling. A model's card
@@ -32,102 +32,11 @@ COLOUR_NONE = "none"
 COLOUR_SHADES_OF_GRAY = "shades-of-gray"
 COLOURS = (COLOUR_NONE, COLOUR_SHADES_OF_GRAY)
 SHADES_OF_GRAY_POWER = 6  # Finlayson and Trezzi's p; 6 is what ISIC challenge entries used
-# MPO is how Pillow names the multi-picture JPEGs many phone cameras write: a JPEG whose
-# first frame is the photo. Refusing it would refuse ordinary phone photos.
-SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG"})
-# File signatures of the formats we accept. Bytes that start like a JPEG or PNG but that
-# Pillow cannot identify are a broken JPEG/PNG (422), not an unsupported format (415).
-SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
 THUMBNAIL_PX = 384  # the upload's copy on the result page, in the report token and the PDF
-MIN_SIDE = 32  # below this a photo cannot show a lesion's structure
-MAX_PIXELS = 40_000_000  # a 40 MP photo is plausible; a 30000x30000 PNG is a decompression bomb
 # MobileNetV2's input range: x / PIXEL_SCALE - PIXEL_OFFSET maps [0, 255] to [-1, 1].
 # The trainer's tf.data pipeline applies the same two constants to tensors.
 PIXEL_SCALE = 127.5
 PIXEL_OFFSET = 1.0
-
-# Pillow's own bomb guard warns at MAX_IMAGE_PIXELS and raises at twice that. Our check in
-# ``open_upload`` reads the header dimensions and refuses anything over MAX_PIXELS before
-# decoding, so Pillow's guard is a second line of defence. Its warning is silenced (for
-# Pillow's module only) instead of being turned into an error with ``catch_warnings``,
-# which swaps process-wide state and is not safe in a threaded worker.
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
-
-def _unsupported(detail: str) -> ImageRejected:
-    return ImageRejected(415, "unsupported_media_type", f"{detail} Upload a JPEG or PNG photo.")
-
-
-def _invalid(detail: str) -> ImageRejected:
-    return ImageRejected(422, "invalid_image", detail)
-
-
-def open_upload(data: bytes) -> Image.Image:
-    """Decode upload bytes into an upright 8-bit RGB image, or raise ImageRejected.
-
-    The size is checked from the header before any pixel is decoded, so a small file that
-    declares a huge canvas is refused without allocating it.
-    """
-    if not data:
-        raise ImageRejected(400, "empty_file", "The uploaded file is empty.")
-    claimed = sniff_format(data)
-    try:
-        img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError:
-        raise _invalid(f"The image declares too many pixels (limit {MAX_PIXELS:,}).") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        if claimed:  # starts like a JPEG/PNG, but the header cannot be parsed
-            raise _invalid(f"The {claimed} header is corrupt ({exc.__class__.__name__}).") from None
-        raise _unsupported("The file is not a recognised image.") from None
-    if img.format not in SUPPORTED_FORMATS:
-        raise _unsupported(f"{img.format or 'This'} images are not supported.")
-    width, height = img.size
-    if width * height > MAX_PIXELS:
-        raise _invalid(f"The image is {width}x{height} pixels; the limit is {MAX_PIXELS:,} pixels.")
-    if min(width, height) < MIN_SIDE:
-        raise _invalid(f"The image is {width}x{height} pixels; each side must be at least {MIN_SIDE} px.")
-    try:
-        img.load()
-        ImageOps.exif_transpose(img, in_place=True)  # a decoded upload is ours to turn: no full-size copy
-        return to_rgb8(img)
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
-        raise _invalid("The image is truncated or corrupt and could not be decoded.") from None
-
-
-def sniff_format(data: bytes) -> str | None:
-    """Name the accepted format ``data`` starts like (JPEG or PNG), or None.
-
-    Decides 415 versus 422 for bytes Pillow cannot identify: a file with a JPEG or PNG
-    signature is a damaged upload of a supported type, anything else is the wrong type.
-    """
-    for signature, name in SIGNATURES.items():
-        if data.startswith(signature):
-            return name
-    return None
-
-
-def to_rgb8(img: Image.Image) -> Image.Image:
-    """Convert any mode real files use to 8-bit RGB without crushing its tones.
-
-    Pillow's ``convert("RGB")`` clips 16-bit and 32-bit greyscale at 255, which would turn
-    a 16-bit PNG white; those are rescaled from their full range instead. Alpha is dropped
-    by compositing onto white, the usual background of a saved photo with transparency.
-    """
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if img.mode == "RGB":
-        return img  # convert() would copy every pixel: 30 ms of a 12 MP phone photo
-    return img.convert("RGB")
 
 
 def centre_square(img: Image.Image, size: int) -> Image.Image:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-from server.imaging import open_upload, thumbnail_jpeg
+from server.decoding import open_upload
+from server.imaging import thumbnail_jpeg
 from server.patient import PatientContext
 from server.prediction import Prediction
 from server.problems import ServiceError, not_a_skin_lesion

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from server.imaging import MIN_SIDE
+from server.decoding import MIN_SIDE
 from tests.conftest import image_bytes
 from tests.fixture_model import BLUE_CLASS, GREEN_CLASS, RED_CLASS
 

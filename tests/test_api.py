@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from server import create_app
-from server.imaging import open_upload, to_rgb8
+from server.decoding import open_upload, to_rgb8
 from server.lesions import CATALOGUE, CLASS_CODES, MALIGNANT_CODES, RISK_LEVELS
 from server.web.openapi import openapi_document
 from server.model.files import ModelLoadError
@@ -257,10 +257,10 @@ def test_decompression_bomb_is_refused_from_its_header(client):
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_image_just_over_the_pixel_limit_is_refused_without_decoding():
-    from server.imaging import ImageRejected
+    from server.decoding import ImageRejected
 
     with pytest.raises(ImageRejected) as info:
-        open_upload(png_with_header(8000, 5001))  # 40.008 MP: just over, under Pillow's own 2x error
+        open_upload(png_with_header(8000, 6251))  # 50.008 MP: just over, under Pillow's own 2x error
     assert info.value.status == 422
 
 

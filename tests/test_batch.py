@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import sys
 
 import pytest
 
@@ -146,3 +148,22 @@ def test_metadata_headers_are_forgiving_and_duplicates_are_refused_per_image(fol
     assert rows["a_red.png"]["top_code"] == RED_CLASS
     assert rows["c_blue.png"]["error"].startswith("duplicate_metadata: ") and rows["c_blue.png"]["top_code"] == ""
     assert "ignored columns: localization" in capsys.readouterr().err
+
+
+class Terminal(io.StringIO):
+    """stderr as a terminal: tqdm draws its bar only where ``isatty`` says a person is watching."""
+
+    def isatty(self):
+        return True
+
+
+def test_a_terminal_sees_count_rate_and_eta_and_a_pipe_sees_no_bar(folder, tmp_path, model_path, monkeypatch, capsys):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main([str(folder), "--out", str(tmp_path / "a.csv"), "--model", str(model_path)]) == 0
+    bar = terminal.getvalue().split("\r")[-1]
+    assert "5/5" in bar and ("image/s" in bar or "s/image" in bar) and "<00:00" in bar, bar  # count, rate, ETA
+    monkeypatch.undo()
+    assert main([str(folder), "--out", str(tmp_path / "b.csv"), "--model", str(model_path)]) == 0
+    captured = capsys.readouterr()
+    assert "image" not in captured.err and "\r" not in captured.err + captured.out

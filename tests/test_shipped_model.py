@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from server.imaging import PREPROCESSING_ID, model_input, open_upload
+from server.decoding import open_upload
+from server.imaging import PREPROCESSING_ID, model_input
 from server.lesions import CLASS_CODES
 from server.model.files import file_sha256
 

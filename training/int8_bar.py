@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.imaging import open_upload
+from server.decoding import open_upload
 from server.model.card import CARD_FILENAME
 from server.model.files import check_model_files, load_card
 from server.model.int8_check import cpu_flags

@@ -51,7 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from server.imaging import COLOUR_NONE, colour_of, model_input, open_upload
+from server.decoding import open_upload
+from server.imaging import COLOUR_NONE, colour_of, model_input
 from server.model.card import CARD_FILENAME, Int8Graph, Int8Spec, ModelCard
 from server.model.files import check_model_files, file_sha256, load_card
 from server.model.int8_check import cpu_flags

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from flask import current_app
 
+from server.config import predictor_options
 from server.model.card import ModelCard
 from server.model.files import card_path_for
 from server.model.predictor import Predictor
@@ -24,11 +25,7 @@ def init_predictor(app) -> None:
     """Load the model named by MODEL_PATH into the app (raises ModelLoadError)."""
     configure_tf_threads(app.config["TF_INTRA_OP_THREADS"], app.config["TF_INTER_OP_THREADS"])
     app.extensions[EXTENSION_KEY] = Predictor.from_path(
-        app.config["MODEL_PATH"], app.config.get("MODEL_CARD_PATH"),
-        runtime=app.config["INFERENCE_RUNTIME"], threads=app.config["TF_INTRA_OP_THREADS"],
-        tta=app.config.get("TTA"), ood=app.config.get("OOD_CHECK", True),
-        onnx_cache=app.config.get("ONNX_CACHE_DIR") or None, precision=app.config.get("INFERENCE_PRECISION"),
-    )
+        app.config["MODEL_PATH"], app.config.get("MODEL_CARD_PATH"), **predictor_options(app.config))
 
 
 def loaded_predictor() -> Predictor | None:
