@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from flask import Flask
 
 from server.config import ROOT, absolute_model_paths, config_from_env, ensure_secret_key
+
+# ONNX Runtime (1.29+ on Linux) otherwise keeps a telemetry event database (a device id, the
+# Python path, graph names, timings) under ~/.cache/Microsoft/DeveloperTools/. A service that
+# holds patients' photos keeps no such file. Set here, before any server module can import
+# onnxruntime (each does so through this package); an operator's explicit value wins.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
 def create_app(config: dict | None = None) -> Flask:
