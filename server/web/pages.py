@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from dataclasses import replace
 
 from flask import (
@@ -36,7 +35,7 @@ from server.reports.context import context_figures, context_sentence, context_us
 from server.web.presenters import (data_uri, heatmap_uri, metric_rows, other_heatmap_uris, patient_form,
                                    precision_in_words, safeguards)
 from server.web.service import card_dir, current_card, current_predictor, loaded_predictor
-from server.web.uploads import FIELD, patient_context, upload_bytes
+from server.web.uploads import FIELD, FormTooLarge, max_upload_bytes, patient_context, too_large_message, upload_bytes
 
 bp = Blueprint("pages", __name__)
 
@@ -63,10 +62,6 @@ RESULT_NOT_STORED = ("No result to show: for your privacy, results are never sto
 
 
 # ---------------------------------------------------------------- helpers
-
-def max_upload_bytes() -> int:
-    return int(current_app.config["MAX_UPLOAD_MB"]) * 1024 * 1024
-
 
 def _serializer() -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=REPORT_SALT)
@@ -105,8 +100,7 @@ def form_message(exc: ServiceError) -> str:
     if exc.code == "payload_too_large":
         return f"The file is larger than {current_app.config['MAX_UPLOAD_MB']} MB. Please choose a smaller photo."
     if exc.code == "invalid_image":
-        detail = re.sub(r" \(\w+(Error|Exception)\)", "", exc.message)  # people need no Python class names
-        return f"This image could not be used: {detail} Please try another JPEG or PNG photo."
+        return f"This image could not be used: {exc.message} Please try another JPEG or PNG photo."
     return FORM_MESSAGES.get(exc.code, exc.message)
 
 
@@ -225,8 +219,9 @@ def form_upload_too_large(exc: RequestEntityTooLarge):
     """A body over MAX_CONTENT_LENGTH is refused before the view runs (reading the form for CSRF):
     on the form, the person gets the same message on the same page as with JavaScript."""
     if request.endpoint != "pages.screen":
-        return error_response(413, "payload_too_large",
-                              f"The upload is larger than the {current_app.config['MAX_UPLOAD_MB']} MB limit.")
+        return error_response(413, "payload_too_large", too_large_message(exc))
+    if isinstance(exc, FormTooLarge):  # not the photo's size: say which limit the form broke
+        return render_upload(error=too_large_message(exc), status=413)
     return render_upload(error=form_message(ServiceError(413, "payload_too_large", "upload too large")), status=413)
 
 

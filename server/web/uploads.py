@@ -9,6 +9,7 @@ multipart form; ``patient_context`` reads them, and ``server.patient`` alone par
 from __future__ import annotations
 
 import io
+import re
 import socket
 
 from flask import Request, after_this_request, current_app, has_request_context, request
@@ -21,7 +22,49 @@ from server.patient import PATIENT_FIELDS, PatientContext, bad_patient_field
 from server.problems import ServiceError
 
 FIELD = "image"
+MB = 1024 * 1024
 STALLED_UPLOAD = "The upload stalled: nothing arrived for {timeout:g} s. Please try again on a steadier connection."
+
+
+def max_upload_bytes() -> int:
+    """The exact limit on the image itself; MAX_CONTENT_LENGTH adds 64 KiB for multipart framing only."""
+    return int(current_app.config["MAX_UPLOAD_MB"]) * MB
+
+
+def too_large_message(exc: RequestEntityTooLarge | None = None) -> str:
+    """Which limit a 413 broke: a form's own (``FormTooLarge``), else the upload's size."""
+    if isinstance(exc, FormTooLarge):
+        return exc.description
+    return f"The upload is larger than the {current_app.config['MAX_UPLOAD_MB']} MB limit."
+
+
+def upload_too_large() -> ServiceError:
+    return ServiceError(413, "payload_too_large", too_large_message())
+
+
+class FormTooLarge(RequestEntityTooLarge):
+    """A multipart form within the byte limit that breaks another one (too many parts, a field too
+    large): its ``description`` names that limit, so the 413 does not wrongly blame the upload's size."""
+
+
+def check_form_limits(parts: list[bytes], max_parts: int | None, max_field: int | None) -> None:
+    """Refuse a form by the limit it breaks, before Werkzeug refuses it with no reason.
+
+    ``parts`` are the raw parts between boundaries (the first, the preamble, and the last, the
+    epilogue, excluded). A text field (no filename) is held in memory as a string, hence its limit.
+    """
+    if max_parts is not None and len(parts) > max_parts:
+        raise FormTooLarge(f"The form has {len(parts):,} parts; the limit is {max_parts:,}. "
+                           f"Send the image in '{FIELD}' and at most the patient fields.")
+    if max_field is None:
+        return
+    for part in parts:
+        head, _, content = part.partition(b"\r\n\r\n")
+        if b"filename=" in head or len(content) - 2 <= max_field:  # the part ends with CRLF before the boundary
+            continue
+        name = re.search(rb'name="([^"]*)"', head)
+        field = name.group(1).decode("utf-8", "replace")[:40] if name else "?"
+        raise FormTooLarge(f"The form field '{field}' is larger than the {max_field:,}-byte limit for a field.")
 
 
 class StallGuardedInput:
@@ -137,16 +180,17 @@ class InMemoryRequest(FlaskRequest):
         boundary = self.mimetype_params.get("boundary", "")
         if self.mimetype != "multipart/form-data" or not boundary:
             return stream
-        return io.BytesIO(utf8_part_headers(stream.read(), boundary.encode("latin-1", "replace")))
+        body, delimiter = stream.read(), b"--" + boundary.encode("latin-1", "replace")
+        check_form_limits(body.split(delimiter)[1:-1], self.max_form_parts, self.max_form_memory_size)
+        return io.BytesIO(utf8_part_headers(body, delimiter))
 
 
-def utf8_part_headers(body: bytes, boundary: bytes) -> bytes:
+def utf8_part_headers(body: bytes, delimiter: bytes) -> bytes:
     """Re-encode any multipart part header block that is not UTF-8 (read as Latin-1).
 
     Only the header blocks change; part contents are copied byte for byte. The boundary
-    cannot occur inside a part (RFC 2046), so splitting on it is safe.
+    cannot occur inside a part (RFC 2046), so splitting on its ``delimiter`` is safe.
     """
-    delimiter = b"--" + boundary
     parts = body.split(delimiter)
     for i in range(1, len(parts)):
         head, blank, rest = parts[i].partition(b"\r\n\r\n")
@@ -186,6 +230,8 @@ def upload_bytes(request: Request) -> bytes:
         )
     if not data:
         raise ServiceError(400, "empty_file", "The uploaded file is empty.")
+    if len(data) > max_upload_bytes():  # a raw body has no framing: the 64 KiB of room are not for the image
+        raise upload_too_large()
     return data
 
 
