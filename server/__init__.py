@@ -35,11 +35,12 @@ def create_app(config: dict | None = None) -> Flask:
     ensure_secret_key(app.config)
     logging.getLogger("server").setLevel(logging.INFO)
 
-    from server.web import api, errors, observability, pages, scaleout
+    from server.web import api, errors, observability, pages, scaleout, transport
     from server.web.service import init_predictor
 
     observability.init_app(app)
     scaleout.init_app(app)  # behind a proxy: the client's address from X-Forwarded-For
+    transport.init_app(app)  # Secure cookies and HSTS over HTTPS
     app.register_blueprint(errors.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)

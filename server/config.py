@@ -77,6 +77,9 @@ def config_from_env() -> dict:
         # Werkzeug refuses bodies over this with 413 before the view reads them.
         "MAX_CONTENT_LENGTH": max_upload_mb * 1024 * 1024 + 64 * 1024,  # + room for multipart framing
         "SECRET_KEY": os.environ.get("SECRET_KEY") or None,
+        # The session cookie (CSRF secret, report binding) never rides a cross-site request;
+        # it is also Secure whenever the request came over HTTPS (server/web/transport.py).
+        "SESSION_COOKIE_SAMESITE": "Lax",
         "TF_INTRA_OP_THREADS": _env_int("TF_INTRA_OP_THREADS", 0),
         # auto: ONNX Runtime converted from the .h5 when it matches TensorFlow, else TensorFlow.
         "INFERENCE_RUNTIME": os.environ.get("INFERENCE_RUNTIME", "auto"),
