@@ -45,8 +45,8 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     # Forms carry CSRF tokens; the JSON API is for non-browser clients (curl) and is exempt.
-    # Report downloads are exempt too: they only render what their signed token holds, and
-    # a CSRF token (1 h) would otherwise expire before the report token (24 h) does.
+    # Report downloads are exempt too: they only render what their encrypted token holds, and
+    # that token is bound to the same session cookie the CSRF token lives in.
     from flask_wtf.csrf import CSRFProtect
 
     csrf = CSRFProtect(app)

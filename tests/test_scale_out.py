@@ -219,10 +219,10 @@ def test_two_hosts_behind_nginx_share_the_limit_the_secret_and_survive_losing_on
                         files={"image": ("lesion.png", image, "image/png")}, headers={"Accept": "text/html"}, timeout=30)
     assert page.status_code == 200, page.text[:300]
     token = REPORT_RE.search(page.text).group(1)
-    report = requests.post(one.url + "/report/txt", data={"token": token}, timeout=30)
+    report = browser.post(one.url + "/report/txt", data={"token": token}, timeout=30)  # the token is bound to this session
     assert report.status_code == 200 and report.headers["Content-Type"].startswith("text/plain")
     assert "screening aid" in report.text.lower()
-    via_nginx = requests.post(stack.url + "/report/pdf", data={"token": token}, timeout=30)
+    via_nginx = browser.post(stack.url + "/report/pdf", data={"token": token}, timeout=30)
     assert via_nginx.status_code == 200 and via_nginx.content.startswith(b"%PDF")
     figures.append(f"token: form loaded on {one.name}, result page (and its {len(token)}-char token) made on "
                    f"{two.name}, text report downloaded from {one.name}: {report.status_code}, "
