@@ -91,3 +91,9 @@ def on_starting(server):
     if problem:
         sys.stderr.write(f"error: {problem}\n")
         sys.exit(3)
+    # Several workers must spend one rate-limit budget, not one each: unless an operator named a
+    # shared store (Redis), they count in memory this master makes and every worker inherits.
+    from server.web.shared_counts import share_across_workers
+
+    if share_across_workers(os.environ, server.cfg.workers):
+        server.log.info("rate limits: one count shared by the %d workers (memory)", server.cfg.workers)

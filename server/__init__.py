@@ -52,15 +52,7 @@ def create_app(config: dict | None = None) -> Flask:
     csrf = CSRFProtect(app)
     csrf.exempt(api.bp)
     csrf.exempt(pages.report)
-    if app.config.get("RATE_LIMIT"):  # optional per-client limit on screening, off by default
-        from flask_limiter import Limiter
-        from flask_limiter.util import get_remote_address
-
-        limiter = Limiter(get_remote_address, app=app, headers_enabled=True, **scaleout.limiter_options(app.config))
-        # One budget for both ways to run the model: POST /predict and the upload form's POST /screen.
-        screening = limiter.shared_limit(app.config["RATE_LIMIT"], scope="screening")
-        for endpoint in ("api.predict", "pages.screen"):
-            app.view_functions[endpoint] = screening(app.view_functions[endpoint])
+    scaleout.limit_rates(app)  # per client: screening, and report downloads
     if app.config["LOAD_MODEL"]:
         init_predictor(app)
     return app

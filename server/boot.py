@@ -25,7 +25,8 @@ def boot_problem(environ) -> str | None:
     """The first reason this environment cannot serve, as one sentence, or None."""
     if not environ.get("SECRET_KEY"):
         return SECRET_KEY_MISSING
-    rate_problem = rate_limit_problem(environ.get("RATE_LIMIT", "")) or storage_problem(environ.get("RATE_LIMIT_STORAGE_URI", ""))
+    rate_problems = [rate_limit_problem(environ.get(name, ""), name) for name in ("RATE_LIMIT", "REPORT_RATE_LIMIT")]
+    rate_problem = next(filter(None, rate_problems), None) or storage_problem(environ.get("RATE_LIMIT_STORAGE_URI", ""))
     if rate_problem:
         return rate_problem
     model_path = Path(environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH)

@@ -123,62 +123,6 @@ def test_app_from_the_environment_is_never_in_debug_mode(monkeypatch):
     assert app.config["TESTING"] is False
 
 
-# ---------------------------------------------------------------- rate limiting
-
-
-def test_rate_limit_is_off_by_default(monkeypatch, model_path):
-    monkeypatch.delenv("RATE_LIMIT", raising=False)
-    app = create_app({"MODEL_PATH": str(model_path), "SECRET_KEY": "x", "TESTING": True})
-    assert app.config["RATE_LIMIT"] == "" and "limiter" not in app.extensions
-    client = app.test_client()
-    for _ in range(8):
-        assert client.post("/predict", data=image_bytes(RED), content_type="image/png").status_code == 200
-
-
-def test_rate_limit_answers_429_json_after_the_limit(monkeypatch, model_path):
-    monkeypatch.setenv("RATE_LIMIT", "3/minute")
-    app = create_app({"MODEL_PATH": str(model_path), "SECRET_KEY": "x", "TESTING": True})
-    client = app.test_client()
-    statuses = [client.post("/predict", data=image_bytes(RED), content_type="image/png").status_code for _ in range(3)]
-    assert statuses == [200, 200, 200]
-    limited = client.post("/predict", data=image_bytes(RED), content_type="image/png")
-    assert limited.status_code == 429 and limited.mimetype == "application/json"
-    assert limited.json["error"]["code"] == "too_many_requests"
-    assert "3 per 1 minute" in limited.json["error"]["message"]
-    assert int(limited.headers["Retry-After"]) > 0
-    assert limited.headers["X-Request-ID"]  # the usual headers still apply
-    # Per client: another address has its own budget; probes and docs are never limited.
-    other = client.post("/predict", data=image_bytes(RED), content_type="image/png",
-                        environ_base={"REMOTE_ADDR": "10.0.0.2"})
-    assert other.status_code == 200
-    assert all(client.get("/healthz").status_code == 200 for _ in range(5))
-    assert client.get("/openapi.json").status_code == 200
-
-
-def test_rate_limit_budget_is_shared_with_the_upload_form(monkeypatch, model_path):
-    """The form's POST /screen runs the same model: it must not be a way around the limit."""
-    monkeypatch.setenv("RATE_LIMIT", "2/minute")
-    app = create_app({"MODEL_PATH": str(model_path), "SECRET_KEY": "x", "TESTING": True, "WTF_CSRF_ENABLED": False})
-    client = app.test_client()
-    form = {"image": (io.BytesIO(image_bytes(RED)), "lesion.png")}
-    assert client.post("/screen", data=form, content_type="multipart/form-data").status_code == 200
-    assert client.post("/predict", data=image_bytes(RED), content_type="image/png").status_code == 200
-    assert client.post("/predict", data=image_bytes(RED), content_type="image/png").status_code == 429
-    form = {"image": (io.BytesIO(image_bytes(RED)), "lesion.png")}
-    page = client.post("/screen", data=form, content_type="multipart/form-data", headers={"Accept": "text/html"})
-    assert page.status_code == 429 and page.mimetype == "text/html"
-
-
-def test_bad_rate_limit_refuses_to_start(monkeypatch):
-    from server.boot import boot_problem
-
-    assert "RATE_LIMIT='sixty' is not a rate" in boot_problem({"SECRET_KEY": "x", "RATE_LIMIT": "sixty"})
-    monkeypatch.setenv("RATE_LIMIT", "sixty")
-    monkeypatch.setenv("LOAD_MODEL", "0")
-    with pytest.raises(SystemExit, match="is not a rate"):
-        create_app()
-
-
 # ---------------------------------------------------------------- a real gunicorn
 
 
