@@ -121,6 +121,8 @@ def config_from_env() -> dict:
         # Seconds a request body may stall between two reads under gunicorn before the
         # client is answered 408 and disconnected (a slowloris upload must not hold a thread).
         "UPLOAD_READ_TIMEOUT": _env_float("UPLOAD_READ_TIMEOUT", 10.0),
+        # Seconds the whole body may take under gunicorn, however steadily it trickles (0: no bound).
+        "UPLOAD_BODY_TIMEOUT": _env_float("UPLOAD_BODY_TIMEOUT", 30.0),
     }
 
 

@@ -1,5 +1,5 @@
 """Production hardening (#7): the bad-input corpus through Flask and a real gunicorn, no
-leaks, no debug mode, rate limiting, and slow clients.
+leaks, no debug mode (rate limits: test_rate_limit.py; slow clients: test_slow_clients.py).
 
 One gunicorn (gunicorn.conf.py + wsgi.py, the shipped settings) serves the fixture model on
 a free loopback port for the whole module. Every corpus kind is posted to it over HTTP;
@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -24,13 +22,13 @@ import requests
 
 from server import create_app
 from tests.conftest import image_bytes
-from tests.corpus import GREEN, RED, SECRET_NAME, check_answer, corpus, kinds_by_name, leak_probes
-from tests.fixture_model import GREEN_CLASS, RED_CLASS
+from tests.corpus import GREEN, SECRET_NAME, check_answer, corpus, kinds_by_name, leak_probes
+from tests.fixture_model import GREEN_CLASS
 from tests.test_gunicorn import BOOT_SECONDS, GUNICORN, free_port, server_env, worker_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 KIND_NAMES = [k.name for k in corpus()]
-READ_TIMEOUT = 3  # UPLOAD_READ_TIMEOUT for the module's server: keeps the slow-client test short
+READ_TIMEOUT = 3  # UPLOAD_READ_TIMEOUT for the module's server, short as in test_slow_clients.py
 SKIP_DIRS = {"__pycache__", ".git", ".venv", ".pytest_cache", ".ruff_cache", "runs", "hamcache"}
 
 
@@ -72,43 +70,6 @@ def test_chunked_uploads_get_the_same_answers(client, kind_name):
     resp = chunked_post(client, kind.body, kind.content_type)
     assert resp.request.content_length is None  # what a chunked request looks like to the app
     check_answer(kind, resp.status_code, resp.mimetype, resp.get_json(silent=True))
-
-
-# ---------------------------------------------------------------- a stalled body, in process
-
-
-@pytest.fixture()
-def socket_app(model_path):
-    return create_app({"MODEL_PATH": str(model_path), "SECRET_KEY": "x", "TESTING": True, "UPLOAD_READ_TIMEOUT": 0.5})
-
-
-def post_over_socket(app, sent: bytes, declared: int):
-    """POST whose body comes from a real socket, as under gunicorn (``gunicorn.socket``)."""
-    server_side, client_side = socket.socketpair()
-    client_side.sendall(sent)
-    try:
-        started = time.monotonic()
-        environ = {"wsgi.input": server_side.makefile("rb"), "CONTENT_LENGTH": str(declared), "gunicorn.socket": server_side}
-        resp = app.test_client().post("/predict", content_type="image/png", environ_overrides=environ)
-        return resp, time.monotonic() - started, server_side.gettimeout()
-    finally:
-        server_side.close()
-        client_side.close()
-
-
-def test_a_stalled_body_is_answered_408_after_the_read_timeout(socket_app):
-    resp, elapsed, timeout_after = post_over_socket(socket_app, image_bytes(RED)[:40], declared=100_000)
-    assert resp.status_code == 408 and resp.json["error"]["code"] == "request_timeout", resp.data[:200]
-    assert "0.5 s" in resp.json["error"]["message"]
-    assert 0.4 <= elapsed < 3.0
-    assert timeout_after is None  # lifted before the response is written
-
-
-def test_a_complete_body_over_a_socket_is_screened_and_the_socket_released(socket_app):
-    body = image_bytes(RED)
-    resp, elapsed, timeout_after = post_over_socket(socket_app, body, declared=len(body))
-    assert resp.status_code == 200 and resp.json["prediction"]["code"] == RED_CLASS
-    assert timeout_after is None  # a large report on a slow link must not be cut off by the read timeout
 
 
 # ---------------------------------------------------------------- no debug mode, ever
@@ -254,79 +215,3 @@ def test_served_app_is_not_in_debug_mode(model_path):
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["False", "False"]
-
-
-# ---------------------------------------------------------------- slow clients
-
-
-def stalled_upload(port: int, sent: int = 2000, declared: int = 500_000) -> socket.socket:
-    """Headers and the first ``sent`` bytes of a ``declared``-byte PNG body, then silence."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/png\r\n"
-            f"Content-Length: {declared}\r\n\r\n").encode()
-    sock.sendall(head + image_bytes(RED)[:64] + b"\x00" * (sent - 64))
-    return sock
-
-
-def read_until_closed(sock: socket.socket, limit_s: float) -> tuple[bytes, float]:
-    """Everything the server sends until it closes the connection, and when it closed."""
-    started, data = time.monotonic(), b""
-    sock.settimeout(limit_s)
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except (socket.timeout, ConnectionResetError):
-        pass
-    return data, time.monotonic() - started
-
-
-def stall_and_serve(live, stalled_count: int, normal_requests: int = 6, closed_within: float = READ_TIMEOUT + 3):
-    """Open ``stalled_count`` stalled uploads, time ``normal_requests`` ordinary predictions
-    meanwhile; each stalled one must get a 408 and be closed within ``closed_within`` s."""
-    stalled = [stalled_upload(live["port"]) for _ in range(stalled_count)]
-    results: list = [None] * stalled_count
-
-    def watch(i, sock):
-        results[i] = read_until_closed(sock, READ_TIMEOUT + 15)
-
-    watchers = [threading.Thread(target=watch, args=(i, s)) for i, s in enumerate(stalled)]
-    for t in watchers:
-        t.start()
-    served = []
-    try:
-        time.sleep(0.5)
-        for _ in range(normal_requests):
-            started = time.monotonic()
-            resp = requests.post(f"{live['base']}/predict", data=image_bytes(RED), headers={"Content-Type": "image/png"},
-                                 timeout=READ_TIMEOUT + 20)
-            served.append(round(time.monotonic() - started, 2))
-            assert resp.status_code == 200 and resp.json()["prediction"]["code"] == RED_CLASS
-    finally:
-        for t in watchers:
-            t.join(READ_TIMEOUT + 20)
-        for s in stalled:
-            s.close()
-    for data, closed_after in results:
-        assert data.startswith(b"HTTP/1.1 408"), data[:200]
-        assert b'"code":"request_timeout"' in data.replace(b" ", b"")
-        assert READ_TIMEOUT - 1 <= closed_after <= closed_within, closed_after
-    assert worker_pids(live["proc"].pid) == live["workers"], "a worker died"
-    return served
-
-
-@pytest.mark.slow
-def test_stalled_uploads_do_not_block_others_and_are_cut_off(live):
-    """Slowloris: 3 uploads stall mid-body. With 4 threads per worker none can fill a
-    worker, so others are served at once; each stalled upload is answered 408 and
-    disconnected after UPLOAD_READ_TIMEOUT of silence, and no worker dies."""
-    served = stall_and_serve(live, stalled_count=3)
-    assert max(served) < 2.0, served
-
-
-@pytest.mark.slow
-def test_a_thread_per_stalled_upload_delays_others_only_until_the_read_timeout(live):
-    """As many stalled uploads as the server has threads (2 workers x 4): others may wait,
-    but no longer than UPLOAD_READ_TIMEOUT (without it they waited forever). An upload
-    queued behind busy threads is read, and its silence timed, once a thread frees up."""
-    served = stall_and_serve(live, stalled_count=8, normal_requests=3, closed_within=2 * READ_TIMEOUT + 3)
-    assert max(served) < READ_TIMEOUT + 3, served

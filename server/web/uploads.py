@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import re
-import socket
 
 from flask import Request, after_this_request, current_app, has_request_context, request
 from flask.wrappers import Request as FlaskRequest
@@ -20,10 +19,10 @@ from werkzeug.wsgi import LimitedStream
 
 from server.patient import PATIENT_FIELDS, PatientContext, bad_patient_field
 from server.problems import ServiceError
+from server.web import slow_uploads
 
 FIELD = "image"
 MB = 1024 * 1024
-STALLED_UPLOAD = "The upload stalled: nothing arrived for {timeout:g} s. Please try again on a steadier connection."
 
 
 def max_upload_bytes() -> int:
@@ -67,40 +66,6 @@ def check_form_limits(parts: list[bytes], max_parts: int | None, max_field: int 
         raise FormTooLarge(f"The form field '{field}' is larger than the {max_field:,}-byte limit for a field.")
 
 
-class StallGuardedInput:
-    """``wsgi.input`` that turns a read timeout on the client socket into a 408 ServiceError.
-
-    Gunicorn's gthread worker reads the body with a blocking socket and no timeout, so a
-    client that sends its headers and part of a body, then stalls, would hold a request
-    thread until it disconnects (measured: two such clients starved a 2x2 server). The
-    socket gets ``UPLOAD_READ_TIMEOUT`` (see ``guard_input``); when a read times out, the
-    rest of the body is refused (read side shut down, so gunicorn does not try to drain it)
-    and the client is answered 408 on a connection that then closes.
-    """
-
-    def __init__(self, raw, sock: socket.socket, timeout: float):
-        self._raw, self._sock, self._timeout = raw, sock, timeout
-
-    def _guard(self, read, *args):
-        try:
-            return read(*args)
-        except TimeoutError:
-            try:
-                self._sock.shutdown(socket.SHUT_RD)
-            except OSError:
-                pass
-            raise ServiceError(408, "request_timeout", STALLED_UPLOAD.format(timeout=self._timeout)) from None
-
-    def read(self, *args):
-        return self._guard(self._raw.read, *args)
-
-    def readline(self, *args):
-        return self._guard(self._raw.readline, *args)
-
-    def __iter__(self):
-        return iter(self.readline, b"")
-
-
 class StrictMaxStream(LimitedStream):
     """A streamed (chunked) body capped at MAX_CONTENT_LENGTH that is refused, not cut, past it.
 
@@ -121,29 +86,9 @@ class StrictMaxStream(LimitedStream):
         return data
 
 
-def guard_input(environ: dict, timeout: float | None) -> bool:
-    """Bound each read of this request's body under gunicorn (``gunicorn.socket``).
-
-    Returns True when it did; ``release_socket`` must then lift the timeout before the
-    response is written (Python bounds a whole ``sendall`` by it, which would cut off a
-    large report on a slow link).
-    """
-    sock = environ.get("gunicorn.socket")
-    if not timeout or sock is None or isinstance(environ.get("wsgi.input"), StallGuardedInput):
-        return False
-    sock.settimeout(timeout)
-    environ["wsgi.input"] = StallGuardedInput(environ["wsgi.input"], sock, timeout)
-    return True
-
-
 def release_socket(response):
     """after_this_request hook: the body has been read, the response may take its time."""
-    sock = request.environ.get("gunicorn.socket")
-    if sock is not None:
-        try:
-            sock.settimeout(None)
-        except OSError:
-            pass
+    slow_uploads.release_socket(request.environ)
     return response
 
 
@@ -160,9 +105,9 @@ class InMemoryRequest(FlaskRequest):
 
     @cached_property
     def stream(self):
-        """The body stream: a stalled client is cut off after UPLOAD_READ_TIMEOUT (408), and a
+        """The body stream: a slow client is cut off or turned away (``server/web/slow_uploads.py``), and a
         chunked body over MAX_CONTENT_LENGTH is refused (413) instead of truncated."""
-        if has_request_context() and guard_input(self.environ, current_app.config.get("UPLOAD_READ_TIMEOUT")):
+        if has_request_context() and slow_uploads.guard_input(self.environ, current_app.config):
             after_this_request(release_socket)
         limit = self.max_content_length
         if self.content_length is None and limit is not None and self.environ.get("wsgi.input_terminated"):
