@@ -10,6 +10,7 @@ HTTPS answers carry one HSTS header and a Secure, SameSite=Lax session cookie.
 from __future__ import annotations
 
 import http.client
+import re
 import shutil
 import socket
 import ssl
@@ -20,6 +21,7 @@ import requests
 from deploy import nginx
 from deploy.processes import find_binary
 from deploy.stack import Stack
+from tests.conftest import image_bytes
 
 
 def test_the_template_serves_https_only_with_modern_protocols_and_hsts(tmp_path):
@@ -51,6 +53,7 @@ def handshake(port: int, context: ssl.SSLContext) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")  # asked for on purpose
 def test_https_with_a_checked_certificate_a_redirect_and_hsts(tls_stack):
     chain = tls_stack.certificate.chain
     trusted = ssl.create_default_context(cafile=chain)
@@ -79,3 +82,23 @@ def test_https_with_a_checked_certificate_a_redirect_and_hsts(tls_stack):
     assert cookie.startswith("session=") and "secure" in cookie and "samesite=lax" in cookie and "httponly" in cookie
     ready = requests.get(tls_stack.url + "/readyz", verify=chain, timeout=30)
     assert ready.status_code == 200 and ready.headers["Strict-Transport-Security"] == "max-age=31536000"
+
+
+@pytest.mark.slow
+def test_a_browser_session_screens_and_downloads_its_report_over_https(tls_stack):
+    """The whole form flow through nginx's TLS side: the Secure cookie carries the CSRF secret and the
+    report binding, so the report downloads in this session and not in another."""
+    chain = tls_stack.certificate.chain
+    browser = requests.Session()
+    browser.headers["Referer"] = tls_stack.url + "/"  # as a browser sends it (Referrer-Policy: same-origin)
+    form = browser.get(tls_stack.url + "/", verify=chain, timeout=30).text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+    page = browser.post(tls_stack.url + "/screen", data={"csrf_token": csrf, "age": "70"}, verify=chain, timeout=60,
+                        files={"image": ("lesion.png", image_bytes((220, 30, 30)), "image/png")})
+    assert page.status_code == 200, page.text[:300]
+    assert all(c.secure for c in browser.cookies)  # the Secure flag came back over HTTPS
+    token = re.search(r'name="token" value="([^"]+)"', page.text).group(1)
+    report = browser.post(tls_stack.url + "/report/txt", data={"token": token}, verify=chain, timeout=30)
+    assert report.status_code == 200 and "age 70" in report.text
+    stranger = requests.post(tls_stack.url + "/report/txt", data={"token": token}, verify=chain, timeout=30)
+    assert stranger.status_code == 400
