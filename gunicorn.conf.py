@@ -22,11 +22,15 @@ as the two clients stayed connected. Three settings now bound that:
 - ``timeout`` only restarts a worker whose main loop stops answering; it never cuts off a
   slow client under gthread.
 
-Still unbounded here: a client trickling one byte every few seconds, or one that never
-finishes its request headers (gunicorn reads headers without a timeout). For exposure
-beyond a trusted network, put a buffering proxy (nginx with ``client_max_body_size 11m``,
-``client_body_timeout``/``client_header_timeout`` and request buffering on) in front, as
-gunicorn's own deployment guide advises.
+- ``UPLOAD_BODY_TIMEOUT`` (app setting, default 30 s, #38): the whole body, however steadily
+  it trickles (16 clients sending a byte every 5 s had held all 8 threads indefinitely).
+
+Still unbounded here: a client that never finishes its request headers (gunicorn reads
+headers without a timeout), and more slow clients than threads, which delay others up to
+the bounds above. So the master refuses to listen beyond loopback unless
+``TRUSTED_PROXY_HOPS`` declares a buffering proxy in front (nginx with
+``client_max_body_size 11m``, ``client_body_timeout``/``client_header_timeout`` and request
+buffering on, as gunicorn's own deployment guide advises; ``server/boot.py``).
 """
 
 import os
@@ -85,9 +89,15 @@ access_log_format = (
 
 def on_starting(server):
     """Refuse to start, in one line, before forking workers that would all fail the same way."""
-    from server.boot import boot_problem
+    from server.boot import boot_problem, exposure_problem
 
-    problem = boot_problem(os.environ)
+    problem = boot_problem(os.environ) or exposure_problem(server.cfg.bind, int(os.environ.get("TRUSTED_PROXY_HOPS") or 0))
     if problem:
         sys.stderr.write(f"error: {problem}\n")
         sys.exit(3)
+    # Several workers must spend one rate-limit budget, not one each: unless an operator named a
+    # shared store (Redis), they count in memory this master makes and every worker inherits.
+    from server.web.shared_counts import share_across_workers
+
+    if share_across_workers(os.environ, server.cfg.workers):
+        server.log.info("rate limits: one count shared by the %d workers (memory)", server.cfg.workers)

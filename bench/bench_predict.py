@@ -177,7 +177,8 @@ def free_port() -> int:
 def start_gunicorn(model_path: Path, boot_seconds: float = 120):
     port = free_port()
     env = {**os.environ, "MODEL_PATH": str(model_path), "SECRET_KEY": os.environ.get("SECRET_KEY", "bench-secret"),
-           "PORT": str(port), "HOST": "127.0.0.1", "ACCESS_LOG": "/dev/null"}
+           "PORT": str(port), "HOST": "127.0.0.1", "ACCESS_LOG": "/dev/null",
+           "RATE_LIMIT": "off"}  # every request comes from this one address: measure, not limit
     gunicorn = str(Path(sys.executable).with_name("gunicorn"))
     proc = subprocess.Popen([gunicorn, "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -1,6 +1,6 @@
-"""Start and stop the scale-out stack on this machine's loopback: Redis, N gunicorn hosts, nginx (#17).
+"""Start and stop the scale-out stack on this machine's loopback: Redis, N gunicorn hosts, nginx over HTTPS (#17, #38).
 
-    python -m deploy.stack start --run-dir run/stack [--instances 2] [--port 8080] [--model PATH]
+    python -m deploy.stack start --run-dir run/stack [--instances 2] [--port 8080] [--tls-port 8443] [--model PATH]
     python -m deploy.stack status --run-dir run/stack
     python -m deploy.stack stop --run-dir run/stack
 
@@ -25,62 +25,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pwd
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from string import Template
+
+from deploy import nginx
+from deploy.processes import alive, find_binary, free_port, group_alive, http_status, tail
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = Path(__file__).with_name("nginx.conf.template")
-SYSTEM_DIRS = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STOP_SIGNALS = {"nginx": signal.SIGQUIT, "gunicorn": signal.SIGTERM, "redis": signal.SIGTERM}  # each one's graceful stop
 BOOT_SECONDS = float(os.environ.get("STACK_BOOT_SECONDS", "180"))
 
 
 class StackError(RuntimeError):
     """A component is missing or did not start; the message says which and where its log is."""
-
-
-def find_binary(name: str, env_var: str) -> str | None:
-    """``$env_var``, else ``name`` on PATH or in the system folders (nginx lives in /usr/sbin)."""
-    explicit = os.environ.get(env_var)
-    if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
-    return shutil.which(name, path=os.environ.get("PATH", "") + ":" + SYSTEM_DIRS)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def http_status(url: str, timeout: float = 2.0) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, OSError):
-        return None
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie, dead but not yet reaped, counts as gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] != "Z"
 
 
 @dataclass
@@ -100,8 +63,10 @@ class Process:
 class Stack:
     run_dir: Path
     instances: int = 2
-    port: int = 0  # nginx's; 0 picks a free one
+    port: int = 0  # nginx's plain HTTP port (it only redirects); 0 picks a free one
     host: str = "127.0.0.1"
+    tls_port: int = 0  # nginx's HTTPS port; 0 picks a free one
+    certificate: nginx.Certificate | None = None  # None: a self-signed one made with openssl in the run folder
     model_path: str | None = None
     rate_limit: str | None = None
     env: dict = field(default_factory=dict)  # extra environment for the gunicorn instances
@@ -114,8 +79,8 @@ class Stack:
     # ------------------------------------------------------------ start
 
     def start(self) -> "Stack":
-        nginx, redis = find_binary("nginx", "NGINX"), find_binary("redis-server", "REDIS_SERVER")
-        missing = [n for n, b in (("nginx", nginx), ("redis-server", redis)) if not b]
+        nginx_binary, redis = find_binary("nginx", "NGINX"), find_binary("redis-server", "REDIS_SERVER")
+        missing = [n for n, b in (("nginx", nginx_binary), ("redis-server", redis)) if not b]
         if missing:
             raise StackError(f"{' and '.join(missing)} not found; on Debian/Ubuntu: apt-get install -y nginx redis-server "
                              "(or `make services`)")
@@ -134,10 +99,12 @@ class Stack:
             for proc in self.gunicorns():
                 self._wait(lambda p=proc: http_status(p.url + "/readyz") == 200, proc.name)
             self.port = self.port or free_port(self.host)
+            self.tls_port = self.tls_port or free_port(self.host)
+            self.certificate = self.certificate or nginx.self_signed_certificate(self.run_dir / "tls", self.host)
             conf = self.write_nginx_conf()
-            self._spawn("nginx", "nginx", self.port, [nginx, "-p", str(self.run_dir), "-c", str(conf),
-                                                      "-e", str(self.run_dir / "nginx-error.log")])
-            self._wait(lambda: http_status(self.url + "/healthz") == 200, "nginx")
+            self._spawn("nginx", "nginx", self.tls_port, [nginx_binary, "-p", str(self.run_dir), "-c", str(conf),
+                                                          "-e", str(self.run_dir / "nginx-error.log")])
+            self._wait(lambda: http_status(self.url + "/healthz", cafile=self.certificate.chain) == 200, "nginx")
         except BaseException:
             self.stop()
             raise
@@ -163,23 +130,12 @@ class Stack:
         return self._spawn(f"gunicorn-{index}", "gunicorn", port, [gunicorn, "-c", "gunicorn.conf.py", "wsgi:app"], env=env)
 
     def write_nginx_conf(self) -> Path:
-        max_mb = int(os.environ.get("MAX_UPLOAD_MB", "10"))
-        user = pwd.getpwuid(os.geteuid())
-        servers = "\n".join(f"        server {p.url.split('//')[1]} max_fails=1 fail_timeout=10s;" for p in self.gunicorns())
-        text = Template(TEMPLATE.read_text()).safe_substitute(
-            # As root, nginx's workers would otherwise become `nobody`, who cannot write this folder.
-            user_line=f"user {user.pw_name} {Path('/etc/group').exists() and _group(user.pw_gid) or user.pw_name};"
-            if os.geteuid() == 0 else "# not root: nginx runs as this user",
-            run_dir=str(self.run_dir), listen=f"{self.host}:{self.port}", upstream_servers=servers,
-            max_upload_mb=str(max_mb), max_body_bytes=str(max_mb * 1024 * 1024 + 64 * 1024),
-            upload_read_timeout=str(int(float(os.environ.get("UPLOAD_READ_TIMEOUT", "10")))),
-            proxy_read_timeout=str(int(os.environ.get("GUNICORN_TIMEOUT", "30")) + 30),
-        )
-        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (self.run_dir / sub).mkdir(exist_ok=True)
-        conf = self.run_dir / "nginx.conf"
-        conf.write_text(text)
-        return conf
+        """nginx.conf in the run folder: HTTP on ``port`` redirecting to HTTPS on ``tls_port``, every instance upstream."""
+        certificate = self.certificate or nginx.Certificate(str(self.run_dir / "tls" / "tls-certificate.pem"),
+                                                            str(self.run_dir / "tls" / "tls-key.pem"))
+        upstreams = [p.url.split("//")[1] for p in self.gunicorns()]
+        text = nginx.render(self.run_dir, self.host, self.port, self.tls_port or 443, upstreams, certificate)
+        return nginx.write_conf(self.run_dir, text)
 
     def _spawn(self, name: str, kind: str, port: int, cmd: list[str], env: dict | None = None) -> Process:
         log_path = self.run_dir / f"{name}.log"
@@ -196,9 +152,9 @@ class Stack:
         proc = self.get(name)
         while not ready():
             if not alive(proc.pid):
-                raise StackError(f"{name} exited while starting; see {proc.log}:\n" + _tail(proc.log))
+                raise StackError(f"{name} exited while starting; see {proc.log}:\n" + tail(proc.log))
             if time.monotonic() > deadline:
-                raise StackError(f"{name} was not ready after {BOOT_SECONDS:.0f} s; see {proc.log}:\n" + _tail(proc.log))
+                raise StackError(f"{name} was not ready after {BOOT_SECONDS:.0f} s; see {proc.log}:\n" + tail(proc.log))
             time.sleep(0.3)
 
     def _redis_ping(self, port: int) -> bool:
@@ -213,6 +169,12 @@ class Stack:
 
     @property
     def url(self) -> str:
+        """Where clients go: nginx over HTTPS (check it against ``certificate.chain``)."""
+        return f"https://{self.host}:{self.tls_port}"
+
+    @property
+    def http_url(self) -> str:
+        """nginx's plain HTTP side, which only redirects to ``url``."""
         return f"http://{self.host}:{self.port}"
 
     def get(self, name: str) -> Process:
@@ -267,7 +229,7 @@ class Stack:
         while True:
             if popen is not None:
                 popen.poll()
-            if not alive(proc.pid) and not _group_alive(proc.pid):
+            if not alive(proc.pid) and not group_alive(proc.pid):
                 return True
             if time.monotonic() > deadline:
                 return False
@@ -276,43 +238,19 @@ class Stack:
     # ------------------------------------------------------------ state, for the CLI
 
     def save(self) -> None:
-        state = {"port": self.port, "host": self.host, "instances": self.instances,
+        state = {"port": self.port, "tls_port": self.tls_port, "host": self.host, "instances": self.instances,
+                 "certificate": asdict(self.certificate) if self.certificate else None,
                  "processes": [asdict(p) for p in self.processes]}
         (self.run_dir / "stack.json").write_text(json.dumps(state, indent=2) + "\n")
 
     @classmethod
     def load(cls, run_dir) -> "Stack":
         state = json.loads((Path(run_dir) / "stack.json").read_text())
-        stack = cls(Path(run_dir), instances=state["instances"], port=state["port"], host=state["host"])
+        stack = cls(Path(run_dir), instances=state["instances"], port=state["port"], host=state["host"],
+                    tls_port=state.get("tls_port", 0),
+                    certificate=nginx.Certificate(**state["certificate"]) if state.get("certificate") else None)
         stack.processes = [Process(**p) for p in state["processes"]]
         return stack
-
-
-def _group_alive(pgid: int) -> bool:
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
-def _group(gid: int) -> str:
-    import grp
-
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
-
-
-def _tail(path: str, lines: int = 15) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def main(argv=None) -> int:
@@ -320,7 +258,10 @@ def main(argv=None) -> int:
     p.add_argument("command", choices=("start", "stop", "status"))
     p.add_argument("--run-dir", default="run/stack", help="config, pid, log and temp files (default run/stack)")
     p.add_argument("--instances", type=int, default=2, help="gunicorn instances, each standing for a host (default 2)")
-    p.add_argument("--port", type=int, default=8080, help="nginx's port on 127.0.0.1 (default 8080)")
+    p.add_argument("--port", type=int, default=8080, help="nginx's HTTP port on 127.0.0.1, redirecting to HTTPS (default 8080)")
+    p.add_argument("--tls-port", type=int, default=8443, help="nginx's HTTPS port on 127.0.0.1 (default 8443)")
+    p.add_argument("--certificate", help="PEM certificate chain for nginx (default: a self-signed one, made with openssl)")
+    p.add_argument("--certificate-key", help="PEM key of --certificate")
     p.add_argument("--model", default=os.environ.get("MODEL_PATH"), help="the .h5 every instance serves (default MODEL_PATH)")
     p.add_argument("--rate-limit", default=os.environ.get("RATE_LIMIT"), help="e.g. 60/minute, counted once in Redis")
     args = p.parse_args(argv)
@@ -330,15 +271,17 @@ def main(argv=None) -> int:
                   f"--run-dir {args.run_dir}", file=sys.stderr)
             return 1
         try:
-            stack = Stack(Path(args.run_dir), args.instances, args.port, model_path=args.model,
-                          rate_limit=args.rate_limit).start()
+            certificate = nginx.Certificate(args.certificate, args.certificate_key) if args.certificate else None
+            stack = Stack(Path(args.run_dir), args.instances, args.port, model_path=args.model, rate_limit=args.rate_limit,
+                          tls_port=args.tls_port, certificate=certificate).start()
         except StackError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         for proc in stack.processes:
             where = f"redis://{stack.host}:{proc.port}" if proc.kind == "redis" else proc.url
             print(f"{proc.name:11} pid {proc.pid:<7} {where}")
-        print(f"serving on {stack.url} (logs in {stack.run_dir}); stop: python -m deploy.stack stop --run-dir {args.run_dir}")
+        print(f"serving on {stack.url} (certificate {stack.certificate.chain}; {stack.http_url} redirects there; logs in "
+              f"{stack.run_dir}); stop: python -m deploy.stack stop --run-dir {args.run_dir}")
         return 0
     if not (Path(args.run_dir) / "stack.json").exists():
         print(f"no stack runs from {args.run_dir}")

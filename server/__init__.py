@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from flask import Flask
 
 from server.config import ROOT, absolute_model_paths, config_from_env, ensure_secret_key
+
+# ONNX Runtime (1.29+ on Linux) otherwise keeps a telemetry event database (a device id, the
+# Python path, graph names, timings) under ~/.cache/Microsoft/DeveloperTools/. A service that
+# holds patients' photos keeps no such file. Set here, before any server module can import
+# onnxruntime (each does so through this package); an operator's explicit value wins.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -33,31 +40,24 @@ def create_app(config: dict | None = None) -> Flask:
         handler.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"))
         server_log.addHandler(handler)
 
-    from server.web import api, errors, observability, pages, scaleout
+    from server.web import api, errors, observability, pages, scaleout, transport
     from server.web.service import init_predictor
 
     observability.init_app(app)
     scaleout.init_app(app)  # behind a proxy: the client's address from X-Forwarded-For
+    transport.init_app(app)  # Secure cookies and HSTS over HTTPS
     app.register_blueprint(errors.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     # Forms carry CSRF tokens; the JSON API is for non-browser clients (curl) and is exempt.
-    # Report downloads are exempt too: they only render what their signed token holds, and
-    # a CSRF token (1 h) would otherwise expire before the report token (24 h) does.
+    # Report downloads are exempt too: they only render what their encrypted token holds, and
+    # that token is bound to the same session cookie the CSRF token lives in.
     from flask_wtf.csrf import CSRFProtect
 
     csrf = CSRFProtect(app)
     csrf.exempt(api.bp)
     csrf.exempt(pages.report)
-    if app.config.get("RATE_LIMIT"):  # optional per-client limit on screening, off by default
-        from flask_limiter import Limiter
-        from flask_limiter.util import get_remote_address
-
-        limiter = Limiter(get_remote_address, app=app, headers_enabled=True, **scaleout.limiter_options(app.config))
-        # One budget for both ways to run the model: POST /predict and the upload form's POST /screen.
-        screening = limiter.shared_limit(app.config["RATE_LIMIT"], scope="screening")
-        for endpoint in ("api.predict", "pages.screen"):
-            app.view_functions[endpoint] = screening(app.view_functions[endpoint])
+    scaleout.limit_rates(app)  # per client: screening, and report downloads
     if app.config["LOAD_MODEL"]:
         init_predictor(app)
     return app

@@ -34,25 +34,39 @@ def _env_float(name: str, default: float) -> float:
         raise SystemExit(f"{name}={raw!r} is not a number") from None
 
 
-def rate_limit_problem(raw: str) -> str | None:
-    """Why ``raw`` is not a Flask-Limiter rate ("60/minute", "5/second;100/hour"), or None."""
-    if not raw.strip():
+# Per client address, so a clinic behind one NAT address shares each budget. 60 screenings a
+# minute is one a second, sustained: about ten times what a busy clinic's staff upload together
+# at their peak. Each result page offers two reports (text, PDF), hence twice as many downloads.
+DEFAULT_RATE_LIMITS = {"RATE_LIMIT": "60/minute", "REPORT_RATE_LIMIT": "120/minute"}
+OFF = "off"
+
+
+def rate_limit_problem(raw: str, name: str = "RATE_LIMIT") -> str | None:
+    """Why ``raw`` is not a Flask-Limiter rate ("60/minute", "5/second;100/hour") or ``off``, or None."""
+    if not raw.strip() or raw.strip().lower() == OFF:
         return None
     from limits import parse_many
 
     try:
         parse_many(raw.strip())
     except ValueError:
-        return f"RATE_LIMIT={raw!r} is not a rate such as '60/minute'."
+        return f"{name}={raw!r} is not a rate such as '60/minute' (or 'off')."
     return None
 
 
+def active_rate(value: str | None) -> str | None:
+    """The rate a limit setting enforces, or None when it is ``off``."""
+    value = (value or "").strip()
+    return None if not value or value.lower() == OFF else value
+
+
 def _env_rate(name: str) -> str:
+    """A rate limit from the environment: empty or unset gives the default, ``off`` turns it off."""
     raw = os.environ.get(name, "")
-    problem = rate_limit_problem(raw)
+    problem = rate_limit_problem(raw, name)
     if problem:
         raise SystemExit(problem)
-    return raw.strip()
+    return raw.strip() or DEFAULT_RATE_LIMITS[name]
 
 
 def onnx_cache_dir() -> str:
@@ -77,6 +91,9 @@ def config_from_env() -> dict:
         # Werkzeug refuses bodies over this with 413 before the view reads them.
         "MAX_CONTENT_LENGTH": max_upload_mb * 1024 * 1024 + 64 * 1024,  # + room for multipart framing
         "SECRET_KEY": os.environ.get("SECRET_KEY") or None,
+        # The session cookie (CSRF secret, report binding) never rides a cross-site request;
+        # it is also Secure whenever the request came over HTTPS (server/web/transport.py).
+        "SESSION_COOKIE_SAMESITE": "Lax",
         "TF_INTRA_OP_THREADS": _env_int("TF_INTRA_OP_THREADS", 0),
         # auto: ONNX Runtime converted from the .h5 when it matches TensorFlow, else TensorFlow.
         "INFERENCE_RUNTIME": os.environ.get("INFERENCE_RUNTIME", "auto"),
@@ -94,14 +111,18 @@ def config_from_env() -> dict:
         # Never debug from the environment: Flask would otherwise read FLASK_DEBUG=1 and run
         # the production app in debug mode. Tests and `flask --debug` can still override it.
         "DEBUG": False,
-        # Optional per-client limit on POST /predict, e.g. "60/minute" (Flask-Limiter syntax);
-        # empty = off. Keyed on the client address; counted in RATE_LIMIT_STORAGE_URI (server/web/scaleout.py).
+        # Per-client limits (Flask-Limiter syntax; "off" turns one off): screening (POST /predict and
+        # /screen share it) and report downloads. Keyed on the client address; counted in
+        # RATE_LIMIT_STORAGE_URI, shared by every worker (server/web/scaleout.py, shared_counts.py).
         "RATE_LIMIT": _env_rate("RATE_LIMIT"),
+        "REPORT_RATE_LIMIT": _env_rate("REPORT_RATE_LIMIT"),
         "RATE_LIMIT_STORAGE_URI": os.environ.get("RATE_LIMIT_STORAGE_URI") or "memory://",  # redis://... for several hosts
         "TRUSTED_PROXY_HOPS": _env_int("TRUSTED_PROXY_HOPS", 0),  # 1 behind deploy/nginx.conf (server/web/scaleout.py)
         # Seconds a request body may stall between two reads under gunicorn before the
         # client is answered 408 and disconnected (a slowloris upload must not hold a thread).
         "UPLOAD_READ_TIMEOUT": _env_float("UPLOAD_READ_TIMEOUT", 10.0),
+        # Seconds the whole body may take under gunicorn, however steadily it trickles (0: no bound).
+        "UPLOAD_BODY_TIMEOUT": _env_float("UPLOAD_BODY_TIMEOUT", 30.0),
     }
 
 

@@ -89,9 +89,9 @@ def open_upload(data: bytes, working_side: int = WORKING_SIDE) -> Image.Image:
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         raise _invalid(f"The image declares too many pixels (limit {MAX_PIXELS:,}).") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         if claimed:  # starts like a JPEG/PNG, but the header cannot be parsed
-            raise _invalid(f"The {claimed} header is corrupt ({exc.__class__.__name__}).") from None
+            raise _invalid(f"The {claimed} header is corrupt.") from None
         raise _unsupported("The file is not a recognised image.") from None
     if img.format not in SUPPORTED_FORMATS:
         raise _unsupported(f"{img.format or 'This'} images are not supported.")

@@ -58,6 +58,23 @@ def worker_pids(master: int) -> set[int]:
     return pids
 
 
+def serving(base: str) -> bool:
+    """Whether the server at ``base`` answers readiness (False while it is not listening or still loading)."""
+    try:
+        return requests.get(f"{base}/readyz", timeout=2).status_code == 200
+    except (requests.ConnectionError, requests.Timeout):
+        return False
+
+
+def wait_until_serving(proc: subprocess.Popen, base: str, log_path: Path, workers: int = 2) -> None:
+    """Until gunicorn has ``workers`` workers and answers readiness; fails with its log if it exits or stalls."""
+    deadline = time.monotonic() + BOOT_SECONDS
+    while len(worker_pids(proc.pid)) < workers or not serving(base):
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, "gunicorn did not become ready:\n" + log_path.read_text()[-3000:]
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def live(model_path, tmp_path_factory):
     """A gunicorn on a free loopback port; always stopped in teardown."""

@@ -12,7 +12,7 @@ from server import reports
 from server.lesions import DISCLAIMER, lesion_class
 from server.prediction import ModelInfo, prediction_from_probabilities
 from tests.conftest import image_bytes
-from tests.fixture_model import BLUE_CLASS, RED_CLASS
+from tests.fixture_model import BLUE_CLASS
 from tests.test_pages import html, upload
 
 MODEL = ModelInfo(name="ham-test", version="9.9", sha256="ab" * 32, input_size=224, test_balanced_accuracy=0.7312)
@@ -114,57 +114,6 @@ def result_page_token(client, colour=(220, 30, 30)):
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', body).group(1)
     token = re.search(r'name="token" value="([^"]+)"', body).group(1)
     return csrf, token
-
-
-def test_reports_download_from_the_result_page_token(client):
-    csrf, token = result_page_token(client)
-    red = lesion_class(RED_CLASS)
-    txt = client.post("/report/txt", data={"csrf_token": csrf, "token": token})
-    assert txt.status_code == 200 and txt.mimetype == "text/plain"
-    assert "attachment;" in txt.headers["Content-Disposition"] and ".txt" in txt.headers["Content-Disposition"]
-    assert f"Predicted condition:  {red.name} ({red.code})" in txt.get_data(as_text=True)
-    for paper, height in (("a4", 842), ("letter", 792)):
-        pdf = client.post(f"/report/pdf?paper={paper}", data={"csrf_token": csrf, "token": token})
-        assert pdf.status_code == 200 and pdf.mimetype == "application/pdf"
-        reader = PdfReader(io.BytesIO(pdf.data))
-        assert round(float(reader.pages[0].mediabox.top)) == height
-        assert len(reader.pages[0].images) == 2, "the thumbnail and the heatmap grid travel in the token"
-        assert f"{red.name} ({red.code})" in pdf_text(pdf.data)
-        assert "colour-fixture" in pdf_text(pdf.data)  # model card summary from the serving model
-
-
-def test_altered_or_forged_report_token_is_refused(client):
-    csrf, token = result_page_token(client)
-    payload, sig = token.rsplit(".", 1)
-    altered = payload[:-3] + ("AAA" if payload[-3:] != "AAA" else "BBB") + "." + sig
-    from itsdangerous import URLSafeTimedSerializer
-
-    forged = URLSafeTimedSerializer("not-the-secret", salt="report").dumps({"prediction": {}, "thumbnail": None})
-    for bad in (altered, forged, "garbage", ""):
-        response = client.post("/report/txt", data={"csrf_token": csrf, "token": bad}, headers={"Accept": "text/html"})
-        assert response.status_code == 400, bad
-        assert response.mimetype == "text/html"
-        assert "upload the image again" in html(response)
-    assert client.post("/report/pdf?paper=a3", data={"csrf_token": csrf, "token": token}).status_code == 400
-
-
-def test_expired_report_token_is_refused(app, client):
-    csrf, token = result_page_token(client)
-    app.config["REPORT_TOKEN_MAX_AGE_S"] = -1
-    try:
-        response = client.post("/report/txt", data={"csrf_token": csrf, "token": token})
-    finally:
-        del app.config["REPORT_TOKEN_MAX_AGE_S"]
-    assert response.status_code == 400 and "too old" in html(response)
-
-
-def test_report_download_is_guarded_by_its_signed_token_not_the_csrf_token(app):
-    """A result page left open past the CSRF token's hour must still download its report;
-    what guards the download is the signed report token, which a fresh client cannot forge."""
-    _csrf, token = result_page_token(app.test_client())
-    fresh = app.test_client()  # no session, no CSRF token: as after the CSRF token expired
-    assert fresh.post("/report/txt", data={"token": token}).status_code == 200
-    assert fresh.post("/report/txt", data={"token": token[:-3] + "abc"}).status_code == 400
 
 
 @pytest.mark.parametrize("query, headers, mimetype", [

@@ -18,6 +18,7 @@ import http.client
 import itertools
 import json
 import re
+import ssl
 import threading
 import time
 import uuid
@@ -119,10 +120,16 @@ def loopback_addresses():
         yield f"127.1.{a}.{b}"
 
 
-def post(port: int, body: bytes, source: str = "127.0.0.1", headers: dict | None = None, path: str = "/predict"):
+def https(stack: Stack, source: str = "127.0.0.1", timeout: float = 30) -> http.client.HTTPSConnection:
+    """A connection to nginx's HTTPS side from ``source``, checking its certificate (#38)."""
+    return http.client.HTTPSConnection("127.0.0.1", stack.tls_port, timeout=timeout, source_address=(source, 0),
+                                       context=ssl.create_default_context(cafile=stack.certificate.chain))
+
+
+def post(stack: Stack, body: bytes, source: str = "127.0.0.1", headers: dict | None = None, path: str = "/predict"):
     """POST from ``source`` over a fresh connection; (status or None when the connection failed, body, request id)."""
     request_id = uuid.uuid4().hex
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
+    conn = https(stack, source)
     try:
         conn.request("POST", path, body=body, headers={"Content-Type": "image/png", "X-Request-ID": request_id,
                                                        **(headers or {})})
@@ -176,7 +183,7 @@ def test_two_hosts_behind_nginx_share_the_limit_the_secret_and_survive_losing_on
     assert len(set(cards.values())) == 1
 
     # 1. Requests spread over every instance (each from its own client address: no limit in play).
-    spread = [post(stack.port, image, next(addresses)) for _ in range(20)]
+    spread = [post(stack, image, next(addresses)) for _ in range(20)]
     assert all(status == 200 for status, _, _ in spread), spread[:3]
     log = nginx_log(stack, spread)
     per_instance = {name: 0 for name in upstream.values()}
@@ -186,7 +193,7 @@ def test_two_hosts_behind_nginx_share_the_limit_the_secret_and_survive_losing_on
     figures.append(f"spread: 20 requests via nginx -> {per_instance}")
 
     # Over the body limit: nginx answers 413 itself, in the service's JSON, before any host sees a byte.
-    conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=10)
+    conn = https(stack, timeout=10)
     conn.putrequest("POST", "/predict")
     conn.putheader("Content-Type", "image/png")
     conn.putheader("Content-Length", str(11 * 1024 * 1024))
@@ -197,7 +204,7 @@ def test_two_hosts_behind_nginx_share_the_limit_the_secret_and_survive_losing_on
 
     # 2. The rate limit holds in total: one client, 3x the limit, spread over both instances.
     client = "127.0.0.2"
-    limited = [post(stack.port, image, client) for _ in range(3 * LIMIT)]
+    limited = [post(stack, image, client) for _ in range(3 * LIMIT)]
     statuses = [s for s, _, _ in limited]
     log = nginx_log(stack, limited)
     by_status: dict[int, dict[str, int]] = {}
@@ -206,7 +213,7 @@ def test_two_hosts_behind_nginx_share_the_limit_the_secret_and_survive_losing_on
         counts[upstream[log[rid]["upstream"]]] += 1
     assert statuses.count(200) == LIMIT and statuses.count(429) == 2 * LIMIT, statuses
     assert all(n > 0 for n in by_status[200].values()), by_status  # both instances served part of the one budget
-    spoofed, body, _ = post(stack.port, image, client, headers={"X-Forwarded-For": "203.0.113.9"})
+    spoofed, body, _ = post(stack, image, client, headers={"X-Forwarded-For": "203.0.113.9"})
     assert spoofed == 429 and json.loads(body)["error"]["code"] == "too_many_requests"
     figures.append(f"rate limit {LIMIT}/hour, one client, {3 * LIMIT} requests: 200 x{statuses.count(200)} "
                    f"{by_status[200]}, 429 x{statuses.count(429)} {by_status[429]}; "
@@ -219,10 +226,10 @@ def test_two_hosts_behind_nginx_share_the_limit_the_secret_and_survive_losing_on
                         files={"image": ("lesion.png", image, "image/png")}, headers={"Accept": "text/html"}, timeout=30)
     assert page.status_code == 200, page.text[:300]
     token = REPORT_RE.search(page.text).group(1)
-    report = requests.post(one.url + "/report/txt", data={"token": token}, timeout=30)
+    report = browser.post(one.url + "/report/txt", data={"token": token}, timeout=30)  # the token is bound to this session
     assert report.status_code == 200 and report.headers["Content-Type"].startswith("text/plain")
     assert "screening aid" in report.text.lower()
-    via_nginx = requests.post(stack.url + "/report/pdf", data={"token": token}, timeout=30)
+    via_nginx = browser.post(stack.url + "/report/pdf", data={"token": token}, timeout=30, verify=stack.certificate.chain)
     assert via_nginx.status_code == 200 and via_nginx.content.startswith(b"%PDF")
     figures.append(f"token: form loaded on {one.name}, result page (and its {len(token)}-char token) made on "
                    f"{two.name}, text report downloaded from {one.name}: {report.status_code}, "
@@ -239,7 +246,7 @@ def test_two_hosts_behind_nginx_share_the_limit_the_secret_and_survive_losing_on
             with address_lock:
                 source = next(addresses)
             started = time.monotonic()
-            status, _, rid = post(stack.port, image, source)
+            status, _, rid = post(stack, image, source)
             with lock:
                 records.append((started, time.monotonic(), status, rid))
 

@@ -104,6 +104,9 @@ def docs():
 
     document = openapi_document(current_app.config["MAX_UPLOAD_MB"])
     schemas = docs_rows.schemas(document)
-    return render_template("api_docs.html", doc=document, operations=docs_rows.operations(document), schemas=schemas,
+    page = render_template("api_docs.html", doc=document, operations=docs_rows.operations(document), schemas=schemas,
                            schema_names={s["name"] for s in schemas}, inline_code=docs_rows.inline_code,
                            base_url=request.host_url.rstrip("/"))
+    # The examples name the address this client used (its Host header): no shared cache may keep
+    # the page, or one client's Host would be the address everyone else's photos are sent to.
+    return page, {"Cache-Control": "private, max-age=300", "Vary": "Host"}

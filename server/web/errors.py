@@ -55,9 +55,9 @@ def handle_http_exception(exc: HTTPException):
     status = exc.code or 500
     message = exc.description or exc.name
     if status == 413:
-        from flask import current_app
+        from server.web.uploads import too_large_message
 
-        message = f"The upload is larger than the {current_app.config['MAX_UPLOAD_MB']} MB limit."
+        message = too_large_message(exc)
     elif status == 429:  # Flask-Limiter's description is the limit itself, e.g. "60 per 1 minute"
         message = f"Too many requests from this client (limit: {message}). Wait and try again (see Retry-After)."
     body, status = error_response(status, _HTTP_CODES.get(status, exc.name.lower().replace(" ", "_")), message)

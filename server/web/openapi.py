@@ -13,28 +13,8 @@ from server.decoding import upload_limits_in_words
 from server.lesions import CLASS_CODES
 from server.reports import PAPER_SIZES, REPORT_FORMATS
 from server.web import openapi_patient as patient
-from server.web.openapi_prediction import PREDICTION_SCHEMA
+from server.web.openapi_schemas import ERROR_SCHEMA, PREDICTION_SCHEMA
 from server.web.uploads import FIELD
-
-_ERROR = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {
-                "code": {"type": "string"},
-                "message": {"type": "string"},
-                "looks_like": {"type": ["string", "null"],
-                               "description": "422 not_a_skin_lesion only: what the image seemed to show in the words "
-                                              "of an ImageNet classifier (e.g. 'tabby cat'), or null when it was "
-                                              "not confident."},
-                "field": patient.ERROR_FIELD,
-            },
-        }
-    },
-}
 
 
 def _error_response(description: str, *codes: str) -> dict:
@@ -127,14 +107,17 @@ def openapi_document(max_upload_mb: int) -> dict:
                                                "(age, sex, site) outside its values or sent twice.",
                                                "missing_file", "empty_file", "too_many_files", "bad_request",
                                                *patient.ERROR_CODES),
-                        "408": _error_response("The upload stalled for UPLOAD_READ_TIMEOUT seconds.", "request_timeout"),
-                        "413": _error_response(f"The upload is over {max_upload_mb} MB.", "payload_too_large"),
+                        "408": _error_response("The upload stalled for UPLOAD_READ_TIMEOUT seconds, or took longer "
+                                               "than UPLOAD_BODY_TIMEOUT in all.", "request_timeout"),
+                        "413": _error_response(f"The upload is over {max_upload_mb} MB, or its form has too many "
+                                               "parts or a field too large (the message says which).", "payload_too_large"),
                         "415": _error_response("Not a JPEG or PNG.", "unsupported_media_type"),
                         "422": _error_response("A JPEG or PNG that is truncated, corrupt, too small or too large "
                                                f"(invalid_image: {upload_limits_in_words()}), or not a skin "
                                                "lesion (not_a_skin_lesion).",
                                                "invalid_image", "not_a_skin_lesion"),
-                        "429": _error_response("Over RATE_LIMIT, when one is set.", "too_many_requests"),
+                        "429": _error_response("Over RATE_LIMIT (by default 60 a minute per client address; "
+                                               "see Retry-After).", "too_many_requests"),
                         "503": _error_response("No model loaded.", "model_unavailable"),
                     },
                 }
@@ -192,5 +175,5 @@ def openapi_document(max_upload_mb: int) -> dict:
                 }
             },
         },
-        "components": {"schemas": {"Prediction": PREDICTION_SCHEMA, "Error": _ERROR}},
+        "components": {"schemas": {"Prediction": PREDICTION_SCHEMA, "Error": ERROR_SCHEMA}},
     }

@@ -1,17 +1,12 @@
 """The web pages blueprint: upload page, result page, report downloads, model-card page.
 
 Nothing a person uploads is stored. The result page is the POST response itself; it
-carries the result and a small thumbnail in a signed token, so the report buttons can
-rebuild the report from the token alone, without a second upload and without the server
-remembering anything. A token whose signature does not check out is refused.
+carries the result and a small thumbnail in an encrypted token bound to the browser session
+(``server/web/report_token.py``), so the report buttons can rebuild the report from the token
+alone, without a second upload and without the server remembering anything.
 """
 
 from __future__ import annotations
-
-import base64
-import binascii
-import re
-from dataclasses import replace
 
 from flask import (
     Blueprint,
@@ -22,7 +17,6 @@ from flask import (
     send_from_directory,
 )
 from flask_wtf.csrf import CSRFError
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from server import reports, screening
@@ -35,13 +29,12 @@ from server.reports import quality
 from server.reports.context import context_figures, context_sentence, context_use
 from server.web.presenters import (data_uri, heatmap_uri, metric_rows, other_heatmap_uris, patient_form,
                                    precision_in_words, safeguards)
+from server.web.report_token import load_report, sign_report
 from server.web.service import card_dir, current_card, current_predictor, loaded_predictor
-from server.web.uploads import FIELD, patient_context, upload_bytes
+from server.web.uploads import FIELD, FormTooLarge, max_upload_bytes, patient_context, too_large_message, upload_bytes
 
 bp = Blueprint("pages", __name__)
 
-REPORT_SALT = "report"
-REPORT_TOKEN_MAX_AGE_S = 24 * 3600  # a result page left open overnight still downloads its report
 CONFUSION_MATRIX = "confusion_matrix.png"
 # What the upload form says for each failure code; the API keeps its own, more technical wording.
 FORM_MESSAGES = {
@@ -64,49 +57,11 @@ RESULT_NOT_STORED = ("No result to show: for your privacy, results are never sto
 
 # ---------------------------------------------------------------- helpers
 
-def max_upload_bytes() -> int:
-    return int(current_app.config["MAX_UPLOAD_MB"]) * 1024 * 1024
-
-
-def _serializer() -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=REPORT_SALT)
-
-
-def sign_report(prediction: Prediction) -> str:
-    """Sign the result and its thumbnail so a later report request needs no storage."""
-    thumb = base64.b64encode(prediction.thumbnail).decode("ascii") if prediction.thumbnail else None
-    # The heatmap travels as its small grid (49 integers for MobileNetV2), not as a picture:
-    # the PDF redraws the overlay from the grid and the thumbnail, so the token stays small.
-    return _serializer().dumps({"prediction": prediction.to_dict(heatmap_png=False), "thumbnail": thumb})
-
-
-def load_report(token: str | None) -> Prediction:
-    """Verify and unpack a report token, or raise a 400 ServiceError a person can act on."""
-    if not token:
-        raise ServiceError(400, "missing_report_token", "This report request carries no result. Please upload the image again.")
-    max_age = current_app.config.get("REPORT_TOKEN_MAX_AGE_S", REPORT_TOKEN_MAX_AGE_S)
-    try:
-        data = _serializer().loads(token, max_age=max_age)
-    except SignatureExpired:
-        raise ServiceError(400, "report_expired", "This result is too old to make a report from. Please upload the image again.") from None
-    except BadSignature:
-        raise ServiceError(400, "invalid_report_token",
-                           "This report link is not valid: it was changed or did not come from this service. "
-                           "Please upload the image again.") from None
-    try:
-        prediction = Prediction.from_dict(data["prediction"])
-        thumbnail = base64.b64decode(data["thumbnail"], validate=True) if data.get("thumbnail") else None
-    except (KeyError, TypeError, ValueError, binascii.Error):
-        raise ServiceError(400, "invalid_report_token", "This report link is not valid. Please upload the image again.") from None
-    return replace(prediction, thumbnail=thumbnail)
-
-
 def form_message(exc: ServiceError) -> str:
     if exc.code == "payload_too_large":
         return f"The file is larger than {current_app.config['MAX_UPLOAD_MB']} MB. Please choose a smaller photo."
     if exc.code == "invalid_image":
-        detail = re.sub(r" \(\w+(Error|Exception)\)", "", exc.message)  # people need no Python class names
-        return f"This image could not be used: {detail} Please try another JPEG or PNG photo."
+        return f"This image could not be used: {exc.message} Please try another JPEG or PNG photo."
     return FORM_MESSAGES.get(exc.code, exc.message)
 
 
@@ -225,14 +180,15 @@ def form_upload_too_large(exc: RequestEntityTooLarge):
     """A body over MAX_CONTENT_LENGTH is refused before the view runs (reading the form for CSRF):
     on the form, the person gets the same message on the same page as with JavaScript."""
     if request.endpoint != "pages.screen":
-        return error_response(413, "payload_too_large",
-                              f"The upload is larger than the {current_app.config['MAX_UPLOAD_MB']} MB limit.")
+        return error_response(413, "payload_too_large", too_large_message(exc))
+    if isinstance(exc, FormTooLarge):  # not the photo's size: say which limit the form broke
+        return render_upload(error=too_large_message(exc), status=413)
     return render_upload(error=form_message(ServiceError(413, "payload_too_large", "upload too large")), status=413)
 
 
 @bp.post("/report/<any(txt, pdf):fmt>")
 def report(fmt: str):
-    """Rebuild a report from the signed token the result page carries (no upload, no storage)."""
+    """Rebuild a report from the token the result page carries, in the session that made it (no upload, no storage)."""
     prediction = load_report(request.form.get("token"))
     paper = request.args.get("paper") or request.form.get("paper")
     return report_response(prediction, fmt, paper)

@@ -9,7 +9,7 @@ multipart form; ``patient_context`` reads them, and ``server.patient`` alone par
 from __future__ import annotations
 
 import io
-import socket
+import re
 
 from flask import Request, after_this_request, current_app, has_request_context, request
 from flask.wrappers import Request as FlaskRequest
@@ -19,43 +19,51 @@ from werkzeug.wsgi import LimitedStream
 
 from server.patient import PATIENT_FIELDS, PatientContext, bad_patient_field
 from server.problems import ServiceError
+from server.web import slow_uploads
 
 FIELD = "image"
-STALLED_UPLOAD = "The upload stalled: nothing arrived for {timeout:g} s. Please try again on a steadier connection."
+MB = 1024 * 1024
 
 
-class StallGuardedInput:
-    """``wsgi.input`` that turns a read timeout on the client socket into a 408 ServiceError.
+def max_upload_bytes() -> int:
+    """The exact limit on the image itself; MAX_CONTENT_LENGTH adds 64 KiB for multipart framing only."""
+    return int(current_app.config["MAX_UPLOAD_MB"]) * MB
 
-    Gunicorn's gthread worker reads the body with a blocking socket and no timeout, so a
-    client that sends its headers and part of a body, then stalls, would hold a request
-    thread until it disconnects (measured: two such clients starved a 2x2 server). The
-    socket gets ``UPLOAD_READ_TIMEOUT`` (see ``guard_input``); when a read times out, the
-    rest of the body is refused (read side shut down, so gunicorn does not try to drain it)
-    and the client is answered 408 on a connection that then closes.
+
+def too_large_message(exc: RequestEntityTooLarge | None = None) -> str:
+    """Which limit a 413 broke: a form's own (``FormTooLarge``), else the upload's size."""
+    if isinstance(exc, FormTooLarge):
+        return exc.description
+    return f"The upload is larger than the {current_app.config['MAX_UPLOAD_MB']} MB limit."
+
+
+def upload_too_large() -> ServiceError:
+    return ServiceError(413, "payload_too_large", too_large_message())
+
+
+class FormTooLarge(RequestEntityTooLarge):
+    """A multipart form within the byte limit that breaks another one (too many parts, a field too
+    large): its ``description`` names that limit, so the 413 does not wrongly blame the upload's size."""
+
+
+def check_form_limits(parts: list[bytes], max_parts: int | None, max_field: int | None) -> None:
+    """Refuse a form by the limit it breaks, before Werkzeug refuses it with no reason.
+
+    ``parts`` are the raw parts between boundaries (the first, the preamble, and the last, the
+    epilogue, excluded). A text field (no filename) is held in memory as a string, hence its limit.
     """
-
-    def __init__(self, raw, sock: socket.socket, timeout: float):
-        self._raw, self._sock, self._timeout = raw, sock, timeout
-
-    def _guard(self, read, *args):
-        try:
-            return read(*args)
-        except TimeoutError:
-            try:
-                self._sock.shutdown(socket.SHUT_RD)
-            except OSError:
-                pass
-            raise ServiceError(408, "request_timeout", STALLED_UPLOAD.format(timeout=self._timeout)) from None
-
-    def read(self, *args):
-        return self._guard(self._raw.read, *args)
-
-    def readline(self, *args):
-        return self._guard(self._raw.readline, *args)
-
-    def __iter__(self):
-        return iter(self.readline, b"")
+    if max_parts is not None and len(parts) > max_parts:
+        raise FormTooLarge(f"The form has {len(parts):,} parts; the limit is {max_parts:,}. "
+                           f"Send the image in '{FIELD}' and at most the patient fields.")
+    if max_field is None:
+        return
+    for part in parts:
+        head, _, content = part.partition(b"\r\n\r\n")
+        if b"filename=" in head or len(content) - 2 <= max_field:  # the part ends with CRLF before the boundary
+            continue
+        name = re.search(rb'name="([^"]*)"', head)
+        field = name.group(1).decode("utf-8", "replace")[:40] if name else "?"
+        raise FormTooLarge(f"The form field '{field}' is larger than the {max_field:,}-byte limit for a field.")
 
 
 class StrictMaxStream(LimitedStream):
@@ -78,29 +86,9 @@ class StrictMaxStream(LimitedStream):
         return data
 
 
-def guard_input(environ: dict, timeout: float | None) -> bool:
-    """Bound each read of this request's body under gunicorn (``gunicorn.socket``).
-
-    Returns True when it did; ``release_socket`` must then lift the timeout before the
-    response is written (Python bounds a whole ``sendall`` by it, which would cut off a
-    large report on a slow link).
-    """
-    sock = environ.get("gunicorn.socket")
-    if not timeout or sock is None or isinstance(environ.get("wsgi.input"), StallGuardedInput):
-        return False
-    sock.settimeout(timeout)
-    environ["wsgi.input"] = StallGuardedInput(environ["wsgi.input"], sock, timeout)
-    return True
-
-
 def release_socket(response):
     """after_this_request hook: the body has been read, the response may take its time."""
-    sock = request.environ.get("gunicorn.socket")
-    if sock is not None:
-        try:
-            sock.settimeout(None)
-        except OSError:
-            pass
+    slow_uploads.release_socket(request.environ)
     return response
 
 
@@ -117,9 +105,9 @@ class InMemoryRequest(FlaskRequest):
 
     @cached_property
     def stream(self):
-        """The body stream: a stalled client is cut off after UPLOAD_READ_TIMEOUT (408), and a
+        """The body stream: a slow client is cut off or turned away (``server/web/slow_uploads.py``), and a
         chunked body over MAX_CONTENT_LENGTH is refused (413) instead of truncated."""
-        if has_request_context() and guard_input(self.environ, current_app.config.get("UPLOAD_READ_TIMEOUT")):
+        if has_request_context() and slow_uploads.guard_input(self.environ, current_app.config):
             after_this_request(release_socket)
         limit = self.max_content_length
         if self.content_length is None and limit is not None and self.environ.get("wsgi.input_terminated"):
@@ -137,16 +125,17 @@ class InMemoryRequest(FlaskRequest):
         boundary = self.mimetype_params.get("boundary", "")
         if self.mimetype != "multipart/form-data" or not boundary:
             return stream
-        return io.BytesIO(utf8_part_headers(stream.read(), boundary.encode("latin-1", "replace")))
+        body, delimiter = stream.read(), b"--" + boundary.encode("latin-1", "replace")
+        check_form_limits(body.split(delimiter)[1:-1], self.max_form_parts, self.max_form_memory_size)
+        return io.BytesIO(utf8_part_headers(body, delimiter))
 
 
-def utf8_part_headers(body: bytes, boundary: bytes) -> bytes:
+def utf8_part_headers(body: bytes, delimiter: bytes) -> bytes:
     """Re-encode any multipart part header block that is not UTF-8 (read as Latin-1).
 
     Only the header blocks change; part contents are copied byte for byte. The boundary
-    cannot occur inside a part (RFC 2046), so splitting on it is safe.
+    cannot occur inside a part (RFC 2046), so splitting on its ``delimiter`` is safe.
     """
-    delimiter = b"--" + boundary
     parts = body.split(delimiter)
     for i in range(1, len(parts)):
         head, blank, rest = parts[i].partition(b"\r\n\r\n")
@@ -186,6 +175,8 @@ def upload_bytes(request: Request) -> bytes:
         )
     if not data:
         raise ServiceError(400, "empty_file", "The uploaded file is empty.")
+    if len(data) > max_upload_bytes():  # a raw body has no framing: the 64 KiB of room are not for the image
+        raise upload_too_large()
     return data
 
 

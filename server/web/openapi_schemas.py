@@ -1,8 +1,5 @@
-"""The ``Prediction`` schema of the OpenAPI document: the one 200 answer of ``POST /predict``.
-
-Split from ``server/web/openapi.py`` (which places it in the document) because it is most of
-the document's bulk and changes with ``server/prediction.py``, not with the routes.
-"""
+"""The JSON shapes the OpenAPI document names (Error, a class probability, the model, the
+prediction): data beside ``server/web/openapi.py``, which builds the document around them."""
 
 from __future__ import annotations
 
@@ -11,7 +8,27 @@ from server.prediction import UNUSUAL_IMAGE_MESSAGE
 from server.thresholds import MALIGNANT_TARGET_SENSITIVITY
 from server.web import openapi_patient as patient
 
-CLASS_PROBABILITY = {
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "looks_like": {"type": ["string", "null"],
+                               "description": "422 not_a_skin_lesion only: what the image seemed to show in the words "
+                                              "of an ImageNet classifier (e.g. 'tabby cat'), or null when it was "
+                                              "not confident."},
+                "field": patient.ERROR_FIELD,
+            },
+        }
+    },
+}
+
+_CLASS_PROB = {
     "type": "object",
     "required": ["code", "name", "risk", "probability"],
     "properties": {
@@ -22,7 +39,7 @@ CLASS_PROBABILITY = {
     },
 }
 
-MODEL_INFO = {
+_MODEL_INFO = {
     "type": "object",
     "required": ["name", "version", "sha256", "input_size"],
     "properties": {
@@ -65,7 +82,7 @@ PREDICTION_SCHEMA = {
             },
         },
         "prediction": {
-            "allOf": [CLASS_PROBABILITY],
+            "allOf": [_CLASS_PROB],
             "type": "object",
             "required": ["advice"],
             "properties": {"advice": {"type": "string"}},
@@ -74,7 +91,7 @@ PREDICTION_SCHEMA = {
             "type": "array",
             "minItems": len(CLASS_CODES),
             "maxItems": len(CLASS_CODES),
-            "items": CLASS_PROBABILITY,
+            "items": _CLASS_PROB,
             "description": "All classes, sorted by probability (highest first); they sum to 1.",
         },
         "malignant_threshold": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
@@ -136,7 +153,7 @@ PREDICTION_SCHEMA = {
                          "description": "The heatmap at the feature map's resolution, 0..255 (255 = strongest)."},
             },
         },
-        "model": MODEL_INFO,
+        "model": _MODEL_INFO,
         "timing": {
             "type": "object",
             "required": ["inference_ms"],
