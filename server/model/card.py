@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from server.model.card_fields import CardFieldError, emit, frozen, number, rest, section, text, thawed
+from server.model.card_differential import DifferentialRule, DifferentialSpec
+from server.model.card_int8 import Int8Graph, Int8Spec
 from server.model.card_subgroups import SUBGROUP_METRICS, SubgroupFigure, SubgroupRow, Subgroups
 from server.model.trust import DEFAULT_TTA, TTA_MODES
 from server.thresholds import MALIGNANT_TARGET_SENSITIVITY
 
 CARD_FILENAME = "model_card.json"
-__all__ = ["CARD_FILENAME", "CardFieldError", "Int8Graph", "Int8Spec", "ModelCard", "SUBGROUP_METRICS", "SubgroupFigure", "SubgroupRow",
+__all__ = ["CARD_FILENAME", "CardFieldError", "DifferentialRule", "DifferentialSpec",
+           "Int8Graph", "Int8Spec", "ModelCard", "SUBGROUP_METRICS", "SubgroupFigure", "SubgroupRow",
            "Subgroups", "frozen", "thawed"]
 
 
@@ -178,57 +181,6 @@ class PatientContextSpec:
                    strength=number(data, "strength", w, 0), extra=rest(data, cls))
 
 
-@dataclass(frozen=True)
-class Int8Graph:
-    """One int8 graph beside the ``.h5``: its file name and the sha256 of its bytes."""
-
-    file: str
-    sha256: str
-
-    @classmethod
-    def from_dict(cls, data: Mapping, where: str) -> "Int8Graph":
-        return cls(file=text(data, "file", where, required=True), sha256=text(data, "sha256", where, required=True))
-
-    def to_dict(self) -> dict:
-        return {"file": self.file, "sha256": self.sha256}
-
-
-@dataclass(frozen=True)
-class Int8Spec:
-    """The int8 graphs ``training.quantize`` made of the ``.h5``, and whether they meet the accuracy bar.
-
-    ``source_sha256`` ties them to the ``.h5`` they were quantized from: with any other ``.h5``
-    the service serves float32. ``meets_bar`` (None until ``training.int8_bar`` measured it)
-    decides whether ``INFERENCE_PRECISION=auto`` serves them."""
-
-    source_sha256: str
-    classifier: Int8Graph
-    branch: Int8Graph | None = None
-    meets_bar: bool | None = None
-    extra: Mapping = field(default_factory=dict)  # method, calibration, the bar's figures
-
-    def figure(self, key: str, default=None):
-        return self.extra.get(key, default)
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> "Int8Spec":
-        w = "int8."
-        branch = section(data, "branch")
-        meets = data.get("meets_bar")
-        if meets is not None and not isinstance(meets, bool):
-            raise CardFieldError(f"{w}meets_bar", f"must be true, false or null, got {meets!r}")
-        return cls(source_sha256=text(data, "source_sha256", w, required=True),
-                   classifier=Int8Graph.from_dict(section(data, "classifier") or {}, f"{w}classifier."),
-                   branch=Int8Graph.from_dict(branch, f"{w}branch.") if branch is not None else None,
-                   meets_bar=meets, extra=rest(data, cls))
-
-    def to_dict(self) -> dict:
-        out = {"source_sha256": self.source_sha256, "classifier": self.classifier.to_dict()}
-        if self.branch is not None:
-            out["branch"] = self.branch.to_dict()
-        return out | {"meets_bar": self.meets_bar} | thawed(self.extra)
-
-
 # ---------------------------------------------------------------- the card
 
 @dataclass(frozen=True)
@@ -258,6 +210,7 @@ class ModelCard:
     patient_context: PatientContextSpec | None = None
     subgroups: Subgroups | None = None
     int8: Int8Spec | None = None  # int8 graphs of this .h5 (training.quantize), served per INFERENCE_PRECISION
+    differential: DifferentialSpec | None = None  # the conformal thresholds of the lesion-type list
     extra: Mapping = field(default_factory=dict)
 
     @property
@@ -288,7 +241,7 @@ class ModelCard:
             raise CardFieldError("input_size", f"must be a positive integer, got {size!r}")
         limitations = data.get("limitations") or ()
         sections = {k: section(data, k) for k in ("thresholds", "tta", "calibration", "ood", "subgroups", "patient_context",
-                                                  "int8")}
+                                                  "int8", "differential")}
         return cls(
             name=text(data, "name", required=True), version=str(data["version"]), classes=tuple(classes),
             input_size=size, preprocessing=text(data, "preprocessing", required=True),
@@ -307,6 +260,7 @@ class ModelCard:
             patient_context=PatientContextSpec.from_dict(sections["patient_context"])
             if sections["patient_context"] is not None else None,
             int8=Int8Spec.from_dict(sections["int8"]) if sections["int8"] is not None else None,
+            differential=DifferentialSpec.from_dict(sections["differential"]) if sections["differential"] else None,
             extra=rest(data, cls),
         )
 

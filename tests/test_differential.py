@@ -1,0 +1,134 @@
+"""The differential (issue #34): conformal thresholds fitted on validation, and the list every answer carries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from server.lesions import CLASS_CODES
+from server.model.card import ModelCard
+from server.prediction import ModelInfo, Prediction, prediction_from_probabilities
+from server.thresholds import NONSKIN_UNUSUAL
+from training.differential import (
+    class_thresholds,
+    conformal_quantile,
+    differential_section,
+    fit_rule,
+    min_probabilities,
+    prediction_sets,
+    set_figures,
+)
+
+MODEL = ModelInfo(name="m", version="1", sha256="0" * 64, input_size=32)
+
+
+def exchangeable(n: int, seed: int, rare: tuple[int, ...] = ()):
+    """Labels and softmax rows from one generator (so calibration and test photos are exchangeable);
+    ``rare`` classes are few and hard: the model gives them little of their own probability."""
+    rng = np.random.default_rng(seed)
+    weights = np.array([0.05 if k in rare else 1.0 for k in range(7)])
+    labels = rng.choice(7, n, p=weights / weights.sum())
+    logits = rng.normal(0, 1, (n, 7))
+    logits[np.arange(n), labels] += np.where(np.isin(labels, rare), 0.6, 2.5)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    return p / p.sum(1, keepdims=True), labels
+
+
+def test_conformal_quantile_is_the_finite_sample_order_statistic():
+    scores = np.arange(1, 20) / 20  # 19 scores: ceil(20 x 0.9) = 18th smallest
+    assert conformal_quantile(scores, 0.9) == pytest.approx(18 / 20)
+    assert conformal_quantile(scores[:5], 0.9) == float("inf")  # 5 scores cannot promise 90%
+
+
+@pytest.mark.parametrize("coverage", [0.8, 0.9, 0.95])
+def test_coverage_reaches_the_target_on_exchangeable_data(coverage):
+    """The guarantee: averaged over many calibration/test draws, coverage is at least the target; and
+    the lists are not trivially everything (the top class always in lifts it a little above)."""
+    reached = []
+    for seed in range(40):
+        cal_p, cal_y = exchangeable(300, seed)
+        test_p, test_y = exchangeable(2000, 1000 + seed)
+        minimum = min_probabilities(class_thresholds(cal_p, cal_y, 7, coverage, None))
+        reached.append(set_figures(prediction_sets(test_p, minimum), test_y, CLASS_CODES)["coverage"])
+    assert coverage - 0.005 <= np.mean(reached) <= coverage + 0.07
+
+
+def test_a_class_floor_lifts_a_rare_class_the_overall_threshold_leaves_behind():
+    cal_p, cal_y = exchangeable(20000, 0, rare=(3,))  # about 165 dermatofibromas to calibrate on
+    test_p, test_y = exchangeable(60000, 1, rare=(3,))
+    overall = set_figures(prediction_sets(test_p, min_probabilities(class_thresholds(cal_p, cal_y, 7, 0.9, None))),
+                          test_y, CLASS_CODES)
+    floored = set_figures(prediction_sets(test_p, min_probabilities(class_thresholds(cal_p, cal_y, 7, 0.9, 0.9))),
+                          test_y, CLASS_CODES)
+    assert overall["by_class"]["df"]["coverage"] < 0.8
+    assert floored["by_class"]["df"]["coverage"] >= 0.87  # 0.9 in expectation; one draw of about 500
+    assert floored["coverage"] >= overall["coverage"] and floored["mean_size"] > overall["mean_size"]
+
+
+@pytest.mark.parametrize("floor", [None, 0.85])
+def test_sets_are_nested_as_the_coverage_rises(floor):
+    cal_p, cal_y = exchangeable(500, 3, rare=(3, 6))
+    test_p, _ = exchangeable(500, 4, rare=(3, 6))
+    sets = [prediction_sets(test_p, min_probabilities(class_thresholds(cal_p, cal_y, 7, c, floor)))
+            for c in (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)]
+    for smaller, larger in zip(sets, sets[1:]):
+        assert np.all(larger[smaller])  # every class in the narrower list is in the wider one
+    assert sets[0].sum() < sets[-1].sum()
+
+
+def test_the_floor_is_the_highest_that_keeps_validation_lists_short():
+    val = exchangeable(3000, 5, rare=(3,))
+    probs, labels = {"val": val[0]}, {"val": val[1]}
+    strict = fit_rule(probs, labels, CLASS_CODES, floors=(0.99, 0.9, 0.8), max_mean_size=100)
+    assert strict["class_floor"] == 0.99
+    tight = fit_rule(probs, labels, CLASS_CODES, floors=(0.99, 0.9, 0.8), max_mean_size=1.0)
+    assert tight["class_floor"] is None  # no floor fits: the overall threshold alone
+    assert len(set(tight["min_probability"].values())) == 1
+    chosen = fit_rule(probs, labels, CLASS_CODES)
+    assert chosen["figures"]["val"]["mean_size"] <= 1.85
+
+
+def test_the_section_is_a_valid_card_value_and_serves_the_same_lists():
+    val, test = exchangeable(2000, 6), exchangeable(500, 7)
+    section = differential_section({"val": val[0], "test": test[0]}, {"val": val[1], "test": test[1]}, CLASS_CODES)
+    card = ModelCard.partial({"classes": list(CLASS_CODES), "differential": section})
+    assert card.differential.coverage == 0.9
+    assert card.differential.image.measured("test")["coverage"] == section["figures"]["test"]["coverage"]
+    assert ModelCard.partial(card.to_dict()).to_dict()["differential"] == section
+    rule = card.differential.rule_for(with_context=True)  # no context rule: the image's
+    lists = prediction_sets(test[0], [rule.min_probability[c] for c in CLASS_CODES])
+    for row, expected in zip(test[0][:200], lists[:200]):
+        answer = prediction_from_probabilities(row, MODEL, 1.0, min_probability=rule.min_probability, coverage=0.9)
+        assert set(answer.differential.codes) == {c for c, x in zip(CLASS_CODES, expected) if x}
+
+
+def answer(probs, **extra) -> Prediction:
+    minimum = {c: 0.2 for c in CLASS_CODES}
+    return prediction_from_probabilities(probs, MODEL, 1.0, min_probability=minimum, coverage=0.9, **extra)
+
+
+def test_uncertain_means_more_than_one_class_and_the_json_carries_the_list():
+    one = answer([0.02, 0.02, 0.02, 0.02, 0.05, 0.85, 0.02])
+    two = answer([0.02, 0.02, 0.02, 0.02, 0.40, 0.50, 0.02])
+    assert one.differential.codes == ("nv",) and not one.uncertain and one.uncertain_message is None
+    assert two.differential.codes == ("nv", "mel") and two.uncertain
+    body = two.to_dict()
+    assert [c["code"] for c in body["differential"]] == ["nv", "mel"]
+    assert body["differential"][0] == {"code": "nv", "name": "Melanocytic nevus (mole)", "probability": 0.5}
+    assert body["differential_coverage"] == 0.9 and body["uncertain"] is True
+    assert "Melanocytic nevus (mole), Melanoma" in body["uncertain_message"]
+    assert Prediction.from_dict(body).differential == two.differential  # the report token keeps the list
+
+
+def test_an_unusual_photo_gets_at_least_the_leading_classes():
+    confident = [0.02, 0.02, 0.02, 0.02, 0.07, 0.83, 0.02]
+    assert answer(confident).differential.codes == ("nv",)
+    unusual = answer(confident, nonskin=NONSKIN_UNUSUAL)
+    assert unusual.differential.codes == ("nv", "mel") and unusual.uncertain
+
+
+def test_a_card_without_thresholds_falls_back_to_the_uncertain_threshold():
+    sure = prediction_from_probabilities([0.02, 0.02, 0.02, 0.02, 0.1, 0.8, 0.02], MODEL, 1.0, uncertain_threshold=0.7)
+    unsure = prediction_from_probabilities([0.02, 0.02, 0.12, 0.02, 0.3, 0.5, 0.02], MODEL, 1.0, uncertain_threshold=0.7)
+    assert sure.differential.codes == ("nv",) and sure.to_dict()["differential_coverage"] is None
+    assert unsure.differential.codes == ("nv", "mel", "bkl") and unsure.uncertain
