@@ -17,6 +17,7 @@ from server.lesions import DISCLAIMER, lesion_class
 from tests.conftest import image_bytes
 from tests.fixture_model import BLUE_CLASS, RED_CLASS
 from tests.test_nonskin_answers import branch_model, unusual_model  # noqa: F401  (fixtures: an unusual-lesion card)
+from tests.test_differential import differential_model  # noqa: F401  (fixture: the colour model with conformal thresholds)
 from tests.test_ood import ood_model  # noqa: F401  (fixture: the colour model with non-skin statistics)
 
 pytestmark = pytest.mark.slow
@@ -40,6 +41,15 @@ def serving(app):
     finally:
         server.shutdown()
         thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def serving_model(model_file):
+    """Serve an app on ``model_file`` (a fixture model whose card says what the test is about)."""
+    from server import create_app
+
+    with serving(create_app({"MODEL_PATH": str(model_file), "TESTING": True, "SECRET_KEY": "test-secret"})) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -225,9 +235,9 @@ def test_the_answer_comes_first_as_one_message(browser, base_url, tmp_path, shot
         verdict = page.inner_text("#verdict")
         assert page.inner_text("#key-meaning").strip(), "the number says what it means"
         if case == "uncertain":
-            assert verdict.startswith("Uncertain: the model cannot tell")
+            assert verdict.startswith("One of: ") and 2 <= len(verdict.split(", ")) <= 3
             assert page.locator("#predicted-class").count() == 0 and page.locator("#risk-level").count() == 0
-            assert 2 <= page.locator("#leading li").count() <= 3
+            assert "Confidence" not in page.inner_text("#verdict-card")
             assert "missed about" in page.inner_text("#advice") or "not raised" in page.inner_text("#advice")
             assert page.evaluate(GREEN_JS, page.query_selector("main")) == [], "an uncertain answer shows no green"
         elif case in ("flagged", "flagged-uncertain"):
@@ -240,9 +250,9 @@ def test_the_answer_comes_first_as_one_message(browser, base_url, tmp_path, shot
             assert red == "rgb(179, 38, 30)", red
             if case == "flagged-uncertain":
                 assert page.locator("#predicted-class").count() == 0, "an uncertain answer names no type"
-                cannot = page.locator("#cannot-tell").bounding_box()
-                assert cannot["y"] > page.locator("#verdict").bounding_box()["y"]
-                assert page.inner_text("#cannot-tell").startswith("The model cannot tell which type it is.")
+                types = page.locator("#differential").bounding_box()
+                assert types["y"] > page.locator("#verdict").bounding_box()["y"]
+                assert page.inner_text("#differential").startswith("Possible types: One of: Melanoma, ")
             else:
                 assert page.inner_text("#predicted-class") == lesion_class(BLUE_CLASS).name
             # the heatmap shows the malignant evidence
@@ -267,10 +277,7 @@ def test_the_answer_comes_first_as_one_message(browser, base_url, tmp_path, shot
 
 @pytest.fixture(scope="module")
 def ood_base_url(ood_model):  # noqa: F811 (the imported fixture)
-    from server import create_app
-
-    app = create_app({"MODEL_PATH": str(ood_model), "TESTING": True, "SECRET_KEY": "test-secret"})
-    with serving(app) as url:
+    with serving_model(ood_model) as url:
         yield url
 
 
@@ -580,17 +587,8 @@ def test_docs_tables_break_no_name_mid_token(browser, base_url, viewport_name):
 
 @pytest.fixture(scope="module")
 def unusual_base_url(unusual_model):  # noqa: F811 (the imported fixture)
-    from werkzeug.serving import make_server
-
-    from server import create_app
-
-    app = create_app({"MODEL_PATH": str(unusual_model), "TESTING": True, "SECRET_KEY": "test-secret"})
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=5)
+    with serving_model(unusual_model) as url:
+        yield url
 
 
 @pytest.mark.parametrize("viewport_name", ["phone", "desktop"])
@@ -607,12 +605,56 @@ def test_an_unusual_lesion_is_screened_uncertain_with_its_warning(browser, unusu
     failures = watch(page)
     try:
         screen_in_browser(page, unusual_base_url, image)
-        assert page.inner_text("#verdict").startswith("Uncertain")
+        assert page.inner_text("#verdict").startswith("One of: ")  # an unusual photo: at least the two leading types
+        assert "measured only on photos like the training ones" in page.inner_text("#key-meaning")
         assert UNUSUAL_IMAGE_MESSAGE in page.inner_text("#advice")
         assert "melanoma, basal cell carcinoma or actinic keratosis" in page.text_content("#malignant-meaning")
         assert_answer_above_the_fold(page, viewport)
         assert overflow(page) <= 0
         page.screenshot(path=str(shot_dir / f"result-unusual-{viewport_name}.png"))
         assert not failures, failures
+    finally:
+        context.close()
+
+
+# ---------------------------------------------------------------- issue #34: the differential in words
+
+@pytest.fixture(scope="module")
+def differential_url(differential_model):  # noqa: F811 (the imported fixture)
+    with serving_model(differential_model) as url:
+        yield url
+
+
+@pytest.mark.parametrize("viewport_name", ["phone", "desktop"])
+def test_the_page_says_the_differential_in_words(browser, differential_url, tmp_path, viewport_name):
+    """One type: its name and one number; several: 'One of: ...', how often such lists held the right type on
+    test photos, and no 'Confidence' under it; at 390 px and at 1280 px, on the first screen."""
+    viewport = VIEWPORTS[viewport_name]
+    context = browser.new_context(viewport=viewport)
+    page = context.new_page()
+    try:
+        for colour, several in (((128, 128, 128), True), ((220, 30, 30), False)):
+            image = tmp_path / "lesion.png"
+            image.write_bytes(image_bytes(colour, size=(64, 64)))
+            screen_in_browser(page, differential_url, image)
+            assert overflow(page) <= 0, "the page scrolls sideways"
+            assert_answer_above_the_fold(page, viewport)
+            box = page.locator("#key-figure").bounding_box()
+            assert box["y"] + box["height"] <= viewport["height"], "the one number is below the first screen"
+            verdict, card = page.inner_text("#verdict"), page.inner_text("#verdict-card")
+            numbers = page.locator("#key-figure .fact-value").all_inner_texts()
+            assert len(numbers) == 1, "one number in the answer, not three"
+            if several:
+                names = verdict.removeprefix("One of: ").split(", ")
+                assert verdict.startswith("One of: ") and len(names) >= 2
+                assert page.inner_text("#key-figure .key-label") == "Right type among these"
+                assert "The right type is among these about 9 times in 10 on test photos." in page.inner_text("#key-meaning")
+                assert "Confidence" not in card and "Uncertain" not in card and "none of them" not in card.lower()
+                page.click("#numbers-details summary")
+                assert all(name in page.inner_text("#numbers-details") for name in names)
+            else:
+                assert verdict.startswith(lesion_class(RED_CLASS).name)
+                assert page.inner_text("#key-figure .key-label") == "Confidence"
+                assert "answers that named one type alone were right" in page.inner_text("#key-meaning")
     finally:
         context.close()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
@@ -9,6 +12,7 @@ from server.lesions import CLASS_CODES
 from server.model.card import ModelCard
 from server.prediction import ModelInfo, Prediction, prediction_from_probabilities
 from server.thresholds import NONSKIN_UNUSUAL
+from tests.conftest import image_bytes
 from training.differential import (
     class_thresholds,
     conformal_quantile,
@@ -22,14 +26,14 @@ from training.differential import (
 MODEL = ModelInfo(name="m", version="1", sha256="0" * 64, input_size=32)
 
 
-def exchangeable(n: int, seed: int, rare: tuple[int, ...] = ()):
+def exchangeable(n: int, seed: int, rare: tuple[int, ...] = (), signal: float = 2.5):
     """Labels and softmax rows from one generator (so calibration and test photos are exchangeable);
     ``rare`` classes are few and hard: the model gives them little of their own probability."""
     rng = np.random.default_rng(seed)
     weights = np.array([0.05 if k in rare else 1.0 for k in range(7)])
     labels = rng.choice(7, n, p=weights / weights.sum())
     logits = rng.normal(0, 1, (n, 7))
-    logits[np.arange(n), labels] += np.where(np.isin(labels, rare), 0.6, 2.5)
+    logits[np.arange(n), labels] += np.where(np.isin(labels, rare), 0.6, signal)
     p = np.exp(logits - logits.max(1, keepdims=True))
     return p / p.sum(1, keepdims=True), labels
 
@@ -132,3 +136,67 @@ def test_a_card_without_thresholds_falls_back_to_the_uncertain_threshold():
     unsure = prediction_from_probabilities([0.02, 0.02, 0.12, 0.02, 0.3, 0.5, 0.02], MODEL, 1.0, uncertain_threshold=0.7)
     assert sure.differential.codes == ("nv",) and sure.to_dict()["differential_coverage"] is None
     assert unsure.differential.codes == ("nv", "mel", "bkl") and unsure.uncertain
+
+
+# ---------------------------------------------------------------- served: the fixture model with conformal thresholds
+
+@pytest.fixture(scope="module")
+def differential_model(model_path, tmp_path_factory):
+    """The colour fixture with a ``differential`` section fitted by ``training.differential`` on synthetic,
+    exchangeable validation and test answers (the fixture has no data of its own to calibrate on)."""
+    d = tmp_path_factory.mktemp("differential")
+    for f in model_path.parent.iterdir():
+        if f.is_file():
+            shutil.copy(f, d / f.name)
+    val, test = exchangeable(3000, 11, signal=1.5), exchangeable(1000, 12, signal=1.5)
+    document = json.loads((d / "model_card.json").read_text())
+    document["differential"] = differential_section({"val": val[0], "test": test[0]}, {"val": val[1], "test": test[1]},
+                                                    CLASS_CODES)
+    (d / "model_card.json").write_text(json.dumps(document))
+    return d / model_path.name
+
+
+@pytest.fixture(scope="module")
+def differential_client(differential_model):
+    from server import create_app
+
+    return create_app({"MODEL_PATH": str(differential_model), "TESTING": True, "SECRET_KEY": "s"}).test_client()
+
+
+RED, GREY = (220, 30, 30), (128, 128, 128)  # the colour fixture: sure of one type; unsure of several
+
+
+def test_every_answer_carries_the_list_and_uncertain_follows_it(differential_client, differential_model):
+    card = ModelCard.from_dict(json.loads((differential_model.parent / "model_card.json").read_text()))
+    for colour, size in ((RED, 1), (GREY, None)):
+        body = differential_client.post("/predict", data=image_bytes(colour, size=(64, 64)),
+                                        content_type="image/png").json
+        codes = [c["code"] for c in body["differential"]]
+        assert body["differential_coverage"] == 0.9
+        assert codes == [c["code"] for c in body["probabilities"]][:len(codes)], "most likely first"
+        minimum = card.differential.image.min_probability
+        assert all(c["probability"] >= minimum[c["code"]] for c in body["differential"][1:])
+        assert all(c["probability"] < minimum[c["code"]] for c in body["probabilities"][len(codes):])
+        assert body["uncertain"] is (len(codes) > 1)
+        assert body["summary"]["kind"] == ("flagged" if body["malignant_flag"] else "uncertain" if len(codes) > 1
+                                           else "class")
+        if size is not None:
+            assert len(codes) == size
+        else:
+            assert len(codes) >= 2
+
+
+def test_the_reports_name_every_class_of_the_list(differential_client):
+    from tests.test_reports import pdf_text, squash
+
+    body = differential_client.post("/predict", data=image_bytes(GREY, size=(64, 64)), content_type="image/png").json
+    names = [c["name"] for c in body["differential"]]
+    text = squash(differential_client.post("/predict?format=txt", data=image_bytes(GREY, size=(64, 64)),
+                                           content_type="image/png").get_data(as_text=True))
+    pdf = pdf_text(differential_client.post("/predict?format=pdf", data=image_bytes(GREY, size=(64, 64)),
+                                            content_type="image/png").data)
+    listed = "One of: " + ", ".join(names)
+    for report in (text, pdf):
+        assert listed in report and "about 9 times in 10 on test photos" in report
+        assert "none of them" not in report.lower()
+    assert body["summary"]["title"] == listed and body["summary"]["key_figure"]["label"] == "Right type among these"

@@ -56,11 +56,12 @@ def test_text_report_has_every_field():
 
 def test_text_report_flags_uncertain_and_low_risk_results():
     unsure = reports.text_report(prediction_from_probabilities(UNSURE, MODEL, 1.0))
-    assert "(uncertain)" in unsure and "dermatologist" in unsure
-    assert "RESULT: Uncertain: the model cannot tell which type this is.\nNEXT STEP: See a dermatologist" in unsure
-    # no single class is the answer: no predicted condition, no risk level, the leading classes with their share
-    assert "Predicted condition" not in unsure and "Risk level" not in unsure
-    assert re.search(r"Leading possibilities.*\n +42\.0%  Melanocytic nevus \(mole\) \[nv\]\n +35\.0%  Melanoma \[mel\]\n"
+    assert "dermatologist" in unsure and "none of them" not in unsure.lower()
+    assert ("RESULT: One of: Melanocytic nevus (mole), Melanoma, Benign keratosis-like lesion. NEXT STEP: See a "
+            "dermatologist") in squash(unsure)
+    # no single class is the answer: no predicted condition, no risk level, the types still possible with their share
+    assert "Predicted condition" not in unsure and "Risk level" not in unsure and "Confidence" not in unsure
+    assert re.search(r"Possible types.*\n +42\.0%  Melanocytic nevus \(mole\) \[nv\]\n +35\.0%  Melanoma \[mel\]\n"
                      r" +10\.0%  Benign keratosis-like lesion \[bkl\]\n\n", unsure)
     calm = reports.assess(prediction_from_probabilities([0.01, 0.01, 0.02, 0.01, 0.02, 0.9, 0.03], MODEL, 1.0))
     assert not calm.see_dermatologist and calm.risk == "low"
@@ -92,7 +93,7 @@ def test_pdf_report_content_and_paper(paper, size_pt):
 
 def test_pdf_report_without_thumbnail_still_renders():
     text = pdf_text(reports.pdf_report(prediction_from_probabilities(UNSURE, MODEL, 1.0), None))
-    assert "(no image)" in text and "uncertain" in text
+    assert "(no image)" in text and "One of: Melanocytic nevus (mole), Melanoma" in text
 
 
 def test_requested_format_prefers_query_then_accept_then_json():
@@ -289,8 +290,17 @@ def test_numbers_carry_their_context_from_the_card():
     assert "right about 90 times in 100" in text and "does not meet the product's quality bar" in text
     # the per-class precision over every confidence read as a third, conflicting number: it stays on /model
     assert "turned out to be melanoma" not in text
-    unsure = squash(reports.text_report(prediction_from_probabilities(UNSURE, model, 1.0, uncertain_threshold=0.73), card))
-    assert "answers this unsure were right only about 50 times in 100" in unsure
+    rule = {"min_probability": card.differential.image.min_probability, "coverage": card.differential.coverage}
+    unsure = squash(reports.text_report(prediction_from_probabilities(UNSURE, model, 1.0, **rule), card))
+    # the list, and the one figure that says how sure: how often such lists held the right type on test photos
+    test_coverage = card.differential.image.measured("test")["coverage"]
+    assert f"Right type among these: {reports.percent(test_coverage)}" in unsure
+    assert "The right type is among these about 9 times in 10 on test photos." in unsure
+    nevus = squash(reports.text_report(prediction_from_probabilities([0.01, 0.01, 0.02, 0.01, 0.02, 0.9, 0.03], model,
+                                                                     1.0, **rule), card))
+    assert "RESULT: Melanocytic nevus (mole): low risk." in nevus
+    assert "answers that named one type alone were right about 9 times in 10" in nevus
+    assert "sure were right" not in nevus  # one number in context, not three
     # a card of another model adds nothing (a report token made before the model changed)
     other = squash(reports.text_report(prediction_from_probabilities(CONFIDENT, MODEL, 1.0), card))
     assert "missed about" not in other and "quality bar" not in other
@@ -317,13 +327,13 @@ def test_the_flag_outranks_uncertainty_by_one_rule_in_every_output():
     assert (verdict.kind, verdict.tone, verdict.title) == ("flagged", "high", "Flagged as possibly malignant")
     assert verdict.uncertain and verdict.headline == "See a dermatologist promptly"
     assert (verdict.key_label, verdict.key_figure) == ("Malignant", both.malignant_probability)
-    assert [c.code for c in verdict.leading] == ["nv", "mel", "bkl"]
+    assert [c.code for c in verdict.differential] == ["nv", "mel", "bkl"]
     assert reports.summary(both)["kind"] == "flagged" and reports.summary(both)["next_step"] == verdict.headline
     text = reports.text_report(both)
-    assert text.index("RESULT: Flagged as possibly malignant.") < text.index("Leading possibilities")
+    assert text.index("RESULT: Flagged as possibly malignant.") < text.index("Possible types")
     assert "Uncertain:" not in text
     pdf = pdf_text(reports.pdf_report(both, None))
-    assert pdf.index("Flagged as possibly malignant") < pdf.index("Leading possibilities")
+    assert pdf.index("Flagged as possibly malignant") < pdf.index("Possible types")
     # the heatmap explains the leading malignant class, not the benign top class
     assert both.top.code == "nv" and both.explained_class == "mel"
     assert prediction_from_probabilities(UNSURE, MODEL, 1.0).explained_class == "nv"
@@ -339,6 +349,6 @@ def test_one_in_says_small_rates_as_people_read_them():
 def test_an_uncertain_or_flagged_verdict_is_never_green():
     unsure = reports.assess(prediction_from_probabilities(UNSURE, MODEL, 1.0))
     assert unsure.kind == "uncertain" and unsure.tone == "uncertain" and not unsure.names_a_class
-    assert [c.code for c in unsure.leading] == ["nv", "mel", "bkl"]
+    assert [c.code for c in unsure.differential] == ["nv", "mel", "bkl"]
     flagged = reports.assess(_benign_top_with_malignant_mass(0.30))
     assert flagged.kind == "flagged" and flagged.tone == "high" and flagged.risk == "low"

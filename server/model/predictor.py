@@ -269,7 +269,8 @@ class Predictor:
             score, answer, looks_like = self.nonskin(x, fmap[0], float32=True)
         probs = self.calibrated(probs.mean(axis=0, keepdims=True))[0]
         refused = answer == NONSKIN_REFUSED
-        rule = self.differential.rule_for(context is not None) if self.differential is not None else None
+        given = context is not None and patient.given  # nothing given: the image-only answer and its thresholds
+        rule = self.differential.rule_for(given) if self.differential is not None else None
         prediction = prediction_from_probabilities(
             probs, self.info, elapsed_ms, self.classes, self.malignant_threshold,
             min_probability=rule.min_probability if rule else None,
