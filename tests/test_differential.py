@@ -200,3 +200,19 @@ def test_the_reports_name_every_class_of_the_list(differential_client):
         assert listed in report and "about 9 times in 10 on test photos" in report
         assert "none of them" not in report.lower()
     assert body["summary"]["title"] == listed and body["summary"]["key_figure"]["label"] == "Right type among these"
+
+
+def test_the_model_page_shows_coverage_and_size_by_class_on_validation_and_test(differential_client, differential_model):
+    import re
+
+    card = ModelCard.from_dict(json.loads((differential_model.parent / "model_card.json").read_text()))
+    body = differential_client.get("/model").get_data(as_text=True)
+    rows = dict(re.findall(r'<tr><th scope="row" data-label="True type">([^<]+)</th>(.*?)</tr>', body))
+    assert len(rows) == 1 + len(CLASS_CODES)
+    for code, name in (("df", "Dermatofibroma"), ("vasc", "Vascular lesion")):
+        cells = re.findall(r'<td data-label="([^"]+)">([^<]*)</td>', rows[name])
+        figures = {label: value for label, value in cells}
+        test = card.differential.image.measured("test")["by_class"][code]
+        val = card.differential.image.measured("val")["by_class"][code]
+        assert figures["Test coverage"] == f"{test['coverage'] * 100:.1f}%" and figures["Test photos"] == str(test["n"])
+        assert figures["Validation mean size"] == f"{val['mean_size']:.2f}"
