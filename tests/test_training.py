@@ -113,6 +113,9 @@ def test_cli_smoke_run_exports_a_model_the_service_serves(dataset, tmp_path):
     assert card["licence"]["name"].startswith("CC BY-NC")
     assert {"balanced_accuracy", "accuracy", "per_class", "malignant"} <= set(card["metrics"]["test"])
     assert card["data"]["split_by"] == "lesion_id"
+    # the calibration step fitted the differential on validation and measured it on test
+    assert card["differential"]["coverage"] == 0.9 and set(card["differential"]["min_probability"]) == set(CLASS_CODES)
+    assert {"val", "test"} == set(card["differential"]["figures"])
     split = pd.read_csv(out / "split.csv")
     assert split.groupby("lesion_id")["split"].nunique().max() == 1
 
@@ -124,6 +127,7 @@ def test_cli_smoke_run_exports_a_model_the_service_serves(dataset, tmp_path):
     probs = [c["probability"] for c in res.json["probabilities"]]
     assert sum(probs) == pytest.approx(1.0, abs=1e-5)
     assert res.json["model"]["sha256"] == card["sha256"]
+    assert res.json["differential_coverage"] == 0.9 and res.json["uncertain"] is (len(res.json["differential"]) > 1)
 
 
 def test_cli_reports_a_bad_data_dir_in_one_line(tmp_path, capsys):

@@ -133,6 +133,11 @@ def card_with_differential(card: ModelCard, npz_path: Path, reads_context: bool)
     return ModelCard.from_dict({**card.to_dict(), "differential": section})
 
 
+def _shown(value) -> str:
+    """A figure of the table, or a dash where there was nothing to measure (no photo of a class, no single list)."""
+    return "-" if value is None else f"{value:.3f}"
+
+
 def figures_table(section: dict) -> list[str]:
     """The fitted rule's figures as Markdown rows: coverage and mean size, overall and by class."""
     rows = []
@@ -144,9 +149,9 @@ def figures_table(section: dict) -> list[str]:
                  "| split | coverage | mean size | single share | single right | " + " | ".join(
                      rule["figures"]["val"]["by_class"]) + " |", "|---" * (5 + len(rule["min_probability"])) + "|"]
         for split, f in rule["figures"].items():
-            by = " | ".join(f"{v['coverage']:.3f} ({v['n']})" for v in f["by_class"].values())
+            by = " | ".join(f"{_shown(v['coverage'])} ({v['n']})" for v in f["by_class"].values())
             rows.append(f"| {split} | {f['coverage']:.3f} | {f['mean_size']:.2f} | {f['single_share']:.3f} | "
-                        f"{f['single_accuracy']:.3f} | {by} |")
+                        f"{_shown(f['single_accuracy'])} | {by} |")
     return rows
 
 
