@@ -252,7 +252,7 @@ def test_the_answer_comes_first_as_one_message(browser, base_url, tmp_path, shot
                 assert page.locator("#predicted-class").count() == 0, "an uncertain answer names no type"
                 types = page.locator("#differential").bounding_box()
                 assert types["y"] > page.locator("#verdict").bounding_box()["y"]
-                assert page.inner_text("#differential").startswith("Possible types: One of: Melanoma, ")
+                assert page.inner_text("#differential").startswith("One of: Melanoma, ")
             else:
                 assert page.inner_text("#predicted-class") == lesion_class(BLUE_CLASS).name
             # the heatmap shows the malignant evidence

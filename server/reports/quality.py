@@ -256,8 +256,8 @@ def differential_in_words(card: ModelCard) -> str | None:
     test = spec.image.measured("test")
     text = (f"Every answer lists the lesion types still possible: the smallest list that held the true type "
             f"{percent(spec.coverage, 0)} of the time on the validation photos (split conformal prediction)")
-    text += (f", with each class held at least {percent(spec.image.class_floor, 0)} of the time on its own."
-             if spec.image.class_floor else ".")
+    text += (f", and each class's own threshold set to hold it at least {percent(spec.image.class_floor, 0)} of the "
+             "time on its validation photos." if spec.image.class_floor else ".")
     if test.get("coverage") is not None:
         text += (f" On the test photos the list held the true type {percent(test['coverage'])} of the time, with "
                  f"{test['mean_size']:.2f} types on average; {percent(test['single_share'], 0)} of photos got a single "
