@@ -216,3 +216,19 @@ def test_the_model_page_shows_coverage_and_size_by_class_on_validation_and_test(
         val = card.differential.image.measured("val")["by_class"][code]
         assert figures["Test coverage"] == f"{test['coverage'] * 100:.1f}%" and figures["Test photos"] == str(test["n"])
         assert figures["Validation mean size"] == f"{val['mean_size']:.2f}"
+
+
+def test_summary_kind_and_uncertain_follow_the_list_for_any_answer():
+    from server.reports import summary
+
+    rng = np.random.default_rng(21)
+    minimum = {c: m for c, m in zip(CLASS_CODES, (0.1, 0.12, 0.15, 0.05, 0.1, 0.2, 0.08))}
+    for row in rng.dirichlet(np.full(7, 0.4), 300):
+        answer = prediction_from_probabilities(row, MODEL, 1.0, malignant_threshold=0.4, min_probability=minimum,
+                                               coverage=0.9)
+        words = summary(answer)
+        several = len(answer.differential.codes) > 1
+        assert answer.uncertain is several and words["uncertain"] is several
+        assert words["kind"] == ("flagged" if answer.malignant_flag else "uncertain" if several else "class")
+        assert words["differential"].startswith("One of: ") is several
+        assert (words["key_figure"]["label"] == "Confidence") is (not several and not answer.malignant_flag)
