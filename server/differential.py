@@ -6,9 +6,12 @@ list holds the true type about ``coverage`` of the time on photos like the train
 A list of one is a confident answer; a longer one is the model saying how unsure it is,
 so ``Prediction.uncertain`` is "more than one class" and nothing else.
 
-Where the measured coverage does not apply, the list falls back to the leading classes
-(``LEADING_MIN``): a card without conformal thresholds, and a photo the non-skin check
-finds unusual (its coverage was measured on photos like the training ones, not on it).
+Where the measured coverage does not apply, the list widens: a card without conformal
+thresholds lists the leading classes (``LEADING_MIN``) unless the top one reaches the
+uncertain threshold, and a photo the non-skin check finds unusual (its coverage was measured
+on photos like the training ones, not on it) never gets a list of one: its top two at least.
+Two, not the leading three: on photos from other clinics, where more photos are unusual,
+every widened list adds to the mean size the product promises.
 """
 
 from __future__ import annotations
@@ -51,14 +54,13 @@ def conformal_codes(ranked: Sequence, min_probability: Mapping[str, float]) -> t
 
 def differential_of(ranked: Sequence, min_probability: Mapping[str, float] | None, coverage: float | None,
                     uncertain_below: float, unusual: bool = False) -> Differential:
-    """The differential of one answer: the conformal list when the card has thresholds, else the
-    top class alone when it reaches ``uncertain_below`` and the leading classes when not; an
-    unusual photo never gets fewer than the leading classes."""
-    if min_probability:
-        codes = conformal_codes(ranked, min_probability)
-    else:
-        coverage = None
-        codes = (ranked[0].code,) if ranked[0].probability >= uncertain_below else leading_codes(ranked)
+    """The differential of one answer: the conformal list when the card has thresholds (an unusual
+    photo's at least its top two), else the top class alone when it reaches ``uncertain_below`` and
+    is not unusual, and the leading classes when not (as cards without thresholds always answered)."""
+    if not min_probability:
+        sure = ranked[0].probability >= uncertain_below and not unusual
+        return Differential(codes=(ranked[0].code,) if sure else leading_codes(ranked), coverage=None)
+    codes = conformal_codes(ranked, min_probability)
     if unusual and len(codes) < 2:
-        codes = leading_codes(ranked)
+        codes = (ranked[0].code, ranked[1].code)
     return Differential(codes=codes, coverage=coverage)

@@ -124,11 +124,13 @@ def test_uncertain_means_more_than_one_class_and_the_json_carries_the_list():
     assert Prediction.from_dict(body).differential == two.differential  # the report token keeps the list
 
 
-def test_an_unusual_photo_gets_at_least_the_leading_classes():
-    confident = [0.02, 0.02, 0.02, 0.02, 0.07, 0.83, 0.02]
+def test_an_unusual_photo_never_gets_a_list_of_one():
+    confident = [0.02, 0.02, 0.02, 0.06, 0.07, 0.79, 0.02]
     assert answer(confident).differential.codes == ("nv",)
     unusual = answer(confident, nonskin=NONSKIN_UNUSUAL)
-    assert unusual.differential.codes == ("nv", "mel") and unusual.uncertain
+    assert unusual.differential.codes == ("nv", "mel") and unusual.uncertain  # its top two, not the leading three
+    wide = answer([0.02, 0.02, 0.02, 0.02, 0.40, 0.50, 0.02], nonskin=NONSKIN_UNUSUAL)
+    assert wide.differential.codes == ("nv", "mel")  # already two: unchanged
 
 
 def test_a_card_without_thresholds_falls_back_to_the_uncertain_threshold():
