@@ -234,3 +234,20 @@ def test_summary_kind_and_uncertain_follow_the_list_for_any_answer():
         assert words["kind"] == ("flagged" if answer.malignant_flag else "uncertain" if several else "class")
         assert words["differential"].startswith("One of: ") is several
         assert (words["key_figure"]["label"] == "Confidence") is (not several and not answer.malignant_flag)
+
+
+def test_the_run_report_gets_one_differential_section_however_often_it_is_refitted():
+    from training.report import DIFFERENTIAL_HEADING, differential_section, splice_section
+
+    val, test = exchangeable(2000, 8), exchangeable(500, 9)
+    card = ModelCard.partial({"classes": list(CLASS_CODES), "differential": differential_section_of(val, test)})
+    section = differential_section(card)
+    assert section[0] == DIFFERENTIAL_HEADING
+    assert f"| test | {card.differential.image.measured('test')['coverage']:.3f} |" in "\n".join(section)
+    report = "# run\n\n## Later section\n\nkept\n"
+    once = splice_section(report, section)
+    assert splice_section(once, section) == once and once.count(DIFFERENTIAL_HEADING) == 1 and "kept" in once
+
+
+def differential_section_of(val, test) -> dict:
+    return differential_section({"val": val[0], "test": test[0]}, {"val": val[1], "test": test[1]}, CLASS_CODES)

@@ -15,7 +15,7 @@ Each class takes the larger of the two. The floor is the highest of
 ``DIFFERENTIAL_CLASS_FLOORS`` whose validation lists stay within ``DIFFERENTIAL_MAX_MEAN_SIZE``
 classes on average (``server/thresholds.py``); nothing is tuned by hand. The test split
 only reports. The trainer and ``training.calibrate`` run this after they save the served
-probabilities; this CLI does it again for a run from its ``predictions.npz``.
+probabilities; this CLI does it again for a run from its ``predictions.npz`` (card and ``report.md``).
 
 Written as a small function rather than with MAPIE or crepes: both take an estimator or
 produce p-values and sets, while the service needs the thresholds themselves as numbers in
@@ -144,8 +144,8 @@ def figures_table(section: dict) -> list[str]:
     for name, rule in (("image", section), ("with context", section.get("with_context"))):
         if not rule:
             continue
-        rows += [f"{name}: class floor {rule['class_floor']}, min probability "
-                 + ", ".join(f"{c} {p:.3f}" for c, p in rule["min_probability"].items()),
+        rows += [("" if not rows else "\n") + f"{name}: class floor {rule['class_floor']}, min probability "
+                 + ", ".join(f"{c} {p:.3f}" for c, p in rule["min_probability"].items()) + "\n",
                  "| split | coverage | mean size | single share | single right | " + " | ".join(
                      rule["figures"]["val"]["by_class"]) + " |", "|---" * (5 + len(rule["min_probability"])) + "|"]
         for split, f in rule["figures"].items():
@@ -166,6 +166,11 @@ def main(argv=None) -> int:
     reads = bool(card.patient_context and card.patient_context.reads)
     card = card_with_differential(card, run_dir / "predictions.npz", reads)
     card.write(run_dir / CARD_FILENAME)
+    report = run_dir / "report.md"
+    if report.is_file():  # the run's report gets the section, the rest of it as the trainer wrote it
+        from training.report import differential_section, splice_section
+
+        report.write_text(splice_section(report.read_text(), differential_section(card)))
     print("\n".join(figures_table(card.to_dict()["differential"])))
     return 0
 
