@@ -251,3 +251,19 @@ def test_the_run_report_gets_one_differential_section_however_often_it_is_refitt
 
 def differential_section_of(val, test) -> dict:
     return differential_section({"val": val[0], "test": test[0]}, {"val": val[1], "test": test[1]}, CLASS_CODES)
+
+
+def test_a_small_run_without_a_floor_or_a_single_list_still_has_its_words_and_table():
+    """A smoke run's validation can leave no floor that fits and no list of one: the card, /model's sentence and
+    report.md's table say so rather than fail."""
+    from server.reports.quality import differential_in_words
+    from training.differential import figures_table
+
+    val = exchangeable(60, 13, signal=0.2)
+    section = fit_rule({"val": val[0]}, {"val": val[1]}, CLASS_CODES, max_mean_size=1.0)
+    section["figures"]["val"]["single_accuracy"] = None
+    section["figures"]["test"] = section["figures"]["val"]
+    card = ModelCard.partial({"classes": list(CLASS_CODES), "differential": {"coverage": 0.9, **section}})
+    assert card.differential.image.class_floor is None
+    assert differential_in_words(card).endswith("of photos got a single type.")
+    assert "| val |" in "\n".join(figures_table(card.to_dict()["differential"]))

@@ -144,7 +144,7 @@ def figures_table(section: dict) -> list[str]:
     for name, rule in (("image", section), ("with context", section.get("with_context"))):
         if not rule:
             continue
-        rows += [("" if not rows else "\n") + f"{name}: class floor {rule['class_floor']}, min probability "
+        rows += [("" if not rows else "\n") + f"{name}: class floor {rule.get('class_floor')}, min probability "
                  + ", ".join(f"{c} {p:.3f}" for c, p in rule["min_probability"].items()) + "\n",
                  "| split | coverage | mean size | single share | single right | " + " | ".join(
                      rule["figures"]["val"]["by_class"]) + " |", "|---" * (5 + len(rule["min_probability"])) + "|"]

@@ -261,5 +261,6 @@ def differential_in_words(card: ModelCard) -> str | None:
     if test.get("coverage") is not None:
         text += (f" On the test photos the list held the true type {percent(test['coverage'])} of the time, with "
                  f"{test['mean_size']:.2f} types on average; {percent(test['single_share'], 0)} of photos got a single "
-                 f"type, right {percent(test['single_accuracy'])} of the time.")
+                 "type" + (f", right {percent(test['single_accuracy'])} of the time." if test.get("single_accuracy")
+                           is not None else "."))
     return text
