@@ -31,7 +31,7 @@ from server.problems import ServiceError
 from server.screening import ScreeningOptions, screen
 
 COLUMNS = ["file", "age", "sex", "site", "top_code", "top_probability", "malignant_probability", "malignant_flag", "uncertain",
-           *CLASS_CODES, "error"]
+           "differential", *CLASS_CODES, "error"]
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -65,6 +65,7 @@ def predict_row(predictor, path: Path, folder: Path, metadata: Metadata | None =
         "malignant_probability": prediction.malignant_probability,
         "malignant_flag": "" if prediction.malignant_flag is None else int(prediction.malignant_flag),
         "uncertain": int(prediction.uncertain),
+        "differential": " ".join(prediction.differential.codes),  # the types still possible, most likely first
         **by_code,
         "error": "",
     }

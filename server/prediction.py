@@ -9,12 +9,14 @@ said about the patient (``patient``), so every output can say what the screening
 
 from __future__ import annotations
 
-import base64
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from typing import Mapping
 
 import numpy as np
 
+from server.differential import Differential, differential_of
+from server.heatmap import Heatmap
 from server.lesions import CLASS_CODES, DISCLAIMER, MALIGNANT_CODES, lesion_class
 from server.patient import PatientContext
 from server.thresholds import DEFAULT_UNCERTAIN_BELOW, NONSKIN_REFUSED, NONSKIN_UNUSUAL, NONSKIN_USUAL
@@ -40,39 +42,12 @@ class ClassProbability:
 
 
 UNCERTAIN_MESSAGE = (
-    "Uncertain result: the model's best guess has a calibrated probability of {p:.1%}, below the {t:.0%} "
-    "this model needs to be reliable. Please have the lesion examined by a dermatologist."
+    "The model cannot narrow this down to one type: it is one of {names}. Please have the lesion examined by a "
+    "dermatologist."
 )
 # The one sentence every output shows for an unusual image (the non-skin check's middle answer).
 UNUSUAL_IMAGE_MESSAGE = ("This photo looks unlike the images the model learnt from, so the result is less reliable "
                          "than usual.")
-
-
-@dataclass(frozen=True)
-class Heatmap:
-    """Grad-CAM for one class: where in the centre square the evidence for it lies.
-
-    ``grid`` is the map at the feature map's resolution (7x7 for MobileNetV2) as integers
-    0..255: compact enough for the signed report token. ``png`` is the overlay on the
-    image the model saw, drawn from the grid by ``server.model.explain.render``; a
-    Prediction rebuilt from a report token has the grid only, and the PDF redraws the
-    overlay from it and the thumbnail with the same renderer.
-    """
-
-    class_code: str
-    grid: tuple[tuple[int, ...], ...]
-    png: bytes | None = None
-
-    def to_dict(self, with_png: bool = True) -> dict:
-        out = {"class": self.class_code, "grid": [list(row) for row in self.grid]}
-        if with_png and self.png is not None:
-            out["png_base64"] = base64.b64encode(self.png).decode("ascii")
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Heatmap":
-        png = base64.b64decode(data["png_base64"], validate=True) if data.get("png_base64") else None
-        return cls(class_code=data["class"], grid=tuple(tuple(int(v) for v in row) for row in data["grid"]), png=png)
 
 
 @dataclass(frozen=True)
@@ -100,6 +75,9 @@ class Prediction:
     total_ms: float | None = None  # decode, preprocess and model time, measured by the screening use case
     thumbnail: bytes | None = field(default=None, repr=False)  # a small JPEG of the upload, for pages and the PDF
     patient: PatientContext = PatientContext()  # the optional age, sex and site given with the image (empty: none)
+    # The list the card's conformal thresholds made (``server/differential.py``); None: the card has
+    # none, and ``differential`` falls back to the leading classes.
+    conformal: Differential | None = None
 
     @property
     def top(self) -> ClassProbability:
@@ -116,16 +94,28 @@ class Prediction:
         return self.top.probability < self.uncertain_below
 
     @property
+    def differential(self) -> Differential:
+        """The lesion types still possible, most likely first (``server/differential.py``)."""
+        if self.conformal is not None:
+            return self.conformal
+        return differential_of(self.classes, None, None, self.uncertain_below, bool(self.unusual_image))
+
+    @property
+    def differential_classes(self) -> tuple[ClassProbability, ...]:
+        return tuple(c for c in self.classes if c.code in self.differential.codes)
+
+    @property
     def uncertain(self) -> bool:
-        """The answer is not to be relied on: its confidence is low, or the photo is unusual for the
-        model (its calibration was measured on photos like the training ones, not on this one)."""
-        return self.low_confidence or bool(self.unusual_image)
+        """The model names more than one type as still possible: the differential is how it says how sure it is."""
+        return len(self.differential.codes) > 1
 
     @property
     def uncertain_message(self) -> str | None:
-        if self.low_confidence:
-            return UNCERTAIN_MESSAGE.format(p=self.top.probability, t=self.uncertain_below)
-        return f"{UNUSUAL_IMAGE_MESSAGE} Please have the lesion examined by a dermatologist." if self.uncertain else None
+        if not self.uncertain:
+            return None
+        names = ", ".join(c.name for c in self.differential_classes)
+        message = UNCERTAIN_MESSAGE.format(names=names)
+        return f"{UNUSUAL_IMAGE_MESSAGE} {message}" if self.unusual_image else message
 
     @property
     def out_of_distribution(self) -> bool | None:
@@ -194,6 +184,9 @@ class Prediction:
             "malignant_probability": self.malignant_probability,
             "malignant_threshold": self.malignant_threshold,
             "malignant_flag": self.malignant_flag,
+            "differential": [{"code": c.code, "name": c.name, "probability": c.probability}
+                             for c in self.differential_classes],
+            "differential_coverage": self.differential.coverage,
             "uncertain": self.uncertain,
             "uncertain_threshold": self.uncertain_below,
             "uncertain_message": self.uncertain_message,
@@ -235,6 +228,9 @@ class Prediction:
             explain_ms=data["timing"].get("explain_ms"),
             total_ms=data["timing"].get("total_ms"),
             patient=PatientContext.from_dict(data.get("patient")),  # a token from before the field: none given
+            conformal=Differential(codes=tuple(c["code"] for c in data["differential"]),
+                                   coverage=float(data["differential_coverage"]))
+            if data.get("differential") and data.get("differential_coverage") is not None else None,
         )
 
 
@@ -247,9 +243,13 @@ def nonskin_from_flags(refused: bool | None, unusual: bool | None) -> str | None
 
 def prediction_from_probabilities(
     probabilities, model: ModelInfo, inference_ms: float, classes: tuple[str, ...] = CLASS_CODES,
-    malignant_threshold: float | None = None, **extra,
+    malignant_threshold: float | None = None, min_probability: Mapping[str, float] | None = None,
+    coverage: float | None = None, **extra,
 ) -> Prediction:
     """Turn one softmax row into a Prediction (``extra``: the other Prediction fields, e.g. uncertain_threshold).
+
+    ``min_probability`` and ``coverage``: the card's conformal thresholds for the differential
+    (``server/differential.py``), applied to the published probabilities.
 
     The row is renormalised in float64 and published in millionths: more digits claim a
     precision the model does not have. Rounding each value on its own can leave the sum
@@ -267,8 +267,12 @@ def prediction_from_probabilities(
         for c, m, _ in ranked
     )
     malignant = sum(m for c, m in zip(classes, micro) if c in MALIGNANT_CODES) / _SCALE
+    conformal = None
+    if min_probability:
+        conformal = differential_of(entries, min_probability, coverage, DEFAULT_UNCERTAIN_BELOW,
+                                    extra.get("nonskin") == NONSKIN_UNUSUAL)
     return Prediction(classes=entries, malignant_probability=malignant, model=model, inference_ms=round(inference_ms, 2),
-                      malignant_threshold=malignant_threshold, **extra)
+                      malignant_threshold=malignant_threshold, conformal=conformal, **extra)
 
 
 _SCALE = 1_000_000

@@ -15,6 +15,20 @@ MALIGNANT_TARGET_SENSITIVITY = 0.90
 # "Uncertain" starts below the lowest calibrated top probability whose answers are right
 # at least this often on validation.
 UNCERTAIN_TARGET_ACCURACY = 0.90
+# The differential: the smallest set of classes that holds the true class this often
+# (split conformal prediction, score 1 - p(class), calibrated on validation; ``training.differential``).
+DIFFERENTIAL_TARGET_COVERAGE = 0.90
+# Rare classes (17 dermatofibromas, 21 vascular lesions on validation) can sit well under the
+# overall coverage, so each class also gets its own, class-conditional threshold at a floor of
+# coverage: the highest of these floors whose validation sets stay within the mean size below.
+# A set of two classes on average is still a short list a clinician can act on; past that the
+# differential stops narrowing anything down.
+DIFFERENTIAL_CLASS_FLOORS = (0.90, 0.88, 0.85, 0.80)
+DIFFERENTIAL_MAX_MEAN_SIZE = 1.85
+# Without conformal thresholds (a card from before them), or for a photo unlike the training
+# ones (where the measured coverage does not hold), the differential is the leading classes:
+# the top two, and the third when it has at least this probability.
+LEADING_MIN = 0.05
 # The uncertain threshold for a card that has none (an older card, or no validated choice).
 DEFAULT_UNCERTAIN_BELOW = 0.5
 # The non-skin rule: each check divides its distance by its own threshold (a floor check its

@@ -67,3 +67,40 @@ def shared_data_dir():
     if not (path / "images.csv").is_file():
         pytest.skip(f"../shared HAM10000 data not found at {path}")
     return path
+
+
+# ---------------------------------------------------------------- the browser tests' fixtures (helpers: tests/browser_support.py)
+
+@pytest.fixture(scope="module")
+def base_url(app):
+    """Serve the session app on a free loopback port for the browser."""
+    from tests.browser_support import serving
+
+    with serving(app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium through Playwright, or a clean skip where either is missing."""
+    from pathlib import Path
+
+    from tests.browser_support import CHROMIUM, CHROMIUM_ARGS
+
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"{CHROMIUM} is missing (make browser installs Debian's chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    with sync_api.sync_playwright() as pw:
+        # Playwright gives every launch a fresh temporary profile (it refuses --user-data-dir here).
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def shot_dir():
+    """Where browser tests leave screenshots for a person to look at."""
+    from tests.browser_support import ARTIFACTS
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

@@ -79,6 +79,8 @@ def test_flags_are_columns_and_non_skin_images_get_no_diagnosis(tmp_path, ood_mo
     assert main([str(d), "--out", str(out), "--model", str(ood_model)]) == 0
     rows = {r["file"]: r for r in read_rows(out)}
     assert rows["a_skin.png"]["error"] == "" and rows["a_skin.png"]["uncertain"] in ("0", "1")
+    listed = rows["a_skin.png"]["differential"].split()
+    assert listed[0] == rows["a_skin.png"]["top_code"] and rows["a_skin.png"]["uncertain"] == str(int(len(listed) > 1))
     assert rows["a_skin.png"]["malignant_flag"] in ("0", "1")
     assert rows["b_flat.png"]["error"].startswith("not_a_skin_lesion")
     assert rows["b_flat.png"]["top_code"] == "" and rows["b_flat.png"]["mel"] == ""

@@ -62,8 +62,11 @@ def test_uncertain_flag_fires_exactly_below_the_threshold():
     assert reports.assess(below).uncertain and reports.assess(below).see_dermatologist
     assert not reports.assess(at).uncertain
     body = below.to_dict()
-    assert body["uncertain"] is True and body["uncertain_threshold"] == 0.6 and "60%" in body["uncertain_message"]
-    assert "below the 60%" in reports.text_report(below)
+    # a card without conformal thresholds: the list is the leading classes, with no coverage to claim
+    assert body["uncertain"] is True and body["uncertain_threshold"] == 0.6 and "one of" in body["uncertain_message"]
+    assert [c["code"] for c in body["differential"]] == ["akiec", "bcc", "bkl"] and body["differential_coverage"] is None
+    assert [c["code"] for c in at.to_dict()["differential"]] == ["akiec"]
+    assert "cannot narrow it down further" in " ".join(reports.text_report(below).split())
 
 
 def test_uncertain_threshold_falls_back_to_half_without_a_card_value():

@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import image_bytes
+from tests.test_differential import differential_model  # noqa: F401  (fixture: conformal thresholds in the card)
 from tests.test_ood import ood_model, skin_like  # noqa: F401  (fixture: the colour model with non-skin statistics)
 from tests.test_pages import csrf_token, upload
 
@@ -186,3 +187,11 @@ def test_outputs_of_the_non_skin_check(ood_model):  # noqa: F811 (the imported f
     assert page.status_code == 422
     check("ood_refused_form.html", normalise(page.get_data(as_text=True), sha))
     check("ood_model.html", normalise(client.get("/model").get_data(as_text=True), sha))
+
+
+def test_outputs_of_a_model_with_a_differential(differential_model):  # noqa: F811 (the imported fixture)
+    """Conformal thresholds in the card: a list of several types on grey, and /model's coverage table."""
+    client = make_client(differential_model)
+    sha = card_sha(differential_model)
+    outputs(client, image_bytes((128, 128, 128), size=(64, 64)), sha, "differential")
+    check("differential_model.html", normalise(client.get("/model").get_data(as_text=True), sha))

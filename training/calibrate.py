@@ -49,10 +49,8 @@ from pathlib import Path
 import numpy as np
 from sklearn import metrics as skm
 
-from server.imaging import COLOUR_NONE, scale_pixels
 from server.model.card import ModelCard, thawed
-from server.model.nonskin import FEATURES, FLOORS, IMAGENET, floor_statistics
-from server.model.trust import TTA_MODES, temperature_scale, tta_average, tta_count, tta_views
+from server.model.trust import TTA_MODES, temperature_scale, tta_average, tta_count
 from server.thresholds import UNCERTAIN_TARGET_ACCURACY
 from training.calibration import (
     ECE_BINS,
@@ -67,55 +65,11 @@ from training.calibration import (
     tta_latency_ms,
 )
 from training.evaluate import choose_malignant_threshold, evaluate_predictions
-from training.nonskin import IMAGENET_PROBS, LESION_SETS, fit_nonskin
+from training.differential import card_with_differential
+from training.nonskin import fit_nonskin
+from training.split_views import load_split_images, run_views
 
 log = logging.getLogger("training.calibrate")
-
-
-def run_views(predictor, images_uint8: np.ndarray, mode: str = "off", batch: int = 16):
-    """(probabilities (n, v, classes), signals) for uint8 squares.
-
-    ``signals`` holds what the non-skin check reads, of the plain image: pooled features,
-    the picture statistics its floors read and, when the model carries the ImageNet branch, its pooled features
-    and class probabilities (else None). Probabilities are of each view of TTA ``mode`` (in
-    ``tta_views`` order: view 0 is the plain image).
-    """
-    views = mode != "off"
-    probs, parts = [], {FEATURES: [], FLOORS: [], IMAGENET: [], IMAGENET_PROBS: []}
-    for i in range(0, len(images_uint8), batch):
-        x = scale_pixels(images_uint8[i:i + batch])
-        n = len(x)
-        fmap, p = predictor.forward(tta_views(x, mode))
-        in_features, in_probs = predictor.forward_imagenet(x)
-        parts[FEATURES].append(fmap[:n].mean(axis=(1, 2)))
-        parts[FLOORS].append(floor_statistics(x))
-        parts[IMAGENET].append(None if in_features is None else in_features[:n])
-        parts[IMAGENET_PROBS].append(None if in_probs is None else in_probs[:n])
-        probs.append(p.reshape(-1 if views else 1, n, p.shape[-1]).transpose(1, 0, 2))
-    signals = {k: None if v[0] is None else np.concatenate(v) for k, v in parts.items()}
-    return np.concatenate(probs), signals
-
-
-def load_split_images(run_dir: Path, data_dir: Path, size: int, train_max: int, seed: int, colour: str = COLOUR_NONE):
-    import pandas as pd
-
-    from training import data as D
-
-    meta = D.load_metadata(data_dir)
-    split = pd.read_csv(run_dir / "split.csv")[["image_id", "split"]]
-    df = split.merge(meta, on="image_id", how="left", validate="one_to_one")
-    if df["path"].isna().any():
-        raise SystemExit(f"{int(df['path'].isna().sum())} images of {run_dir / 'split.csv'} are not in {data_dir}")
-    out, sources = {}, {}
-    for s in ("train", "val", "test"):
-        part = df[df["split"] == s]
-        if s != "train":  # samples of the split's photos, as files, to make harder and to shift (one seed each)
-            for i, (name, (n, _)) in enumerate(LESION_SETS.items()):
-                sources[f"{name}_{s}"] = list(part["path"].sample(min(n, len(part)), random_state=seed + i))
-        if s == "train" and train_max and len(part) > train_max:
-            part = part.sample(train_max, random_state=seed)
-        out[s] = (D.load_images(list(part["path"]), size, colour=colour), part["label"].to_numpy())
-    return out, sources
 
 
 def calibrate(predictor, card: ModelCard, run_dir, data_dir, uncertain_target: float = UNCERTAIN_TARGET_ACCURACY,
@@ -267,6 +221,9 @@ def calibrate_run(run_dir, data_dir, imagenet_weights: str = "", imagenet_labels
     labels = imagenet_label_names(imagenet_labels) if imagenet_labels else None
     card, trust, served = calibrate(predictor, card, run_dir, data_dir, imagenet_labels=labels, **options)
     save_served(run_dir / "predictions.npz", served)
+    # The differential's thresholds from the served probabilities just saved (with the patient context:
+    # the trainer's, which this step does not recompute).
+    card = card_with_differential(card, run_dir / "predictions.npz", predictor.reads_patient)
     card.write(card_path)
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
@@ -276,41 +233,6 @@ def calibrate_run(run_dir, data_dir, imagenet_weights: str = "", imagenet_labels
         write_report(run_dir, card, metrics, existing_plots(run_dir), trust)
     log.info("calibrate: %s", json.dumps(summary_table(trust)))
     return trust
-
-
-def refit_nonskin(run_dir, data_dir, train_max: int = 4000, seed: int = 42, ood_dims: int = 0) -> dict:
-    """Fit the non-skin check of an exported run again, and nothing else: its card's ``ood``, ``ood_stats.npz``,
-    ``metrics.json`` (``trust.ood``) and ``report.md``; the weights, TTA, calibration and thresholds stay.
-
-    The check the card had is measured on the same sets first (``ood.previous_check``), and the
-    ImageNet class names stored with it are kept. Returns the new ``ood`` section.
-    """
-    from server.model.files import CARD_FILENAME, check_model_files
-    from server.model.predictor import Predictor, load_nonskin
-    from training.export import MODEL_FILENAME
-    from training.report import existing_plots, write_report
-
-    run_dir = Path(run_dir)
-    card, _ = check_model_files(run_dir / MODEL_FILENAME, run_dir / CARD_FILENAME)
-    previous = load_nonskin(card, run_dir) if card.ood is not None else None
-    labels = list(previous.labels.names) if previous is not None and previous.labels is not None else None
-    predictor = Predictor.load(run_dir / MODEL_FILENAME, card, card.sha256, run_dir, tta="off", ood=False, imagenet=True)
-    t = time.perf_counter()
-    data, sources = load_split_images(run_dir, Path(data_dir), predictor.input_size, train_max, seed, predictor.colour)
-    signals = {s: run_views(predictor, images)[1] for s, (images, _) in data.items()}
-    log.info("forward passes of the splits done (%.0f s)", time.perf_counter() - t)
-    ood = fit_nonskin(predictor, signals, run_dir, run_views, sources, labels, ood_dims, seed, previous=previous)
-    card = ModelCard.from_dict({**card.to_dict(), "ood": ood})
-    card.write(run_dir / CARD_FILENAME)
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    if "trust" in metrics:
-        metrics["trust"]["ood"] = ood
-        metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
-        if {"val", "test"} <= set(metrics):
-            write_report(run_dir, card, metrics, existing_plots(run_dir), metrics["trust"])
-    log.info("non-skin check refitted in %.0f s", time.perf_counter() - t)
-    return ood
 
 
 def main(argv=None) -> int:
@@ -331,6 +253,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     if args.nonskin_only:
         from training.report import nonskin_table
+
+        from training.nonskin_refit import refit_nonskin
 
         ood = refit_nonskin(args.run_dir, args.data_dir, args.train_max, ood_dims=args.ood_dims)
         print("\n".join(nonskin_table(ood)))

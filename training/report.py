@@ -7,10 +7,12 @@ from pathlib import Path
 from server.model.card import ModelCard
 from server.model.trust import TTA_MODES
 from server.reports.context import context_markdown
-from server.reports.quality import SKIN_TYPE_NOTE, SUBGROUP_COLUMNS, subgroup_lines, subgroup_sentence
+from server.reports.quality import (SKIN_TYPE_NOTE, SUBGROUP_COLUMNS, differential_in_words, subgroup_lines,
+                                    subgroup_sentence)
 from training.evaluate import metrics_markdown
 
 SUBGROUP_HEADING = "## Per-subgroup figures (test split)"
+DIFFERENTIAL_HEADING = "## The differential (conformal lists of possible types)"
 PLOTS = ("confusion_matrix.png", "confusion_matrix_normalised.png", "roc.png", "training_curves.png")
 
 
@@ -53,9 +55,19 @@ def write_report(out_dir: Path, card: ModelCard, metrics: dict, plots: list[str]
         text += ["", *trust_section(trust)]
     if card.patient_context is not None:
         text += ["", *context_markdown(card)]
+    if card.differential is not None:
+        text += ["", *differential_section(card)]
     if card.subgroups is not None:
         text += ["", *subgroup_section(card)]
     (out_dir / "report.md").write_text("\n".join(text) + "\n")
+
+
+def differential_section(card: ModelCard) -> list[str]:
+    """The differential's thresholds and their validation and test figures, by class, as a report section."""
+    from training.differential import figures_table
+
+    return [DIFFERENTIAL_HEADING, "", differential_in_words(card), "",
+            *figures_table(card.to_dict()["differential"]), ""]
 
 
 def subgroup_section(card: ModelCard) -> list[str]:
@@ -70,13 +82,18 @@ def subgroup_section(card: ModelCard) -> list[str]:
 def splice_subgroup_section(report: str, card: ModelCard) -> str:
     """``report`` with its per-subgroup section replaced (or added at the end): the CLI adds it to an existing run's
     report without rewriting what the trainer and earlier tools wrote."""
+    return splice_section(report, subgroup_section(card))
+
+
+def splice_section(report: str, section: list[str]) -> str:
+    """``report`` with the section headed ``section[0]`` replaced by ``section``, or added at the end."""
     lines = report.rstrip("\n").split("\n")
-    if SUBGROUP_HEADING in lines:
-        start = lines.index(SUBGROUP_HEADING)
+    if section[0] in lines:
+        start = lines.index(section[0])
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        lines[start:end] = subgroup_section(card)
+        lines[start:end] = section
     else:
-        lines += ["", *subgroup_section(card)]
+        lines += ["", *section]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

@@ -42,6 +42,7 @@ from server.model.files import file_sha256
 from server.thresholds import MALIGNANT_TARGET_SENSITIVITY
 from training import data as D
 from training.config import TrainConfig, parse_args
+from training.differential import card_with_differential
 from training.evaluate import choose_malignant_threshold, evaluate_predictions, plot_history, write_plots
 from training.export import (
     HAM10000_SOURCE,
@@ -218,6 +219,7 @@ def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment:
     np.savez_compressed(out_dir / "predictions.npz", **{f"{s}_probs": probs[s] for s in probs},
                         **{f"{s}_labels": y[s] for s in probs}, **{f"{s}_probs_served": p for s, p in served.items()},
                         **{f"{s}_probs_with_context_served": p for s, p in served_context.items()})
+    card = card_with_differential(card, out_dir / "predictions.npz", predictor.reads_patient)
     if context_record is not None:
         card = card.replace(patient_context=PatientContextSpec.from_dict(context_section(
             context_record, y, served, served_context, card.thresholds.malignant)))

@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from server.model.card_fields import CardFieldError, emit, frozen, number, rest, section, text, thawed
+from server.model.card_differential import DifferentialRule, DifferentialSpec
 from server.model.card_int8 import Int8Graph, Int8Spec
 from server.model.card_subgroups import SUBGROUP_METRICS, SubgroupFigure, SubgroupRow, Subgroups
 from server.model.trust import DEFAULT_TTA, TTA_MODES
 from server.thresholds import MALIGNANT_TARGET_SENSITIVITY
 
 CARD_FILENAME = "model_card.json"
-__all__ = ["CARD_FILENAME", "CardFieldError", "Int8Graph", "Int8Spec", "ModelCard", "SUBGROUP_METRICS", "SubgroupFigure", "SubgroupRow",
+__all__ = ["CARD_FILENAME", "CardFieldError", "DifferentialRule", "DifferentialSpec",
+           "Int8Graph", "Int8Spec", "ModelCard", "SUBGROUP_METRICS", "SubgroupFigure", "SubgroupRow",
            "Subgroups", "frozen", "thawed"]
 
 
@@ -208,6 +210,7 @@ class ModelCard:
     patient_context: PatientContextSpec | None = None
     subgroups: Subgroups | None = None
     int8: Int8Spec | None = None  # int8 graphs of this .h5 (training.quantize), served per INFERENCE_PRECISION
+    differential: DifferentialSpec | None = None  # the conformal thresholds of the lesion-type list
     extra: Mapping = field(default_factory=dict)
 
     @property
@@ -238,7 +241,7 @@ class ModelCard:
             raise CardFieldError("input_size", f"must be a positive integer, got {size!r}")
         limitations = data.get("limitations") or ()
         sections = {k: section(data, k) for k in ("thresholds", "tta", "calibration", "ood", "subgroups", "patient_context",
-                                                  "int8")}
+                                                  "int8", "differential")}
         return cls(
             name=text(data, "name", required=True), version=str(data["version"]), classes=tuple(classes),
             input_size=size, preprocessing=text(data, "preprocessing", required=True),
@@ -257,6 +260,7 @@ class ModelCard:
             patient_context=PatientContextSpec.from_dict(sections["patient_context"])
             if sections["patient_context"] is not None else None,
             int8=Int8Spec.from_dict(sections["int8"]) if sections["int8"] is not None else None,
+            differential=DifferentialSpec.from_dict(sections["differential"]) if sections["differential"] else None,
             extra=rest(data, cls),
         )
 

@@ -1,4 +1,4 @@
-"""The model's files: find, read and check a card and its ``.h5`` without TensorFlow.
+"""The model's files: find, read and check a card and its ``.h5`` without TensorFlow, and what they serve as.
 
 Class order and preprocessing must match what ``server/`` implements, and ``sha256``
 ties the card to the exact ``.h5`` bytes, so a swapped file is caught at load time.
@@ -14,6 +14,8 @@ from typing import Mapping
 from server.imaging import COLOURS, colour_of, preprocessing_id
 from server.lesions import CLASS_CODES
 from server.model.card import CARD_FILENAME, CardFieldError, ModelCard
+from server.model.trust import TTA_MODES
+from server.prediction import ModelInfo
 
 
 class ModelLoadError(RuntimeError):
@@ -91,3 +93,18 @@ def check_model_files(model_path, card_path=None) -> tuple[ModelCard, str]:
             "the model and its card do not belong together"
         )
     return card, sha
+
+
+def model_info(card: ModelCard, sha256: str) -> ModelInfo:
+    return ModelInfo(name=card.name, version=card.version, sha256=sha256, input_size=card.input_size,
+                     test_balanced_accuracy=card.test_metrics.get("balanced_accuracy"))
+
+
+def resolve_tta(tta: str | None, card: ModelCard) -> str:
+    """The TTA mode to serve: the setting, or with ``auto`` (or none) the card's measured choice."""
+    chosen = (tta or "").strip().lower() or "auto"
+    if chosen == "auto":
+        chosen = card.tta_default
+    if chosen not in TTA_MODES:
+        raise ModelLoadError(f"TTA={chosen!r} is not one of auto, {', '.join(TTA_MODES)}")
+    return chosen

@@ -10,14 +10,14 @@ GAP layer) and the probabilities, plus two more when the ``.h5`` carries the Ima
 branch (its pooled features and its 1000 class probabilities), so one forward pass serves
 the prediction, the non-skin check and Grad-CAM (``server/model/explain.py``). Those graphs are
 float32, or with ``precision`` (``INFERENCE_PRECISION``) the int8 forms the card pins beside the
-``.h5`` (``server/model/precision.py``). On top of the raw
-model output ``predict_image`` applies, all from the model card:
+``.h5`` (``server/model/precision.py``). On top of the raw model output ``predict_image`` applies,
+all from the model card:
 
 - test-time augmentation (``TTA``: off | flips | full; the card's choice unless set) and
   temperature scaling (``calibration``), the maths in ``server/model/trust.py``;
-- the "uncertain" threshold and the malignant operating point (``card.thresholds``);
-- the non-skin check (``server/model/nonskin.py``; statistics in an .npz beside the card,
-  pinned by sha256).
+- the malignant operating point (``card.thresholds``) and the differential's conformal
+  thresholds (``card.differential``, for the image alone or with the patient context);
+- the non-skin check (``server/model/nonskin_screen.py``; statistics in an .npz beside the card).
 """
 
 from __future__ import annotations
@@ -33,21 +33,13 @@ from PIL import Image
 from server.imaging import COLOUR_NONE, centre_square, colour_of, model_input
 from server.model import explain
 from server.model.card import ModelCard
-from server.model.files import ModelLoadError, card_path_for, check_model_files, file_sha256
-from server.model.nonskin import (
-    FEATURES,
-    FLOORS,
-    IMAGENET,
-    PICTURE,
-    NonSkinCheck,
-    floor_statistics,
-    image_statistics,
-    largest,
-)
+from server.model.files import ModelLoadError, card_path_for, check_model_files, model_info, resolve_tta
+from server.model.nonskin import IMAGENET
+from server.model.nonskin_screen import load_nonskin, screen_nonskin
 from server.model.onnx_cache import OnnxCache
 from server.model.precision import at_precision, wanted_precision
-from server.model.second_look import close_call, near_a_nonskin_level
 from server.model.runtime import apply_tf_threads, as_pair, split_branch
+from server.model.second_look import close_call, near_a_nonskin_level
 from server.model.serving import (
     Served,
     check_facts,
@@ -56,41 +48,13 @@ from server.model.serving import (
     serve_keras,
     wants_branch,
 )
-from server.model.trust import TTA_MODES, temperature_scale, tta_views
+from server.model.trust import temperature_scale, tta_views
 from server.patient import PatientContext
-from server.prediction import Heatmap, ModelInfo, Prediction, prediction_from_probabilities
+from server.prediction import Heatmap, Prediction, prediction_from_probabilities
 from server.lesions import MALIGNANT_CODES
-from server.thresholds import DEFAULT_UNCERTAIN_BELOW, INT8_NONSKIN_MARGIN, LOOKS_LIKE_MIN_PROBABILITY, NONSKIN_REFUSED
+from server.thresholds import DEFAULT_UNCERTAIN_BELOW, INT8_NONSKIN_MARGIN, NONSKIN_REFUSED
 
 log = logging.getLogger(__name__)
-
-
-def model_info(card: ModelCard, sha256: str) -> ModelInfo:
-    return ModelInfo(name=card.name, version=card.version, sha256=sha256, input_size=card.input_size,
-                     test_balanced_accuracy=card.test_metrics.get("balanced_accuracy"))
-
-
-def resolve_tta(tta: str | None, card: ModelCard) -> str:
-    """The TTA mode to serve: the setting, or with ``auto`` (or none) the card's measured choice."""
-    chosen = (tta or "").strip().lower() or "auto"
-    if chosen == "auto":
-        chosen = card.tta_default
-    if chosen not in TTA_MODES:
-        raise ModelLoadError(f"TTA={chosen!r} is not one of auto, {', '.join(TTA_MODES)}")
-    return chosen
-
-
-def load_nonskin(card: ModelCard, card_dir: Path) -> NonSkinCheck | None:
-    """The card's non-skin checks, from the .npz its ``ood`` section pins by sha256, or None."""
-    spec = card.ood
-    if spec is None:
-        return None
-    path = Path(card_dir) / spec.file
-    if not path.is_file():
-        raise ModelLoadError(f"the model card's non-skin statistics {path} are missing: run training.calibrate")
-    if spec.sha256 and file_sha256(path) != spec.sha256:
-        raise ModelLoadError(f"{path} does not match the sha256 its model card records")
-    return NonSkinCheck.load(path, spec.thresholds(), spec.imagenet_gate, spec.refusal())
 
 
 class Predictor:
@@ -110,6 +74,7 @@ class Predictor:
         self.malignant_threshold = card.thresholds.malignant
         self.malignant = np.asarray([c in MALIGNANT_CODES for c in card.classes])  # mask over the classes
         self.uncertain_threshold = card.thresholds.uncertain
+        self.differential = card.differential  # the conformal thresholds of the lesion-type list, or None
         check_facts(served.facts, card)
         self.patient_width = served.facts.patient_width  # 0: the model reads no patient context
         self.tta = resolve_tta(tta, card)
@@ -254,10 +219,12 @@ class Predictor:
     def calibrated(self, probs: np.ndarray) -> np.ndarray:
         return temperature_scale(probs, self.temperature) if self.temperature else np.asarray(probs, np.float64)
 
-    def close_call(self, probs: np.ndarray) -> bool:
-        """Whether calibrated ``probs`` lie near a decision this answer makes (``server/model/second_look.py``)."""
+    def close_call(self, probs: np.ndarray, rule=None) -> bool:
+        """Whether calibrated ``probs`` lie near a decision this answer makes (``server/model/second_look.py``),
+        the differential's ``rule`` (a ``DifferentialRule``) among them."""
         uncertain = DEFAULT_UNCERTAIN_BELOW if self.uncertain_threshold is None else self.uncertain_threshold
-        return close_call(probs, self.malignant, self.malignant_threshold, uncertain)
+        minimums = None if rule is None else np.asarray([rule.min_probability[c] for c in self.classes])
+        return close_call(probs, self.malignant, self.malignant_threshold, uncertain, minimums)
 
     def class_index(self, code: str) -> int:
         if code not in self.classes:
@@ -280,33 +247,11 @@ class Predictor:
 
     def nonskin(self, x: np.ndarray, feature_map: np.ndarray,
                 float32: bool = False) -> tuple[float | None, str | None, str | None]:
-        """(the non-skin score of one image (the largest ratio of its checks), its answer
-        (``server.thresholds.nonskin_answer``), what a refused image seemed to show), or
-        (None, None, None) without a check. ``float32``: the ImageNet branch in float32 (and the
-        card's own gate) even when int8 is served."""
+        """(the non-skin score, answer and "looks like" of one image: ``screen_nonskin``), or (None, None,
+        None) without a check. ``float32``: the ImageNet branch in float32 (and the card's own gate)
+        even when int8 is served."""
         check = self.ood if (float32 or self._ood_int8 is None) else self._ood_int8
-        if check is None:
-            return None, None, None
-        signals = {FEATURES: feature_map.mean(axis=(0, 1))[None]}
-        needed = check.signals_needed()
-        if PICTURE in needed:
-            signals[PICTURE] = image_statistics(x)
-        if FLOORS in needed:
-            signals[FLOORS] = floor_statistics(x)
-        ratios = check.ratios(signals)
-        in_probs = None
-        if check.imagenet_runs(ratios)[0]:  # only for images the model's own features place far out
-            in_features, in_probs = self.forward_imagenet(x, float32)
-            ratios[IMAGENET] = check.check(IMAGENET).ratios(in_features)
-        answer = str(check.answers(ratios, in_probs)[0])
-        looks_like = self.looks_like(None if in_probs is None else in_probs[0]) if answer == NONSKIN_REFUSED else None
-        return float(largest(ratios)[0]), answer, looks_like
-
-    def looks_like(self, imagenet_probs) -> str | None:
-        """What a refused image seemed to show, in ImageNet's words, when the branch is confident."""
-        if imagenet_probs is None or self.ood is None or self.ood.labels is None:
-            return None
-        return self.ood.labels.looks_like(imagenet_probs, LOOKS_LIKE_MIN_PROBABILITY)
+        return screen_nonskin(check, x, feature_map, lambda batch: self.forward_imagenet(batch, float32))
 
     def predict_image(self, img: Image.Image, explain: bool = False, explain_class: str | None = None,
                       patient: PatientContext | None = None, explain_all: bool = False) -> Prediction:
@@ -329,7 +274,9 @@ class Predictor:
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         score, answer, looks_like = self.nonskin(x, fmap[0]) if fmap is not None else (None, None, None)
         probs = self.calibrated(probs.mean(axis=0, keepdims=True))[0]
-        if self._float32 is not None and (near_a_nonskin_level(score, answer) or self.close_call(probs)):
+        given = context is not None and patient.given  # nothing given: the image-only answer and its thresholds
+        rule = self.differential.rule_for(given) if self.differential is not None else None
+        if self._float32 is not None and (near_a_nonskin_level(score, answer) or self.close_call(probs, rule)):
             start = time.perf_counter()
             fmap, probs = self.forward(tta_views(x, self.tta), context, float32=True)
             elapsed_ms += (time.perf_counter() - start) * 1000.0
@@ -338,6 +285,8 @@ class Predictor:
         refused = answer == NONSKIN_REFUSED
         prediction = prediction_from_probabilities(
             probs, self.info, elapsed_ms, self.classes, self.malignant_threshold,
+            min_probability=rule.min_probability if rule else None,
+            coverage=self.differential.coverage if rule else None,
             uncertain_threshold=DEFAULT_UNCERTAIN_BELOW if self.uncertain_threshold is None else self.uncertain_threshold,
             temperature=self.temperature, tta=self.tta,
             ood_score=score, nonskin=answer, looks_like=looks_like,

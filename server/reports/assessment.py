@@ -20,10 +20,8 @@ from server.reports.wording import percent
 SYSTEM_NAME = "Skin-lesion screening aid"
 REPORT_TITLE = "Skin-lesion screening report"
 NOT_A_DIAGNOSIS = "Screening aid, not a diagnosis."
-# "Uncertain" is decided by the Prediction (``Prediction.uncertain``): its calibrated top
-# probability is below the model card's ``thresholds.uncertain``, chosen on validation
-# (``server.thresholds.DEFAULT_UNCERTAIN_BELOW`` only for a card without one). Nothing here re-derives it.
-LEADING_MIN = 0.05  # an uncertain answer lists its top two classes, and the third when it has at least this
+# "Uncertain" is decided by the Prediction (``Prediction.uncertain``): its differential (the types
+# still possible, ``server/differential.py``) holds more than one class. Nothing here re-derives it.
 
 
 # The one precedence rule: a result is described by the first of these that applies. A refusal
@@ -56,11 +54,11 @@ class Assessment:
     title: str  # the verdict in one line
     headline: str  # what to do, in one line
     advice: tuple[str, ...]
-    leading: tuple[ClassProbability, ...]  # uncertain: the two or three leading classes (no single answer)
-    key_label: str  # "Malignant" when flagged, else "Confidence"
+    differential: tuple[ClassProbability, ...]  # the types still possible, most likely first (one: a confident answer)
+    key_label: str  # "Malignant" when flagged, "Confidence" for one type, else what the list's figure is
     key_figure: float  # the one number shown large
     key_sentence: str  # that number in context: what it is, what it meant on the test images
-    confidence: tuple[str, ...]  # the top class's probability in context (the details)
+    confidence: tuple[str, ...]  # how sure the model is, in words: the one type, or the list and its coverage
     malignant: str  # the malignant share against the flag, with the flag's miss rate on test images
     quality: str | None  # the model against the product's quality bar (None without the model's card)
 
@@ -70,32 +68,65 @@ class Assessment:
         return not self.uncertain
 
 
-def _leading(prediction: Prediction) -> tuple[ClassProbability, ...]:
-    first, second, *rest = prediction.classes
-    return (first, second) + tuple(c for c in rest[:1] if c.probability >= LEADING_MIN)
-
-
 def _trust(card: ModelCard | None) -> Mapping:
     trust = card.uncertain.get("test") if card is not None else None
     return trust if isinstance(trust, Mapping) else {}
 
 
+def differential_measured(prediction: Prediction, card: ModelCard | None) -> Mapping:
+    """The test-split figures of the thresholds that made this list (coverage, single-class accuracy),
+    or {} where they do not apply: no conformal thresholds, or a photo unlike the training ones."""
+    if prediction.differential.coverage is None or prediction.unusual_image or card is None or card.differential is None:
+        return {}
+    reads = bool(card.patient_context and card.patient_context.reads)
+    return card.differential.rule_for(reads and prediction.patient.given).measured("test")
+
+
+def times_in(rate: float) -> str:
+    """0.915 -> 'about 9 times in 10'; 0.96 -> 'about 96 times in 100': a frequency as people read it."""
+    return f"about {round(rate * 100)} times in 100" if rate >= 0.95 or rate < 0.5 else f"about {round(rate * 10)} times in 10"
+
+
+def differential_title(prediction: Prediction) -> str:
+    """The list in one line: 'Melanoma' for one type, 'One of: Melanoma, Melanocytic nevus (mole)' for more."""
+    names = [c.name for c in prediction.differential_classes]
+    return names[0] if len(names) == 1 else "One of: " + ", ".join(names)
+
+
+def differential_sentence(prediction: Prediction, card: ModelCard | None) -> str:
+    """The list and how often lists like it held the right type on the test photos, in words."""
+    coverage = differential_measured(prediction, card).get("coverage")
+    line = differential_title(prediction) + "."
+    if isinstance(coverage, (int, float)):
+        return line + f" The right type is among these {times_in(coverage)} on test photos."
+    if prediction.unusual_image:
+        return line + (" This photo is unlike the ones the model learnt from, so it lists the leading types; how "
+                       "often the right one is among them was measured only on photos like the training ones.")
+    return line + " The model cannot narrow it down further from this photo."
+
+
+def _list_key(prediction: Prediction, card: ModelCard | None) -> tuple[str, float, str]:
+    """The key figure of a list of several types: its measured coverage, else the share of probability it holds."""
+    coverage = differential_measured(prediction, card).get("coverage")
+    if isinstance(coverage, (int, float)):
+        return "Right type among these", float(coverage), differential_sentence(prediction, card)
+    held = sum(c.probability for c in prediction.differential_classes)
+    return ("These types together", held, differential_sentence(prediction, card)
+            + f" Together they hold {percent(held)} of the model's probability.")
+
+
 def _confidence(prediction: Prediction, card: ModelCard | None) -> tuple[str, ...]:
-    """The top class's probability and what answers that sure were worth on the test images."""
+    """How sure the model is, in words: the list with its coverage, or the one type and what such answers
+    were worth on the test images."""
     top = prediction.top
-    calibrated = "calibrated " if prediction.temperature else ""
-    trust = _trust(card)
-    if prediction.uncertain and not prediction.low_confidence:  # uncertain because the photo is unusual
-        return (f"The best guess has {percent(top.probability)} {calibrated}probability, but that figure was measured "
-                f"on photos like the training ones, and this photo is not one of them.",)
     if prediction.uncertain:
-        line = (f"The best guess, {lesion_class(top.code).in_words}, has only {percent(top.probability)} {calibrated}"
-                f"probability, below the {percent(prediction.uncertain_below, 0)} this model needs to name a type")
-        if isinstance(trust.get("accuracy_uncertain"), (int, float)):
-            line += (f"; on the test images, answers this unsure were right only about "
-                     f"{round(trust['accuracy_uncertain'] * 100)} times in 100")
-        return (line + ".",)
+        return (_list_key(prediction, card)[2],)
+    single = differential_measured(prediction, card).get("single_accuracy")
+    calibrated = "calibrated " if prediction.temperature else ""
     line = f"{percent(top.probability)} is the model's {calibrated}probability that this is {lesion_class(top.code).in_words}"
+    if isinstance(single, (int, float)):
+        return (line + f"; on test photos, answers that named one type alone were right {times_in(single)}.",)
+    trust = _trust(card)
     if isinstance(trust.get("accuracy_answered"), (int, float)):
         line += (f"; on the test images, answers at least {percent(prediction.uncertain_below, 0)} sure were right "
                  f"about {round(trust['accuracy_answered'] * 100)} times in 100")
@@ -162,9 +193,8 @@ def assess(prediction: Prediction, card: ModelCard | None = None) -> Assessment:
     advice: list[str] = [prediction.unusual_message] if prediction.unusual_image else []
     if flagged and (uncertain or risk != "high"):
         advice.append("Whatever type the lesion turns out to be, a malignant one cannot be ruled out from this image.")
-    if kind == "uncertain" and prediction.low_confidence:
-        advice.append("The model cannot tell these lesion types apart for this image, so it names none of them as "
-                      "the answer.")
+    if kind == "uncertain":
+        advice.append("The model cannot tell which of these types it is from this photo: a dermatologist can.")
     elif not uncertain:
         advice.append(prediction.advice)
     if prediction.malignant_flag is False:
@@ -175,8 +205,8 @@ def assess(prediction: Prediction, card: ModelCard | None = None) -> Assessment:
         tone, title = "high", "Flagged as possibly malignant"
         headline = "See a dermatologist promptly"
     elif kind == "uncertain":
-        tone, title = "uncertain", "Uncertain: the model cannot tell which type this is"
-        headline = "See a dermatologist (uncertain result)"
+        tone, title = "uncertain", differential_title(prediction)
+        headline = "See a dermatologist (the model cannot narrow it to one type)"
     else:
         tone, title = risk, f"{top.name}: {risk} risk"
         headline = {"high": "See a dermatologist promptly" if top.code == "mel" else "See a dermatologist",
@@ -185,10 +215,11 @@ def assess(prediction: Prediction, card: ModelCard | None = None) -> Assessment:
     confidence = _confidence(prediction, card)
     malignant = malignant_sentence(prediction, card)
     key_label, key_figure, key_sentence = (("Malignant", prediction.malignant_probability, malignant) if flagged
+                                           else _list_key(prediction, card) if uncertain
                                            else ("Confidence", top.probability, confidence[0]))
     return Assessment(kind=kind, risk=risk, tone=tone, uncertain=uncertain, flagged=flagged,
                       see_dermatologist=see_dermatologist, title=title, headline=headline, advice=tuple(advice),
-                      leading=_leading(prediction) if uncertain else (), key_label=key_label, key_figure=key_figure,
+                      differential=prediction.differential_classes, key_label=key_label, key_figure=key_figure,
                       key_sentence=key_sentence, confidence=confidence, malignant=malignant,
                       quality=quality.bar_sentence(card) if card is not None else None)
 
@@ -198,7 +229,8 @@ def summary(prediction: Prediction, card: ModelCard | None = None) -> dict:
     verdict = assess(prediction, card)
     return {"kind": verdict.kind, "title": verdict.title, "next_step": verdict.headline,
             "key_figure": {"label": verdict.key_label, "value": verdict.key_figure, "meaning": verdict.key_sentence},
-            "uncertain": verdict.uncertain, "malignant_flag": prediction.malignant_flag}
+            "differential": differential_title(prediction), "uncertain": verdict.uncertain,
+            "malignant_flag": prediction.malignant_flag}
 
 
 def format_timestamp(iso: str) -> str:

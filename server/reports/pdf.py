@@ -129,9 +129,8 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
     summary = [[p("Next step", small), Paragraph(f"<b>{escape(verdict.headline)}.</b>", body)],
                [p(verdict.key_label, small), p(verdict.key_sentence)]]
     if verdict.uncertain:
-        summary += [[p("Leading possibilities", small),
-                     p("; ".join(f"{c.name} ({c.code}) {percent(c.probability)}" for c in verdict.leading)
-                       + ". None of them is the answer.")]]
+        summary += [[p("Possible types", small),
+                     p("; ".join(f"{c.name} ({c.code}) {percent(c.probability)}" for c in verdict.differential) + ".")]]
     else:
         risk = escape(verdict.risk.upper())
         if verdict.flagged and verdict.risk != "high":
@@ -140,8 +139,7 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
                     [p("Risk level", small), Paragraph(f'<font color="{RISK_COLOURS.get(verdict.risk, "#333333")}">'
                                                        f"<b>{risk}</b></font>", body)]]
     summary += [[p("What to do", small) if i == 0 else "", p(a)] for i, a in enumerate(verdict.advice)]
-    other = (("Confidence", percent(top.probability) + ("  (uncertain)" if verdict.uncertain else "") + "\n"
-              + " ".join(verdict.confidence)) if verdict.key_label != "Confidence"
+    other = (("Possible types", " ".join(verdict.confidence)) if verdict.flagged
              else ("Malignant probability", verdict.malignant))
     summary += [[p(other[0], small), p(other[1])]]
     if verdict.quality:
@@ -195,8 +193,8 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
     ]))
 
     if verdict.uncertain:
-        story.append(KeepTogether([p("About the leading possibilities", h2)]
-                                  + [p(f"{c.name}: {lesion_class(c.code).description}") for c in verdict.leading]))
+        story.append(KeepTogether([p("About the possible types", h2)]
+                                  + [p(f"{c.name}: {lesion_class(c.code).description}") for c in verdict.differential]))
     else:
         story.append(KeepTogether([p("About the predicted condition", h2), p(lesion_class(top.code).description)]))
     story.append(KeepTogether([p("Disclaimer", h2), p(prediction.disclaimer)]))

@@ -215,3 +215,52 @@ def subgroup_sentence(card: ModelCard | None) -> str:
                "split's." if drop is not None else "")
             + (f" Body sites with fewer than {extra.get('min_site_images')} test images are left out: "
                + ", ".join(f"{s} ({n})" for s, n in left_out.items()) + "." if left_out else ""))
+
+
+@dataclass(frozen=True)
+class DifferentialLine:
+    """One row of the differential's table on /model: a class (or all photos), on validation and on test."""
+
+    label: str
+    figures: tuple[str, ...]  # validation photos, coverage, mean size; test photos, coverage, mean size
+
+
+def differential_tables(card: ModelCard) -> list[tuple[str, list[DifferentialLine]]]:
+    """The differential's measured coverage and mean list size, overall and by class, on validation and test:
+    one table for the photo alone and, for a model that reads it, one with the patient context."""
+    spec = card.differential
+    if spec is None:
+        return []
+    rules = [("Photo alone", spec.image)] + ([("With the patient context", spec.with_context)] if spec.with_context else [])
+    tables = []
+    for caption, rule in rules:
+        val, test = rule.measured("val"), rule.measured("test")
+
+        def cells(*figures: Mapping) -> tuple[str, ...]:
+            return tuple(x for f in figures for x in (
+                str(f.get("n", "")), percent(f["coverage"]) if f.get("coverage") is not None else "not measured",
+                f"{f['mean_size']:.2f}" if f.get("mean_size") is not None else ""))
+
+        lines = [DifferentialLine("All photos", cells(val, test))]
+        lines += [DifferentialLine(c.name, cells((val.get("by_class") or {}).get(c.code, {}),
+                                                 (test.get("by_class") or {}).get(c.code, {}))) for c in CATALOGUE]
+        tables.append((caption, lines))
+    return tables
+
+
+def differential_in_words(card: ModelCard) -> str | None:
+    """What the differential is and what it reached on the test photos, in one paragraph."""
+    spec = card.differential
+    if spec is None:
+        return None
+    test = spec.image.measured("test")
+    text = (f"Every answer lists the lesion types still possible: the smallest list that held the true type "
+            f"{percent(spec.coverage, 0)} of the time on the validation photos (split conformal prediction)")
+    text += (f", and each class's own threshold set to hold it at least {percent(spec.image.class_floor, 0)} of the "
+             "time on its validation photos." if spec.image.class_floor else ".")
+    if test.get("coverage") is not None:
+        text += (f" On the test photos the list held the true type {percent(test['coverage'])} of the time, with "
+                 f"{test['mean_size']:.2f} types on average; {percent(test['single_share'], 0)} of photos got a single "
+                 "type" + (f", right {percent(test['single_accuracy'])} of the time." if test.get("single_accuracy")
+                           is not None else "."))
+    return text

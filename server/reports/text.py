@@ -38,11 +38,10 @@ def text_report(prediction: Prediction, card: ModelCard | None = None) -> str:
     rule = "=" * len(REPORT_TITLE)
     lines = [REPORT_TITLE, rule, NOT_A_DIAGNOSIS, ""]
     lines += [_wrap("RESULT: " + verdict.title + "."), _wrap("NEXT STEP: " + verdict.headline + ".")]
-    unsure = "  (uncertain)" if verdict.uncertain and verdict.key_label == "Confidence" else ""
-    lines += [f"{verdict.key_label + ':':<22}{percent(verdict.key_figure)}{unsure}", _wrap(verdict.key_sentence, "  ")]
+    lines += [f"{verdict.key_label + ':':<21} {percent(verdict.key_figure)}", _wrap(verdict.key_sentence, "  ")]
     if verdict.uncertain:
-        lines.append("Leading possibilities (none of them is the answer):")
-        lines += [f"  {percent(c.probability):>6}  {c.name} [{c.code}]" for c in verdict.leading]
+        lines.append("Possible types (the differential, most likely first):")
+        lines += [f"  {percent(c.probability):>6}  {c.name} [{c.code}]" for c in verdict.differential]
     else:
         risk = verdict.risk.upper()
         if verdict.flagged and verdict.risk != "high":
@@ -51,8 +50,8 @@ def text_report(prediction: Prediction, card: ModelCard | None = None) -> str:
     lines += _heading("WHAT TO DO")
     lines += [_wrap(a, "  ") for a in verdict.advice]
     lines += _heading("WHAT THE NUMBERS MEAN")
-    if verdict.key_label != "Confidence":
-        lines.append(f"Confidence:           {percent(top.probability)}" + ("  (uncertain)" if verdict.uncertain else ""))
+    if verdict.flagged:
+        lines.append("Lesion type:")
         lines += [_wrap(line, "  ") for line in verdict.confidence]
     else:
         lines.append(f"Malignant:            {percent(prediction.malignant_probability)}")
@@ -65,8 +64,8 @@ def text_report(prediction: Prediction, card: ModelCard | None = None) -> str:
     for c in prediction.classes:
         bar = "#" * round(c.probability * 20)
         lines.append(f"{percent(c.probability):>7}  {bar:<20}  {c.name} [{c.code}, {c.risk} risk]")
-    about = verdict.leading if verdict.uncertain else (top,)
-    lines += _heading("ABOUT THE LEADING POSSIBILITIES" if verdict.uncertain else "ABOUT THE PREDICTED CONDITION")
+    about = verdict.differential
+    lines += _heading("ABOUT THE POSSIBLE TYPES" if verdict.uncertain else "ABOUT THE PREDICTED CONDITION")
     lines += [_wrap((f"{c.name}: " if verdict.uncertain else "") + lesion_class(c.code).description) for c in about]
     lines += _heading("MODEL AND DATE")
     lines += [

@@ -211,6 +211,8 @@ def model_page():
         subgroup_columns=[heading for _, heading, _ in quality.SUBGROUP_COLUMNS],
         subgroup_lines=quality.subgroup_lines(card),
         subgroup_sentence=quality.subgroup_sentence(card),
+        differential_sentence=quality.differential_in_words(card),
+        differential_tables=quality.differential_tables(card),
         context_sentence=context_sentence(card),
         context_figures=context_figures(card),
         skin_type_note=quality.SKIN_TYPE_NOTE,

@@ -76,7 +76,11 @@ def safeguards(card: ModelCard | Mapping) -> list[tuple[str, str]]:
             text += (f" On the test images it caught {percent(test_mal['sensitivity'])} of malignant lesions "
                      f"and cleared {percent(test_mal['specificity'])} of benign ones.")
         out.append(("Malignant flag", text))
-    if thresholds.uncertain is not None:
+    if card.differential is not None:
+        out.append(("Uncertain answers", "When the list of possible types holds more than one, the answer is called "
+                    "uncertain and you are advised to see a dermatologist (the table above gives how often the list "
+                    "held the right type)."))
+    elif thresholds.uncertain is not None:
         out.append(("Uncertain answers", f"When the model's top probability is below "
                     f"{percent(thresholds.uncertain, 0)}, the answer is called uncertain and you are "
                     "advised to see a dermatologist."))
