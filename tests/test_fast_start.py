@@ -26,8 +26,7 @@ from server.model.predictor import Predictor
 from server.model.runtime import split_branch
 from server.patient import MODEL_VECTOR_SIZE
 from tests.fast_start_screen import screen
-from tests.fixture_model import build_colour_model
-from tests.test_training import TINY_BLOCKS
+from tests.fixture_model import TINY_BLOCKS, build_colour_model
 from training.export import base_card, export_model
 
 ROOT = Path(__file__).resolve().parent.parent

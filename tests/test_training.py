@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from server.lesions import CLASS_CODES
+from tests.fixture_model import TINY_BLOCKS
 from training import data as D
 
 CLASS_COLOURS = {
@@ -37,9 +38,7 @@ def make_dataset(root, lesions_per_class=8, photos_per_lesion=2, size=(60, 45), 
     return root
 
 
-# MobileNetV2's first 3 blocks hold every kind of layer the whole network has, at a fifth of its
-# layers: the trainer's whole pipeline runs on them in a third of the time (tracing costs per layer).
-TINY_BLOCKS = 3
+# The trainer's whole pipeline on MobileNetV2's first blocks runs in a third of the time.
 TINY_CLI = ["--smoke", "--weights", "none", "--input-size", "32", "--backbone-blocks", str(TINY_BLOCKS)]
 
 
