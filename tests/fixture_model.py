@@ -16,6 +16,10 @@ from server.lesions import CLASS_CODES
 from training.export import base_card, export_model
 
 FIXTURE_SIZE = 32
+# Tests of the trainer and of MobileNetV2 graphs cut it to its first 3 blocks: they hold every kind
+# of layer the whole network has (expansion, stride-2 depthwise, residual add) at a fifth of its
+# 154 layers, and tracing, converting and saving a graph cost per layer (training.model.block_output).
+TINY_BLOCKS = 3
 RED_CLASS, GREEN_CLASS, BLUE_CLASS = "vasc", "nv", "mel"
 
 

@@ -25,7 +25,8 @@ from server.model.onnx_cache import OnnxCache
 from server.model.predictor import Predictor
 from server.model.runtime import split_branch
 from server.patient import MODEL_VECTOR_SIZE
-from tests.fixture_model import build_colour_model
+from tests.fast_start_screen import screen
+from tests.fixture_model import TINY_BLOCKS, build_colour_model
 from training.export import base_card, export_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,12 +34,12 @@ SIZE = 32
 
 
 def tiny_mobilenet(with_patient: bool):
-    """The shipped model's architecture in miniature: MobileNetV2 -> GAP -> Dense ReLU -> Dropout
+    """The shipped model's architecture in miniature: MobileNetV2 (its first blocks) -> GAP -> Dense ReLU -> Dropout
     (-> + patient context) -> softmax Dense, random weights (so ReLUs are open and closed)."""
     from training.model import build_model
     from training.patient_context import with_patient_input
 
-    model = build_model(7, input_size=SIZE, alpha=0.35, weights=None, dense_units=16, dropout=0.3)
+    model = build_model(7, input_size=SIZE, alpha=0.35, weights=None, dense_units=16, dropout=0.3, blocks=TINY_BLOCKS)
     if not with_patient:
         return model
     return with_patient_input(model, np.random.default_rng(4).normal(0, 2, (MODEL_VECTOR_SIZE, 7)))
@@ -71,23 +72,6 @@ def keras_starts(monkeypatch):
 
 # ---------------------------------------------------------------- the same service, without TensorFlow
 
-# Run in a fresh interpreter (not importing tests.conftest, which sets its own ONNX_CACHE_DIR).
-SCREEN = """
-import io, json, sys
-from PIL import Image
-from server import create_app
-app = create_app({"MODEL_PATH": sys.argv[1], "TESTING": True, "SECRET_KEY": "s"})
-out = {"tensorflow_after_start": "tensorflow" in sys.modules, "runtime": app.extensions["predictor"].runtime}
-client = app.test_client()
-for name, colour, fields in json.loads(sys.argv[2]):
-    png = io.BytesIO()
-    Image.new("RGB", (60, 44), tuple(colour)).save(png, format="PNG")
-    data = {"image": (io.BytesIO(png.getvalue()), "x.png"), **fields}
-    answer = client.post("/predict?explain=1", data=data, content_type="multipart/form-data").get_json()
-    out[name] = {k: answer[k] for k in ("probabilities", "heatmap", "patient")}
-out["tensorflow_at_the_end"] = "tensorflow" in sys.modules
-print(json.dumps(out))
-"""
 CASES = [("red", (200, 40, 40), {}), ("blue", (40, 50, 210), {"age": "70", "sex": "male"}),
          ("plain", (120, 160, 90), {}), ("face", (120, 160, 90), {"site": "face", "age": "35"})]
 
@@ -95,19 +79,21 @@ CASES = [("red", (200, 40, 40), {}), ("blue", (40, 50, 210), {"age": "70", "sex"
 def screened(model_path: Path, cache_dir: str) -> dict:
     """The CASES screened by the real app in a fresh interpreter (``cache_dir``: ONNX_CACHE_DIR)."""
     env = {**os.environ, "ONNX_CACHE_DIR": cache_dir, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", SCREEN, str(model_path), json.dumps(CASES)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "tests.fast_start_screen", str(model_path), json.dumps(CASES)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.splitlines()[-1])
 
 
 @pytest.mark.parametrize("which", ["model_path", "context_model_path", "mobilenet_path"])
-def test_a_warm_cache_serves_the_same_answers_without_importing_tensorflow(which, request, tmp_path):
+def test_a_warm_cache_serves_the_same_answers_without_importing_tensorflow(which, request, tmp_path, keras_starts):
     model_path = request.getfixturevalue(which)
-    with_tf = screened(model_path, "off")  # no cache: Keras, tf2onnx, TensorFlow's gradient
-    filling = screened(model_path, str(tmp_path))  # a cold cache: the same path, which fills it
+    # The TensorFlow paths run in this process, which has imported TensorFlow already; only the
+    # warm start, which must not import it, needs an interpreter of its own.
+    with_tf = screen(model_path, CASES, {"ONNX_CACHE_DIR": ""})  # no cache: Keras, tf2onnx, TensorFlow's gradient
+    screen(model_path, CASES, {"ONNX_CACHE_DIR": str(tmp_path)})  # a cold cache: the same path, which fills it
     warm = screened(model_path, str(tmp_path))
-    assert with_tf["tensorflow_after_start"] and filling["tensorflow_after_start"]
+    assert len(keras_starts) == 2, "without a warm cache both starts build the model with Keras and TensorFlow"
     assert not warm["tensorflow_after_start"] and not warm["tensorflow_at_the_end"]
     assert warm["runtime"] == with_tf["runtime"] == "onnxruntime"
     for name, _, _ in CASES:

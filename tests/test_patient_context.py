@@ -15,7 +15,7 @@ from server.model.files import ModelLoadError
 from server.model.predictor import Predictor
 from server.patient import MODEL_VECTOR_SIZE, SITES, PatientContext, age_band, model_vectors
 from server.problems import ServiceError
-from tests.fixture_model import CONTEXT_CLASS, CONTEXT_SITE, GREEN_CLASS, RED_CLASS
+from tests.fixture_model import CONTEXT_CLASS, CONTEXT_SITE, GREEN_CLASS, RED_CLASS, TINY_BLOCKS
 
 
 # ---------------------------------------------------------------- parsing and encoding
@@ -108,7 +108,7 @@ def test_batched_evaluation_takes_one_context_per_image(context_predictor):
 def tiny_classifier():
     from training.model import build_model
 
-    return build_model(7, input_size=32, alpha=0.35, weights=None, dense_units=8, dropout=0.3)
+    return build_model(7, input_size=32, alpha=0.35, weights=None, dense_units=8, dropout=0.3, blocks=TINY_BLOCKS)
 
 
 def test_the_widened_model_is_the_image_only_one_without_context_and_adds_w_m_with_it():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,20 @@ def test_screening_figures_are_the_whole_split_figures():
     assert mine == {"balanced_accuracy": whole["balanced_accuracy"], "melanoma_recall": whole["per_class"]["mel"]["recall"],
                     "malignant_sensitivity": whole["malignant"]["sensitivity"],
                     "malignant_specificity": whole["malignant"]["specificity"]}
+
+
+def test_balanced_accuracy_is_scikit_learns_to_the_bit_with_classes_missing_on_either_side():
+    from sklearn.metrics import balanced_accuracy_score
+
+    from training.evaluate import balanced_accuracy
+
+    rng = np.random.default_rng(8)
+    for n, true_classes, predicted_classes in ((50, 7, 7), (40, 3, 7), (30, 7, 2), (9, 1, 4), (1, 1, 1)):
+        labels, pred = rng.integers(0, true_classes, n), rng.integers(0, predicted_classes, n)
+        with warnings.catch_warnings():  # sklearn warns of classes missing from y_true; its score stands
+            warnings.simplefilter("ignore", UserWarning)
+            expected = balanced_accuracy_score(labels, pred)
+        assert balanced_accuracy(labels, pred) == expected, (n, true_classes, predicted_classes)
 
 
 # ---------------------------------------------------------------- the table and its flag

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from server.lesions import CLASS_CODES
+from tests.fixture_model import TINY_BLOCKS
 from training import data as D
 
 CLASS_COLOURS = {
@@ -35,6 +36,17 @@ def make_dataset(root, lesions_per_class=8, photos_per_lesion=2, size=(60, 45), 
                              "age": 50, "sex": "unknown", "localization": "back"})
     pd.DataFrame(rows).to_csv(root / "HAM10000_metadata.csv", index=False)
     return root
+
+
+# The trainer's whole pipeline on MobileNetV2's first blocks runs in a third of the time.
+TINY_CLI = ["--smoke", "--weights", "none", "--input-size", "32", "--backbone-blocks", str(TINY_BLOCKS)]
+
+
+def tiny_model():
+    """The trainer's network, cut to ``TINY_BLOCKS`` blocks, at 32 px, for tests of its mechanisms."""
+    from training.model import build_model
+
+    return build_model(len(CLASS_CODES), 32, 0.35, None, 8, 0.0, seed=1, blocks=TINY_BLOCKS)
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +94,7 @@ def test_cli_smoke_run_exports_a_model_the_service_serves(dataset, tmp_path):
     from training.train import main
 
     out = tmp_path / "run"
-    rc = main(["--data-dir", str(dataset), "--out-dir", str(out), "--smoke", "--weights", "none",
-               "--input-size", "32", "--head-epochs", "3", "--epochs", "1"])
+    rc = main(["--data-dir", str(dataset), "--out-dir", str(out), *TINY_CLI, "--head-epochs", "3", "--epochs", "1"])
     assert rc == 0
     for name in ("ham10000_mobilenetv2.h5", "model_card.json", "metrics.json", "report.md", "split.csv",
                  "history.csv", "confusion_matrix.png", "roc.png", "train.log"):
@@ -96,6 +107,7 @@ def test_cli_smoke_run_exports_a_model_the_service_serves(dataset, tmp_path):
     # the calibration step fitted the differential on validation and measured it on test
     assert card["differential"]["coverage"] == 0.9 and set(card["differential"]["min_probability"]) == set(CLASS_CODES)
     assert {"val", "test"} == set(card["differential"]["figures"])
+    assert f"its first {TINY_BLOCKS} of 17 blocks" in card["architecture"]  # the card says the network was cut
     split = pd.read_csv(out / "split.csv")
     assert split.groupby("lesion_id")["split"].nunique().max() == 1
 
@@ -148,8 +160,7 @@ def test_a_cut_off_run_resumes_from_its_last_epoch(dataset, tmp_path):
     from training.train import main
 
     out = tmp_path / "run"
-    common = ["--data-dir", str(dataset), "--out-dir", str(out), "--smoke", "--weights", "none", "--input-size", "32",
-              "--head-epochs", "1", "--no-test"]
+    common = ["--data-dir", str(dataset), "--out-dir", str(out), *TINY_CLI, "--head-epochs", "1", "--no-test"]
     assert main(common + ["--epochs", "2"]) == 0  # stands for a run cut off after 2 of 3 epochs
     backup = json.loads((out / "backup" / "training_metadata.json").read_text())
     assert backup["epoch"] == 2  # epochs finished
@@ -188,10 +199,8 @@ def test_weight_ema_keeps_the_average_not_the_last_weights(tmp_path):
     near 1 that average hardly leaves where it was set (Keras sets it to the weights after
     the first step), while the raw weights travel on: so what is kept must have moved far
     less than the raw weights. Without the swap the two would be equal."""
-    from training.model import build_model
-
     def drift(ema_momentum: float) -> float:
-        model = build_model(len(CLASS_CODES), 32, 0.35, None, 8, 0.0, seed=1)
+        model = tiny_model()
         start = [w.copy() for w in model.get_layer("head_out").get_weights()]
         out = tmp_path / f"ema{ema_momentum}"
         out.mkdir()
@@ -214,8 +223,8 @@ def test_cli_exports_the_imagenet_branch_and_fits_its_check(dataset, tmp_path):
     if not (weights.is_file() and labels.is_file()):
         pytest.skip(f"ImageNet classifier not found under {SHARED / 'weights'}")
     out = tmp_path / "run"
-    assert main(["--data-dir", str(dataset), "--out-dir", str(out), "--smoke", "--weights", "none", "--input-size", "32",
-                 "--head-epochs", "1", "--epochs", "1", "--imagenet-weights", str(weights),
+    assert main(["--data-dir", str(dataset), "--out-dir", str(out), *TINY_CLI, "--head-epochs", "1", "--epochs", "1",
+                 "--imagenet-weights", str(weights),
                  "--imagenet-labels", str(labels)]) == 0
     card = json.loads((out / "model_card.json").read_text())
     assert card["ood"]["imagenet_threshold"] > 0 and "everyday_true_flag_rate" in card["ood"]
@@ -233,11 +242,10 @@ def test_cli_exports_the_imagenet_branch_and_fits_its_check(dataset, tmp_path):
 def test_weight_averaging_keeps_the_mean_of_the_last_epochs_and_a_resume_rebuilds_it(tmp_path):
     """``--keep swa``: the kept weights are the mean of the last epochs' snapshots, the schedule
     holds those epochs at the SWA rate, and a run resumed after its last epoch keeps the same mean."""
-    from training.model import build_model
     from training.phases import SWA_DIR, cosine_with_warmup
 
     def run(resume: bool):
-        model = build_model(len(CLASS_CODES), 32, 0.35, None, 8, 0.0, seed=1)
+        model = tiny_model()
         record = fine_tune_tiny(model, tmp_path, resume=resume, keep="swa", swa_epochs=2, swa_lr=1e-3)
         return model, record
 
@@ -260,3 +268,24 @@ def test_weight_averaging_keeps_the_mean_of_the_last_epochs_and_a_resume_rebuild
     schedule = cosine_with_warmup(1e-2, steps_per_epoch=3, epochs=4, warmup_epochs=0.0, flat_epochs=2, floor_lr=1e-3)
     assert float(schedule(6)) == pytest.approx(1e-3) and float(schedule(11)) == pytest.approx(1e-3)
     assert float(schedule(1)) > 1e-3
+
+
+def test_a_cut_backbone_keeps_its_first_blocks_and_every_kind_of_layer_and_none_keeps_them_all():
+    """``--backbone-blocks`` is only for smoke runs and tests; the default must stay the whole network."""
+    import keras
+
+    from server.model.explain import feature_layer_names
+    from training.model import MOBILENETV2_BLOCKS, build_model
+
+    def gap_input(model) -> str:  # the feature map Grad-CAM and the non-skin check read
+        return feature_layer_names(model)[0]
+
+    cut = tiny_model()
+    assert gap_input(cut) == "block_2_add" and not any(layer.name.startswith("block_3") for layer in cut.layers)
+    kinds = {type(layer) for layer in cut.layers}
+    assert {keras.layers.DepthwiseConv2D, keras.layers.Conv2D, keras.layers.Add, keras.layers.ReLU} <= kinds
+    assert any(getattr(layer, "strides", None) == (2, 2) for layer in cut.layers if isinstance(layer, keras.layers.DepthwiseConv2D))
+    for blocks in (0, MOBILENETV2_BLOCKS):
+        whole = build_model(len(CLASS_CODES), 32, 0.35, None, 8, 0.0, blocks=blocks)
+        assert gap_input(whole) == "out_relu" and len(whole.layers) > 3 * len(cut.layers)
+    assert gap_input(build_model(len(CLASS_CODES), 32, 0.35, None, 8, 0.0, blocks=1)) == "expanded_conv_project_BN"

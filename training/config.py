@@ -25,6 +25,7 @@ class TrainConfig:
     input_size: int = 192  # 74 img/s training here, as fast as 160 and twice 224's rate
     store_size: int = 224  # training images are held at this size; random crops are resized to input_size
     alpha: float = 1.0
+    backbone_blocks: int = 0  # 0: all of MobileNetV2's 17 blocks; fewer only for smoke runs and tests
     dense_units: int = 256
     dropout: float = 0.3
     batch_size: int = 32
@@ -67,6 +68,8 @@ HELP = {
     "logit_adjustment": "subtract tau*log(prior) from the logits, tau chosen on validation (0 or 1)",
     "store_size": "side at which training images are held in memory (>= input size)",
     "min_crop_area": "smallest random crop, as a share of the stored image",
+    "backbone_blocks": "keep only MobileNetV2's first N inverted-residual blocks (of 17; 0: all): the whole "
+                       "pipeline in seconds for a smoke run or a test, never a model to ship",
     "colour": "colour constancy applied to every image, in training and in the service (recorded in the card)",
     "patient_context": "phase 3: train a head that also reads age, sex and site, and ship it if validation says it helps",
     "keep": "which fine-tuned weights to export: the average of the last --swa-epochs epochs' (swa), the last "

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 HEAD_LAYERS = ("head_pool", "head_dense", "head_dropout", "head_out")
+MOBILENETV2_BLOCKS = 17  # inverted-residual blocks: expanded_conv, then block_1 .. block_16
 
 
 def resolve_weights(weights: str | None) -> str | None:
@@ -27,21 +28,36 @@ def resolve_weights(weights: str | None) -> str | None:
     return str(path)
 
 
+def block_output(base, blocks: int):
+    """The output of MobileNetV2's first ``blocks`` inverted-residual blocks (0 or all 17: the whole network).
+
+    Tracing, saving and converting a graph costs per layer, not per pixel: a few blocks keep every
+    kind of layer the whole network has (expansion, stride-2 depthwise, residual add) at a fifth
+    of its 154 layers, so a smoke run or a test goes through the whole pipeline in seconds.
+    """
+    if blocks <= 0 or blocks >= MOBILENETV2_BLOCKS:
+        return base.output
+    last = "expanded_conv" if blocks == 1 else f"block_{blocks - 1}"
+    names = {layer.name for layer in base.layers}
+    return base.get_layer(f"{last}_add" if f"{last}_add" in names else f"{last}_project_BN").output
+
+
 def build_model(num_classes: int, input_size: int = 224, alpha: float = 1.0, weights: str | None = "imagenet",
-                dense_units: int = 256, dropout: float = 0.3, seed: int = 42):
-    """MobileNetV2 (frozen) + classification head, as one flat functional model."""
+                dense_units: int = 256, dropout: float = 0.3, seed: int = 42, blocks: int = 0):
+    """MobileNetV2 (frozen; its first ``blocks`` blocks when given) + classification head, as one flat functional model."""
     import keras
 
     inputs = keras.Input((input_size, input_size, 3), name="image")
     base = keras.applications.MobileNetV2(
         include_top=False, weights=resolve_weights(weights), input_tensor=inputs, alpha=alpha
     )
-    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(base.output)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(block_output(base, blocks))
     init = keras.initializers.GlorotUniform(seed=seed)
     x = keras.layers.Dense(dense_units, activation="relu", kernel_initializer=init, name="head_dense")(x)
     x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", kernel_initializer=init, name="head_out")(x)
-    model = keras.Model(inputs, outputs, name=f"mobilenetv2_{alpha:g}_{input_size}_ham10000")
+    cut = f"_{blocks}blocks" if 0 < blocks < MOBILENETV2_BLOCKS else ""
+    model = keras.Model(inputs, outputs, name=f"mobilenetv2_{alpha:g}_{input_size}{cut}_ham10000")
     set_trainable_from(model, "head_pool")
     return model
 

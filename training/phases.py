@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,29 @@ HEAD_WEIGHTS = "head.weights.h5"
 BACKUP_DIR = "backup"
 HISTORY = "history.csv"
 SWA_DIR = "swa"
+_INFERENCE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {scale: tf.function}
+
+
+def inference_function(model, scale: bool):
+    """``model``'s inference as a ``tf.function`` made once per model and input kind.
+
+    A new one at every call traced the whole graph again each time: nine times a run (every
+    epoch's validation, logit adjustment, phase 3), each as long as a forward pass over the
+    validation split in a smoke run. It holds the model weakly, so a dropped model is freed.
+    """
+    import tensorflow as tf
+
+    from training.augment import to_model_range
+
+    functions = _INFERENCE.setdefault(model, {})
+    if scale not in functions:
+        held = weakref.ref(model)
+
+        def call(t):
+            return held()(to_model_range(t) if scale else t, training=False)
+
+        functions[scale] = tf.function(call, reduce_retracing=True)
+    return functions[scale]
 
 
 def batched_predict(model, x: np.ndarray, batch_size: int = 64, scale: bool = False) -> np.ndarray:
@@ -39,12 +63,7 @@ def batched_predict(model, x: np.ndarray, batch_size: int = 64, scale: bool = Fa
     """
     import tensorflow as tf
 
-    from training.augment import to_model_range
-
-    def call(t):
-        return model(to_model_range(t) if scale else t, training=False)
-
-    fn = tf.function(call, reduce_retracing=True)
+    fn = inference_function(model, scale)
     return np.concatenate([fn(tf.convert_to_tensor(x[i:i + batch_size], tf.uint8 if scale else tf.float32)).numpy()
                            for i in range(0, len(x), batch_size)])
 

@@ -102,7 +102,8 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
     log.info("class loss weights (%s): %s", cfg.imbalance, dict(zip(CLASS_CODES, np.round(weights, 3).tolist())))
 
     with strategy.scope():
-        model = build_model(k, cfg.input_size, cfg.alpha, cfg.weights, cfg.dense_units, cfg.dropout, cfg.seed)
+        model = build_model(k, cfg.input_size, cfg.alpha, cfg.weights, cfg.dense_units, cfg.dropout, cfg.seed,
+                            blocks=cfg.backbone_blocks)
 
     t = time.perf_counter()
     if not (resume and (out_dir / "head.weights.h5").is_file()):
@@ -251,7 +252,11 @@ def context_section(record: dict, labels: dict, served: dict, served_context: di
 def architecture(cfg: TrainConfig, reads_context: bool) -> str:
     """The card's one-line description of the network."""
     joins = " + patient context (age, sex, site)" if reads_context else ""
-    return (f"MobileNetV2 (alpha {cfg.alpha:g}, {cfg.input_size} px), whole network fine-tuned (BatchNorm frozen); "
+    from training.model import MOBILENETV2_BLOCKS
+
+    blocks = cfg.backbone_blocks
+    cut = f", its first {blocks} of {MOBILENETV2_BLOCKS} blocks" if 0 < blocks < MOBILENETV2_BLOCKS else ""
+    return (f"MobileNetV2 (alpha {cfg.alpha:g}, {cfg.input_size} px{cut}), whole network fine-tuned (BatchNorm frozen); "
             f"head GAP -> Dense({cfg.dense_units}, ReLU) -> Dropout({cfg.dropout:g}){joins} -> "
             f"Dense({len(CLASS_CODES)}, softmax)")
 
