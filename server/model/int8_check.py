@@ -35,7 +35,6 @@ import numpy as np
 from server.imaging import scale_pixels
 from server.model.onnx_cache import atomic_write, versions
 from server.model.runtime import as_outputs
-from server.model.second_look import close_call
 from server.model.trust import temperature_scale
 from server.thresholds import (
     INT8_CHECK_MAX_FEATURE_GAP,
@@ -200,15 +199,14 @@ def remember(cache_dir: str | Path | None, key: str, choice: PrecisionChoice) ->
         atomic_write(Path(cache_dir) / f"int8-check-{key}.json", json.dumps(asdict(choice), indent=1).encode())
 
 
-def second_look_share(int8_probs: np.ndarray, malignant: np.ndarray, threshold: float, uncertain: float,
-                      temperature: float) -> float:
-    """The share of the batch int8 would hand to float32 as close calls."""
-    calibrated = temperature_scale(int8_probs, temperature)
-    return float(np.mean([close_call(p, malignant, threshold, uncertain) for p in calibrated]))
+def second_look_share(int8_probs: np.ndarray, temperature: float, is_close_call: Callable) -> float:
+    """The share of the batch int8 would hand to float32 as close calls (``is_close_call``: calibrated probabilities
+    -> bool, ``server/model/second_look.py`` with the card's thresholds)."""
+    return float(np.mean([is_close_call(p) for p in temperature_scale(int8_probs, temperature)]))
 
 
-def measure(served_int8, reference: Reference, malignant: np.ndarray, threshold: float, uncertain: float,
-            temperature: float) -> PrecisionChoice:
+def measure(served_int8, reference: Reference, malignant: np.ndarray, threshold: float, temperature: float,
+            is_close_call: Callable) -> PrecisionChoice:
     """Run the check: accuracy first (a wrong answer is never worth its speed), then speed."""
     width = served_int8.facts.patient_width
     float32 = served_int8.float32
@@ -219,7 +217,7 @@ def measure(served_int8, reference: Reference, malignant: np.ndarray, threshold:
     why = disagreement(figures)
     if why is None:
         figures.update(speed(served_int8.run, float32.run, reference, width))
-        figures["second_look_share"] = second_look_share(int8_probs, malignant, threshold, uncertain, temperature)
+        figures["second_look_share"] = second_look_share(int8_probs, temperature, is_close_call)
         why = slower(figures)
     if why is not None:
         return PrecisionChoice("float32", f"int8 graphs checked on this CPU and not served: {why}", figures)

@@ -31,7 +31,7 @@ from server.model.card import Int8Graph, ModelCard
 from server.model.files import ModelLoadError, file_sha256
 from server.model.int8_check import PrecisionChoice
 from server.model.runtime import as_outputs, onnx_session_runner
-from server.thresholds import DEFAULT_UNCERTAIN_BELOW
+from server.model.second_look import close_calls_of
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +146,8 @@ def proven_choice(int8, card: ModelCard, card_dir: Path, threads: int, cache_dir
     choice = int8_check.cached_choice(cache_dir, key)
     if choice is None:
         malignant = np.asarray([c in MALIGNANT_CODES for c in card.classes])
-        uncertain = DEFAULT_UNCERTAIN_BELOW if card.thresholds.uncertain is None else card.thresholds.uncertain
         choice = int8_check.measure(int8, int8_check.read_reference(path), malignant, card.thresholds.malignant,
-                                    uncertain, card.temperature_for("off") or 1.0)
+                                    card.temperature_for("off") or 1.0, close_calls_of(card, given=False))
         int8_check.remember(cache_dir, key, choice)
     return choice
 

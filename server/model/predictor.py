@@ -1,24 +1,22 @@
 """A loaded model with its card: images in, ``Prediction`` values out.
 
-TensorFlow is imported here and in ``training/`` only (through ``server/model/runtime.py``
-and ``server/model/explain.py``), and only when the ONNX cache cannot serve the ``.h5``
-without it (``server/model/serving.py``). The service builds one Predictor per process
-(after gunicorn forks: TensorFlow's thread pools do not survive a fork).
+TensorFlow is imported (through ``server/model/runtime.py`` and ``explain.py``) only when the ONNX
+cache cannot serve the ``.h5`` without it (``server/model/serving.py``). The service builds one
+Predictor per process (after gunicorn forks: TensorFlow's thread pools do not survive a fork).
 
 The served graph has two outputs, the last convolutional feature map (the input of the
 GAP layer) and the probabilities, plus two more when the ``.h5`` carries the ImageNet
 branch (its pooled features and its 1000 class probabilities), so one forward pass serves
 the prediction, the non-skin check and Grad-CAM (``server/model/explain.py``). Those graphs are
-float32, or with ``precision`` (``INFERENCE_PRECISION``) the int8 forms the card pins beside the
-``.h5`` (``server/model/precision.py``). On top of the raw model output ``predict_image`` applies,
-all from the model card:
+float32, or the int8 forms the card pins beside the ``.h5`` (``server/model/precision.py``), whose
+close calls get float32's answer (``server/model/second_look.py``). On top of the raw model output
+``predict_image`` applies, all from the model card:
 
 - test-time augmentation (``TTA``: off | flips | full; the card's choice unless set) and
   temperature scaling (``calibration``), the maths in ``server/model/trust.py``;
 - the malignant operating point (``card.thresholds``) and the differential's conformal
   thresholds (``card.differential``, for the image alone or with the patient context);
-- the non-skin check (``server/model/nonskin_screen.py``; statistics in an .npz beside the card).
-"""
+- the non-skin check (``server/model/nonskin_screen.py``; statistics in an .npz beside the card)."""
 
 from __future__ import annotations
 
@@ -39,7 +37,7 @@ from server.model.nonskin_screen import load_nonskin, screen_nonskin
 from server.model.onnx_cache import OnnxCache
 from server.model.precision import at_precision, wanted_precision
 from server.model.runtime import apply_tf_threads, as_pair, split_branch
-from server.model.second_look import close_call, near_a_nonskin_level
+from server.model.second_look import close_calls_of, near_a_nonskin_level
 from server.model.serving import (
     Served,
     check_facts,
@@ -51,7 +49,6 @@ from server.model.serving import (
 from server.model.trust import temperature_scale, tta_views
 from server.patient import PatientContext
 from server.prediction import Heatmap, Prediction, prediction_from_probabilities
-from server.lesions import MALIGNANT_CODES
 from server.thresholds import DEFAULT_UNCERTAIN_BELOW, INT8_NONSKIN_MARGIN, NONSKIN_REFUSED
 
 log = logging.getLogger(__name__)
@@ -72,7 +69,7 @@ class Predictor:
         self.colour = colour_of(card.preprocessing) or COLOUR_NONE  # checked against the card by check_model_files
         self.classes = card.classes
         self.malignant_threshold = card.thresholds.malignant
-        self.malignant = np.asarray([c in MALIGNANT_CODES for c in card.classes])  # mask over the classes
+        self._close_calls = {given: close_calls_of(card, given) for given in (False, True)}  # served in int8
         self.uncertain_threshold = card.thresholds.uncertain
         self.differential = card.differential  # the conformal thresholds of the lesion-type list, or None
         check_facts(served.facts, card)
@@ -219,12 +216,10 @@ class Predictor:
     def calibrated(self, probs: np.ndarray) -> np.ndarray:
         return temperature_scale(probs, self.temperature) if self.temperature else np.asarray(probs, np.float64)
 
-    def close_call(self, probs: np.ndarray, rule=None) -> bool:
+    def close_call(self, probs: np.ndarray, given: bool) -> bool:
         """Whether calibrated ``probs`` lie near a decision this answer makes (``server/model/second_look.py``),
-        the differential's ``rule`` (a ``DifferentialRule``) among them."""
-        uncertain = DEFAULT_UNCERTAIN_BELOW if self.uncertain_threshold is None else self.uncertain_threshold
-        minimums = None if rule is None else np.asarray([rule.min_probability[c] for c in self.classes])
-        return close_call(probs, self.malignant, self.malignant_threshold, uncertain, minimums)
+        the differential's list among them (its thresholds with ``given`` patient context, or without)."""
+        return self._close_calls[given](probs)
 
     def class_index(self, code: str) -> int:
         if code not in self.classes:
@@ -276,7 +271,7 @@ class Predictor:
         probs = self.calibrated(probs.mean(axis=0, keepdims=True))[0]
         given = context is not None and patient.given  # nothing given: the image-only answer and its thresholds
         rule = self.differential.rule_for(given) if self.differential is not None else None
-        if self._float32 is not None and (near_a_nonskin_level(score, answer) or self.close_call(probs, rule)):
+        if self._float32 is not None and (near_a_nonskin_level(score, answer) or self.close_call(probs, given)):
             start = time.perf_counter()
             fmap, probs = self.forward(tta_views(x, self.tta), context, float32=True)
             elapsed_ms += (time.perf_counter() - start) * 1000.0

@@ -17,9 +17,12 @@ again in float32, and float32's answer kept, when int8's answer lies near a deci
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
-from server.thresholds import INT8_DECISION_MARGIN, INT8_NONSKIN_MARGIN, NONSKIN_USUAL
+from server.lesions import MALIGNANT_CODES
+from server.thresholds import DEFAULT_UNCERTAIN_BELOW, INT8_DECISION_MARGIN, INT8_NONSKIN_MARGIN, NONSKIN_USUAL
 
 
 def near_a_nonskin_level(score: float | None, answer: str | None) -> bool:
@@ -39,10 +42,19 @@ def close_call(probs: np.ndarray, malignant: np.ndarray, malignant_threshold: fl
     without a differential the uncertain threshold."""
     probs = np.asarray(probs, np.float64)
     top = np.sort(probs)[::-1]
-    if top[0] - top[1] < margin:
-        return True
-    if malignant_threshold is not None and abs(float(probs[malignant].sum()) - malignant_threshold) < margin:
+    if top[0] - top[1] < margin or (malignant_threshold is not None
+                                    and abs(float(probs[malignant].sum()) - malignant_threshold) < margin):
         return True
     if class_minimums is not None:
         return bool(np.any(np.abs(probs - class_minimums) < margin))
-    return uncertain_threshold is not None and abs(top[0] - uncertain_threshold) < margin
+    return bool(uncertain_threshold is not None and abs(top[0] - uncertain_threshold) < margin)
+
+
+def close_calls_of(card, given: bool) -> Callable[[np.ndarray], bool]:
+    """The card's close-call rule (a ``ModelCard``'s thresholds and its differential for a photo alone, or with
+    ``given`` patient context): calibrated probabilities -> bool."""
+    malignant = np.asarray([c in MALIGNANT_CODES for c in card.classes])
+    uncertain = DEFAULT_UNCERTAIN_BELOW if card.thresholds.uncertain is None else card.thresholds.uncertain
+    rule = card.differential.rule_for(given) if card.differential is not None else None
+    minimums = None if rule is None else np.asarray([rule.min_probability[c] for c in card.classes])
+    return lambda probs: close_call(probs, malignant, card.thresholds.malignant, uncertain, minimums)
