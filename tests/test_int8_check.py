@@ -156,6 +156,18 @@ def test_a_close_call_is_one_near_any_decision_the_answer_makes(probs, close):
     assert close_call(np.asarray(probs), malignant, 0.40, 0.70) is close
 
 
+@pytest.mark.parametrize("probs, close", [
+    ([0.80, 0.05, 0.15], False),  # every class a factor 1.25 or more from its minimum of 0.12
+    ([0.80, 0.07, 0.13], True),  # class 2 at 0.13: within a factor exp(0.2) = 1.22 of 0.12, in the list
+    ([0.80, 0.10, 0.10], True),  # class 1 at 0.10: within that factor below its minimum, out of the list
+])
+def test_with_a_differential_a_class_near_its_listing_minimum_is_a_close_call(probs, close):
+    from server.model.second_look import close_call
+
+    malignant = np.array([False, False, False])
+    assert close_call(np.asarray(probs), malignant, None, None, np.array([0.12, 0.12, 0.12])) is close
+
+
 def test_an_int8_predictor_decides_close_calls_in_float32(quantized, tmp_path, monkeypatch):  # noqa: F811
     """With every picture a close call, an int8 predictor's answers are float32's, to the last digit."""
     from PIL import Image
