@@ -5,6 +5,7 @@
     python bench/bench_predict.py --start --synthetic          # untrained MobileNetV2 224 (same cost as the real one)
     python bench/bench_predict.py --url http://127.0.0.1:8000  # a server already running
     python bench/bench_predict.py --start --photo-size 600x450,4000x3000 --levels 1,16   # phone photos against small ones
+    python bench/bench_predict.py --start --photos 64          # 64 validation photos in turn: int8's close calls at their real rate
 
 Prints p50/p95 latency and req/s at concurrency 1, 4 and 16 (a bounded number of requests
 each), the bare ``Predictor.predict_arrays`` time (batch 1, median of N, one TF thread as
@@ -12,7 +13,9 @@ each gunicorn worker uses), their ratio, and whether ONNX Runtime is available. 
 between the two is what HTTP, decoding and preprocessing cost: it says where to optimise.
 With several ``--photo-size`` values, every level posts each size in turn against the same
 server, and the last lines compare each size with the first, as ratios measured in one run
-(timings on a shared machine drift between runs).
+(timings on a shared machine drift between runs). With ``--photos N`` the clients post N validation
+photos in turn instead of one, so the share of photos int8 hands to float32 as close calls
+(``server/model/second_look.py``) is paid as often as real uploads pay it.
 """
 
 from __future__ import annotations
@@ -89,17 +92,29 @@ def multipart(jpeg: bytes) -> tuple[bytes, str]:
     return head + jpeg + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def lean_poster(url: str, body: bytes, query: str = ""):
-    """A keep-alive ``http.client`` connection posting a pre-encoded upload: the load generator shares
-    this machine's CPUs with the server, and ``requests`` spends about a millisecond of them per call."""
+def validation_photos(n: int) -> list[bytes]:
+    """The first ``n`` validation photos of the shipped split, as uploads (empty without ../shared)."""
+    import csv
+
+    with open(ROOT / "saved_models" / "split.csv", newline="") as f:
+        ids = [row["image_id"] for row in csv.DictReader(f) if row["split"] == "val"][:n]
+    return [(SHARED_IMAGES / f"{i}.jpg").read_bytes() for i in ids if (SHARED_IMAGES / f"{i}.jpg").is_file()]
+
+
+def lean_poster(url: str, body, query: str = ""):
+    """A keep-alive ``http.client`` connection posting a pre-encoded upload (or each of a list in turn): the
+    load generator shares this machine's CPUs with the server, and ``requests`` spends about a millisecond
+    of them per call."""
     import http.client
+    import itertools
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    data, content_type = multipart(body)
+    encoded = itertools.cycle([multipart(b) for b in (body if isinstance(body, list) else [body])])
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
 
     def post() -> None:
+        data, content_type = next(encoded)
         conn.request("POST", f"/predict{query}", body=data, headers={"Content-Type": content_type})
         resp = conn.getresponse()
         resp.read()
@@ -237,6 +252,8 @@ def main(argv=None) -> int:
     parser.add_argument("--query", default="", help="appended to /predict, e.g. '?explain=1'")
     parser.add_argument("--photo-size", default="",
                         help="WxH: post the photo upscaled to this size (e.g. 4000x3000), or several, comma-separated")
+    parser.add_argument("--photos", type=int, default=0,
+                        help="post N validation photos in turn (lean client only) instead of one photo")
     parser.add_argument("--client", choices=("requests", "lean"), default="requests",
                         help="the load generator: python-requests, or a lean http.client poster (less client CPU)")
     args = parser.parse_args(argv)
@@ -254,8 +271,14 @@ def main(argv=None) -> int:
         sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.photo_size.split(",")] \
             if args.photo_size else [None]
         uploads = {size: upload_for(None, size) for size in sizes}
+        if args.photos:
+            if args.client != "lean" or args.photo_size:
+                parser.error("--photos goes with --client lean and no --photo-size")
+            photos = validation_photos(args.photos)
+            uploads = {None: (photos, f"{len(photos)} validation photos in turn")}
         for body, what in uploads.values():
-            print(f"upload: {what}, {len(body)} bytes; {args.requests} requests per level; client {args.client}; {url}")
+            size = sum(map(len, body)) // len(body) if isinstance(body, list) else len(body)
+            print(f"upload: {what}, {size} bytes; {args.requests} requests per level; client {args.client}; {url}")
         print(f"{'upload':>12} {'concurrency':>11} {'p50 ms':>9} {'p95 ms':>9} {'req/s':>8}")
         by_size = {size: {} for size in sizes}
         for level in (int(v) for v in args.levels.split(",")):

@@ -12,7 +12,9 @@ the int8 graphs on that batch here and serves float32 instead, with one log line
 - the top class or the malignant flag changes on more than a stated share of the photos, or the
   mean change of a class probability (or of the branch's features) exceeds its limit
   (``server/thresholds.py``: ``INT8_CHECK_*``);
-- int8 is not clearly faster than float32 on this CPU at the worker's thread count.
+- int8 is not clearly faster than float32 on this CPU: both Predictors screen the batch's pictures
+  through ``predict_image``, at the worker's thread count, so every cost int8 brings counts (the float32
+  pass of its close calls, ``server/model/second_look.py``), not only its faster convolutions.
 
 The decision is cached in the ONNX cache folder, keyed by the graphs' and the batch's sha256, the
 CPU's instruction-set flags and ONNX Runtime's version, so a host decides once and every later worker
@@ -51,7 +53,7 @@ log = logging.getLogger(__name__)
 NUMPY_FLAGS = ("AVX", "AVX2", "FMA3", "AVX512F", "AVX512BW", "AVX512VL", "AVX512VNNI", "AVX512_SPR",
                "ASIMD", "ASIMDDP", "SVE")
 CPUINFO_FLAGS = ("avx_vnni", "amx_tile", "amx_int8", "i8mm")
-TIMING_IMAGES = 8  # reference photos timed, each run alternately in both precisions
+TIMING_IMAGES = 24  # reference photos timed, screened alternately in both precisions (about 0.25 s a round)
 TIMING_ROUNDS = 3  # the median of these rounds is compared: one busy moment does not decide
 CHECK_FORMAT = 1  # bumped when what decides changes, so old decisions are not found
 
@@ -63,6 +65,8 @@ class PrecisionChoice:
     precision: str  # float32 | int8
     reason: str  # one sentence
     figures: Mapping = field(default_factory=dict)  # the check's measurements on this CPU; empty when none ran
+    key: str = ""  # the host decision it answers (``decision_key``), when it came from the check
+    settled: bool = True  # False: int8 answered right, and its speed is still to be timed (``settle``)
 
     def to_dict(self) -> dict:
         return {"precision": self.precision, "reason": self.reason, "figures": dict(self.figures)}
@@ -153,29 +157,28 @@ def disagreement(figures: Mapping) -> str | None:
     return None
 
 
-def per_image_ms(run: Callable, batch: list) -> float:
+def per_photo_ms(predictor, pictures: list) -> float:
     start = time.perf_counter()
-    for feeds in batch:
-        run(*feeds)
-    return (time.perf_counter() - start) * 1000 / len(batch)
+    for picture in pictures:
+        predictor.predict_image(picture)
+    return (time.perf_counter() - start) * 1000 / len(pictures)
 
 
-def speed(run_int8: Callable, run_float32: Callable, reference: Reference, patient_width: int) -> dict:
-    """Milliseconds a photo for each precision's classifier, timed alternately, the median of a few rounds."""
-    rest = [np.zeros((1, patient_width), np.float32)] if patient_width else []
-    batch = [[reference.inputs[k:k + 1], *rest] for k in range(min(TIMING_IMAGES, len(reference.inputs)))]
-    rounds = [(per_image_ms(run_int8, batch), per_image_ms(run_float32, batch)) for _ in range(TIMING_ROUNDS)]
+def speed(int8_predictor, float32_predictor, pictures: list) -> dict:
+    """Milliseconds a photo through ``predict_image`` in each precision, timed alternately, the median of a few rounds."""
+    batch = pictures[:TIMING_IMAGES]
+    for p in (int8_predictor, float32_predictor):
+        per_photo_ms(p, batch[:2])  # warm both before timing
+    rounds = [(per_photo_ms(int8_predictor, batch), per_photo_ms(float32_predictor, batch)) for _ in range(TIMING_ROUNDS)]
     return {"int8_ms": float(np.median([r[0] for r in rounds])), "float32_ms": float(np.median([r[1] for r in rounds]))}
 
 
 def slower(timing: Mapping) -> str | None:
-    """Why int8 is not worth serving for speed on this CPU, or None when it is clearly faster, counting the
-    float32 pass that its close calls take (``server/model/second_look.py``)."""
-    cost = timing["int8_ms"] + timing.get("second_look_share", 0.0) * timing["float32_ms"]
-    if cost * INT8_CHECK_MIN_SPEEDUP <= timing["float32_ms"]:
+    """Why int8 is not worth serving for speed on this CPU, or None when it is clearly faster."""
+    if timing["int8_ms"] * INT8_CHECK_MIN_SPEEDUP <= timing["float32_ms"]:
         return None
-    return (f"int8 is not faster here ({cost:.2f} ms a photo with its float32 second looks, against float32's "
-            f"{timing['float32_ms']:.2f} ms; it must be {INT8_CHECK_MIN_SPEEDUP:g}x as fast)")
+    return (f"int8 is not faster here ({timing['int8_ms']:.2f} ms a photo, close calls in float32 included, against "
+            f"float32's {timing['float32_ms']:.2f} ms; it must be {INT8_CHECK_MIN_SPEEDUP:g}x as fast)")
 
 
 def decision_key(graph_shas: list[str], threads: int) -> str:
@@ -189,7 +192,7 @@ def cached_choice(cache_dir: str | Path | None, key: str) -> PrecisionChoice | N
         return None
     try:
         data = json.loads((Path(cache_dir) / f"int8-check-{key}.json").read_text())
-        return PrecisionChoice(data["precision"], data["reason"], data.get("figures", {}))
+        return PrecisionChoice(data["precision"], data["reason"], data.get("figures", {}), key)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -199,29 +202,46 @@ def remember(cache_dir: str | Path | None, key: str, choice: PrecisionChoice) ->
         atomic_write(Path(cache_dir) / f"int8-check-{key}.json", json.dumps(asdict(choice), indent=1).encode())
 
 
-def second_look_share(int8_probs: np.ndarray, temperature: float, is_close_call: Callable) -> float:
-    """The share of the batch int8 would hand to float32 as close calls (``is_close_call``: calibrated probabilities
-    -> bool, ``server/model/second_look.py`` with the card's thresholds)."""
-    return float(np.mean([is_close_call(p) for p in temperature_scale(int8_probs, temperature)]))
-
-
 def measure(served_int8, reference: Reference, malignant: np.ndarray, threshold: float, temperature: float,
-            is_close_call: Callable) -> PrecisionChoice:
-    """Run the check: accuracy first (a wrong answer is never worth its speed), then speed."""
-    width = served_int8.facts.patient_width
-    float32 = served_int8.float32
+            key: str) -> PrecisionChoice:
+    """The check's first half: do int8's answers on the batch stay close to float32's? A wrong answer is never
+    worth its speed, so only a graph that passes is timed (``settle``)."""
     features = branch_features(served_int8.run_branch, reference) if served_int8.run_branch is not None else None
-    int8_probs = answers(served_int8.run, reference, width)
+    int8_probs = answers(served_int8.run, reference, served_int8.facts.patient_width)
     figures = agreement(reference, int8_probs, features, malignant, threshold, temperature)
     figures["cpu"] = cpu_flags()
     why = disagreement(figures)
-    if why is None:
-        figures.update(speed(served_int8.run, float32.run, reference, width))
-        figures["second_look_share"] = second_look_share(int8_probs, temperature, is_close_call)
-        why = slower(figures)
     if why is not None:
-        return PrecisionChoice("float32", f"int8 graphs checked on this CPU and not served: {why}", figures)
-    cost = figures["int8_ms"] + figures["second_look_share"] * figures["float32_ms"]
-    return PrecisionChoice("int8", f"int8 graphs checked on this CPU: they answer as float32 does on the "
-                                   f"{figures['photos']} reference photos and run {figures['float32_ms'] / cost:.1f}x "
-                                   f"as fast, close calls included", figures)
+        return PrecisionChoice("float32", f"int8 graphs checked on this CPU and not served: {why}", figures, key)
+    return PrecisionChoice("int8", f"int8 graphs answer as float32 does on the {figures['photos']} reference photos",
+                           figures, key, settled=False)
+
+
+def reference_pictures(path: Path) -> list:
+    """The reference batch as pictures, for timing ``predict_image``."""
+    from PIL import Image
+
+    return [Image.fromarray(p) for p in pixels_of(read_reference(path).inputs)]
+
+
+def settle(int8_predictor, float32_twin: Callable, reference: Path, cache_dir):
+    """The check's second half: the Predictor to serve, int8 or its float32 twin (``float32_twin()`` builds it),
+    whichever ``speed`` says on the ``reference`` batch's pictures, the whole verdict remembered for this host."""
+    choice = int8_predictor.precision_choice
+    if choice is None or choice.settled:
+        return int8_predictor
+    twin = float32_twin()
+    figures = {**choice.figures, **speed(int8_predictor, twin, reference_pictures(reference))}
+    why = slower(figures)
+    if why is None:
+        final = PrecisionChoice("int8", f"int8 graphs checked on this CPU: they answer as float32 does on the "
+                                        f"{figures['photos']} reference photos and screen them "
+                                        f"{figures['float32_ms'] / figures['int8_ms']:.1f}x as fast", figures, choice.key)
+    else:
+        final = PrecisionChoice("float32", f"int8 graphs checked on this CPU and not served: {why}", figures, choice.key)
+    remember(cache_dir, choice.key, final)
+    chosen = int8_predictor if final.precision == "int8" else twin
+    chosen.precision_choice = final
+    log.log(logging.INFO if final.precision == "int8" else logging.WARNING, "model served in %s: %s",
+            final.precision, final.reason)
+    return chosen

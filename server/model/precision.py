@@ -31,7 +31,6 @@ from server.model.card import Int8Graph, ModelCard
 from server.model.files import ModelLoadError, file_sha256
 from server.model.int8_check import PrecisionChoice
 from server.model.runtime import as_outputs, onnx_session_runner
-from server.model.second_look import close_calls_of
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +146,9 @@ def proven_choice(int8, card: ModelCard, card_dir: Path, threads: int, cache_dir
     if choice is None:
         malignant = np.asarray([c in MALIGNANT_CODES for c in card.classes])
         choice = int8_check.measure(int8, int8_check.read_reference(path), malignant, card.thresholds.malignant,
-                                    card.temperature_for("off") or 1.0, close_calls_of(card, given=False))
-        int8_check.remember(cache_dir, key, choice)
+                                    card.temperature_for("off") or 1.0, key)
+        if choice.settled:  # refused on accuracy; an int8 that answered right is settled once timed
+            int8_check.remember(cache_dir, key, choice)
     return choice
 
 
@@ -169,6 +169,7 @@ def at_precision(served, wanted: Wanted, card: ModelCard, card_dir: Path | None,
     if int8 is None:
         return replace(served, choice=PrecisionChoice(FLOAT32, "the card's int8 graphs could not be served (see the log)"))
     choice = proven_choice(int8, card, card_dir, threads, cache_dir) if wanted.prove else PrecisionChoice(INT8, wanted.reason)
-    log.log(logging.INFO if choice.precision == INT8 else logging.WARNING, "model %s served in %s: %s",
-            sha256[:12], choice.precision, choice.reason)
+    if choice.settled:  # else int8_check.settle logs it, once timed
+        log.log(logging.INFO if choice.precision == INT8 else logging.WARNING, "model %s served in %s: %s",
+                sha256[:12], choice.precision, choice.reason)
     return replace(int8, choice=choice) if choice.precision == INT8 else replace(served, choice=choice)

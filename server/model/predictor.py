@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from server.imaging import COLOUR_NONE, centre_square, colour_of, model_input
-from server.model import explain
+from server.model import explain, int8_check
 from server.model.card import ModelCard
 from server.model.files import ModelLoadError, card_path_for, check_model_files, model_info, resolve_tta
 from server.model.nonskin import IMAGENET
@@ -146,21 +146,22 @@ class Predictor:
     def from_path(cls, model_path, card_path=None, runtime: str = "auto", threads: int = 0,
                   tta: str | None = None, ood: bool = True, imagenet: bool | None = None,
                   onnx_cache: str | Path | None = None, precision: str | None = "float32") -> "Predictor":
-        """Load and validate; every failure is a ModelLoadError naming the path and the fix.
-
-        The card and the ``.h5``'s sha256 are checked every time; with ``onnx_cache`` (a folder keyed
-        by that sha256) and an ONNX runtime, a cache holding everything for this file serves it
-        without TensorFlow, and anything else loads the ``.h5`` with TensorFlow and fills the cache."""
+        """Load and validate; every failure is a ModelLoadError naming the path and the fix. The card and the
+        ``.h5``'s sha256 are checked every time; with ``onnx_cache`` (a folder keyed by that sha256) and an ONNX
+        runtime, a cache holding everything for this file serves it without TensorFlow, and anything else loads
+        the ``.h5`` with TensorFlow and fills the cache."""
         model_path = Path(model_path)
         card, sha = check_model_files(model_path, card_path)
         card_dir = (Path(card_path) if card_path else card_path_for(model_path)).parent
-        if onnx_cache and runtime in ("auto", "onnxruntime"):
-            cached = cls.from_cache(card, sha, onnx_cache, card_dir, threads, tta=tta, ood=ood, imagenet=imagenet,
-                                    precision=precision)
-            if cached is not None:
-                return cached
-        return cls.load(model_path, card, sha, card_dir, runtime, threads, tta=tta, ood=ood, imagenet=imagenet,
-                        onnx_cache=onnx_cache, precision=precision)
+        predictor = cls.from_cache(card, sha, onnx_cache, card_dir, threads, tta=tta, ood=ood, imagenet=imagenet,
+                                   precision=precision) if onnx_cache and runtime in ("auto", "onnxruntime") else None
+        if predictor is None:
+            predictor = cls.load(model_path, card, sha, card_dir, runtime, threads, tta=tta, ood=ood, imagenet=imagenet,
+                                 onnx_cache=onnx_cache, precision=precision)
+        if predictor.precision_choice is not None and not predictor.precision_choice.settled:  # int8: time it here
+            predictor = int8_check.settle(predictor, lambda: cls(predictor._float32, card, sha, tta=tta, ood=ood,
+                                                                 card_dir=card_dir), card_dir / card.int8.reference.file, onnx_cache)
+        return predictor
 
     @property
     def reads_patient(self) -> bool:
@@ -217,8 +218,7 @@ class Predictor:
         return temperature_scale(probs, self.temperature) if self.temperature else np.asarray(probs, np.float64)
 
     def close_call(self, probs: np.ndarray, given: bool) -> bool:
-        """Whether calibrated ``probs`` lie near a decision this answer makes (``server/model/second_look.py``),
-        the differential's list among them (its thresholds with ``given`` patient context, or without)."""
+        """Whether calibrated ``probs`` lie near a decision the answer makes (``second_look.py``; ``given``: context)."""
         return self._close_calls[given](probs)
 
     def class_index(self, code: str) -> int:
