@@ -247,5 +247,9 @@ def format_timestamp(iso: str) -> str:
 
 
 def balanced_accuracy_text(prediction: Prediction) -> str:
-    value = prediction.model.test_balanced_accuracy
-    return "not recorded" if value is None else percent(float(value))
+    """The quoted test figure with what it measured ('69.0% (float32, photo alone)'), so no reader takes it for
+    another way of serving; a token from before the name carries the bare figure."""
+    value, figure = prediction.model.test_balanced_accuracy, prediction.model.test_figure
+    if value is None:
+        return "not recorded"
+    return percent(float(value)) + (f" ({figure.name})" if figure is not None else "")

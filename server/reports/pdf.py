@@ -11,6 +11,7 @@ from server.lesions import lesion_class
 from server.model import explain
 from server.model.card import ModelCard
 from server.prediction import Prediction
+from server.reports import quality
 from server.reports.assessment import (
     NOT_A_DIAGNOSIS,
     REPORT_TITLE,
@@ -128,6 +129,8 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
                               ("TOPPADDING", (0, 0), (-1, -1), 5), ("BOTTOMPADDING", (0, 0), (-1, -1), 6)]))
     summary = [[p("Next step", small), Paragraph(f"<b>{escape(verdict.headline)}.</b>", body)],
                [p(verdict.key_label, small), p(verdict.key_sentence)]]
+    note = quality.bar_note(quality.card_for(prediction, card))
+    summary += [[p("Model quality", small), Paragraph(f"<b>{escape(note)}</b>", body)]] if note else []
     if verdict.uncertain:
         summary += [[p("Possible types", small),
                      p("; ".join(f"{c.name} ({c.code}) {percent(c.probability)}" for c in verdict.differential) + ".")]]
