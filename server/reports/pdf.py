@@ -129,6 +129,8 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
                               ("TOPPADDING", (0, 0), (-1, -1), 5), ("BOTTOMPADDING", (0, 0), (-1, -1), 6)]))
     summary = [[p("Next step", small), Paragraph(f"<b>{escape(verdict.headline)}.</b>", body)],
                [p(verdict.key_label, small), p(verdict.key_sentence)]]
+    if verdict.subgroup_warning:
+        summary += [[p("This patient's group", small), Paragraph(f"<b>{escape(verdict.subgroup_warning.message)}</b>", body)]]
     note = quality.bar_note(quality.card_for(prediction, card))
     summary += [[p("Model quality", small), Paragraph(f"<b>{escape(note)}</b>", body)]] if note else []
     if verdict.uncertain:

@@ -69,6 +69,7 @@ PREDICTION_SCHEMA = {
                  "model", "timing", "created_at", "disclaimer", "patient", "summary"],
     "properties": {
         "summary": trust.SUMMARY,
+        "subgroup_warning": trust.SUBGROUP_WARNING,
         "prediction": {
             "allOf": [_CLASS_PROB],
             "type": "object",

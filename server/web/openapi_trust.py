@@ -95,3 +95,30 @@ PROPERTIES = {
                                  "threshold; the largest of them. Above 1 the image is unusual (unusual_image), "
                                  "or refused (422) where the evidence says it is not skin."}
 }
+
+_RATE = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+SUBGROUP_WARNING = {
+    "type": "object",
+    "description": "Present only when the patient context given puts the lesion in a subgroup that the model card "
+                   "flags (/model: melanoma recall well below the whole test split's). The group's own test figures, "
+                   "which replace the whole split's for this patient. Absent without context.",
+    "required": ["message", "overall_flag_miss_rate", "groups"],
+    "properties": {
+        "message": {"type": "string", "description": "The warning every output shows beside its key figure."},
+        "overall_flag_miss_rate": _RATE,
+        "groups": {"type": "array", "minItems": 1, "items": {
+            "type": "object",
+            "required": ["grouping", "group", "flag_miss_rate", "malignant", "melanoma_recall"],
+            "properties": {
+                "grouping": {"enum": ["sex", "age", "site"]}, "group": {"type": "string"},
+                "flag_miss_rate": {"type": "object", "required": ["value", "low", "high"],
+                                   "description": "1 - the group's malignant flag sensitivity, with its bootstrap "
+                                                  "interval (null: too few cases)",
+                                   "properties": {"value": _RATE, "low": _RATE, "high": _RATE}},
+                "malignant": {"type": "object", "required": ["images", "lesions"],
+                              "properties": {"images": {"type": "integer"}, "lesions": {"type": "integer"}}},
+                "melanoma_recall": {"type": "object", "required": ["value", "melanomas"],
+                                    "properties": {"value": _RATE, "melanomas": {"type": "integer"}}},
+            }}},
+    },
+}
