@@ -87,3 +87,37 @@ def test_the_home_page_and_the_result_page_say_it_and_link_to_model(client):
     assert '<a id="misses-bar" href="/model#quality-title">This model misses its quality bar</a>;' in home
     assert home.index('id="misses-bar"') < home.index('id="upload-form"')  # first screen: in the banner above the form
     assert "Results can be wrong" not in home
+
+
+@pytest.fixture(scope="module")
+def context_figures_client(context_model_path, tmp_path_factory):
+    """The context fixture model, its card recording test figures with and without the context."""
+    import json
+    import shutil
+
+    from server import create_app
+
+    folder = tmp_path_factory.mktemp("figures") / "model"
+    shutil.copytree(context_model_path.parent, folder)
+    card_file = next(folder.glob("*card*.json"))
+    card = json.loads(card_file.read_text())
+    card["patient_context"] = {"shipped": "image + patient context", "reads": ["age", "sex", "site"],
+                               "served": {"test": {"without_context": {"balanced_accuracy": 0.61},
+                                                   "with_context": {"balanced_accuracy": 0.67}}}}
+    card_file.write_text(json.dumps(card))
+    app = create_app({"MODEL_PATH": str(folder / context_model_path.name), "TESTING": True, "SECRET_KEY": "test-secret"})
+    return app.test_client()
+
+
+@pytest.mark.parametrize("fields, value, inputs", [({}, 0.61, "photo alone"),
+                                                   ({"site": "face"}, 0.67, "photo and patient context")])
+def test_a_served_answer_quotes_the_figure_for_the_inputs_it_was_given(context_figures_client, fields, value, inputs):
+    import io
+
+    from tests.conftest import image_bytes
+
+    data = {"image": (io.BytesIO(image_bytes((200, 40, 40), size=(64, 64))), "lesion.png"), **fields}
+    body = context_figures_client.post("/predict", data=data, content_type="multipart/form-data").json
+    assert body["model"]["test_balanced_accuracy"] == value
+    assert body["model"]["test_figure"] == {"balanced_accuracy": value, "precision": "float32", "inputs": inputs,
+                                            "served": "float32"}
