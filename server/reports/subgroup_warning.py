@@ -52,10 +52,10 @@ class FlaggedGroup:
         return f"for {self.words}, {missed}{recall}"
 
     def to_dict(self) -> dict:
-        return {"grouping": self.grouping, "group": self.group,
-                "flag_miss_rate": {"value": self.flag_miss_rate, "low": self.miss_low, "high": self.miss_high},
-                "malignant": {"images": self.malignant_images, "lesions": self.malignant_lesions},
-                "melanoma_recall": {"value": self.melanoma_recall, "melanomas": self.melanomas}}
+        """The JSON shape: flat, short names (the /docs table shows each dotted path on one line of a phone)."""
+        return {"grouping": self.grouping, "group": self.group, "miss": self.flag_miss_rate, "miss_low": self.miss_low,
+                "miss_high": self.miss_high, "malignant": self.malignant_images, "lesions": self.malignant_lesions,
+                "recall": self.melanoma_recall, "melanomas": self.melanomas}
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class SubgroupWarning:
                 + "; ".join(g.sentence() for g in self.groups) + "." + overall)
 
     def to_dict(self) -> dict:
-        return {"message": self.message, "overall_flag_miss_rate": self.overall_miss_rate,
+        return {"message": self.message, "overall_miss": self.overall_miss_rate,
                 "groups": [g.to_dict() for g in self.groups]}
 
 

@@ -97,28 +97,29 @@ PROPERTIES = {
 }
 
 _RATE = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+_COUNT = {"type": "integer", "minimum": 0}
 SUBGROUP_WARNING = {
     "type": "object",
     "description": "Present only when the patient context given puts the lesion in a subgroup that the model card "
-                   "flags (/model: melanoma recall well below the whole test split's). The group's own test figures, "
+                   "flags (/model: melanoma recall well below the whole test split's): the group's own test figures, "
                    "which replace the whole split's for this patient. Absent without context.",
-    "required": ["message", "overall_flag_miss_rate", "groups"],
+    "required": ["message", "overall_miss", "groups"],
     "properties": {
         "message": {"type": "string", "description": "The warning every output shows beside its key figure."},
-        "overall_flag_miss_rate": _RATE,
+        "overall_miss": {**_RATE, "description": "The malignant flag's miss rate on all test images (1 - sensitivity)."},
         "groups": {"type": "array", "minItems": 1, "items": {
             "type": "object",
-            "required": ["grouping", "group", "flag_miss_rate", "malignant", "melanoma_recall"],
+            "required": ["grouping", "group", "miss", "miss_low", "miss_high", "malignant", "lesions", "recall",
+                         "melanomas"],
             "properties": {
                 "grouping": {"enum": ["sex", "age", "site"]}, "group": {"type": "string"},
-                "flag_miss_rate": {"type": "object", "required": ["value", "low", "high"],
-                                   "description": "1 - the group's malignant flag sensitivity, with its bootstrap "
-                                                  "interval (null: too few cases)",
-                                   "properties": {"value": _RATE, "low": _RATE, "high": _RATE}},
-                "malignant": {"type": "object", "required": ["images", "lesions"],
-                              "properties": {"images": {"type": "integer"}, "lesions": {"type": "integer"}}},
-                "melanoma_recall": {"type": "object", "required": ["value", "melanomas"],
-                                    "properties": {"value": _RATE, "melanomas": {"type": "integer"}}},
+                "miss": {**_RATE, "description": "The malignant flag's miss rate in this group (1 - its sensitivity)."},
+                "miss_low": {**_RATE, "description": "Its bootstrap interval's low end (null: too few cases)."},
+                "miss_high": {**_RATE, "description": "Its bootstrap interval's high end."},
+                "malignant": {**_COUNT, "description": "Malignant test images in the group."},
+                "lesions": {**_COUNT, "description": "The malignant lesions they show (the unit resampled)."},
+                "recall": {**_RATE, "description": "Melanoma recall in the group (why /model flags it)."},
+                "melanomas": {**_COUNT, "description": "Melanoma test images in the group."},
             }}},
     },
 }
