@@ -45,10 +45,10 @@ class FlaggedGroup:
         else:
             interval = (f"{percent(self.miss_low)[:-1]} to {percent(self.miss_high)}" if self.miss_low is not None
                         else "no interval: too few")
-            missed = (f"the malignant flag missed {percent(self.flag_miss_rate)} ({interval}) of their "
+            missed = (f"the malignant flag missed {percent(self.flag_miss_rate)} ({interval}) of "
                       f"{self.malignant_images} malignant test images ({self.malignant_lesions} lesions)")
         recall = "" if self.melanoma_recall is None else (
-            f", and the model named {percent(self.melanoma_recall)} of their {self.melanomas} melanoma images as melanoma")
+            f"; melanoma recall {percent(self.melanoma_recall)} of {self.melanomas} melanomas")
         return f"for {self.words}, {missed}{recall}"
 
     def to_dict(self) -> dict:
@@ -68,9 +68,9 @@ class SubgroupWarning:
     @property
     def message(self) -> str:
         overall = ("" if self.overall_miss_rate is None
-                   else f" The {percent(self.overall_miss_rate)} quoted for all test images does not hold here.")
-        return ("The model does worse for this patient's group (flagged on /model): "
-                + "; ".join(g.sentence() for g in self.groups) + "." + overall)
+                   else f" (all test images: {percent(self.overall_miss_rate)} missed)")
+        return ("This patient's group is flagged on /model: " + "; ".join(g.sentence() for g in self.groups)
+                + overall + ".")
 
     def to_dict(self) -> dict:
         return {"message": self.message, "overall_miss": self.overall_miss_rate,
