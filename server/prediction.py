@@ -19,6 +19,7 @@ from server.differential import Differential, differential_of
 from server.heatmap import Heatmap
 from server.lesions import CLASS_CODES, DISCLAIMER, MALIGNANT_CODES, lesion_class
 from server.patient import PatientContext
+from server.quality_figure import QuotedFigure
 from server.thresholds import DEFAULT_UNCERTAIN_BELOW, NONSKIN_REFUSED, NONSKIN_UNUSUAL, NONSKIN_USUAL
 
 
@@ -30,7 +31,12 @@ class ModelInfo:
     version: str
     sha256: str
     input_size: int
-    test_balanced_accuracy: float | None = None
+    test_balanced_accuracy: float | None = None  # the quoted figure's value (``test_figure`` names it)
+    test_figure: QuotedFigure | None = None  # the card's test figure measured as this answer was made
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "ModelInfo":
+        return cls(**{**data, "test_figure": QuotedFigure.from_dict(data.get("test_figure"))})
 
 
 @dataclass(frozen=True)
@@ -213,7 +219,7 @@ class Prediction:
         return cls(
             classes=tuple(ClassProbability(**c) for c in data["probabilities"]),
             malignant_probability=float(data["malignant_probability"]),
-            model=ModelInfo(**data["model"]),
+            model=ModelInfo.from_dict(data["model"]),
             inference_ms=float(data["timing"]["inference_ms"]),
             created_at=data["created_at"],
             disclaimer=data.get("disclaimer", DISCLAIMER),

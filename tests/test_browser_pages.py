@@ -207,6 +207,9 @@ def test_the_home_page_submit_button_is_on_a_phones_first_screen(browser, base_u
         page.goto(base_url + "/")
         box = page.locator("#submit").bounding_box()
         assert box and box["y"] + box["height"] <= PHONE["height"], f"the submit button is below the first screen: {box}"
+        bar = page.locator("#misses-bar").bounding_box()  # the model's missed bar is said on the first screen too
+        assert bar and bar["y"] + bar["height"] <= PHONE["height"], f"the quality-bar sentence is below the first screen: {bar}"
+        assert page.inner_text("#misses-bar").startswith("This model misses its quality bar")
         assert page.locator(".aid-banner").bounding_box()["y"] < 200
         assert "Screening aid, not a diagnosis." in page.inner_text(".aid-banner")
         assert page.is_hidden(".drop-hint"), "no drag and drop on a touch screen"
@@ -214,6 +217,20 @@ def test_the_home_page_submit_button_is_on_a_phones_first_screen(browser, base_u
         page.click("#disclaimer summary")  # the full disclaimer, folded, opens
         assert DISCLAIMER in page.inner_text("#disclaimer")
         assert page_overflow(page) <= 0
+
+
+@pytest.mark.parametrize("viewport_name", ["phone", "desktop"])
+def test_the_home_page_says_the_model_misses_its_bar_and_links_its_figures(browser, base_url, shot_dir, viewport_name):
+    viewport = VIEWPORTS[viewport_name]
+    with browser_page(browser, viewport=viewport) as page:
+        page.goto(base_url + "/")
+        box = page.locator("#misses-bar").bounding_box()
+        assert box and box["y"] + box["height"] <= viewport["height"] and page_overflow(page) <= 0
+        page.screenshot(path=str(shot_dir / f"home-{viewport_name}.png"))
+        assert page.inner_text(".aid-banner").startswith("Screening aid, not a diagnosis. This model misses its quality bar;")
+        page.click("#misses-bar")
+        assert page.url.endswith("/model#quality-title")
+        assert page.inner_text("#bar-verdict").startswith("No.")
 
 
 def test_the_drag_and_drop_hint_shows_with_a_mouse_only(browser, base_url):

@@ -37,9 +37,12 @@ def test_the_answer_comes_first_as_one_message(browser, base_url, tmp_path, shot
         screen_in_browser(page, base_url, image)
         assert overflow(page) <= 0, "the page scrolls sideways"
         assert_answer_above_the_fold(page, viewport)
-        for selector in ("#next-step", "#key-figure", "#check-another"):
+        for selector in ("#next-step", "#key-figure", "#misses-bar", "#check-another"):
             box = page.locator(selector).bounding_box()
             assert box["y"] + box["height"] <= viewport["height"], f"{selector} is below the first screen"
+        # the model's missed bar is said in the banner above the answer, unfolded, linking to its figures
+        assert page.inner_text("#misses-bar") == "This model misses its quality bar"
+        assert page.get_attribute("#misses-bar", "href") == "/model#quality-title"
         if viewport_name == "phone":
             # photo and heatmap follow the answer; the details start within three screens, folded
             photo, advice = page.locator(".result-image").first.bounding_box(), page.locator("#advice").bounding_box()

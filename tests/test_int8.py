@@ -244,3 +244,15 @@ def test_an_int8_predictor_keeps_float32_beside_it_for_the_second_look(quantized
     np.testing.assert_array_equal(i8.forward(x, float32=True)[1], f32.forward(x)[1])
     assert not np.array_equal(i8.forward(x)[1], f32.forward(x)[1])
     np.testing.assert_array_equal(f32.forward(x, float32=True)[1], f32.forward(x)[1])  # float32 served: no twin
+
+
+def test_an_int8_answer_quotes_int8s_own_test_figure_or_names_float32s(quantized, tmp_path):
+    from PIL import Image
+
+    measured = with_card(quantized, tmp_path, extra={"bar": {"test": {"int8": {"balanced_accuracy": 0.47}}}})
+    image = Image.new("RGB", (64, 64), (220, 30, 30))
+    figure = load(measured, "int8", tmp_path).predict_image(image).model.test_figure
+    assert (figure.balanced_accuracy, figure.precision, figure.served) == (0.47, "int8", "int8")
+    unmeasured = load(quantized, "int8", tmp_path / "cache").predict_image(image).model.test_figure
+    assert (unmeasured.precision, unmeasured.served) == ("float32", "int8")
+    assert unmeasured.name == "float32, photo alone; int8 served, not measured so"

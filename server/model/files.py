@@ -14,6 +14,7 @@ from typing import Mapping
 from server.imaging import COLOURS, colour_of, preprocessing_id
 from server.lesions import CLASS_CODES
 from server.model.card import CARD_FILENAME, CardFieldError, ModelCard
+from server.model.card_quality import quoted_figure
 from server.model.trust import TTA_MODES
 from server.prediction import ModelInfo
 
@@ -95,9 +96,11 @@ def check_model_files(model_path, card_path=None) -> tuple[ModelCard, str]:
     return card, sha
 
 
-def model_info(card: ModelCard, sha256: str) -> ModelInfo:
+def model_info(card: ModelCard, sha256: str, precision: str = "float32", context_given: bool = False) -> ModelInfo:
+    """Which model answered, with the test figure measured as it answered (precision, patient context)."""
+    figure = quoted_figure(card, precision, context_given)
     return ModelInfo(name=card.name, version=card.version, sha256=sha256, input_size=card.input_size,
-                     test_balanced_accuracy=card.test_metrics.get("balanced_accuracy"))
+                     test_balanced_accuracy=figure.balanced_accuracy if figure else None, test_figure=figure)
 
 
 def resolve_tta(tta: str | None, card: ModelCard) -> str:

@@ -12,8 +12,7 @@ float32, or the int8 forms the card pins beside the ``.h5`` (``server/model/prec
 close calls get float32's answer (``server/model/second_look.py``). On top of the raw model output
 ``predict_image`` applies, all from the model card:
 
-- test-time augmentation (``TTA``: off | flips | full; the card's choice unless set) and
-  temperature scaling (``calibration``), the maths in ``server/model/trust.py``;
+- test-time augmentation (``TTA``: off | flips | full; the card's choice unless set) and temperature scaling;
 - the malignant operating point (``card.thresholds``) and the differential's conformal
   thresholds (``card.differential``, for the image alone or with the patient context);
 - the non-skin check (``server/model/nonskin_screen.py``; statistics in an .npz beside the card)."""
@@ -64,7 +63,8 @@ class Predictor:
     def __init__(self, served: Served, card: ModelCard, sha256: str, tta: str | None = None, ood: bool = True,
                  card_dir: Path | None = None):
         self.card = card
-        self.info = model_info(card, sha256)
+        self.info = model_info(card, sha256, served.precision)  # with the context given: _info_given
+        self._info_given = model_info(card, sha256, served.precision, context_given=True)
         self.input_size = card.input_size
         self.colour = colour_of(card.preprocessing) or COLOUR_NONE  # checked against the card by check_model_files
         self.classes = card.classes
@@ -279,7 +279,7 @@ class Predictor:
             probs = self.calibrated(probs.mean(axis=0, keepdims=True))[0]
         refused = answer == NONSKIN_REFUSED
         prediction = prediction_from_probabilities(
-            probs, self.info, elapsed_ms, self.classes, self.malignant_threshold,
+            probs, self._info_given if given else self.info, elapsed_ms, self.classes, self.malignant_threshold,
             min_probability=rule.min_probability if rule else None,
             coverage=self.differential.coverage if rule else None,
             uncertain_threshold=DEFAULT_UNCERTAIN_BELOW if self.uncertain_threshold is None else self.uncertain_threshold,

@@ -15,6 +15,7 @@ from server.lesions import lesion_class, malignant_in_words
 from server.model.card import ModelCard
 from server.prediction import ClassProbability, Prediction
 from server.reports import quality
+from server.reports.subgroup_warning import SubgroupWarning, subgroup_warning
 from server.reports.wording import percent
 
 SYSTEM_NAME = "Skin-lesion screening aid"
@@ -61,6 +62,7 @@ class Assessment:
     confidence: tuple[str, ...]  # how sure the model is, in words: the one type, or the list and its coverage
     malignant: str  # the malignant share against the flag, with the flag's miss rate on test images
     quality: str | None  # the model against the product's quality bar (None without the model's card)
+    subgroup_warning: SubgroupWarning | None = None  # the patient's group is flagged on /model: its own figures
 
     @property
     def names_a_class(self) -> bool:
@@ -146,15 +148,15 @@ def flag_miss_rate(card: ModelCard | None) -> float | None:
     return 1.0 - float(sensitivity) if isinstance(sensitivity, (int, float)) else None
 
 
-def flag_not_raised_sentence(card: ModelCard | None, see_dermatologist: bool) -> str:
+def flag_not_raised_sentence(card: ModelCard | None, see_dermatologist: bool, warning: SubgroupWarning | None = None) -> str:
     """What an answer without the malignant flag cannot promise: how often the flag misses, in words."""
-    misses = f", but {flag_misses(card, 'it')}" if flag_miss_rate(card) is not None else ""
+    misses = f", but {flag_misses(card, 'it', warning)}" if flag_miss_rate(card) is not None else ""
     tail = ("." if see_dermatologist else
             ": if the lesion changes, bleeds, itches or worries you, see a doctor whatever this result says.")
     return f"The malignant flag is not raised{misses}" + tail
 
 
-def malignant_sentence(prediction: Prediction, card: ModelCard | None) -> str:
+def malignant_sentence(prediction: Prediction, card: ModelCard | None, warning: SubgroupWarning | None = None) -> str:
     """P(malignant) against the flag's threshold, and how often the flag misses, in one sentence."""
     share = (f"{percent(prediction.malignant_probability)} is the model's combined probability that this lesion is "
              f"malignant ({malignant_in_words()})")
@@ -162,17 +164,21 @@ def malignant_sentence(prediction: Prediction, card: ModelCard | None) -> str:
         return share + "; this model has no screening threshold for it."
     if prediction.malignant_flag:
         return (share + f", at or above the {percent(prediction.malignant_threshold)} that raises the flag; "
-                f"{flag_misses(card, 'the flag')}.")
+                f"{flag_misses(card, 'the flag', warning)}.")
     return (share + f", below the {percent(prediction.malignant_threshold)} that raises the flag. The flag is not a "
-            f"guarantee: {flag_misses(card, 'it')}.")
+            f"guarantee: {flag_misses(card, 'it', warning)}.")
 
 
-def flag_misses(card: ModelCard | None, subject: str) -> str:
-    """'<subject> missed about 1 in 9 malignant lesions on the test images', or that no such figure is recorded."""
+def flag_misses(card: ModelCard | None, subject: str, warning: SubgroupWarning | None = None) -> str:
+    """'<subject> missed about 1 in 9 malignant lesions on the test images', or that no such figure is recorded;
+    with a subgroup warning, the patient's group's own rate beside it, since the whole split's does not hold there."""
     missed = flag_miss_rate(card)
     if missed is None:
         return f"no test figure is recorded for how often {subject} misses"
-    return f"{subject} missed {one_in(missed)} malignant lesions on the test images"
+    own = [f"{one_in(g.flag_miss_rate)} for {g.words}" for g in (warning.groups if warning else ())
+           if g.flag_miss_rate is not None]
+    return f"{subject} missed {one_in(missed)} malignant lesions on the test images" + (
+        f" ({', '.join(own)}, as the warning on this patient's group says)" if own else "")
 
 
 def assess(prediction: Prediction, card: ModelCard | None = None) -> Assessment:
@@ -191,6 +197,7 @@ def assess(prediction: Prediction, card: ModelCard | None = None) -> Assessment:
     kind = verdict_kind(flagged=flagged, uncertain=uncertain)
     see_dermatologist = uncertain or risk == "high" or flagged
     advice: list[str] = [prediction.unusual_message] if prediction.unusual_image else []
+    warning = subgroup_warning(prediction, card, flag_miss_rate(card))
     if flagged and (uncertain or risk != "high"):
         advice.append("Whatever type the lesion turns out to be, a malignant one cannot be ruled out from this image.")
     if kind == "uncertain":
@@ -198,7 +205,7 @@ def assess(prediction: Prediction, card: ModelCard | None = None) -> Assessment:
     elif not uncertain:
         advice.append(prediction.advice)
     if prediction.malignant_flag is False:
-        advice.append(flag_not_raised_sentence(card, see_dermatologist))
+        advice.append(flag_not_raised_sentence(card, see_dermatologist, warning))
     elif not see_dermatologist:
         advice.append("If the lesion changes, bleeds, itches or worries you, see a doctor whatever this result says.")
     if kind == "flagged":
@@ -213,7 +220,7 @@ def assess(prediction: Prediction, card: ModelCard | None = None) -> Assessment:
                     "moderate": "Probably benign, but have it checked if you are unsure"}.get(
             risk, "Low concern from this image; keep an eye on it")
     confidence = _confidence(prediction, card)
-    malignant = malignant_sentence(prediction, card)
+    malignant = malignant_sentence(prediction, card, warning)
     key_label, key_figure, key_sentence = (("Malignant", prediction.malignant_probability, malignant) if flagged
                                            else _list_key(prediction, card) if uncertain
                                            else ("Confidence", top.probability, confidence[0]))
@@ -221,7 +228,8 @@ def assess(prediction: Prediction, card: ModelCard | None = None) -> Assessment:
                       see_dermatologist=see_dermatologist, title=title, headline=headline, advice=tuple(advice),
                       differential=prediction.differential_classes, key_label=key_label, key_figure=key_figure,
                       key_sentence=key_sentence, confidence=confidence, malignant=malignant,
-                      quality=quality.bar_sentence(card) if card is not None else None)
+                      quality=quality.bar_sentence(card) if card is not None else None,
+                      subgroup_warning=warning)
 
 
 def summary(prediction: Prediction, card: ModelCard | None = None) -> dict:
@@ -247,5 +255,9 @@ def format_timestamp(iso: str) -> str:
 
 
 def balanced_accuracy_text(prediction: Prediction) -> str:
-    value = prediction.model.test_balanced_accuracy
-    return "not recorded" if value is None else percent(float(value))
+    """The quoted test figure with what it measured ('69.0% (float32, photo alone)'), so no reader takes it for
+    another way of serving; a token from before the name carries the bare figure."""
+    value, figure = prediction.model.test_balanced_accuracy, prediction.model.test_figure
+    if value is None:
+        return "not recorded"
+    return percent(float(value)) + (f" ({figure.name})" if figure is not None else "")

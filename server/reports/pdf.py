@@ -11,6 +11,7 @@ from server.lesions import lesion_class
 from server.model import explain
 from server.model.card import ModelCard
 from server.prediction import Prediction
+from server.reports import quality
 from server.reports.assessment import (
     NOT_A_DIAGNOSIS,
     REPORT_TITLE,
@@ -128,6 +129,14 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
                               ("TOPPADDING", (0, 0), (-1, -1), 5), ("BOTTOMPADDING", (0, 0), (-1, -1), 6)]))
     summary = [[p("Next step", small), Paragraph(f"<b>{escape(verdict.headline)}.</b>", body)],
                [p(verdict.key_label, small), p(verdict.key_sentence)]]
+    if verdict.subgroup_warning:
+        summary += [[p("This patient's group", small), Paragraph(f"<b>{escape(verdict.subgroup_warning.message)}</b>", body)]]
+    model_card = quality.card_for(prediction, card)
+    misses = quality.misses_bar(model_card)
+    if misses:  # the short sentence and the shortfall in one row, near the top: the report stays one page
+        summary.append([p("Model quality", small), Paragraph(
+            f"<b>{escape(quality.MISSES_BAR)}</b>: {escape(quality.shortfall(quality.bar_checks(model_card)))}. "
+            "Its test figures: /model.", body)])
     if verdict.uncertain:
         summary += [[p("Possible types", small),
                      p("; ".join(f"{c.name} ({c.code}) {percent(c.probability)}" for c in verdict.differential) + ".")]]
@@ -142,7 +151,7 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
     other = (("Possible types", " ".join(verdict.confidence)) if verdict.flagged
              else ("Malignant probability", verdict.malignant))
     summary += [[p(other[0], small), p(other[1])]]
-    if verdict.quality:
+    if verdict.quality and not misses:
         summary.append([p("The model", small), p(verdict.quality)])
     story.append(Table(summary, colWidths=[38 * mm, width - 38 * mm], style=[
         ("VALIGN", (0, 0), (-1, -1), "TOP"), ("LINEBEFORE", (0, 0), (0, -1), 3, tone_colour),

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from server.lesions import CATALOGUE, SKIN_TYPE_NOT_RECORDED
 from server.model.card import ModelCard, SubgroupFigure, SubgroupRow, Subgroups
+from server.model.card_quality import number_or_none
 from server.prediction import Prediction
 from server.reports.wording import percent
 from server.thresholds import QUALITY_BAR
@@ -64,10 +65,6 @@ def _test(card_or_test) -> Mapping:
     return card_or_test.test_metrics if isinstance(card_or_test, ModelCard) else card_or_test
 
 
-def _number(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 def class_figures(card_or_test) -> list[ClassFigures]:
     """Per-class precision, recall and support on the test split, in catalogue order (empty without them)."""
     per_class = _test(card_or_test).get("per_class") or {}
@@ -76,7 +73,7 @@ def class_figures(card_or_test) -> list[ClassFigures]:
         figures = per_class.get(c.code)
         if not isinstance(figures, Mapping):
             continue
-        precision, recall, support = (_number(figures.get(k)) for k in ("precision", "recall", "support"))
+        precision, recall, support = (number_or_none(figures.get(k)) for k in ("precision", "recall", "support"))
         if precision is None or recall is None or support is None:
             continue
         rows.append(ClassFigures(c.code, c.name, precision, recall, int(support)))
@@ -86,13 +83,13 @@ def class_figures(card_or_test) -> list[ClassFigures]:
 def _figure(test: Mapping, key: str) -> float | None:
     per_class = test.get("per_class") or {}
     if key == "melanoma_recall":
-        return _number((per_class.get("mel") or {}).get("recall"))
+        return number_or_none((per_class.get("mel") or {}).get("recall"))
     if key == "malignant_auc":
-        return _number((test.get("malignant") or {}).get("auc"))
+        return number_or_none((test.get("malignant") or {}).get("auc"))
     if key == "lowest_class_recall":
-        recalls = [_number((v or {}).get("recall")) for v in per_class.values() if isinstance(v, Mapping)]
+        recalls = [number_or_none((v or {}).get("recall")) for v in per_class.values() if isinstance(v, Mapping)]
         return min(recalls) if recalls and None not in recalls else None
-    return _number(test.get(key))
+    return number_or_none(test.get(key))
 
 
 def bar_checks(card_or_test) -> list[BarCheck]:
@@ -114,21 +111,43 @@ def lowest_class(card_or_test) -> str | None:
     return min(rows, key=lambda r: r.recall).name if rows else None
 
 
+def shortfall(checks: list[BarCheck]) -> str:
+    """How far short of the bar, counted from the table: 'all 5 figures on its held-out test images fall short of
+    it; the first, its balanced accuracy, is 69.0% against a bar of 80%' (empty when none falls short)."""
+    short = [c for c in checks if c.met is False]
+    if not short:
+        return ""
+    first = short[0]
+    count = f"all {len(checks)}" if len(short) == len(checks) else f"{len(short)} of its {len(checks)}"
+    return (f"{count} figures on its held-out test images fall short of it; {'the first, ' if len(short) > 1 else ''}"
+            f"its {first.label[0].lower() + first.label[1:]}, is {first.show(first.value)} against a bar of {first.bar[2:]}")
+
+
 def bar_sentence(card_or_test) -> str:
     """The model against the quality bar, in one plain sentence."""
     checks = bar_checks(card_or_test)
     verdict = meets_bar(checks)
     if verdict is True:
         return "This model meets the product's quality bar on its held-out test images."
-    short = [c for c in checks if c.met is False]
     if verdict is False:
-        first = short[0]
-        more = len(short) - 1
-        return ("This model does not meet the product's quality bar: on its held-out test images its "
-                f"{first.label[0].lower() + first.label[1:]} is {first.show(first.value)}, against a bar of {first.bar[2:]}"
-                + (f", and {more} more of its {len(checks)} figures {'falls' if more == 1 else 'fall'} short" if more else "") + ".")
+        return f"This model does not meet the product's quality bar: {shortfall(checks)}."
     missing = ", ".join(c.label for c in checks if c.met is None)
     return f"This model is not shown to meet the product's quality bar: its card does not record {missing}."
+
+
+# The one short sentence the home page's first screen and every report carry when the model misses its bar.
+MISSES_BAR = "This model misses its quality bar"
+
+
+def misses_bar(card: ModelCard | None) -> bool:
+    """Whether the card's own test figures fall short of the product's quality bar (False without a card)."""
+    return card is not None and meets_bar(bar_checks(card)) is False
+
+
+def bar_note(card: ModelCard | None) -> str | None:
+    """The short sentence a report prints near its top when the model misses its bar, pointing to the figures."""
+    return (f"{MISSES_BAR} on its held-out test images: its figures are on this service's model page, /model."
+            if misses_bar(card) else None)
 
 
 # ---------------------------------------------------------------- per-subgroup figures

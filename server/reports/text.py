@@ -12,6 +12,7 @@ from server.lesions import lesion_class
 from server.model.card import ModelCard
 from server.patient import PATIENT_LABEL
 from server.prediction import Prediction
+from server.reports import quality
 from server.reports.assessment import (
     NOT_A_DIAGNOSIS,
     REPORT_TITLE,
@@ -39,6 +40,10 @@ def text_report(prediction: Prediction, card: ModelCard | None = None) -> str:
     lines = [REPORT_TITLE, rule, NOT_A_DIAGNOSIS, ""]
     lines += [_wrap("RESULT: " + verdict.title + "."), _wrap("NEXT STEP: " + verdict.headline + ".")]
     lines += [f"{verdict.key_label + ':':<21} {percent(verdict.key_figure)}", _wrap(verdict.key_sentence, "  ")]
+    if verdict.subgroup_warning:
+        lines.append(_wrap("THIS PATIENT'S GROUP: " + verdict.subgroup_warning.message, "  "))
+    note = quality.bar_note(quality.card_for(prediction, card))
+    lines += [_wrap("MODEL QUALITY: " + note)] if note else []
     if verdict.uncertain:
         lines.append("Possible types (the differential, most likely first):")
         lines += [f"  {percent(c.probability):>6}  {c.name} [{c.code}]" for c in verdict.differential]

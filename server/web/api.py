@@ -67,7 +67,9 @@ def predict():
         response.headers["X-Total-Ms"] = f"{prediction.total_ms:.2f}"
         return response
     # The verdict in words, by the same precedence rule as the result page and the reports.
-    return jsonify(prediction.to_dict() | {"summary": reports.summary(prediction, predictor.card)})
+    warning = reports.assess(prediction, predictor.card).subgroup_warning  # only when the context puts it in one
+    return jsonify(prediction.to_dict() | {"summary": reports.summary(prediction, predictor.card)}
+                   | ({"subgroup_warning": warning.to_dict()} if warning else {}))
 
 
 @bp.get("/healthz")

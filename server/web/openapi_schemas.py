@@ -47,7 +47,16 @@ _MODEL_INFO = {
         "version": {"type": "string"},
         "sha256": {"type": "string"},
         "input_size": {"type": "integer"},
-        "test_balanced_accuracy": {"type": ["number", "null"]},
+        "test_balanced_accuracy": {"type": ["number", "null"],
+                                   "description": "the card's test balanced accuracy measured as this answer was made"},
+        "test_figure": {
+            "type": ["object", "null"],
+            "description": "what test_balanced_accuracy measured: the precision, the inputs, and the precision served",
+            "required": ["balanced_accuracy", "precision", "inputs", "served"],
+            "properties": {"balanced_accuracy": {"type": "number"}, "precision": {"enum": ["float32", "int8"]},
+                           "inputs": {"enum": ["photo alone", "photo and patient context"]},
+                           "served": {"enum": ["float32", "int8"]}},
+        },
     },
 }
 
@@ -60,6 +69,7 @@ PREDICTION_SCHEMA = {
                  "model", "timing", "created_at", "disclaimer", "patient", "summary"],
     "properties": {
         "summary": trust.SUMMARY,
+        "subgroup_warning": trust.SUBGROUP_WARNING,
         "prediction": {
             "allOf": [_CLASS_PROB],
             "type": "object",

@@ -95,3 +95,31 @@ PROPERTIES = {
                                  "threshold; the largest of them. Above 1 the image is unusual (unusual_image), "
                                  "or refused (422) where the evidence says it is not skin."}
 }
+
+_RATE = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+_COUNT = {"type": "integer", "minimum": 0}
+SUBGROUP_WARNING = {
+    "type": "object",
+    "description": "Present only when the patient context given puts the lesion in a subgroup that the model card "
+                   "flags (/model: melanoma recall well below the whole test split's): the group's own test figures, "
+                   "which replace the whole split's for this patient. Absent without context.",
+    "required": ["message", "overall_miss", "groups"],
+    "properties": {
+        "message": {"type": "string", "description": "The warning every output shows beside its key figure."},
+        "overall_miss": {**_RATE, "description": "The malignant flag's miss rate on all test images (1 - sensitivity)."},
+        "groups": {"type": "array", "minItems": 1, "items": {
+            "type": "object",
+            "required": ["grouping", "group", "miss", "miss_low", "miss_high", "malignant", "lesions", "recall",
+                         "melanomas"],
+            "properties": {
+                "grouping": {"enum": ["sex", "age", "site"]}, "group": {"type": "string"},
+                "miss": {**_RATE, "description": "The malignant flag's miss rate in this group (1 - its sensitivity)."},
+                "miss_low": {**_RATE, "description": "Its bootstrap interval's low end (null: too few cases)."},
+                "miss_high": {**_RATE, "description": "Its bootstrap interval's high end."},
+                "malignant": {**_COUNT, "description": "Malignant test images in the group."},
+                "lesions": {**_COUNT, "description": "The malignant lesions they show (the unit resampled)."},
+                "recall": {**_RATE, "description": "Melanoma recall in the group (why /model flags it)."},
+                "melanomas": {**_COUNT, "description": "Melanoma test images in the group."},
+            }}},
+    },
+}

@@ -104,7 +104,8 @@ def render_upload(error: str | None = None, status: int = 200, refusal: ServiceE
     return render_template("upload.html", error=file_error, max_upload_mb=current_app.config["MAX_UPLOAD_MB"],
                            model_ready=model_ready(), refusal=refusal, error_field=error_field if error else None,
                            patient=patient_form(values, error_field, error),
-                           looks_like=getattr(refusal, "looks_like", None) if refusal else None, notice=notice), status
+                           looks_like=getattr(refusal, "looks_like", None) if refusal else None, notice=notice,
+                           misses_bar=quality.MISSES_BAR if quality.misses_bar(current_card()) else None), status
 
 
 def report_response(prediction: Prediction, fmt: str, paper: str | None) -> Response:
@@ -158,6 +159,7 @@ def screen():
         percent=reports.percent,
         timestamp=reports.format_timestamp(prediction.created_at),
         balanced_accuracy=reports.balanced_accuracy_text(prediction),
+        misses_bar=quality.MISSES_BAR if quality.misses_bar(quality.card_for(prediction, current_card())) else None,
         uncertain_below=prediction.uncertain_below,
         heatmap_uri=heatmap_uri(prediction),
         other_heatmaps=other_heatmap_uris(prediction),
