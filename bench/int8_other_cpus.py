@@ -29,13 +29,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 def figures(run_dir: Path, images: int) -> dict:
     """The check's accuracy figures on this (possibly emulated) CPU, with the CPU flags ONNX Runtime sees."""
-    import numpy as np
-
-    from server.lesions import MALIGNANT_CODES
     from server.model import int8_check
     from server.model.card import CARD_FILENAME
     from server.model.files import load_card
     from server.model.runtime import onnx_session_runner
+    from server.model.second_look import malignant_mask
 
     card = load_card(run_dir / CARD_FILENAME)
     ref = int8_check.read_reference(run_dir / card.int8.reference.file)
@@ -46,7 +44,7 @@ def figures(run_dir: Path, images: int) -> dict:
     features = None
     if card.int8.branch is not None and ref.features is not None:
         features = int8_check.branch_features(onnx_session_runner((run_dir / card.int8.branch.file).read_bytes(), 1), ref)
-    malignant = np.asarray([c in MALIGNANT_CODES for c in card.classes])
+    malignant = malignant_mask(card.classes)
     out = int8_check.agreement(ref, int8_check.answers(run, ref, width), features, malignant,
                                card.thresholds.malignant, card.temperature_for("off") or 1.0)
     out["cpu"] = int8_check.cpu_flags()

@@ -194,3 +194,17 @@ def test_an_int8_predictor_decides_close_calls_in_float32(quantized, tmp_path, m
     malignant = np.asarray([c in ("mel", "bcc", "akiec") for c in i8.classes])
     monkeypatch.setattr(i8, "close_call", lambda probs, given: second_look.close_call(probs, malignant, None, None, None, 2.0))
     assert [i8.predict_image(p).classes for p in pictures] == [f32.predict_image(p).classes for p in pictures]
+
+
+def test_a_host_that_chose_float32_never_loads_the_int8_graphs_again(quantized, tmp_path, monkeypatch):  # noqa: F811
+    from server.model import precision
+
+    monkeypatch.setattr(int8_check, "INT8_CHECK_MIN_SPEEDUP", 1000.0)
+    h5, cache = with_card(quantized, tmp_path, meets_bar=True), tmp_path / "cache"
+    assert load(h5, "auto", cache).precision == "float32"
+    loads = []
+    real = precision.int8_served
+    monkeypatch.setattr(precision, "int8_served", lambda *a, **k: loads.append(1) or real(*a, **k))
+    again = load(h5, "auto", cache)
+    assert again.precision == "float32" and "not faster" in again.precision_choice.reason
+    assert loads == [], "the cached float32 verdict is read before any int8 graph is loaded"

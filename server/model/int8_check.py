@@ -34,7 +34,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from server.imaging import scale_pixels
+from server.imaging import PIXEL_OFFSET, PIXEL_SCALE, scale_pixels
 from server.model.onnx_cache import atomic_write, versions
 from server.model.runtime import as_outputs
 from server.model.trust import temperature_scale
@@ -68,9 +68,6 @@ class PrecisionChoice:
     key: str = ""  # the host decision it answers (``decision_key``), when it came from the check
     settled: bool = True  # False: int8 answered right, and its speed is still to be timed (``settle``)
 
-    def to_dict(self) -> dict:
-        return {"precision": self.precision, "reason": self.reason, "figures": dict(self.figures)}
-
 
 @dataclass(frozen=True)
 class Reference:
@@ -101,7 +98,7 @@ def cpu_flags() -> str:
 
 def pixels_of(inputs: np.ndarray) -> np.ndarray:
     """Model inputs (made from uint8 by ``scale_pixels``) back to those uint8 pixels, losslessly."""
-    return np.rint((np.asarray(inputs, np.float64) + 1.0) * 127.5).astype(np.uint8)
+    return np.rint((np.asarray(inputs, np.float64) + PIXEL_OFFSET) * PIXEL_SCALE).astype(np.uint8)
 
 
 def write_reference(path: Path, inputs: np.ndarray, probabilities: np.ndarray, features: np.ndarray | None) -> None:

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from server.lesions import MALIGNANT_CODES
 from server.model import int8_check
 from server.model.card import Int8Graph, ModelCard
 from server.model.files import ModelLoadError, file_sha256
 from server.model.int8_check import PrecisionChoice
 from server.model.runtime import as_outputs, onnx_session_runner
+from server.model.second_look import malignant_mask
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,8 @@ def int8_served(served, card: ModelCard, card_dir: Path, sha256: str, threads: i
     return replace(served, run=run, run_branch=run_branch, precision=INT8, float32=served)
 
 
-def proven_choice(int8, card: ModelCard, card_dir: Path, threads: int, cache_dir) -> PrecisionChoice:
-    """The host check's verdict on ``int8`` (a Served), from the cache when this host already decided."""
+def unprovable(card: ModelCard, card_dir: Path) -> PrecisionChoice | None:
+    """Float32 and why, when the card's int8 graphs have no intact reference batch to be checked on; else None."""
     spec = card.int8
     if spec.reference is None:
         return PrecisionChoice(FLOAT32, "the card's int8 graphs have no reference batch to check them on this CPU "
@@ -140,16 +140,22 @@ def proven_choice(int8, card: ModelCard, card_dir: Path, threads: int, cache_dir
     path = Path(card_dir) / spec.reference.file
     if not path.is_file() or file_sha256(path) != spec.reference.sha256:
         return PrecisionChoice(FLOAT32, f"the int8 reference batch {path.name} is missing or differs from its sha256")
-    shas = [spec.classifier.sha256, spec.reference.sha256] + ([spec.branch.sha256] if int8.run_branch else [])
-    key = int8_check.decision_key(shas, threads)
-    choice = int8_check.cached_choice(cache_dir, key)
-    if choice is None:
-        malignant = np.asarray([c in MALIGNANT_CODES for c in card.classes])
-        choice = int8_check.measure(int8, int8_check.read_reference(path), malignant, card.thresholds.malignant,
-                                    card.temperature_for("off") or 1.0, key)
-        if choice.settled:  # refused on accuracy; an int8 that answered right is settled once timed
-            int8_check.remember(cache_dir, key, choice)
-    return choice
+    return None
+
+
+def host_key(card: ModelCard, threads: int, with_branch: bool) -> str:
+    """The host decision the check answers for these graphs, their reference batch, this CPU and thread count."""
+    spec = card.int8
+    shas = [spec.classifier.sha256, spec.reference.sha256] + ([spec.branch.sha256] if with_branch else [])
+    return int8_check.decision_key(shas, threads)
+
+
+def logged(served, choice: PrecisionChoice, sha256: str):
+    """``served`` with its ``choice``, said in one log line once the choice is final (``settle`` says the rest)."""
+    if choice.settled:
+        log.log(logging.INFO if choice.precision == INT8 else logging.WARNING, "model %s served in %s: %s",
+                sha256[:12], choice.precision, choice.reason)
+    return replace(served, choice=choice)
 
 
 def at_precision(served, wanted: Wanted, card: ModelCard, card_dir: Path | None, sha256: str, threads: int,
@@ -159,17 +165,27 @@ def at_precision(served, wanted: Wanted, card: ModelCard, card_dir: Path | None,
 
     int8 needs ONNX Runtime and the card's int8 graphs for this exact ``.h5``; with ``auto`` they must also
     pass the check on this CPU (``server/model/int8_check.py``, its verdict cached in ``cache_dir``)."""
-    float32 = replace(served, choice=PrecisionChoice(FLOAT32, wanted.reason))
     if wanted.precision != INT8:
-        return float32
+        return replace(served, choice=PrecisionChoice(FLOAT32, wanted.reason))
     if served.runtime != "onnxruntime" or card_dir is None:
         log.warning("int8 needs ONNX Runtime and the model's folder; serving float32 with %s", served.runtime)
         return replace(served, choice=PrecisionChoice(FLOAT32, f"int8 needs ONNX Runtime; {served.runtime} serves"))
+    earlier = None
+    if wanted.prove:  # this host may have decided already: a float32 verdict never loads the int8 graphs
+        key = host_key(card, threads, served.run_branch is not None) if card.int8.reference is not None else ""
+        earlier = unprovable(card, card_dir) or int8_check.cached_choice(cache_dir, key)
+        if earlier is not None and earlier.precision == FLOAT32:
+            return logged(served, earlier, sha256)
     int8 = int8_served(served, card, card_dir, sha256, threads)
     if int8 is None:
         return replace(served, choice=PrecisionChoice(FLOAT32, "the card's int8 graphs could not be served (see the log)"))
-    choice = proven_choice(int8, card, card_dir, threads, cache_dir) if wanted.prove else PrecisionChoice(INT8, wanted.reason)
-    if choice.settled:  # else int8_check.settle logs it, once timed
-        log.log(logging.INFO if choice.precision == INT8 else logging.WARNING, "model %s served in %s: %s",
-                sha256[:12], choice.precision, choice.reason)
-    return replace(int8, choice=choice) if choice.precision == INT8 else replace(served, choice=choice)
+    if not wanted.prove:
+        return logged(int8, PrecisionChoice(INT8, wanted.reason), sha256)
+    choice = earlier
+    if choice is None:  # accuracy first; an int8 that answers right is timed once the Predictor exists (settle)
+        choice = int8_check.measure(int8, int8_check.read_reference(Path(card_dir) / card.int8.reference.file),
+                                    malignant_mask(card.classes), card.thresholds.malignant,
+                                    card.temperature_for("off") or 1.0, key)
+        if choice.settled:
+            int8_check.remember(cache_dir, key, choice)
+    return logged(int8, choice, sha256) if choice.precision == INT8 else logged(served, choice, sha256)

@@ -55,10 +55,15 @@ def close_call(probs: np.ndarray, malignant: np.ndarray, malignant_threshold: fl
     return bool(uncertain_threshold is not None and abs(top[0] - uncertain_threshold) < margin)
 
 
+def malignant_mask(classes) -> np.ndarray:
+    """Which of ``classes`` (codes, in the model's order) count towards P(malignant)."""
+    return np.asarray([c in MALIGNANT_CODES for c in classes])
+
+
 def close_calls_of(card, given: bool) -> Callable[[np.ndarray], bool]:
     """The card's close-call rule (a ``ModelCard``'s thresholds and its differential for a photo alone, or with
     ``given`` patient context): calibrated probabilities -> bool."""
-    malignant = np.asarray([c in MALIGNANT_CODES for c in card.classes])
+    malignant = malignant_mask(card.classes)
     uncertain = DEFAULT_UNCERTAIN_BELOW if card.thresholds.uncertain is None else card.thresholds.uncertain
     rule = card.differential.rule_for(given) if card.differential is not None else None
     minimums = None if rule is None else np.asarray([rule.min_probability[c] for c in card.classes])
