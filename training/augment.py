@@ -116,8 +116,11 @@ def dermatoscope_field(n, size: int, on, radius):
 
 def training_dataset(images: np.ndarray, labels: np.ndarray, sample_weights: np.ndarray, *, size: int,
                      batch_size: int, seed: int, num_classes: int, aug: AugmentConfig = AugmentConfig(),
-                     balanced_sampling: bool = False, first_draw: int = 0):
+                     balanced_sampling: bool = False, first_draw: int = 0, soft_targets: np.ndarray | None = None):
     """An endless ``tf.data`` stream of (x, one-hot y, weight) batches with fresh views.
+
+    With ``soft_targets`` (one row of k per image) y is ``[one-hot | soft target]``, for the
+    student's distillation loss (``training.distill``).
 
     Use ``steps_per_epoch = ceil(len(images) / batch_size)``. With ``balanced_sampling``
     every class is drawn equally often (with replacement), instead of each image once
@@ -129,6 +132,7 @@ def training_dataset(images: np.ndarray, labels: np.ndarray, sample_weights: np.
     images_t = tf.constant(images)  # uint8: the whole training split, about 1.1 GB at 224 px
     labels_t = tf.constant(labels.astype(np.int32))
     weights_t = tf.constant(sample_weights.astype(np.float32))
+    soft_t = None if soft_targets is None else tf.constant(soft_targets.astype(np.float32))
     if balanced_sampling:
         per_class = [tf.data.Dataset.from_tensor_slices(np.flatnonzero(labels == c)).shuffle(4096, seed=seed + c)
                      .repeat() for c in np.unique(labels)]
@@ -145,7 +149,10 @@ def training_dataset(images: np.ndarray, labels: np.ndarray, sample_weights: np.
         index = tf.cast(index, tf.int32)
         label = tf.gather(labels_t, index)
         x = to_model_range(augment_batch(tf.gather(images_t, index), size, aug, seed_pair))
-        return x, tf.one_hot(label, num_classes), tf.gather(weights_t, label)
+        y = tf.one_hot(label, num_classes)
+        if soft_t is not None:
+            y = tf.concat([y, tf.gather(soft_t, index)], axis=-1)
+        return x, y, tf.gather(weights_t, label)
 
     return (tf.data.Dataset.zip(indices.batch(batch_size), seeds)
             .map(views, num_parallel_calls=2, deterministic=True)

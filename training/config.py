@@ -49,6 +49,9 @@ class TrainConfig:
     logit_adjustment: bool = True
     colour: str = COLOUR_NONE  # training.ablate_colour: Shades of Gray did not win on validation
     patient_context: bool = True  # phase 3 (training.patient_context)
+    distill_teacher: str = ""  # a teacher.npz (training.teacher): train as the fold ensemble's student
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
     keep: str = "last"  # the end of the schedule; "swa": the mean of the last swa_epochs' weights; "best"
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -74,6 +77,10 @@ HELP = {
     "patient_context": "phase 3: train a head that also reads age, sex and site, and ship it if validation says it helps",
     "keep": "which fine-tuned weights to export: the average of the last --swa-epochs epochs' (swa), the last "
             "epoch's, or the best raw validation epoch's",
+    "distill_teacher": "a teacher.npz of soft targets (python -m training.teacher): the loss blends the label's "
+                       "cross-entropy with the KL divergence to the fold ensemble at a temperature",
+    "distill_alpha": "the soft targets' share of the distillation loss (0: labels only, 1: teacher only)",
+    "distill_temperature": "the temperature both the teacher's and the student's outputs are softened at",
     "swa_epochs": "with --keep swa: how many final epochs, held at --swa-lr, are averaged",
     "colour_cast": "random per-channel gain, as other cameras' white balance gives (0 for none)",
     "vignette_prob": "share of training views given the dark round corners of a dermatoscope's field",

@@ -197,7 +197,8 @@ def load_weight_average(model, paths: list[Path]) -> None:
 
 def fine_tune(model, make_dataset, n_train: int, x_val, y_val, *, batch_size: int, epochs: int, lr: float,
               warmup_epochs: float, weight_decay: float, ema_momentum: float, loss, out_dir: Path,
-              resume: bool, keep: str = "last", prior=None, swa_epochs: int = 0, swa_lr: float = 0.0) -> dict:
+              resume: bool, keep: str = "last", prior=None, swa_epochs: int = 0, swa_lr: float = 0.0,
+              metrics=("accuracy",)) -> dict:
     """Phase 2: the whole network (BatchNorm frozen); ends holding the weights ``keep`` names.
 
     ``keep="last"``: the weights at the end of the cosine schedule. ``keep="best"``: the
@@ -238,7 +239,7 @@ def fine_tune(model, make_dataset, n_train: int, x_val, y_val, *, batch_size: in
     schedule = cosine_with_warmup(lr, steps, epochs, warmup_epochs, flat_epochs=swa_epochs, floor_lr=swa_lr)
     optimizer = keras.optimizers.AdamW(schedule, weight_decay=weight_decay,
                                        use_ema=use_ema, ema_momentum=ema_momentum if use_ema else 0.99)
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=False)
+    model.compile(optimizer=optimizer, loss=loss, metrics=list(metrics), jit_compile=False)
     done = epochs_done(out_dir) if resume else 0
     best = best_so_far(history) if resume else None
     # SwapEMAWeights goes first, so that scoring and the best-epoch snapshot see the average.

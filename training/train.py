@@ -75,6 +75,7 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
     import keras
 
     from training.augment import AugmentConfig, training_dataset
+    from training.distill import student_recipe
     from training.losses import make_loss
     from training.model import build_model
     from training.patient_context import phase3
@@ -99,6 +100,7 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
     k = len(CLASS_CODES)
     weights = class_loss_weights(cfg.imbalance, y["train"])
     loss = make_loss(cfg.loss, cfg.label_smoothing, cfg.focal_gamma)
+    student = student_recipe(cfg, prepared.df.loc[prepared.parts["train"], "image_id"]) if cfg.distill_teacher else {}
     log.info("class loss weights (%s): %s", cfg.imbalance, dict(zip(CLASS_CODES, np.round(weights, 3).tolist())))
 
     with strategy.scope():
@@ -129,10 +131,12 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
             model,
             lambda first_draw: training_dataset(images["train"], y["train"], weights, size=cfg.input_size,
                                                 batch_size=cfg.batch_size, seed=cfg.seed, num_classes=k, aug=aug,
-                                                balanced_sampling=cfg.imbalance == "sampling", first_draw=first_draw),
+                                                balanced_sampling=cfg.imbalance == "sampling", first_draw=first_draw,
+                                                soft_targets=student.get("soft_targets")),
             len(y["train"]), x_val, y["val"], batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr,
             warmup_epochs=cfg.warmup_epochs, weight_decay=cfg.weight_decay, ema_momentum=cfg.ema_momentum,
-            loss=loss, out_dir=out_dir, resume=resume, keep=cfg.keep,
+            loss=student.get("loss", loss), metrics=student.get("metrics", ("accuracy",)), out_dir=out_dir,
+            resume=resume, keep=cfg.keep,
             prior=prior if cfg.logit_adjustment else None, swa_epochs=cfg.swa_epochs, swa_lr=cfg.swa_lr)
     timings["phase2_finetune"] = time.perf_counter() - t
     del images["train"]
