@@ -20,7 +20,7 @@ SERVICE_PACKAGES := nginx redis-server
 # Each step that can fail says in one line what failed and what to run by hand.
 fail = { echo "error: $(1)" >&2; exit 1; }
 
-.PHONY: run test test-fast install install-test browser services lock lint train evaluate bench quantize clean
+.PHONY: run test test-fast install install-test browser services lock lint train chain evaluate bench quantize clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
@@ -91,6 +91,15 @@ train: $(VENV)/.installed
 	  --weights ../shared/weights/mobilenet_v2_1.0_224_imagenet_no_top.h5 \
 	  --imagenet-weights ../shared/weights/mobilenet_v2_1.0_224_imagenet_with_top.h5 \
 	  --imagenet-labels ../shared/weights/imagenet_labels.txt --out-dir runs/latest
+
+# The model chain (README "The model chain"): five lesion-grouped folds, their ensemble distilled into one
+# student, its int8 graphs. Hours on 2 cores; resumable: rerun the same command after a cut.
+CHAIN_DIR ?= ../runs/chain
+chain: $(VENV)/.installed
+	$(PY) -m training.chain --data-dir ../shared/data/ham10000 \
+	  --weights ../shared/weights/mobilenet_v2_1.0_224_imagenet_no_top.h5 \
+	  --imagenet-weights ../shared/weights/mobilenet_v2_1.0_224_imagenet_with_top.h5 \
+	  --imagenet-labels ../shared/weights/imagenet_labels.txt --out-dir $(CHAIN_DIR) --publish-dir saved_models/folds
 
 # Int8 graphs of the model in RUN_DIR, beside its .h5 and tied to it by sha256 in the card (training/quantize.py),
 # then the accuracy bar against float32 on the test split, recorded in the card (INFERENCE_PRECISION=auto reads it).

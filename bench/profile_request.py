@@ -92,7 +92,7 @@ class StageClock:
 def instrument(app, clock: StageClock) -> None:
     """Wrap the service's own functions where the request path looks them up."""
     from server import prediction, screening
-    from server.model import predictor as predictor_module
+    from server.model import nonskin_screen, predictor as predictor_module
     from server.web import api
     from server.web.service import EXTENSION_KEY
 
@@ -102,8 +102,8 @@ def instrument(app, clock: StageClock) -> None:
     prediction.Prediction.to_dict = clock.wrap("serialise", prediction.Prediction.to_dict)
     screening.open_upload = clock.wrap("decode", screening.open_upload)
     predictor_module.model_input = clock.wrap("preprocess", predictor_module.model_input)
-    predictor_module.floor_statistics = clock.wrap("statistics", predictor_module.floor_statistics)
-    predictor_module.image_statistics = clock.wrap("statistics", predictor_module.image_statistics)
+    nonskin_screen.floor_statistics = clock.wrap("statistics", nonskin_screen.floor_statistics)
+    nonskin_screen.image_statistics = clock.wrap("statistics", nonskin_screen.image_statistics)
     p = app.extensions[EXTENSION_KEY]
     p.predict_image = clock.wrap("result", p.predict_image)
     p.forward = clock.wrap("model", p.forward)
@@ -193,6 +193,7 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("TF_INTRA_OP_THREADS", "1")  # as gunicorn.conf.py sets for each worker
     os.environ.setdefault("TF_INTER_OP_THREADS", "1")
+    os.environ.setdefault("RATE_LIMIT", "off")  # 3 x (5 + requests) posts in a minute would meet the 60/minute limit
     from server import create_app
 
     app = create_app({"MODEL_PATH": str(args.model), "SECRET_KEY": "profile", "TESTING": True})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from server.lesions import CLASS_CODES
@@ -44,27 +43,3 @@ def test_a_teacher_made_on_another_split_is_refused(tmp_path):
     assert load_teacher(path, ["ISIC_2", "ISIC_1"], 2.0).shape == (2, K)
     with pytest.raises(ValueError, match="another split"):
         load_teacher(path, ["ISIC_1", "ISIC_3"], 2.0)
-
-
-@pytest.mark.slow
-def test_folds_teacher_and_student_run_end_to_end(tmp_path):
-    from tests.test_training import TINY_CLI, make_dataset
-    from training.folds import main as folds_main
-    from training.teacher import main as teacher_main
-    from training.train import main as train_main
-
-    data = make_dataset(tmp_path / "ham", lesions_per_class=10)
-    chain = tmp_path / "chain"
-    common = ["--data-dir", str(data), *TINY_CLI, "--head-epochs", "1", "--epochs", "1"]
-    assert folds_main([*common, "--out-dir", str(chain), "--folds", "2"]) == 0
-    assert teacher_main(["--folds-dir", str(chain), "--resamples", "5"]) == 0
-    with np.load(chain / "teacher.npz") as teacher:
-        folds = pd.read_csv(chain / "folds.csv")
-        assert teacher["members"].shape == (2, len(folds), K)
-        own = teacher["members"][folds["fold"].to_numpy(), np.arange(len(folds))]
-        assert np.array_equal(teacher["oof"], own)
-    student = tmp_path / "student"
-    assert train_main([*common, "--out-dir", str(student), "--no-test", "--patient-context", "0",
-                       "--distill-teacher", str(chain / "teacher.npz")]) == 0
-    assert (student / "ham10000_mobilenetv2.h5").is_file()
-    assert "distill_teacher" in (student / "train.log").read_text()

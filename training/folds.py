@@ -16,7 +16,7 @@ folds: they are left for calibration and for the final check.
 
 Each fold runs in its own folder (``fold_<k>``) and resumes where it was cut off; a fold
 whose ``outputs.npz`` exists is done. ``folds.csv`` records the assignment, ``cpu.txt``
-the CPU the run used, ``chain.log`` the progress with an ETA.
+the CPU the run used, ``train.log`` the progress with an ETA.
 """
 
 from __future__ import annotations
@@ -187,8 +187,12 @@ def summary(figures: list[dict]) -> dict:
     return out
 
 
-def run_folds(cfg: TrainConfig, chain_dir: Path, n_folds: int = N_FOLDS, only: list[int] | None = None) -> dict:
-    """Every fold in turn (or those in ``only``), resumable; writes ``folds.json`` once all are done."""
+def run_folds(cfg: TrainConfig, chain_dir: Path, n_folds: int = N_FOLDS, only: list[int] | None = None,
+              publish=None) -> dict:
+    """Every fold in turn (or those in ``only``), resumable; writes ``folds.json`` once all are done.
+
+    ``publish(k)``, when given, is called for every finished fold (copying its outputs where
+    they get committed)."""
     from training.train import setup_logging
 
     chain_dir.mkdir(parents=True, exist_ok=True)
@@ -202,6 +206,8 @@ def run_folds(cfg: TrainConfig, chain_dir: Path, n_folds: int = N_FOLDS, only: l
         t = time.perf_counter()
         was_done = (chain_dir / f"fold_{k}" / OUTPUTS).is_file()
         figures.append(train_fold(cfg, images, y, fold_of, k, chain_dir))
+        if publish is not None:
+            publish(k)
         if not was_done:
             spent.append(time.perf_counter() - t)
             left = sum(1 for j in range(n) if not (chain_dir / f"fold_{j}" / OUTPUTS).is_file())
@@ -212,12 +218,12 @@ def run_folds(cfg: TrainConfig, chain_dir: Path, n_folds: int = N_FOLDS, only: l
     return result
 
 
-def with_fold_recipe(cfg: TrainConfig, argv: list[str]) -> TrainConfig:
-    """``FOLD_RECIPE`` for every setting the command line leaves out (a smoke run keeps its own)."""
+def with_recipe(cfg: TrainConfig, argv: list[str], recipe: dict = FOLD_RECIPE) -> TrainConfig:
+    """``recipe`` for every setting the command line leaves out (a smoke run keeps its own)."""
     if cfg.smoke:
         return cfg
     given = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
-    return replace(cfg, **{k: v for k, v in FOLD_RECIPE.items() if k not in given})
+    return replace(cfg, **{k: v for k, v in recipe.items() if k not in given})
 
 
 def main(argv=None) -> int:
@@ -232,7 +238,7 @@ def main(argv=None) -> int:
         print("error: --folds must be at least 2", file=sys.stderr)
         return 2
     cfg, _ = parse_args(rest)
-    cfg = with_fold_recipe(cfg, rest)
+    cfg = with_recipe(cfg, rest)
     try:
         result = run_folds(cfg, Path(cfg.out_dir), flags.folds, flags.fold)
     except (FileNotFoundError, D.DatasetError) as exc:
