@@ -36,6 +36,24 @@ SITE_WORDS = {
     "lower extremity": "leg (lower extremity)", "neck": "neck", "scalp": "scalp", "trunk": "trunk",
     "upper extremity": "arm (upper extremity)",
 }
+# ISIC's general anatomic sites, the words other clinics' records use -> the HAM10000 sites each
+# covers ("upper extremity" and "lower extremity" are HAM10000's words too, and stay its own).
+GENERAL_SITES = {
+    "head/neck": ("face", "scalp", "ear", "neck"), "anterior torso": ("chest", "abdomen"),
+    "posterior torso": ("back",), "lateral torso": ("trunk",), "palms/soles": ("acral",),
+    "oral/genital": ("genital",),
+}
+GENERAL_SITE_WORDS = {
+    "head/neck": "head or neck", "anterior torso": "front of the torso", "posterior torso": "back of the torso",
+    "lateral torso": "side of the torso", "palms/soles": "palm or sole", "oral/genital": "mouth or genital area",
+}
+# How often HAM10000's metadata names each site (all 10,015 images). A general site enters the model
+# as the sites it covers mixed in these proportions: the one-hot it would have on average, so
+# "head/neck" reads mostly as the face, as HAM10000's head and neck lesions mostly are.
+HAM10000_SITE_COUNTS = {
+    "abdomen": 1022, "acral": 7, "back": 2192, "chest": 407, "ear": 56, "face": 745, "foot": 319, "genital": 48,
+    "hand": 90, "lower extremity": 2077, "neck": 168, "scalp": 128, "trunk": 1404, "upper extremity": 1118,
+}
 FIELD_WORDS = {"age": "age", "sex": "sex", "site": "body site"}
 PATIENT_LABEL = "Patient context"
 NONE_GIVEN = "none given"
@@ -85,13 +103,34 @@ def parse_sex(text) -> str | None:
 
 
 def parse_site(text) -> str | None:
-    """A body site in HAM10000's words (case, '_' and '-' forgiven) -> the value, None when not given, else a 400."""
+    """A body site in HAM10000's words or ISIC's general ones (case, '_' and '-' forgiven) -> the value,
+    None when not given, else a 400."""
     if _is_unknown(text):
         return None
-    value = re.sub(r"[\s_\-]+", " ", str(text).strip().lower())
-    if value not in SITES:
-        raise bad_patient_field("site", f"site must be one of: {', '.join(SITES)} (or left out); got {str(text)[:40]!r}.")
+    value = re.sub(r"\s*/\s*", "/", re.sub(r"[\s_\-]+", " ", str(text).strip().lower()))
+    if value not in SITES and value not in GENERAL_SITES:
+        raise bad_patient_field("site", f"site must be one of: {', '.join(SITES)}; or one of ISIC's general sites: "
+                                        f"{', '.join(GENERAL_SITES)} (or left out); got {str(text)[:40]!r}.")
     return value
+
+
+def site_words(site: str) -> str:
+    """What a person reads for a site value, HAM10000's or ISIC's general one."""
+    return SITE_WORDS.get(site) or GENERAL_SITE_WORDS[site]
+
+
+def covered_sites(site: str) -> tuple[str, ...]:
+    """The HAM10000 sites a site value stands for: itself, or those an ISIC general site covers."""
+    return (site,) if site in SITES else GENERAL_SITES[site]
+
+
+def site_vector(site: str) -> np.ndarray:
+    """The site part of the model's input: one-hot for a HAM10000 site, the covered sites' mix for a general one."""
+    out = np.zeros(len(SITES), np.float32)
+    covered = covered_sites(site)
+    counts = np.array([HAM10000_SITE_COUNTS[c] for c in covered], np.float64)
+    out[[SITES.index(c) for c in covered]] = counts / counts.sum()
+    return out
 
 
 @dataclass(frozen=True)
@@ -135,7 +174,7 @@ class PatientContext:
         if not given:
             return NONE_GIVEN
         words = [f"age {given['age']}" if "age" in given else None, given.get("sex"),
-                 SITE_WORDS[given["site"]] if "site" in given else None]
+                 site_words(given["site"]) if "site" in given else None]
         text = ", ".join(w for w in words if w)
         missing = [FIELD_WORDS[name] for name in PATIENT_FIELDS if name not in given]
         return text + (f"; not given: {', '.join(missing)}" if missing else "")
@@ -165,7 +204,7 @@ def model_vectors(ages, sexes, sites) -> np.ndarray:
             out[i, SEX_SLICE.start + SEXES.index(sex)] = 1.0
         site = parse_site(site)
         if site is not None:
-            out[i, SITE_SLICE.start + SITES.index(site)] = 1.0
+            out[i, SITE_SLICE] = site_vector(site)
     return out
 
 

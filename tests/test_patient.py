@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 from pypdf import PdfReader
 
-from server.patient import PATIENT_FIELDS, SEXES, SITE_WORDS, SITES, PatientContext
+from server.patient import GENERAL_SITES, PATIENT_FIELDS, SEXES, SITE_WORDS, SITES, PatientContext
 from server.prediction import ModelInfo, Prediction, prediction_from_probabilities
 from server.screening import ScreeningOptions, screen
 from server.web.openapi import openapi_document
@@ -181,7 +181,7 @@ def test_the_document_lists_the_fields_their_values_and_errors():
     form = op["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert form["required"] == ["image"], "the patient fields are optional"
     assert form["properties"]["sex"]["enum"] == list(SEXES)
-    assert form["properties"]["site"]["enum"] == list(SITES)
+    assert form["properties"]["site"]["enum"] == [*SITES, *GENERAL_SITES]
     assert (form["properties"]["age"]["minimum"], form["properties"]["age"]["maximum"]) == (0, 120)
     codes = op["responses"]["400"]["content"]["application/json"]["schema"]["allOf"][1]
     assert {f"invalid_{name}" for name in PATIENT_FIELDS} <= set(codes["properties"]["error"]["properties"]["code"]["enum"])

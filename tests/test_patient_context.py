@@ -25,6 +25,8 @@ from tests.fixture_model import CONTEXT_CLASS, CONTEXT_SITE, GREEN_CLASS, RED_CL
     (" 45.5 ", "F", "Lower_Extremity", {"age": 45.5, "sex": "female", "site": "lower extremity"}),
     ("", "unknown", None, {}),
     (None, "", "upper-extremity", {"site": "upper extremity"}),
+    (None, None, "Head / Neck", {"site": "head/neck"}),
+    (None, None, "anterior_torso", {"site": "anterior torso"}),
 ])
 def test_user_text_becomes_a_context(age, sex, site, expected):
     assert PatientContext.parse(age, sex, site).to_dict() == expected
@@ -54,6 +56,26 @@ def test_the_encoding_is_zero_when_nothing_is_given_and_one_hot_otherwise():
     # HAM10000's own spellings (NaN age, "unknown") encode as not given, row by row.
     rows = model_vectors([np.nan, 30.0], ["unknown", "female"], ["unknown", SITES[0]])
     assert not rows[0].any() and rows[1].sum() == 3.0
+
+
+def test_a_general_site_is_read_as_the_sites_it_covers_in_ham10000s_proportions(shared_data_dir):
+    """Other clinics record ISIC's coarse sites; the model learnt HAM10000's. "head/neck" must read as
+    mostly the face, as HAM10000's head and neck lesions mostly are, and never as a site it does not cover."""
+    import pandas as pd
+
+    from server.patient import GENERAL_SITES, HAM10000_SITE_COUNTS, SITE_SLICE, site_words
+
+    head = PatientContext.parse(site="head/neck")
+    sites = head.model_vector()[SITE_SLICE]
+    assert sites.sum() == pytest.approx(1.0)
+    assert sites.argmax() == SITES.index("face")
+    assert {SITES[i] for i in np.flatnonzero(sites)} == set(GENERAL_SITES["head/neck"])
+    assert PatientContext.parse(site="posterior torso").model_vector()[SITE_SLICE].tolist() == \
+        PatientContext.parse(site="back").model_vector()[SITE_SLICE].tolist()
+    assert head.describe() == "head or neck; not given: age, sex" and all(site_words(s) for s in GENERAL_SITES)
+    assert all(set(covered) <= set(SITES) for covered in GENERAL_SITES.values())
+    counts = pd.read_csv(shared_data_dir / "HAM10000_metadata.csv")["localization"].value_counts().to_dict()
+    assert HAM10000_SITE_COUNTS == {site: counts[site] for site in SITES}
 
 
 @pytest.mark.parametrize("age, band", [(None, "unknown"), (0, "<30"), (29.9, "<30"), (30, "30-44"), (59, "45-59"),

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from server.patient import SITES
+from server.patient import GENERAL_SITES, SITES
 from tests.conftest import image_bytes
 from tests.test_ood import ood_model  # noqa: F401  (fixture: the colour model with non-skin statistics)
 from tests.test_pages import csrf_token, html, upload
@@ -51,7 +51,9 @@ def test_the_form_offers_three_optional_labelled_fields(client):
         assert options[0] == "", "the first choice, the default, is 'Not given'"
         assert selected(fieldset, select) == []
     site_options = re.findall(r'<option value="([^"]*)"', re.search(r'id="site".*?</select>', fieldset, re.S).group(0))
-    assert sorted(site_options[1:]) == sorted(SITES)
+    assert sorted(site_options[1:]) == sorted([*SITES, *GENERAL_SITES])
+    assert re.search(r'<optgroup label="Coarser, as many clinics record it">(?:(?!</optgroup>).)*value="anterior torso"',
+                     fieldset, re.S)
     assert ">Palm or sole (acral)</option>" in fieldset
     assert body.index('id="image"') < body.index("<fieldset") < body.index('id="submit"')
     assert ' style="' not in body and "<script>" not in body, "the Content-Security-Policy allows neither"

@@ -45,6 +45,15 @@ def test_a_face_lesion_quotes_the_face_groups_own_miss_rate_interval_and_counts(
     assert (shown["miss"], shown["malignant"], shown["lesions"]) == (pytest.approx(0.189, abs=5e-4), 37, 25)
 
 
+def test_a_general_site_that_covers_a_flagged_group_gets_its_warning():
+    """Other clinics write ISIC's "head/neck" where HAM10000 writes face, scalp, ear or neck."""
+    card = shipped_card()
+    warning = reports.assess(answer(card, site="head/neck"), card).subgroup_warning
+    assert [(g.grouping, g.group) for g in warning.groups] == [("site", "face")]
+    assert warning.message.startswith(WARNING_START)
+    assert reports.assess(answer(card, site="posterior torso"), card).subgroup_warning is None
+
+
 def test_the_flags_miss_rate_is_no_longer_quoted_alone_for_a_flagged_group():
     card = shipped_card()
     verdict = reports.assess(answer(card, site="face"), card)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from server.model.card import ModelCard, SubgroupRow
-from server.patient import SITE_WORDS, age_band
+from server.patient import SITE_WORDS, age_band, covered_sites
 from server.prediction import Prediction
 from server.reports.wording import percent
 
@@ -85,11 +85,14 @@ def _flagged(row: SubgroupRow) -> FlaggedGroup:
 
 
 def patient_groups(prediction: Prediction) -> set[tuple[str, str]]:
-    """The (grouping, group) pairs the given patient context names, in the card's subgroup labels."""
+    """The (grouping, group) pairs the given patient context names, in the card's subgroup labels.
+
+    An ISIC general site names every HAM10000 site it covers: "head/neck" falls in a flagged face group.
+    """
     patient = prediction.patient
-    return {pair for pair, known in ((("sex", patient.sex), patient.sex is not None),
-                                     (("age", age_band(patient.age)), patient.age is not None),
-                                     (("site", patient.site), patient.site is not None)) if known}
+    sites = {("site", site) for site in covered_sites(patient.site)} if patient.site is not None else set()
+    return sites | {pair for pair, known in ((("sex", patient.sex), patient.sex is not None),
+                                             (("age", age_band(patient.age)), patient.age is not None)) if known}
 
 
 def subgroup_warning(prediction: Prediction, card: ModelCard | None,

@@ -7,11 +7,11 @@ these pieces in ``POST /predict``.
 
 from __future__ import annotations
 
-from server.patient import MAX_AGE, MIN_AGE, PATIENT_FIELDS, SEXES, SITES
+from server.patient import GENERAL_SITES, MAX_AGE, MIN_AGE, PATIENT_FIELDS, SEXES, SITES
 
 AGE = {"type": "number", "minimum": MIN_AGE, "maximum": MAX_AGE}
 SEX = {"type": "string", "enum": list(SEXES)}
-SITE = {"type": "string", "enum": list(SITES)}
+SITE = {"type": "string", "enum": [*SITES, *GENERAL_SITES]}
 ERROR_CODES = tuple(f"invalid_{name}" for name in PATIENT_FIELDS)
 
 # The multipart fields beside ``image``, each optional. Text on the wire, like any form field.
@@ -20,9 +20,10 @@ FORM_FIELDS = {
                                   "`unknown`: not given. Anything else is 400 `invalid_age`."},
     "sex": {**SEX, "description": "Optional: `female` or `male` (any case; `f` and `m` too). Left out, empty or "
                                   "`unknown`: not given. Anything else is 400 `invalid_sex`."},
-    "site": {**SITE, "description": "Optional: where on the body the lesion is, in HAM10000's words (any case; `_` or "
-                                    "`-` for a space). Left out, empty or `unknown`: not given. Anything else is 400 "
-                                    "`invalid_site`."},
+    "site": {**SITE, "description": "Optional: where on the body the lesion is, in HAM10000's words or in ISIC's "
+                                    "general anatomic sites (`head/neck`, `anterior torso`, ...), which the model reads "
+                                    "as the HAM10000 sites they cover (any case; `_` or `-` for a space). Left out, "
+                                    "empty or `unknown`: not given. Anything else is 400 `invalid_site`."},
 }
 
 # The echo in every 200 answer.

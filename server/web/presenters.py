@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from server.model import explain
 from server.model.card import ModelCard
-from server.patient import MAX_AGE, MIN_AGE, PATIENT_FIELDS, SEXES, SITE_WORDS
+from server.patient import GENERAL_SITE_WORDS, MAX_AGE, MIN_AGE, PATIENT_FIELDS, SEXES, SITE_WORDS
 from server.prediction import Prediction
 from server.reports import percent
 
@@ -138,6 +138,11 @@ def nonskin_in_words(ood) -> str:
                    f"{percent(ood.figure('shifted_test_unusual_rate'))} carried the warning.")
 
 
+def sorted_options(words: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(value, label) select options, sorted by what a person reads."""
+    return sorted(((value, text[0].upper() + text[1:]) for value, text in words.items()), key=lambda option: option[1])
+
+
 def patient_form(values: Mapping | None = None, error_field: str | None = None, error: str | None = None) -> dict:
     """What the form's optional patient fieldset shows: the choices, the person's values kept, the one error.
 
@@ -149,6 +154,6 @@ def patient_form(values: Mapping | None = None, error_field: str | None = None, 
     fields = {name: {"value": str(values.get(name) or ""), "error": error if name == error_field else ""}
               for name in PATIENT_FIELDS}
     fields["sex"]["options"] = [(sex, sex.capitalize()) for sex in SEXES]
-    fields["site"]["options"] = sorted(((site, words[0].upper() + words[1:]) for site, words in SITE_WORDS.items()),
-                                       key=lambda option: option[1])
+    fields["site"]["options"] = sorted_options(SITE_WORDS)
+    fields["site"]["general_options"] = sorted_options(GENERAL_SITE_WORDS)
     return {"fields": fields, "min_age": MIN_AGE, "max_age": MAX_AGE}
