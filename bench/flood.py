@@ -11,6 +11,11 @@ gunicorn (shipped config) from ``--clients`` keep-alive clients for ``--seconds`
 client posts a 600x450 lesion photo in a loop. Prints the normal photo's p50/p95 alone and under
 each flood, their ratio, the flood's rate and answers, and each worker's RSS (sampled every
 0.1 s: the largest, and after). Clients and server share this machine's CPUs.
+
+``--limits deployed`` (the default) runs the service as deployed behind nginx: the default
+per-address rate limits on, each flood client its own address and each normal photo another
+person's (``X-Forwarded-For``, ``TRUSTED_PROXY_HOPS=1``). ``--limits off`` turns the limits off, which
+measures the raw cost of the flood's requests queued beside the normal one.
 """
 
 from __future__ import annotations
@@ -107,10 +112,15 @@ class RssSampler:
         self._thread.join(5)
 
 
-def timed_run(server: Server, normal: bytes, seconds: float, flood: bytes | None, clients: int) -> dict:
-    """One normal client for ``seconds``, alone or beside ``clients`` flooding ``flood``."""
-    flooders = Load(server.url, flood, clients) if flood is not None else None
-    one = Load(server.url, normal, 1)
+FLOOD_ADDRESSES, NORMAL_ADDRESS = "10.1.0.1", "10.2.0.1"
+
+
+def timed_run(server: Server, normal: bytes, seconds: float, flood: bytes | None, clients: int,
+              addresses: bool) -> dict:
+    """One normal client for ``seconds``, alone or beside ``clients`` flooding ``flood``; with ``addresses``
+    each flood client posts as its own address, and each normal photo comes from another person."""
+    flooders = Load(server.url, flood, clients, FLOOD_ADDRESSES if addresses else None) if flood is not None else None
+    one = Load(server.url, normal, 1, NORMAL_ADDRESS if addresses else None, new_address_each_request=True)
     with RssSampler(server) as rss:
         if flooders:
             flooders.start()
@@ -130,7 +140,10 @@ def timed_run(server: Server, normal: bytes, seconds: float, flood: bytes | None
 def main(argv=None) -> int:
     parser = load_parser(__doc__.split("\n\n")[0], "seconds of each run")
     parser.set_defaults(seconds=10.0)
+    parser.add_argument("--limits", choices=("deployed", "off"), default="deployed",
+                        help="the default per-address rate limits, one address a client (deployed), or none (off)")
     args = parser.parse_args(argv)
+    deployed = args.limits == "deployed"
     normal, what = upload_for(args.image, (600, 450))
     files = worst_small_files(normal)
     print(f"normal upload: {what}, {len(normal)} bytes")
@@ -143,16 +156,17 @@ def main(argv=None) -> int:
     worst = max((name for name in files if len(files[name]) <= SMALL_BYTES), key=costs.get)
     floods = dict.fromkeys(("JPEG header claiming 6000x6000", worst))
     with tempfile.TemporaryDirectory(prefix="flood-") as tmp:
-        server = Server(model_for(args, Path(tmp)), Path(tmp) / "gunicorn.log")
+        server = Server(model_for(args, Path(tmp)), Path(tmp) / "gunicorn.log", deployed_limits=deployed)
+        print(f"rate limits: {'as deployed, one address a client' if deployed else 'off'}")
         try:
             warm_up(server.url, normal)
-            alone = timed_run(server, normal, args.seconds, None, 0)
+            alone = timed_run(server, normal, args.seconds, None, 0, deployed)
             base = alone["normal"]
             print(f"\nnormal photo alone, {args.seconds:.0f} s: p50 {base['p50']:.1f} ms, p95 {base['p95']:.1f} ms, "
                   f"{base['rps']:.1f} req/s; worker RSS peak "
                   f"{', '.join(f'{v:.0f}' for v in alone['rss_peak'].values())} MB")
             for name in floods:
-                got = timed_run(server, normal, args.seconds, files[name], args.clients)
+                got = timed_run(server, normal, args.seconds, files[name], args.clients, deployed)
                 n, f = got["normal"], got["flood"]
                 print(f"flood of '{name}' ({args.clients} clients, {args.seconds:.0f} s): {f['requests'] / args.seconds:.1f} req/s, "
                       f"answers {f['outcomes']}")

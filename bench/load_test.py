@@ -16,6 +16,7 @@ worker restarted) is missed. Clients and server share this machine's CPUs.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import signal
 import subprocess
@@ -69,13 +70,18 @@ def rss_mb(pid: int) -> float | None:
 class Server:
     """gunicorn on a free loopback port with the shipped config; its logs go to a file."""
 
-    def __init__(self, model_path: Path, log_path: Path, workers: int = 2, boot_seconds: float = 180):
+    def __init__(self, model_path: Path, log_path: Path, workers: int = 2, boot_seconds: float = 180,
+                 deployed_limits: bool = False):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         env = {**os.environ, "MODEL_PATH": str(model_path), "SECRET_KEY": os.environ.get("SECRET_KEY", "load-test"),
                "HOST": "127.0.0.1", "PORT": str(self.port), "WEB_CONCURRENCY": str(workers)}
-        env.update(RATE_LIMIT="off", REPORT_RATE_LIMIT="off")  # the load comes from one address: measure, not limit
+        if deployed_limits:
+            # As behind deploy/'s nginx: the default per-address limits, each client's address from X-Forwarded-For.
+            env.update(RATE_LIMIT="", REPORT_RATE_LIMIT="", TRUSTED_PROXY_HOPS="1")
+        else:
+            env.update(RATE_LIMIT="off", REPORT_RATE_LIMIT="off")  # the load comes from one address: measure, not limit
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(GUNICORN, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + boot_seconds
@@ -122,8 +128,15 @@ def model_for(args, tmp: Path) -> Path:
 class Load:
     """``clients`` threads posting ``body`` to /predict until ``stop()``; every request recorded."""
 
-    def __init__(self, url: str, body: bytes, clients: int):
+    def __init__(self, url: str, body: bytes, clients: int, first_address: str | None = None,
+                 new_address_each_request: bool = False):
+        """``first_address``: each client posts as its own address from there on (X-Forwarded-For, as a
+        proxy sets it; the server must trust it), so per-address rate limits see ``clients`` people;
+        with ``new_address_each_request``, every request is another person's."""
         self.url, self.body = url, body
+        self._base = ipaddress.ip_address(first_address) if first_address else None
+        self._step = clients if new_address_each_request else 0
+        self._next_client = 0
         self.records: list[tuple[float, float, int | str]] = []  # (start, end, status or exception name)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -131,11 +144,16 @@ class Load:
 
     def _client(self) -> None:
         session = requests.Session()
+        with self._lock:
+            client, self._next_client = self._next_client, self._next_client + 1
+        sent = 0
         while not self._stop.is_set():
             started = time.monotonic()
+            address = None if self._base is None else str(self._base + client + sent * self._step)
+            sent += 1
             try:
                 resp = session.post(f"{self.url}/predict", files={"image": ("lesion.jpg", self.body, "image/jpeg")},
-                                    timeout=60)
+                                    headers={"X-Forwarded-For": address} if address else {}, timeout=60)
                 outcome: int | str = resp.status_code
             except requests.RequestException as exc:
                 outcome = type(exc).__name__
