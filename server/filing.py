@@ -36,7 +36,7 @@ FILING_PUNCTUATION = " .,-_/'#’"
 PRINTABLE_ENCODING = "cp1252"
 FILING_RULE = (f"at most {FILING_MAX_CHARS} characters: Latin letters (accents allowed), digits, spaces and "
                ". , - _ / ' # (no angle brackets or control characters)")
-FILING_PRINTED_ONLY = "Printed on the report only; never stored or logged."
+FILING_PRINTED_ONLY = "Printed on the report only; the server never stores or logs them."
 MAX_FILENAME_CHARS = 120
 DEFAULT_REPORT_TIMEZONE = "UTC"
 REPORT_ID_PREFIX = "LSR"
