@@ -142,11 +142,13 @@ def test_a_client_path_for_a_file_name_is_cut_to_the_name(filing_client):
 
 
 def test_the_text_report_prints_the_filing_fields_and_the_whole_record(filing_client):
-    text = post(filing_client, "?format=txt", **FILING).get_data(as_text=True)
+    response = post(filing_client, "?format=txt", **FILING)
+    text = response.get_data(as_text=True)
     head = text.split("RESULT:")[0]  # the filing header opens the report
     assert f"Patient ID:           {PATIENT_ID}\n" in head and f"Requesting clinician: {CLINICIAN}\n" in head
     report_id = re.search(r"Report ID: +(\S+)\n", head).group(1)
     assert REPORT_ID.fullmatch(report_id)
+    assert response.headers["Content-Disposition"].endswith(f'-{report_id}.txt"'), "the file is named by its id"
     when = re.search(r"Date and time: +(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC \((\S+ \S+) (CES?T),\s+Europe/Paris\)",
                      head)
     assert when, head
