@@ -8,6 +8,7 @@ import os
 from flask import Flask
 
 from server.config import ROOT, absolute_model_paths, config_from_env, ensure_secret_key
+from server.filing import report_timezone
 
 # ONNX Runtime (1.29+ on Linux) otherwise keeps a telemetry event database (a device id, the
 # Python path, graph names, timings) under ~/.cache/Microsoft/DeveloperTools/. A service that
@@ -32,6 +33,7 @@ def create_app(config: dict | None = None) -> Flask:
         if "MAX_UPLOAD_MB" in config and "MAX_CONTENT_LENGTH" not in config:
             app.config["MAX_CONTENT_LENGTH"] = config["MAX_UPLOAD_MB"] * 1024 * 1024 + 64 * 1024
     absolute_model_paths(app.config)
+    app.config["REPORT_TIMEZONE"] = report_timezone(app.config.get("REPORT_TIMEZONE")).key  # a bad name: ValueError
     ensure_secret_key(app.config)
     server_log = logging.getLogger("server")
     server_log.setLevel(logging.INFO)

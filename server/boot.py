@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from server.config import DEFAULT_MODEL_PATH, rate_limit_problem
+from server.config import DEFAULT_MODEL_PATH, rate_limit_problem, timezone_problem
 from server.model.files import ModelLoadError, check_model_files
 from server.web.scaleout import storage_problem
 
@@ -30,6 +30,9 @@ def boot_problem(environ) -> str | None:
     rate_problem = next(filter(None, rate_problems), None) or storage_problem(environ.get("RATE_LIMIT_STORAGE_URI", ""))
     if rate_problem:
         return rate_problem
+    zone_problem = timezone_problem(environ.get("REPORT_TIMEZONE", ""))
+    if zone_problem:
+        return zone_problem
     model_path = Path(environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH)
     try:
         check_model_files(model_path, environ.get("MODEL_CARD_PATH") or None)

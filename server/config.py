@@ -10,6 +10,8 @@ import os
 import secrets
 from pathlib import Path
 
+from server.filing import report_timezone
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_PATH = ROOT / "saved_models" / "ham10000_mobilenetv2.h5"
 
@@ -69,6 +71,24 @@ def _env_rate(name: str) -> str:
     return raw.strip() or DEFAULT_RATE_LIMITS[name]
 
 
+def timezone_problem(raw: str) -> str | None:
+    """Why ``raw`` is not a ``REPORT_TIMEZONE`` (an IANA zone name; empty: UTC), or None."""
+    try:
+        report_timezone(raw)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _env_timezone(name: str = "REPORT_TIMEZONE") -> str:
+    """The reports' local time zone: an IANA name, checked at start-up so a typo cannot wait for the first report."""
+    raw = os.environ.get(name, "").strip()
+    problem = timezone_problem(raw)
+    if problem:
+        raise SystemExit(problem)
+    return report_timezone(raw).key
+
+
 def onnx_cache_dir() -> str:
     """Where converted ONNX graphs are cached: ``ONNX_CACHE_DIR``, else ``$XDG_CACHE_HOME`` (or
     ``~/.cache``)/lesion-screening/onnx; ``ONNX_CACHE_DIR=off`` turns the cache off ("")."""
@@ -123,6 +143,8 @@ def config_from_env() -> dict:
         "UPLOAD_READ_TIMEOUT": _env_float("UPLOAD_READ_TIMEOUT", 10.0),
         # Seconds the whole body may take under gunicorn, however steadily it trickles (0: no bound).
         "UPLOAD_BODY_TIMEOUT": _env_float("UPLOAD_BODY_TIMEOUT", 30.0),
+        # The time zone the reports give the local time in, beside UTC (an IANA name; default UTC).
+        "REPORT_TIMEZONE": _env_timezone(),
     }
 
 

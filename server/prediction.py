@@ -13,11 +13,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Mapping
 
-import numpy as np
-
 from server.differential import Differential, differential_of
 from server.heatmap import Heatmap
-from server.lesions import CLASS_CODES, DISCLAIMER, MALIGNANT_CODES, lesion_class
+from server.filing import ReportRecord
+from server.lesions import DISCLAIMER, MALIGNANT_CODES, lesion_class
 from server.patient import PatientContext
 from server.quality_figure import QuotedFigure
 from server.thresholds import DEFAULT_UNCERTAIN_BELOW, NONSKIN_REFUSED, NONSKIN_UNUSUAL, NONSKIN_USUAL
@@ -84,6 +83,9 @@ class Prediction:
     # The list the card's conformal thresholds made (``server/differential.py``); None: the card has
     # none, and ``differential`` falls back to the leading classes.
     conformal: Differential | None = None
+    # The report's id, the image's name and SHA-256, the local time and the precision served
+    # (``server/filing.py``), set by the screening use case; None for a bare model answer.
+    record: ReportRecord | None = None
 
     @property
     def top(self) -> ClassProbability:
@@ -207,6 +209,8 @@ class Prediction:
             "disclaimer": self.disclaimer,
             "patient": self.patient.to_dict(),  # always present: {} when nothing was given
         }
+        if self.record is not None:
+            out["report"] = self.record.to_dict()
         if self.heatmap is not None:
             out["heatmap"] = self.heatmap.to_dict(with_png=heatmap_png)
         if self.class_heatmaps:
@@ -237,6 +241,7 @@ class Prediction:
             conformal=Differential(codes=tuple(c["code"] for c in data["differential"]),
                                    coverage=float(data["differential_coverage"]))
             if data.get("differential") and data.get("differential_coverage") is not None else None,
+            record=ReportRecord.from_dict(data.get("report")),
         )
 
 
@@ -245,50 +250,3 @@ def nonskin_from_flags(refused: bool | None, unusual: bool | None) -> str | None
     if refused is None:
         return None
     return NONSKIN_REFUSED if refused else NONSKIN_UNUSUAL if unusual else NONSKIN_USUAL
-
-
-def prediction_from_probabilities(
-    probabilities, model: ModelInfo, inference_ms: float, classes: tuple[str, ...] = CLASS_CODES,
-    malignant_threshold: float | None = None, min_probability: Mapping[str, float] | None = None,
-    coverage: float | None = None, **extra,
-) -> Prediction:
-    """Turn one softmax row into a Prediction (``extra``: the other Prediction fields, e.g. uncertain_threshold).
-
-    ``min_probability`` and ``coverage``: the card's conformal thresholds for the differential
-    (``server/differential.py``), applied to the published probabilities.
-
-    The row is renormalised in float64 and published in millionths: more digits claim a
-    precision the model does not have. Rounding each value on its own can leave the sum
-    several millionths off 1, so the millionths are apportioned by largest remainder and
-    the published values sum to exactly 1; the malignant share is the sum of the
-    published malignant values, so a reader can check it by adding them up.
-    """
-    p = np.asarray(probabilities, dtype=np.float64).reshape(-1)
-    if p.shape[0] != len(classes) or not np.all(np.isfinite(p)) or np.any(p < 0) or p.sum() <= 0:
-        raise ValueError(f"expected {len(classes)} finite non-negative probabilities, got {p!r}")
-    micro = millionths(p / p.sum())
-    ranked = sorted(zip(classes, micro, p), key=lambda cmp: (cmp[1], cmp[2]), reverse=True)
-    entries = tuple(
-        ClassProbability(code=c, name=lesion_class(c).name, risk=lesion_class(c).risk, probability=m / _SCALE)
-        for c, m, _ in ranked
-    )
-    malignant = sum(m for c, m in zip(classes, micro) if c in MALIGNANT_CODES) / _SCALE
-    conformal = None
-    if min_probability:
-        conformal = differential_of(entries, min_probability, coverage, DEFAULT_UNCERTAIN_BELOW,
-                                    extra.get("nonskin") == NONSKIN_UNUSUAL)
-    return Prediction(classes=entries, malignant_probability=malignant, model=model, inference_ms=round(inference_ms, 2),
-                      malignant_threshold=malignant_threshold, conformal=conformal, **extra)
-
-
-_SCALE = 1_000_000
-
-
-def millionths(p: np.ndarray) -> list[int]:
-    """Integer millionths of a distribution that sum to exactly 1,000,000 (largest remainder)."""
-    scaled = p * _SCALE
-    floors = np.floor(scaled).astype(np.int64)
-    short = _SCALE - int(floors.sum())
-    for i in np.argsort(-(scaled - floors), kind="stable")[:short]:
-        floors[i] += 1
-    return [int(v) for v in floors]

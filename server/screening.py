@@ -4,8 +4,10 @@
 batch CLI all run: decode and validate the bytes, predict, refuse a non-skin image, and
 time the whole (``total_ms`` travels inside the Prediction). It is also the one place the
 optional patient context (``server.patient.PatientContext``) reaches the predictor and is
-attached to the answer, so no caller can screen with one context and report another. A failure the upload caused
-is an ``ImageRejected`` (status, code, message), whoever asked.
+attached to the answer, so no caller can screen with one context and report another, and the place each
+answer gets its report record (``server.filing.ReportRecord``: a report id, the image's name and SHA-256, the
+time, the precision served). A failure the upload caused is an ``ImageRejected`` (status, code, message),
+whoever asked.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
+from server import filing
 from server.decoding import open_upload
 from server.imaging import thumbnail_jpeg
 from server.patient import PatientContext
@@ -28,6 +31,8 @@ class ScreeningOptions:
     explain_class: str | None = None  # of this class instead of ``Prediction.explained_class``
     explain_all: bool = False  # and every other class's grid, so a page can switch between them
     thumbnail: bool = False  # keep a small JPEG of the upload (result page, PDF report)
+    filename: str | None = None  # the upload's own file name, for the report record (None: a raw body)
+    timezone: str = filing.DEFAULT_REPORT_TIMEZONE  # REPORT_TIMEZONE: the record's local time
 
 
 def screen(upload: bytes, options: ScreeningOptions, predictor, patient: PatientContext | None = None) -> Prediction:
@@ -41,7 +46,7 @@ def screen(upload: bytes, options: ScreeningOptions, predictor, patient: Patient
     ``ServiceError`` for an unknown ``explain_class``.
     """
     patient = patient or PatientContext()
-    started = time.perf_counter()
+    started, when = time.perf_counter(), filing.utc_now()
     image = open_upload(upload)
     try:
         prediction = predictor.predict_image(image, explain=options.explain, explain_class=options.explain_class,
@@ -51,5 +56,6 @@ def screen(upload: bytes, options: ScreeningOptions, predictor, patient: Patient
     if prediction.out_of_distribution:
         raise not_a_skin_lesion(prediction.looks_like)
     total_ms = round((time.perf_counter() - started) * 1000.0, 2)
+    record = filing.ReportRecord.made(upload, options.filename, predictor.precision, when, options.timezone)
     return replace(prediction, total_ms=total_ms, thumbnail=thumbnail_jpeg(image) if options.thumbnail else None,
-                   patient=patient)
+                   patient=patient, created_at=record.created_at, record=record)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from server import reports
-from server.prediction import ModelInfo, prediction_from_probabilities
+from server.prediction import ModelInfo
+from server.published import prediction_from_probabilities
 from server.thresholds import DEFAULT_UNCERTAIN_BELOW
 from server.model.predictor import Predictor
 from server.model.trust import temperature_scale

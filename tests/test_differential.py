@@ -10,7 +10,8 @@ import pytest
 
 from server.lesions import CLASS_CODES
 from server.model.card import ModelCard
-from server.prediction import ModelInfo, Prediction, prediction_from_probabilities
+from server.prediction import ModelInfo, Prediction
+from server.published import prediction_from_probabilities
 from server.thresholds import NONSKIN_UNUSUAL
 from tests.conftest import image_bytes
 from training.differential import (

@@ -1,9 +1,12 @@
 """Golden outputs: what /predict answers, the result and model pages, the text and PDF reports.
 
 Each output is compared byte for byte with a file under ``tests/golden/`` after only what
-must differ between runs is replaced by a placeholder: timings, dates, the fixture model's
-sha256 (its .h5 is re-exported every session), CSRF and report tokens, the CSP nonce. A
-PDF is compared as a dump of every object in it, streams decompressed, in file order.
+must differ between runs is replaced by a placeholder: timings, dates other than the
+screening's, the fixture model's sha256 (its .h5 is re-exported every session), CSRF and
+report tokens, the CSP nonce. The screening's own time and report id are not hidden: the
+clock and the id are fixed (``fixed_record``), so the report header, the JSON's ``report``
+and the local time in REPORT_TIMEZONE are compared like everything else. A PDF is compared
+as a dump of every object in it, streams decompressed, in file order.
 
 These tests talk to the service through ``create_app`` and HTTP only, so they survive any
 reorganisation of the code behind it. Regenerate the files (after a *wanted* change, and
@@ -20,9 +23,14 @@ import re
 import shutil
 from pathlib import Path
 
+from datetime import datetime, timezone
+from itertools import count
+
 import numpy as np
 import pytest
 from PIL import Image
+
+from server import filing
 
 from tests.conftest import image_bytes
 from tests.test_differential import differential_model  # noqa: F401  (fixture: conformal thresholds in the card)
@@ -33,6 +41,20 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE = os.environ.get("GOLDEN_UPDATE") == "1"
 RED = image_bytes((220, 30, 30), size=(80, 60))
 MIXED = image_bytes((150, 60, 120), size=(64, 64))  # no class dominates: an uncertain answer
+# The screening's clock in these tests: 00:30 UTC on the night Paris moves to summer time (01:30 CET).
+SCREENED_AT = datetime(2026, 3, 29, 0, 30, 0, tzinfo=timezone.utc)
+FIXED_DAY = SCREENED_AT.strftime("%Y-%m-%d")
+# What a clinic types for the printed report, and the file's own name: accents and a # to print.
+FILING = {"patient_id": "MRN 0048213-7 #2", "clinician": "Dr Zoë Ñúñez"}
+FILENAME = "IMG_2041 left shoulder.png"
+
+
+@pytest.fixture(autouse=True)
+def fixed_record(monkeypatch):
+    """The screening's time and report ids, made deterministic: the same outputs every run, compared in full."""
+    ids = count(1)
+    monkeypatch.setattr(filing, "utc_now", lambda: SCREENED_AT)
+    monkeypatch.setattr(filing, "new_report_id", lambda: f"LSR-G0LD-0000-0000-{next(ids):04d}")
 
 
 def check(name: str, text: str) -> None:
@@ -54,8 +76,8 @@ def normalise(text: str, sha: str) -> str:
     for n in (64, 16, 12):
         text = text.replace(sha[:n], f"<sha256:{n}>")
     text = re.sub(r'"(inference_ms|explain_ms|total_ms)": ?-?[\d.eE+-]+', r'"\1": 0', text)
-    text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)?", "<iso-time>", text)
-    text = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", "<time> UTC", text)
+    text = re.sub(rf"(?!{FIXED_DAY})\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)?", "<iso-time>", text)
+    text = re.sub(rf"(?!{FIXED_DAY})\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC", "<time> UTC", text)
     text = re.sub(r"D:\d{14}[^)]*", "D:<pdf-time>", text)
     text = re.sub(r'name="(csrf_token|token)" value="[^"]+"', r'name="\1" value="<token>"', text)
     text = re.sub(r"nonce=\"[^\"]+\"", 'nonce="<nonce>"', text)
@@ -123,10 +145,16 @@ def calibrated_model(model_path, tmp_path_factory):
     return d / model_path.name
 
 
-def make_client(model_file: Path):
+def make_client(model_file: Path, zone: str = "UTC"):
     from server import create_app
 
-    return create_app({"MODEL_PATH": str(model_file), "TESTING": True, "SECRET_KEY": "golden"}).test_client()
+    return create_app({"MODEL_PATH": str(model_file), "TESTING": True, "SECRET_KEY": "golden",
+                       "REPORT_TIMEZONE": zone}).test_client()
+
+
+def filed(image: bytes) -> dict:
+    """A multipart upload as a clinic sends it for a report: the file's name and the filing fields."""
+    return {"image": (io.BytesIO(image), FILENAME), **FILING}
 
 
 def outputs(client, image: bytes, sha: str, prefix: str) -> None:
@@ -136,14 +164,14 @@ def outputs(client, image: bytes, sha: str, prefix: str) -> None:
     check(f"{prefix}_predict.json", normalise(plain.get_data(as_text=True), sha))
     explained = client.post("/predict?explain=1", data=image, content_type="image/png")
     check(f"{prefix}_predict_explain.json", normalise(explained.get_data(as_text=True), sha))
-    txt = client.post("/predict?format=txt", data=image, content_type="image/png")
+    txt = client.post("/predict?format=txt", data=filed(image), content_type="multipart/form-data")
     assert txt.status_code == 200 and txt.mimetype == "text/plain"
     check(f"{prefix}_report.txt", normalise(txt.get_data(as_text=True), sha))
     for paper in ("a4", "letter"):
-        pdf = client.post(f"/predict?format=pdf&paper={paper}", data=image, content_type="image/png")
+        pdf = client.post(f"/predict?format=pdf&paper={paper}", data=filed(image), content_type="multipart/form-data")
         assert pdf.status_code == 200 and pdf.mimetype == "application/pdf"
         check(f"{prefix}_report_{paper}.pdf.txt", normalise(pdf_dump(pdf.data), sha))
-    page = upload(client, image)
+    page = upload(client, image, filename=FILENAME, extra=FILING)
     assert page.status_code == 200
     body = page.get_data(as_text=True)
     check(f"{prefix}_result.html", normalise(body, sha))
@@ -158,7 +186,7 @@ def outputs(client, image: bytes, sha: str, prefix: str) -> None:
 
 
 def test_outputs_of_the_plain_fixture_model(model_path):
-    client = make_client(model_path)
+    client = make_client(model_path, zone="Europe/Paris")  # the reports give the local time beside UTC
     sha = card_sha(model_path)
     outputs(client, RED, sha, "plain")
     check("plain_model.html", normalise(client.get("/model").get_data(as_text=True), sha))

@@ -172,6 +172,25 @@ def test_access_log_is_structured_and_never_names_the_upload(live):
     assert marker not in text
 
 
+def test_the_filing_fields_are_printed_but_never_reach_gunicorns_logs(live):
+    """A real worker, its JSON access log and its error log: the patient ID and clinician (#35 part 4) are
+    on the report it answered and in no line the server wrote, a refusal of a bad value included."""
+    filing = {"patient_id": "MRN 5521-ZK", "clinician": "Dr Zoë Quentaro"}
+    files = {"image": ("lesion.png", image_bytes())}
+    report = requests.post(f"{live['base']}/predict?format=txt", files=files, data=filing,
+                           headers={"X-Request-ID": "filing-ok"}, timeout=30)
+    assert report.status_code == 200 and "MRN 5521-ZK" in report.text and "Dr Zoë Quentaro" in report.text
+    refused = requests.post(f"{live['base']}/predict", files=files, data={**filing, "clinician": "Dr Quentaro <x>"},
+                            headers={"X-Request-ID": "filing-bad"}, timeout=30)
+    assert refused.status_code == 400 and "Quentaro" not in refused.text
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and '"filing-bad"' not in live["log"].read_text(errors="replace"):
+        time.sleep(0.2)
+    text = live["log"].read_text(errors="replace")
+    assert '"filing-ok"' in text and '"filing-bad"' in text, "the access log did not record the requests"
+    assert "5521" not in text and "Quentaro" not in text
+
+
 @pytest.mark.parametrize(
     "env, words",
     [

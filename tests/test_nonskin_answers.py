@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from server.model.nonskin import FEATURES, FLAT_SHARE, DistanceCheck, FloorCheck, ImagenetLabels, Mahalanobis, NonSkinCheck
-from server.prediction import UNUSUAL_IMAGE_MESSAGE, ModelInfo, Prediction, prediction_from_probabilities
+from server.prediction import UNUSUAL_IMAGE_MESSAGE, ModelInfo, Prediction
+from server.published import prediction_from_probabilities
 from server.thresholds import NONSKIN_REFUSED, NONSKIN_UNUSUAL, NONSKIN_USUAL, nonskin_answer
 from tests.test_nonskin_imagenet import CAT, GREEN_THING, branch_model, green_picture, labels, png  # noqa: F401
 from tests.test_ood import skin_like

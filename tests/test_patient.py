@@ -15,7 +15,8 @@ import pytest
 from pypdf import PdfReader
 
 from server.patient import GENERAL_SITES, PATIENT_FIELDS, SEXES, SITE_WORDS, SITES, PatientContext
-from server.prediction import ModelInfo, Prediction, prediction_from_probabilities
+from server.prediction import ModelInfo, Prediction
+from server.published import prediction_from_probabilities
 from server.screening import ScreeningOptions, screen
 from server.web.openapi import openapi_document
 from tests.conftest import image_bytes
@@ -85,6 +86,7 @@ class SpyPredictor:
 
     def __init__(self, real):
         self.real, self.seen = real, []
+        self.precision = real.precision
 
     def predict_image(self, image, **kwargs):
         self.seen.append(kwargs.get("patient", "not passed"))

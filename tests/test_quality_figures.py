@@ -8,7 +8,8 @@ import pytest
 from server import reports
 from server.model.card_quality import quoted_figure, recorded_figures
 from server.model.files import model_info
-from server.prediction import Prediction, prediction_from_probabilities
+from server.prediction import Prediction
+from server.published import prediction_from_probabilities
 from server.reports import quality
 from tests.test_reports import CONFIDENT, pdf_text, squash
 from tests.test_verdict import shipped_card

@@ -19,7 +19,7 @@ TOLERANCE = 0.002  # the block's floats are rounded to 3 places; ONNX Runtime ma
 
 def drift(shown, real, where: str = "") -> list[str]:
     """Every key or value in which the README's ``shown`` answer differs from a ``real`` one (rounded alike);
-    ``created_at`` and ``timing`` differ in every answer, so only their keys and types are compared."""
+    ``created_at``, ``timing`` and ``report`` differ in every answer, so only their keys and types are compared."""
     if isinstance(real, dict):
         if not isinstance(shown, dict):
             return [f"{where or 'answer'}: README shows {shown!r}"]

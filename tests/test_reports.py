@@ -10,7 +10,8 @@ from pypdf import PdfReader
 
 from server import reports
 from server.lesions import DISCLAIMER, lesion_class
-from server.prediction import ModelInfo, prediction_from_probabilities
+from server.prediction import ModelInfo
+from server.published import prediction_from_probabilities
 from tests.conftest import image_bytes
 from tests.fixture_model import BLUE_CLASS
 from tests.test_pages import html, upload

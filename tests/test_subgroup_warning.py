@@ -13,7 +13,7 @@ import pytest
 from server import reports
 from server.model.files import model_info
 from server.patient import PatientContext
-from server.prediction import prediction_from_probabilities
+from server.published import prediction_from_probabilities
 from tests.conftest import image_bytes
 from tests.test_reports import pdf_text, squash
 from tests.test_verdict import shipped_card

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from server import reports
-from server.prediction import ModelInfo, prediction_from_probabilities
+from server.prediction import ModelInfo
+from server.published import prediction_from_probabilities
 from tests.test_reports import MODEL, CONFIDENT, UNSURE, squash, pdf_text
 
 

@@ -37,17 +37,11 @@ from server.model.onnx_cache import OnnxCache
 from server.model.precision import at_precision, wanted_precision
 from server.model.runtime import apply_tf_threads, as_pair, split_branch
 from server.model.second_look import close_calls_of, near_a_nonskin_level
-from server.model.serving import (
-    Served,
-    check_facts,
-    keras_facts,
-    serve_cached,
-    serve_keras,
-    wants_branch,
-)
+from server.model.serving import Served, check_facts, keras_facts, serve_cached, serve_keras, wants_branch
 from server.model.trust import temperature_scale, tta_views
 from server.patient import PatientContext
-from server.prediction import Heatmap, Prediction, prediction_from_probabilities
+from server.prediction import Heatmap, Prediction
+from server.published import prediction_from_probabilities
 from server.thresholds import DEFAULT_UNCERTAIN_BELOW, INT8_NONSKIN_MARGIN, NONSKIN_REFUSED
 
 log = logging.getLogger(__name__)

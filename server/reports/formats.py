@@ -10,9 +10,10 @@ _MIME = {"json": "application/json", "txt": "text/plain", "pdf": "application/pd
 
 
 def report_filename(prediction: Prediction, ext: str) -> str:
-    """A download name that sorts by time and says what it is."""
+    """A download name that sorts by time, says what it is, and names the report id a clinic files it under."""
     stamp = "".join(ch for ch in prediction.created_at[:19] if ch.isdigit())
-    return f"lesion-screening-report-{stamp or 'result'}.{ext}"
+    report_id = f"-{prediction.record.report_id}" if prediction.record else ""
+    return f"lesion-screening-report-{stamp or 'result'}{report_id}.{ext}"
 
 
 def requested_format(format_arg: str | None, accept) -> str:

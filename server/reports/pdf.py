@@ -1,4 +1,8 @@
-"""Prediction -> the PDF report: the text report's content, plus thumbnail, heatmap, bar chart and model card."""
+"""Prediction -> the PDF report: the text report's content, plus thumbnail, heatmap, bar chart and model card.
+
+Under the title, a compact header says what a clinic files it by (``server.reports.record``); the
+verdict band follows at once, and the image's and the model's full SHA-256 close the report.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from collections.abc import Mapping
 
 from PIL import Image
 
+from server.filing import FilingDetails
 from server.lesions import lesion_class
 from server.model import explain
 from server.model.card import ModelCard
@@ -18,10 +23,10 @@ from server.reports.assessment import (
     SYSTEM_NAME,
     assess,
     balanced_accuracy_text,
-    format_timestamp,
     percent,
 )
 from server.reports.formats import paper_size
+from server.reports.record import DATE_AND_TIME, MODEL, REPORT_ID, time_words, trace_rows
 
 
 FRAME_PADDING = 6  # points: reportlab Frame default padding
@@ -33,14 +38,10 @@ TONE_COLOURS = RISK_COLOURS | {"uncertain": "#8a5300"}  # the verdict's colour: 
 def _card_summary(prediction: Prediction, card: ModelCard | None) -> list[tuple[str, str]]:
     """Model-card rows for the PDF; card details only when the card is the predicting model's."""
     model = prediction.model
-    rows = [
-        ("Date and time", format_timestamp(prediction.created_at)),
-        ("System", SYSTEM_NAME),
-        ("Model", f"{model.name}, version {model.version}"),
-        ("Model file sha256", model.sha256[:16] + "..."),
-        ("Input size", f"{model.input_size} x {model.input_size} px"),
-        ("Test balanced accuracy", balanced_accuracy_text(prediction)),
-    ]
+    size = f"; input {model.input_size} x {model.input_size} px"  # on the model's line: the page keeps its room
+    rows = [(DATE_AND_TIME, time_words(prediction))]  # the system's name is in every page's footer
+    rows += [(label, value + size if label == MODEL else value) for label, value in trace_rows(prediction)]
+    rows.append(("Test balanced accuracy", balanced_accuracy_text(prediction)))
     if card and card.version == model.version and card.name == model.name:
         if card.architecture:
             rows.append(("Architecture", card.architecture))
@@ -54,6 +55,14 @@ def _card_summary(prediction: Prediction, card: ModelCard | None) -> list[tuple[
         if card.limitations:
             rows.append(("Limitations", "\n".join(f"- {item}" for item in card.limitations)))
     return rows
+
+
+def running_header(prediction: Prediction, filing: FilingDetails) -> tuple[str, str]:
+    """(left, right) of the line in every page's top margin: whom the report is about and who asked, and
+    the report id. In the margin, every page names its patient and report, and the page keeps its room."""
+    left = "   ".join(f"{label}: {value}" for label, value in filing.rows())
+    right = f"{REPORT_ID}: {prediction.record.report_id}" if prediction.record else ""
+    return left, right
 
 
 def _named(value) -> str:
@@ -74,8 +83,9 @@ def _probability_bar(probability: float, colour, width: float, height: float):
 
 
 def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str = "a4",
-               card: ModelCard | None = None) -> bytes:
-    """The text report's content as a printable PDF, plus thumbnail, bar chart and model card.
+               card: ModelCard | None = None, filing: FilingDetails = FilingDetails()) -> bytes:
+    """The text report's content as a printable PDF, plus thumbnail, bar chart and model card; ``filing``
+    (the patient identifier and requesting clinician) is printed in the header.
 
     A content width of 174 mm (18 mm sides on A4) and 15 mm top/bottom margins fit both A4
     (210 x 297 mm) and US Letter (216 x 279 mm), so the layout is the same on either paper
@@ -212,13 +222,17 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
         p("Model card summary", h2),
         Table(card_rows, colWidths=[38 * mm, width - 38 * mm],
               style=[("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0),
-                     ("TOPPADDING", (0, 0), (-1, -1), 1), ("BOTTOMPADDING", (0, 0), (-1, -1), 1)]),
+                     ("TOPPADDING", (0, 0), (-1, -1), 0), ("BOTTOMPADDING", (0, 0), (-1, -1), 0.5)]),
     ]))
+
+    header_left, header_right = running_header(prediction, filing)
 
     def footer(canvas, doc):
         canvas.saveState()
         canvas.setFont("Helvetica", 7.5)
         canvas.setFillColor(colors.HexColor("#555555"))
+        canvas.drawString(side + FRAME_PADDING, pagesize[1] - 10 * mm, header_left)
+        canvas.drawRightString(pagesize[0] - side - FRAME_PADDING, pagesize[1] - 10 * mm, header_right)
         canvas.drawString(side + FRAME_PADDING, 9 * mm, f"{SYSTEM_NAME} - {NOT_A_DIAGNOSIS}")
         canvas.drawRightString(pagesize[0] - side - FRAME_PADDING, 9 * mm, f"Page {doc.page}")
         canvas.restoreState()

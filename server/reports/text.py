@@ -1,13 +1,16 @@
 """Prediction -> the plain-text report: reads well in an email, a terminal or on paper.
 
-It reads top down like the result page: the verdict, what to do, what the numbers mean,
-then the breakdown and the details (``server.reports.assessment.Assessment``).
+It opens with what a clinic files it by (``server.reports.record``: the patient identifier and
+the requesting clinician when given, the report id, the time), then reads top down like the
+result page: the verdict, what to do, what the numbers mean, then the breakdown and the details
+(``server.reports.assessment.Assessment``).
 """
 
 from __future__ import annotations
 
 import textwrap
 
+from server.filing import FilingDetails
 from server.lesions import lesion_class
 from server.model.card import ModelCard
 from server.patient import PATIENT_LABEL
@@ -19,9 +22,9 @@ from server.reports.assessment import (
     SYSTEM_NAME,
     assess,
     balanced_accuracy_text,
-    format_timestamp,
     percent,
 )
+from server.reports.record import header_rows, trace_rows
 
 
 def _wrap(text: str, indent: str = "") -> str:
@@ -32,12 +35,22 @@ def _heading(text: str) -> list[str]:
     return ["", text, "-" * len(text)]
 
 
-def text_report(prediction: Prediction, card: ModelCard | None = None) -> str:
-    """A plain-text report; ``card`` (the model's card) adds the test figures behind the numbers."""
+def _row(label: str, value: str) -> str:
+    """'Label:   value', wrapped under the value; a SHA-256 or an id stays whole on the label's line (past 78)."""
+    if " " not in value:
+        return f"{label + ':':<22}{value}"
+    return textwrap.fill(f"{label + ':':<22}{value}", width=78, subsequent_indent=" " * 22,
+                         break_long_words=False, break_on_hyphens=False)
+
+
+def text_report(prediction: Prediction, card: ModelCard | None = None, filing: FilingDetails = FilingDetails()) -> str:
+    """A plain-text report; ``card`` (the model's card) adds the test figures behind the numbers, ``filing``
+    the patient identifier and requesting clinician to its header."""
     top = prediction.top
     verdict = assess(prediction, card)
     rule = "=" * len(REPORT_TITLE)
     lines = [REPORT_TITLE, rule, NOT_A_DIAGNOSIS, ""]
+    lines += [_row(label, value) for label, value in header_rows(prediction, filing)] + [""]
     lines += [_wrap("RESULT: " + verdict.title + "."), _wrap("NEXT STEP: " + verdict.headline + ".")]
     lines += [f"{verdict.key_label + ':':<21} {percent(verdict.key_figure)}", _wrap(verdict.key_sentence, "  ")]
     if verdict.subgroup_warning:
@@ -72,14 +85,9 @@ def text_report(prediction: Prediction, card: ModelCard | None = None) -> str:
     about = verdict.differential
     lines += _heading("ABOUT THE POSSIBLE TYPES" if verdict.uncertain else "ABOUT THE PREDICTED CONDITION")
     lines += [_wrap((f"{c.name}: " if verdict.uncertain else "") + lesion_class(c.code).description) for c in about]
-    lines += _heading("MODEL AND DATE")
-    lines += [
-        _wrap(f"{PATIENT_LABEL + ':':<22}{prediction.patient.describe()}", ""),
-        f"Date and time:        {format_timestamp(prediction.created_at)}",
-        f"System:               {SYSTEM_NAME}",
-        f"Model:                {prediction.model.name}, version {prediction.model.version}",
-        f"Model file sha256:    {prediction.model.sha256[:16]}",
-        f"Test balanced accuracy of the model: {balanced_accuracy_text(prediction)}",
-    ]
+    lines += _heading("IMAGE AND MODEL")
+    lines += [_row(PATIENT_LABEL, prediction.patient.describe()), _row("System", SYSTEM_NAME)]
+    lines += [_row(label, value) for label, value in trace_rows(prediction)]
+    lines.append(f"Test balanced accuracy of the model: {balanced_accuracy_text(prediction)}")
     lines += _heading("DISCLAIMER") + [_wrap(prediction.disclaimer), ""]
     return "\n".join(lines)

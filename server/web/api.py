@@ -14,7 +14,7 @@ from server.screening import ScreeningOptions, screen
 from server.web import docs as docs_rows
 from server.web.openapi import QUERY_PARAMETERS, openapi_document
 from server.web.service import current_predictor, loaded_predictor
-from server.web.uploads import patient_context, upload_bytes
+from server.web.uploads import filing_details, patient_context, upload_bytes, upload_filename
 
 bp = Blueprint("api", __name__)
 
@@ -47,7 +47,8 @@ def predict():
 
     ``?explain=1`` adds a Grad-CAM heatmap for the top class (``&explain_class=mel`` for another).
     Multipart fields ``age``, ``sex`` and ``site`` (optional) give the patient context; the
-    answer echoes it as ``patient``. They are checked before the model runs.
+    answer echoes it as ``patient``. ``patient_id`` and ``clinician`` (optional) are printed on a
+    txt or pdf report and nowhere else. All are checked before the model runs.
     """
     try:
         fmt = reports.requested_format(query_arg("format"), request.accept_mimetypes)
@@ -57,11 +58,13 @@ def predict():
     explain_class = query_arg("explain_class") or None
     explain = flag_arg("explain") or explain_class is not None or fmt == "pdf"  # the PDF shows the heatmap
     predictor = current_predictor()
-    options = ScreeningOptions(explain=explain, explain_class=explain_class, thumbnail=fmt == "pdf")
     upload = upload_bytes(request)
+    filing = filing_details(request)  # checked for every format, printed only on a report
+    options = ScreeningOptions(explain=explain, explain_class=explain_class, thumbnail=fmt == "pdf",
+                               filename=upload_filename(request), timezone=current_app.config["REPORT_TIMEZONE"])
     prediction = screen(upload, options, predictor, patient=patient_context(request))
     if fmt != "json":
-        body, content_type, filename = reports.render_report(prediction, fmt, paper, predictor.card)
+        body, content_type, filename = reports.render_report(prediction, fmt, paper, predictor.card, filing)
         response = current_app.response_class(body, content_type=content_type)
         response.headers["Content-Disposition"] = f'inline; filename="{filename}"'
         response.headers["X-Total-Ms"] = f"{prediction.total_ms:.2f}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 from server.decoding import upload_limits_in_words
 from server.lesions import CLASS_CODES
 from server.reports import PAPER_SIZES, REPORT_FORMATS
+from server.web import openapi_filing as filing
 from server.web import openapi_patient as patient
 from server.web.openapi_schemas import ERROR_SCHEMA, PREDICTION_SCHEMA
 from server.web.uploads import FIELD
@@ -78,6 +79,10 @@ def openapi_document(max_upload_mb: int) -> dict:
                         "A multipart upload may add the patient context, each field optional: `age`, `sex`, `site`; "
                         "the answer echoes it as `patient`, and a bad value is 400 `invalid_age`, `invalid_sex` or "
                         "`invalid_site` with `error.field` naming the field. A raw-body upload carries none. "
+                        "It may also add `patient_id` and `clinician`, printed on the txt and pdf reports and nowhere "
+                        "else (never in the JSON, never stored or logged); a bad value is 400 `invalid_patient_id` or "
+                        "`invalid_clinician`. Every answer carries `report`: its random id, the image's file name and "
+                        "SHA-256, the time in UTC and in REPORT_TIMEZONE, and the precision served. "
                         "Probabilities are calibrated by temperature scaling fitted on validation data."
                     ),
                     "parameters": QUERY_PARAMETERS[("post", "/predict")],
@@ -86,7 +91,8 @@ def openapi_document(max_upload_mb: int) -> dict:
                         "content": {
                             "multipart/form-data": {
                                 "schema": {"type": "object", "required": [FIELD],
-                                           "properties": {FIELD: _BINARY, **patient.FORM_FIELDS}}
+                                           "properties": {FIELD: _BINARY, **patient.FORM_FIELDS,
+                                                          **filing.FORM_FIELDS}}
                             },
                             "image/jpeg": {"schema": _BINARY},
                             "image/png": {"schema": _BINARY},
@@ -103,10 +109,11 @@ def openapi_document(max_upload_mb: int) -> dict:
                             },
                         },
                         "400": _error_response("No image, an empty file, more than one file, a malformed upload, a "
-                                               "query parameter outside its documented values, or a patient field "
-                                               "(age, sex, site) outside its values or sent twice.",
+                                               "query parameter outside its documented values, or a patient or "
+                                               "filing field (age, sex, site, patient_id, clinician) outside its "
+                                               "values or sent twice.",
                                                "missing_file", "empty_file", "too_many_files", "bad_request",
-                                               *patient.ERROR_CODES),
+                                               *patient.ERROR_CODES, *filing.ERROR_CODES),
                         "408": _error_response("The upload stalled for UPLOAD_READ_TIMEOUT seconds, or took longer "
                                                "than UPLOAD_BODY_TIMEOUT in all.", "request_timeout"),
                         "413": _error_response(f"The upload is over {max_upload_mb} MB, or its form has too many "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from server.lesions import CLASS_CODES, RISK_LEVELS
 from server.thresholds import MALIGNANT_TARGET_SENSITIVITY
+from server.web import openapi_filing as filing
 from server.web import openapi_patient as patient
 from server.web import openapi_trust as trust
 
@@ -22,7 +23,8 @@ ERROR_SCHEMA = {
                                "description": "422 not_a_skin_lesion only: what the image seemed to show in the words "
                                               "of an ImageNet classifier (e.g. 'tabby cat'), or null when it was "
                                               "not confident."},
-                "field": patient.ERROR_FIELD,
+                "field": {**patient.ERROR_FIELD, "enum": [*patient.ERROR_FIELD["enum"], *filing.FORM_FIELDS],
+                          "description": "400 invalid_<field> only: the multipart field to correct."},
             },
         }
     },
@@ -66,7 +68,7 @@ PREDICTION_SCHEMA = {
                  "differential", "differential_coverage",
                  "uncertain", "uncertain_threshold", "uncertain_message", "calibration", "out_of_distribution",
                  "unusual_image", "unusual_message",
-                 "model", "timing", "created_at", "disclaimer", "patient", "summary"],
+                 "model", "timing", "created_at", "disclaimer", "patient", "summary", "report"],
     "properties": {
         "summary": trust.SUMMARY,
         "subgroup_warning": trust.SUBGROUP_WARNING,
@@ -119,5 +121,6 @@ PREDICTION_SCHEMA = {
         "created_at": {"type": "string", "format": "date-time"},
         "disclaimer": {"type": "string"},
         "patient": patient.ECHO,
+        "report": filing.RECORD,
     },
 }

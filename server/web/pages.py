@@ -21,17 +21,19 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from server import reports, screening
 from server.lesions import CATALOGUE, DISCLAIMER, LIMITATIONS, RISK_LEVELS, lesion_class
+from server.filing import FILING_FIELDS, FILING_LABELS, FILING_RULE, FilingDetails
 from server.patient import MAX_AGE, MIN_AGE, PATIENT_FIELDS
 from server.prediction import Prediction
 from server.problems import ServiceError
 from server.web.errors import error_response
 from server.reports import quality
 from server.reports.context import context_figures, context_sentence, context_use
-from server.web.presenters import (data_uri, heatmap_uri, metric_rows, other_heatmap_uris, patient_form,
+from server.web.presenters import (data_uri, filing_form, heatmap_uri, metric_rows, other_heatmap_uris, patient_form,
                                    precision_in_words, safeguards)
 from server.web.report_token import load_report, sign_report
 from server.web.service import card_dir, current_card, current_predictor, loaded_predictor
-from server.web.uploads import FIELD, FormTooLarge, max_upload_bytes, patient_context, too_large_message, upload_bytes
+from server.web.uploads import (FIELD, FormTooLarge, filing_details, max_upload_bytes, patient_context, too_large_message,
+                                upload_bytes, upload_filename)
 
 bp = Blueprint("pages", __name__)
 
@@ -48,6 +50,8 @@ FORM_MESSAGES = {
     "invalid_sex": "Please choose the sex from the list, or leave it as “Not given”. Then choose the photo again.",
     "invalid_site": "Please choose the body site from the list, or leave it as “Not given”. "
                     "Then choose the photo again.",
+    **{f"invalid_{name}": f"Please keep the {FILING_LABELS[name].lower()} to {FILING_RULE}, or leave it blank. "
+                          "Then choose the photo again." for name in FILING_FIELDS},
 }
 
 # GET /screen: a result page's address opened again (reload, bookmark, shared link).
@@ -104,14 +108,15 @@ def render_upload(error: str | None = None, status: int = 200, refusal: ServiceE
     return render_template("upload.html", error=file_error, max_upload_mb=current_app.config["MAX_UPLOAD_MB"],
                            model_ready=model_ready(), refusal=refusal, error_field=error_field if error else None,
                            patient=patient_form(values, error_field, error),
+                           filing=filing_form(values, error_field, error),
                            looks_like=getattr(refusal, "looks_like", None) if refusal else None, notice=notice,
                            misses_bar=quality.MISSES_BAR if quality.misses_bar(current_card()) else None), status
 
 
-def report_response(prediction: Prediction, fmt: str, paper: str | None) -> Response:
+def report_response(prediction: Prediction, filing: FilingDetails, fmt: str, paper: str | None) -> Response:
     """A txt or pdf report download, rebuilt from a verified token."""
     try:
-        body, content_type, filename = reports.render_report(prediction, fmt, paper, current_card())
+        body, content_type, filename = reports.render_report(prediction, fmt, paper, current_card(), filing)
     except ValueError as exc:
         raise ServiceError(400, "bad_report_request", str(exc)) from None
     response = Response(body, content_type=content_type)
@@ -139,11 +144,14 @@ def screen():
     values = None  # stays None when the body could not be read (too large, stalled): nothing to keep
     try:
         check_form_upload()  # reads the whole form
-        values = {name: request.form.get(name) for name in PATIENT_FIELDS}
+        values = {name: request.form.get(name) for name in PATIENT_FIELDS + FILING_FIELDS}
         predictor = current_predictor()
         # The page shows where the model looked, and the upload's thumbnail.
-        options = screening.ScreeningOptions(explain=True, explain_all=True, thumbnail=True)
+        options = screening.ScreeningOptions(explain=True, explain_all=True, thumbnail=True,
+                                             filename=upload_filename(request),
+                                             timezone=current_app.config["REPORT_TIMEZONE"])
         upload = upload_bytes(request)
+        filing = filing_details(request)  # for the reports only: it rides in the encrypted token, not on the page
         prediction = screening.screen(upload, options, predictor, patient=patient_context(request))
     except ServiceError as exc:
         if exc.code == "model_unavailable":
@@ -157,7 +165,7 @@ def screen():
         prediction=prediction,
         verdict=reports.assess(prediction, current_card()),
         percent=reports.percent,
-        timestamp=reports.format_timestamp(prediction.created_at),
+        timestamp=prediction.record.time_words() if prediction.record else reports.format_timestamp(prediction.created_at),
         balanced_accuracy=reports.balanced_accuracy_text(prediction),
         misses_bar=quality.MISSES_BAR if quality.misses_bar(quality.card_for(prediction, current_card())) else None,
         uncertain_below=prediction.uncertain_below,
@@ -165,7 +173,8 @@ def screen():
         other_heatmaps=other_heatmap_uris(prediction),
         lesion_class=lesion_class,
         image_uri=data_uri(prediction.thumbnail),
-        report_token=sign_report(prediction),
+        report_token=sign_report(prediction, filing),
+        filing_given=filing.given,
         total_ms=prediction.total_ms,
         context_use=context_use(quality.card_for(prediction, current_card()), prediction.patient.given),
     )
@@ -191,9 +200,9 @@ def form_upload_too_large(exc: RequestEntityTooLarge):
 @bp.post("/report/<any(txt, pdf):fmt>")
 def report(fmt: str):
     """Rebuild a report from the token the result page carries, in the session that made it (no upload, no storage)."""
-    prediction = load_report(request.form.get("token"))
+    prediction, filing = load_report(request.form.get("token"))
     paper = request.args.get("paper") or request.form.get("paper")
-    return report_response(prediction, fmt, paper)
+    return report_response(prediction, filing, fmt, paper)
 
 
 @bp.get("/model")

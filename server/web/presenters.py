@@ -1,11 +1,12 @@
 """Presenters for the pages: pictures as data URIs, the model card's figures and safeguards in words,
-the upload form's optional patient fields."""
+the upload form's optional patient and filing fields."""
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
 
+from server.filing import FILING_FIELDS, FILING_LABELS, FILING_MAX_CHARS, FILING_PRINTED_ONLY
 from server.model import explain
 from server.model.card import ModelCard
 from server.patient import GENERAL_SITE_WORDS, MAX_AGE, MIN_AGE, PATIENT_FIELDS, SEXES, SITE_WORDS
@@ -157,3 +158,15 @@ def patient_form(values: Mapping | None = None, error_field: str | None = None, 
     fields["site"]["options"] = sorted_options(SITE_WORDS)
     fields["site"]["general_options"] = sorted_options(GENERAL_SITE_WORDS)
     return {"fields": fields, "min_age": MIN_AGE, "max_age": MAX_AGE}
+
+
+def filing_form(values: Mapping | None = None, error_field: str | None = None, error: str | None = None) -> dict:
+    """What the form's folded "for the printed report" fields show: labels, the person's values kept, the one error.
+
+    The fold opens by itself when it holds a value or the error, so nothing typed is hidden.
+    """
+    values = values or {}
+    fields = {name: {"label": FILING_LABELS[name], "value": str(values.get(name) or ""),
+                     "error": error if name == error_field else ""} for name in FILING_FIELDS}
+    return {"fields": fields, "max_chars": FILING_MAX_CHARS, "hint": FILING_PRINTED_ONLY,
+            "open": any(f["value"] or f["error"] for f in fields.values())}

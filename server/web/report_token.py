@@ -3,7 +3,8 @@
 The result page carries what a report needs (the result, the thumbnail, the heatmap's grid)
 so the report buttons rebuild it without a second upload and without the server keeping
 anything. That token holds health data (the photo's thumbnail, the patient's age, sex and
-site, the whole result), so it is:
+site, the patient identifier and requesting clinician typed for the printed report, the whole
+result), so it is:
 
 - **encrypted and authenticated** (Fernet: AES-128-CBC + HMAC-SHA256) with a key derived from
   ``SECRET_KEY`` by HKDF, so only this service (every host sharing the key) can read it, and an
@@ -30,6 +31,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flask import current_app, session
 
+from server.filing import FilingDetails
 from server.prediction import Prediction
 from server.problems import ServiceError
 
@@ -56,12 +58,14 @@ def max_age_s() -> int:
     return int(current_app.config.get("REPORT_TOKEN_MAX_AGE_S", REPORT_TOKEN_MAX_AGE_S))
 
 
-def sign_report(prediction: Prediction) -> str:
-    """Encrypt the result and its thumbnail for this session, so a later report request needs no storage."""
+def sign_report(prediction: Prediction, filing: FilingDetails = FilingDetails()) -> str:
+    """Encrypt the result, its thumbnail and the filing details for this session, so a later report request
+    needs no storage: the patient identifier and clinician live in this token, held by the browser, alone."""
     thumb = base64.b64encode(prediction.thumbnail).decode("ascii") if prediction.thumbnail else None
     # The heatmap travels as its small grid (49 integers for MobileNetV2), not as a picture:
     # the PDF redraws the overlay from the grid and the thumbnail, so the token stays small.
-    payload = {"binding": session_binding(), "prediction": prediction.to_dict(heatmap_png=False), "thumbnail": thumb}
+    payload = {"binding": session_binding(), "prediction": prediction.to_dict(heatmap_png=False), "thumbnail": thumb,
+               "filing": filing.to_dict()}
     packed = zlib.compress(json.dumps(payload, separators=(",", ":")).encode("utf-8"))
     return report_key(current_app.config["SECRET_KEY"]).encrypt_at_time(packed, int(time.time())).decode("ascii")
 
@@ -87,7 +91,7 @@ def invalid_token(why: str = "it was changed or did not come from this service")
     return ServiceError(400, "invalid_report_token", f"This report link is not valid: {why}. {UPLOAD_AGAIN}")
 
 
-def load_report(token: str | None) -> Prediction:
+def load_report(token: str | None) -> tuple[Prediction, FilingDetails]:
     """Verify, decrypt and unpack a report token made for this session, or raise a 400 ServiceError."""
     if not token:
         raise ServiceError(400, "missing_report_token", f"This report request carries no result. {UPLOAD_AGAIN}")
@@ -98,6 +102,7 @@ def load_report(token: str | None) -> Prediction:
     try:
         prediction = Prediction.from_dict(data["prediction"])
         thumbnail = base64.b64decode(data["thumbnail"], validate=True) if data.get("thumbnail") else None
-    except (KeyError, TypeError, ValueError, binascii.Error):
+        filing = FilingDetails.from_dict(data.get("filing"))  # a token from before the fields: none given
+    except (KeyError, TypeError, ValueError, binascii.Error, ServiceError):
         raise invalid_token() from None
-    return replace(prediction, thumbnail=thumbnail)
+    return replace(prediction, thumbnail=thumbnail), filing

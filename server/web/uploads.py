@@ -3,7 +3,9 @@
 Accepts multipart field ``image`` (curl ``-F image=@lesion.jpg``, the web form) or a raw
 body sent with an ``image/*`` Content-Type. The bytes stay in memory; nothing is saved.
 The optional patient fields (``age``, ``sex``, ``site``) ride beside the image in the same
-multipart form; ``patient_context`` reads them, and ``server.patient`` alone parses them.
+multipart form; ``patient_context`` reads them, and ``server.patient`` alone parses them. So do
+the optional filing fields (``patient_id``, ``clinician``: ``filing_details``, parsed by
+``server.filing``), which only the printed reports show.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
+from server.filing import FILING_FIELDS, FilingDetails, bad_filing_field
 from server.patient import PATIENT_FIELDS, PatientContext, bad_patient_field
 from server.problems import ServiceError
 from server.web import slow_uploads
@@ -180,17 +183,37 @@ def upload_bytes(request: Request) -> bytes:
     return data
 
 
+def upload_filename(request: Request) -> str | None:
+    """The uploaded file's own name, as the client sent it (None for a raw body, or a part without one)."""
+    upload = request.files.get(FIELD) if request.mimetype == "multipart/form-data" else None
+    return (upload.filename or None) if upload is not None else None
+
+
+def form_fields(request: Request, names: tuple[str, ...], refusal) -> dict[str, str | None]:
+    """Each text field of ``names`` as sent (None when left out), or ``refusal(name, why)`` for one sent twice:
+    one copy is never picked silently, since the client would not know which value was used."""
+    values = {}
+    for name in names:
+        given = request.form.getlist(name)
+        if len(given) > 1:
+            raise refusal(name, f"{name} was sent {len(given)} times; send it once (or leave it out).")
+        values[name] = given[0] if given else None
+    return values
+
+
+def filing_details(request: Request) -> FilingDetails:
+    """The optional multipart fields ``patient_id`` and ``clinician``, parsed by ``server.filing``.
+
+    Raises the 400 ``invalid_patient_id`` / ``invalid_clinician`` for a value outside the limits
+    or sent twice. The values are printed on a report and go nowhere else.
+    """
+    return FilingDetails.parse(**form_fields(request, FILING_FIELDS, bad_filing_field))
+
+
 def patient_context(request: Request) -> PatientContext:
     """The optional multipart fields ``age``, ``sex`` and ``site``, parsed by ``server.patient``.
 
-    A field sent twice is refused rather than one copy picked silently: the client would not
-    know which value was used. A raw-body upload has no form, so it carries no context.
-    Raises the 400 ``invalid_age`` / ``invalid_sex`` / ``invalid_site`` for a bad value.
+    A raw-body upload has no form, so it carries no context. Raises the 400 ``invalid_age`` /
+    ``invalid_sex`` / ``invalid_site`` for a bad value or a field sent twice.
     """
-    values = {}
-    for name in PATIENT_FIELDS:
-        given = request.form.getlist(name)
-        if len(given) > 1:
-            raise bad_patient_field(name, f"{name} was sent {len(given)} times; send it once (or leave it out).")
-        values[name] = given[0] if given else None
-    return PatientContext.parse(**values)
+    return PatientContext.parse(**form_fields(request, PATIENT_FIELDS, bad_patient_field))
