@@ -49,10 +49,10 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test browser services corpus
 
-# Installs Debian packages $(1) when any of the files $(2) is missing (a program not executable, a data file
-# under /usr/share not there), as root or through sudo, for $(3).
+# Installs Debian packages $(1) when any of the files $(2) fails the test $(4) (default -x: programs; -f for data
+# files), as root or through sudo, for $(3).
 define apt_install
-@if ! (for f in $(2); do case "$$f" in /usr/share/*) [ -f "$$f" ];; *) [ -x "$$f" ];; esac || exit 1; done); then \
+@if ! (for f in $(2); do [ $(or $(4),-x) "$$f" ] || exit 1; done); then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; \
 	  elif command -v sudo >/dev/null; then SUDO=sudo; \
 	  else $(call fail,$(1) are missing and installing them needs root or sudo; as root run: apt-get install -y $(1)); fi; \
@@ -74,7 +74,7 @@ services:
 
 # Photographs from Debian's packages for the non-skin check's everyday corpus (none is copied into the repo).
 corpus:
-	$(call apt_install,$(CORPUS_PACKAGES),$(OPENCV_PHOTOS) $(TUXPAINT_STAMPS) $(KDE_WALLPAPERS),the non-skin corpus)
+	$(call apt_install,$(CORPUS_PACKAGES),$(OPENCV_PHOTOS) $(TUXPAINT_STAMPS) $(KDE_WALLPAPERS),the non-skin corpus,-f)
 
 # Refresh constraints.txt: the newest versions setup.cfg allows, pinned for the Python that runs it
 # (3.11 on x86-64 Linux here). Then `make test`, and commit constraints.txt with what it changed.
