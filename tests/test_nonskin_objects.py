@@ -148,6 +148,20 @@ def test_food_photos_are_refused_and_named(client):
 
 
 @pytest.mark.slow
+def test_food_photos_are_refused_in_int8_too():
+    """Served in int8 (the shipped int8 graphs), a picture int8 finds anything but usual gets float32's answer."""
+    from server import create_app
+
+    int8 = create_app({"MODEL_PATH": str(MODEL), "SECRET_KEY": "test", "TESTING": True,
+                       "INFERENCE_PRECISION": "int8"}).test_client()
+    if int8.get("/readyz").get_json().get("precision") != "int8":
+        pytest.skip("the shipped int8 graphs do not serve on this host")
+    for name, img in food_photos().items():
+        res = int8.post("/predict", data=png(img), content_type="image/png")
+        assert res.status_code == 422 and res.get_json()["error"]["code"] == "not_a_skin_lesion", (name, res.get_json())
+
+
+@pytest.mark.slow
 def test_food_made_lesion_like_is_still_refused(client):
     """Close crops with a skin-tone cast, blurred or as a heavy JPEG: lesion-like colour and texture, still food."""
     foods = [(name, "food", img) for name, img in food_photos().items()]
