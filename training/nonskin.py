@@ -55,9 +55,9 @@ from server.thresholds import (
 )
 from training import nonskin_corpus as corpus
 from training import nonskin_everyday, nonskin_shifted
-from training.nonskin_figures import IMAGENET_PROBS, measure
+from training.nonskin_figures import IMAGENET_PROBS, corpus_description, measure
 from server.model.nonskin_imagenet import ImagenetLabels, ObjectCheck
-from training.nonskin_object import fit_object_check
+from training.nonskin_object import fit_object_check, lesion_names
 
 log = logging.getLogger("training.calibrate")
 
@@ -134,16 +134,6 @@ def with_refusal_levels(check: NonSkinCheck, pooled: list[dict]) -> NonSkinCheck
         else:
             out.append(replace(c, refuse_threshold=c.threshold * factor))
     return NonSkinCheck(tuple(out), check.labels, check.imagenet_gate, check.objects)
-
-
-def lesion_names(kinds: list) -> list[str]:
-    """The source photo of each item of a changed lesion set, from its kinds in order ('lesion3' for the 4th of a kind)."""
-    seen: dict = {}
-    out = []
-    for kind in kinds:
-        out.append(f"lesion{seen.get(kind, 0)}")
-        seen[kind] = seen.get(kind, 0) + 1
-    return out
 
 
 def lesion_like_classes(train_probs: np.ndarray) -> np.ndarray:
@@ -285,12 +275,7 @@ def fit_nonskin(predictor, signals: dict, run_dir: Path, run_views, sources: dic
         **figures,
         **object_card,
         "everyday_looks_like": looks,
-        "corpus": "training/nonskin_everyday.py: everyday photographs from installed packages (scikit-image, "
-                  "scikit-learn, matplotlib; Debian's opencv-doc, tuxpaint-stamps-default, plasma-workspace-wallpapers) "
-                  "and lesion-like versions of the food among them; training/nonskin_corpus.py: made pictures; "
-                  "test lesions made harder (darker, brighter, blurred, rotated, ruler, hair, 150 px); "
-                  f"{SHIFTED_LESIONS} test lesions shifted as other clinics photograph them, each way "
-                  f"({', '.join(nonskin_shifted.shifted_kinds())})",
+        "corpus": corpus_description(SHIFTED_LESIONS),
         "api": ("422 not_a_skin_lesion with error.looks_like: no diagnosis is given for a refused image; an unusual "
                 "image is screened with unusual_image: true and marked uncertain"),
     }

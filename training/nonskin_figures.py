@@ -6,6 +6,7 @@ import numpy as np
 
 from server.model.nonskin import FEATURES, IMAGENET, NonSkinCheck
 from server.thresholds import NONSKIN_REFUSED, NONSKIN_UNUSUAL
+from training.nonskin_shifted import shifted_kinds
 
 IMAGENET_PROBS = "imagenet_probs"  # the branch's class probabilities, beside the signals the checks read
 # The object check's cross-fitted decisions, beside the signals of a set it was fitted on: its figures there
@@ -74,3 +75,12 @@ def measure(check: NonSkinCheck, sets: dict, kinds: dict, everyday, made) -> dic
         "nonskin_images": int(len(every_refused) + len(made_refused)),
         "counts": {name: shares(answered[name]) for name in ("test", "hard_test", "shifted_test", "everyday", "made")},
     }
+
+
+def corpus_description(shifted_lesions: int) -> str:
+    """The card's words for the named corpus its figures were measured on."""
+    return ("training/nonskin_everyday.py: everyday photographs from installed packages (scikit-image, scikit-learn, "
+            "matplotlib; Debian's opencv-doc, tuxpaint-stamps-default, plasma-workspace-wallpapers) and lesion-like "
+            "versions of the food among them; training/nonskin_corpus.py: made pictures; test lesions made harder "
+            f"(darker, brighter, blurred, rotated, ruler, hair, 150 px); {shifted_lesions} test lesions shifted as other "
+            f"clinics photograph them, each way ({', '.join(shifted_kinds())})")

@@ -43,6 +43,16 @@ def photo_groups(names, set_name: str) -> list[str]:
     return [f"{set_name}:{str(n).split(cut)[0]}" for n in names]
 
 
+def lesion_names(kinds: list) -> list[str]:
+    """The source photo of each item of a changed lesion set, from its kinds in order ('lesion3' for the 4th of a kind)."""
+    seen: dict = {}
+    out = []
+    for kind in kinds:
+        out.append(f"lesion{seen.get(kind, 0)}")
+        seen[kind] = seen.get(kind, 0) + 1
+    return out
+
+
 def inputs(signals: dict) -> np.ndarray:
     """The classifier's input: the model's own pooled features, then the ImageNet branch's."""
     return np.hstack([signals[FEATURES], signals[IMAGENET]]).astype(np.float64)
@@ -105,7 +115,8 @@ def add_to_run(run_dir: Path, data_dir: Path, cache: str) -> dict:
     from server.model.nonskin_screen import load_nonskin
     from server.model.predictor import Predictor
     from training.export import MODEL_FILENAME
-    from training.nonskin_figures import measure
+    from training.nonskin import SHIFTED_LESIONS
+    from training.nonskin_figures import corpus_description, measure
     from training.nonskin_views import all_views
 
     predictor = Predictor.from_path(run_dir / MODEL_FILENAME, tta="off", imagenet=True)
@@ -123,7 +134,7 @@ def add_to_run(run_dir: Path, data_dir: Path, cache: str) -> dict:
     kinds = {n: [k for _, k in v[1]] for n, v in views.items()}
     items = {n: [(name, kind, None) for name, kind in v[1]] for n, v in views.items()}
     figures = measure(check, sets, kinds, items["everyday"], items["made"])
-    document["ood"] = {**document["ood"], **figures, "rule": (
+    document["ood"] = {**document["ood"], **figures, "corpus": corpus_description(SHIFTED_LESIONS), "rule": (
         "refused (422) when any check is beyond its refusal level, or when the ImageNet branch ran and the object "
         "check finds an everyday object (decision > object_threshold); unusual (200, uncertain, with a warning) when "
         "any check is beyond its unusual level (score = the largest ratio > 1); else usual")}
