@@ -57,24 +57,39 @@ def answers_of(check, signals: dict) -> np.ndarray:
 
 
 def report(check, sets: dict) -> None:
+    """Each set's refusals by kind; the bar is judged here on the sets the object check was not fitted on."""
     from server.thresholds import NONSKIN_REFUSED
 
     for name, (signals, items) in sets.items():
         answered = answers_of(check, signals)
         refused = answered == NONSKIN_REFUSED
-        bar = BAR.get(name)
+        fitted = check.objects is not None and name in ("everyday", "made", "val", "hard_val", "shifted_val")
+        bar = None if fitted else BAR.get(name)
+        if fitted:
+            name += "*"
         line = f"{name:14s} {int(refused.sum()):5d} of {len(refused):5d} refused ({refused.mean():7.2%})"
         if bar is not None:
             met = refused.mean() >= bar if name == "everyday" else refused.mean() <= bar
             line += f"   bar {'>=' if name == 'everyday' else '<='} {bar:.1%}: {'met' if met else 'NOT met'}"
         print(line)
-        if name == "everyday" or (name != "made" and refused.any()):
+        if name.startswith("everyday") or (not name.startswith("made") and refused.any()):
             kinds = np.asarray([k for _, k in items])
             for kind in dict.fromkeys(kinds.tolist()):
                 mine = kinds == kind
                 print(f"    {kind:58s} {int(refused[mine].sum()):4d} of {int(mine.sum()):4d}")
-            missed = [n for (n, _), r in zip(items, refused) if (not r) == (name in ("everyday", "made"))]
-            print(f"    {'screened' if name in ('everyday', 'made') else 'refused'}: {', '.join(missed[:40])}")
+            corpus = name.startswith(("everyday", "made"))
+            missed = [n for (n, _), r in zip(items, refused) if (not r) == corpus]
+            print(f"    {'screened' if corpus else 'refused'}: {', '.join(missed[:40])}")
+
+
+def crossfitted(spec) -> None:
+    """The card's cross-fitted figures (``spec``: its ``ood``) on the sets the object check was fitted on: the
+    ones to quote."""
+    n, rate = spec.figure("everyday_images"), spec.figure("everyday_true_flag_rate")
+    print(f"* fitted on by the object check: as served it has seen them. Cross-fitted (card): everyday "
+          f"{round(rate * n)} of {n} refused ({rate:.2%})   bar >= {BAR['everyday']:.1%}: "
+          f"{'met' if rate >= BAR['everyday'] else 'NOT met'}; made {spec.figure('made_true_flag_rate'):.2%} of "
+          f"{spec.figure('made_images')}; passed: {', '.join(spec.figure('everyday_passed'))}")
 
 
 def main(argv=None) -> int:
@@ -94,6 +109,8 @@ def main(argv=None) -> int:
           f"checks: {', '.join(c.name for c in predictor.ood.checks)}, object check: "
           f"{'threshold %.3f' % predictor.ood.objects.threshold if predictor.ood.objects else 'none (named objects)'}")
     report(predictor.ood, sets)
+    if predictor.ood.objects is not None:
+        crossfitted(predictor.card.ood)
     return 0
 
 
