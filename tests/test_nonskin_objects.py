@@ -202,3 +202,18 @@ def test_the_everyday_corpus_is_refused_as_the_bar_asks(shipped):
     ood = json.loads((SAVED / "model_card.json").read_text())["ood"]
     assert ood["everyday_true_flag_rate"] >= EVERYDAY_BAR and ood["test_false_flag_rate"] == 0
     assert ood["everyday_images"] == len(photos)
+
+
+def test_the_views_cache_is_keyed_by_the_package_photos(tmp_path, monkeypatch):
+    """Another release of a photo package (a photo added or changed) must not be answered from a stale cache."""
+    from training.nonskin_views import fingerprint
+
+    for attr in ("OPENCV_DATA", "STAMPS", "WALLPAPERS"):
+        monkeypatch.setattr(nonskin_everyday, attr, tmp_path / attr)
+    (tmp_path / "STAMPS" / "food").mkdir(parents=True)
+    empty = fingerprint()
+    (tmp_path / "STAMPS" / "food" / "pizza.png").write_bytes(b"\x89PNG one")
+    one = fingerprint()
+    (tmp_path / "STAMPS" / "food" / "pizza.png").write_bytes(b"\x89PNG another, longer")
+    assert len({empty, one, fingerprint()}) == 3
+    assert fingerprint() == fingerprint()

@@ -4,8 +4,9 @@ Sets by name: ``everyday`` and ``made`` (the named corpus), and from a run's spl
 of ``val`` and ``test`` plain, made harder (``hard_val``...) or shifted (``shifted_test``...),
 drawn and changed with the seeds the card's figures were measured with
 (``training.split_views.load_split_images``, ``training.nonskin.fit_nonskin``). A pass over
-every set costs minutes on two cores; the cache (an .npz per set, under the model's sha256)
-makes the second one free.
+every set costs minutes on two cores; the cache (an .npz per set) makes the second one free. It
+is keyed by the model's sha256 and by ``fingerprint``: the corpus code and the package photos it
+reads, so a changed corpus or another package release is computed afresh, never read stale.
 """
 
 from __future__ import annotations
@@ -16,6 +17,23 @@ import numpy as np
 
 SEED = 42  # the seed the card's lesion sets were drawn and changed with (``training.nonskin_refit``)
 CORPUS_SETS = ("everyday", "made")
+CORPUS_CODE = ("nonskin_everyday.py", "nonskin_corpus.py", "nonskin_shifted.py", "nonskin_views.py")
+
+
+def fingerprint() -> str:
+    """What the sets are made from: the corpus modules' source and every package photo's path and size."""
+    import hashlib
+
+    from training import nonskin_everyday as E
+
+    h = hashlib.sha256()
+    for name in CORPUS_CODE:
+        h.update((Path(__file__).parent / name).read_bytes())
+    for folder in (E.OPENCV_DATA, E.STAMPS, E.WALLPAPERS):
+        for path in sorted(folder.rglob("*")) if folder.is_dir() else ():
+            if path.is_file():
+                h.update(f"{path}:{path.stat().st_size}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def lesion_paths(data_dir: Path, split_csv: Path, lesions: int = 0) -> dict[str, list]:
@@ -73,7 +91,7 @@ def views(predictor, make, path: Path | None) -> tuple[dict, list]:
 
 def all_views(predictor, data_dir: Path, split_csv: Path, wanted, cache: str = "off", lesions: int = 0) -> dict:
     """{set name: (signals, [(item name, kind)])} for the ``wanted`` sets; ``lesions`` > 0 cuts each lesion set."""
-    root = None if cache == "off" else Path(cache) / predictor.card.sha256[:16]
+    root = None if cache == "off" else Path(cache) / predictor.card.sha256[:16] / fingerprint()
     paths = None
     out = {}
     for name in wanted:
