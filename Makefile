@@ -17,10 +17,17 @@ BROWSER_PACKAGES := chromium poppler-utils
 NGINX ?= /usr/sbin/nginx
 REDIS_SERVER ?= /usr/bin/redis-server
 SERVICE_PACKAGES := nginx redis-server
+# The everyday corpus of the non-skin check (training/nonskin_everyday.py) reads the photographs these Debian
+# packages ship (OpenCV's sample photos, Tux Paint's photographed stamps, KDE's wallpapers); `make corpus`
+# installs them when missing. Without them the corpus tests skip and the corpus is PyPI's 27 photos.
+OPENCV_PHOTOS ?= /usr/share/doc/opencv-doc/examples/data/fruits.jpg
+TUXPAINT_STAMPS ?= /usr/share/tuxpaint/stamps/food/pizza.png
+KDE_WALLPAPERS ?= /usr/share/wallpapers/Path/contents/images/640x480.jpg
+CORPUS_PACKAGES := opencv-doc tuxpaint-stamps-default plasma-workspace-wallpapers
 # Each step that can fail says in one line what failed and what to run by hand.
 fail = { echo "error: $(1)" >&2; exit 1; }
 
-.PHONY: run test test-fast install install-test browser services lock lint train chain evaluate bench quantize clean
+.PHONY: run test test-fast install install-test browser services corpus lock lint train chain evaluate bench quantize clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
@@ -40,11 +47,12 @@ $(VENV)/.installed-test: $(VENV)/.installed setup.cfg constraints.txt
 
 install: $(VENV)/.installed
 
-install-test: $(VENV)/.installed-test browser services
+install-test: $(VENV)/.installed-test browser services corpus
 
-# Installs Debian packages $(1) when any of the files $(2) is missing, as root or through sudo, for $(3).
+# Installs Debian packages $(1) when any of the files $(2) fails the test $(4) (default -x: programs; -f for data
+# files), as root or through sudo, for $(3).
 define apt_install
-@if ! (for f in $(2); do [ -x "$$f" ] || exit 1; done); then \
+@if ! (for f in $(2); do [ $(or $(4),-x) "$$f" ] || exit 1; done); then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; \
 	  elif command -v sudo >/dev/null; then SUDO=sudo; \
 	  else $(call fail,$(1) are missing and installing them needs root or sudo; as root run: apt-get install -y $(1)); fi; \
@@ -63,6 +71,10 @@ browser:
 # nginx in front of several gunicorn instances, Redis for their shared rate limit (deploy/stack.py).
 services:
 	$(call apt_install,$(SERVICE_PACKAGES),$(NGINX) $(REDIS_SERVER),the scale-out test)
+
+# Photographs from Debian's packages for the non-skin check's everyday corpus (none is copied into the repo).
+corpus:
+	$(call apt_install,$(CORPUS_PACKAGES),$(OPENCV_PHOTOS) $(TUXPAINT_STAMPS) $(KDE_WALLPAPERS),the non-skin corpus,-f)
 
 # Refresh constraints.txt: the newest versions setup.cfg allows, pinned for the Python that runs it
 # (3.11 on x86-64 Linux here). Then `make test`, and commit constraints.txt with what it changed.

@@ -12,7 +12,7 @@ carry, against the bar: coverage >= 0.88 overall and >= 0.80 for every class wit
 photos (>= 0.75 for df and vasc), mean size <= 1.9, single-type answers right >= 0.90, and every
 answer's JSON carrying ``differential`` and ``differential_coverage``. A photo the non-skin check
 refuses has no list (a 422); those are counted, not scored. ``--shifted N`` adds N test lesions
-shifted in each of the ways other clinics photograph them (``training/nonskin_corpus.py``: white
+shifted in each of the ways other clinics photograph them (``training/nonskin_shifted.py``: white
 balance, contrast, a round field, gel bubbles, hair, ruler and ink, JPEG, a wider field, and their
 combinations), the nearest this project has to other clinics' photos.
 """
@@ -112,7 +112,7 @@ def shifted_set(frame, n: int) -> tuple:
     """(name, uploads, patients, labels) of ``n`` test lesions shifted every way, as lossless uploads, photo alone."""
     from PIL import Image
 
-    from training import nonskin_corpus as corpus
+    from training import nonskin_shifted as corpus
     from training.int8_bar import upload_of
 
     sample = frame.sample(min(n, len(frame)), random_state=1)

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.model.nonskin import FEATURES, FLAT_SHARE, DistanceCheck, FloorCheck, ImagenetLabels, Mahalanobis, NonSkinCheck
+from server.model.nonskin import FEATURES, FLAT_SHARE, DistanceCheck, FloorCheck, Mahalanobis, NonSkinCheck
+from server.model.nonskin_imagenet import ImagenetLabels
 from server.prediction import UNUSUAL_IMAGE_MESSAGE, ModelInfo, Prediction
 from server.published import prediction_from_probabilities
 from server.thresholds import NONSKIN_REFUSED, NONSKIN_UNUSUAL, NONSKIN_USUAL, nonskin_answer

@@ -18,7 +18,8 @@ from PIL import Image
 
 from server.imaging import scale_pixels
 from server.model.files import ModelLoadError
-from server.model.nonskin import FloorCheck, ImagenetLabels, readable_label
+from server.model.nonskin import FloorCheck
+from server.model.nonskin_imagenet import ImagenetLabels, readable_label
 from server.model.predictor import Predictor
 from server.thresholds import LOOKS_LIKE_MIN_PROBABILITY
 from tests.fixture_model import FIXTURE_SIZE, build_colour_model
@@ -77,7 +78,7 @@ def branch_model(tmp_path_factory):
     train, val = skin_like(rng, 300), skin_like(rng, 100)
     (f_train, i_train, p_train), (f_val, i_val, _) = signals(train), signals(val)
     features, imagenet = compact_ood(fit_ood(f_train)), compact_ood(fit_ood(i_train))
-    from server.model.nonskin import floor_statistics
+    from server.model.nonskin_pictures import floor_statistics
 
     pix = floor_statistics(scale_pixels(val))
     arrays = {**features, **{f"imagenet_{k}": v for k, v in imagenet.items()},
@@ -150,7 +151,7 @@ def test_a_green_picture_is_refused_as_what_it_looks_like_and_skin_passes(branch
 def test_the_floors_refuse_flat_and_grey_pictures(branch_predictor):
     texture, colour = (branch_predictor.ood.check(n) for n in ("texture", "colour"))
     assert isinstance(texture, FloorCheck) and isinstance(colour, FloorCheck)
-    from server.model.nonskin import floor_statistics
+    from server.model.nonskin_pictures import floor_statistics
 
     skin_tone = Image.new("RGB", (48, 48), (200, 150, 115))  # a skin tone, no texture
     assert texture.ratios(floor_statistics(scale_pixels(np.asarray(skin_tone)[None])))[0] > 1
@@ -205,7 +206,7 @@ def test_looks_like_names_only_a_confident_class_that_lesions_do_not_get():
 
 
 def test_floor_statistics_are_the_picture_statistics_the_floors_read():
-    from server.model.nonskin import GRADIENT_COLUMN, SATURATION_COLUMN, floor_statistics, image_statistics
+    from server.model.nonskin_pictures import GRADIENT_COLUMN, SATURATION_COLUMN, floor_statistics, image_statistics
 
     x = scale_pixels(skin_like(np.random.default_rng(6), 5))
     np.testing.assert_array_equal(floor_statistics(x)[:, :2], image_statistics(x)[:, [GRADIENT_COLUMN, SATURATION_COLUMN]])
@@ -213,7 +214,8 @@ def test_floor_statistics_are_the_picture_statistics_the_floors_read():
 
 def test_the_flat_share_tells_made_pictures_from_photos():
     """A fill or a smooth gradient is flat along an axis; a photo's noise is not; a black surround does not count."""
-    from server.model.nonskin import FLAT_SHARE, floor_statistics
+    from server.model.nonskin import FLAT_SHARE
+    from server.model.nonskin_pictures import floor_statistics
 
     ramp = np.repeat(np.linspace(60, 250, 32)[None, :, None], 32, axis=0).repeat(3, axis=2).astype(np.uint8)
     skin = skin_like(np.random.default_rng(6), 1)[0]

@@ -11,7 +11,7 @@ from PIL import Image
 
 from server.imaging import scale_pixels
 from server.model.files import ModelLoadError
-from server.model.nonskin import image_statistics
+from server.model.nonskin_pictures import image_statistics
 from server.model.predictor import Predictor
 from tests.conftest import image_bytes
 from tests.test_pages import html, upload

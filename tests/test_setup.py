@@ -109,3 +109,24 @@ def test_too_old_python_is_refused_in_one_line(tmp_path):
     line = error_line(result)
     assert "needs Python 3.11 or newer" in line and "Python 3.10.12" in line
     assert not (tmp_path / "venv").exists()
+
+
+def test_corpus_installs_the_photo_packages_when_a_photo_is_missing(tmp_path):
+    """One photo of the non-skin corpus missing: the three packages that ship them are installed."""
+    photo = tmp_path / "fruits.jpg"
+    photo.write_bytes(b"\xff\xd8")
+    paths = {"OPENCV_PHOTOS": str(photo), "TUXPAINT_STAMPS": "/nonexistent/pizza.png", "KDE_WALLPAPERS": str(photo)}
+    result, calls = run_make(tmp_path, "corpus", uid=0, **paths)
+    assert result.returncode == 0, result.stderr
+    assert calls[-1] == ("apt-get install -y -qq opencv-doc tuxpaint-stamps-default plasma-workspace-wallpapers "
+                         "DEBIAN_FRONTEND=noninteractive")
+
+
+def test_corpus_does_nothing_when_the_photos_are_there(tmp_path):
+    """Photos are data files: there but not executable is enough."""
+    photos = {name: tmp_path / f"{name}.jpg" for name in ("OPENCV_PHOTOS", "TUXPAINT_STAMPS", "KDE_WALLPAPERS")}
+    for path in photos.values():
+        path.write_bytes(b"\xff\xd8")
+    result, calls = run_make(tmp_path, "corpus", uid=1000, **{k: str(v) for k, v in photos.items()})
+    assert result.returncode == 0, result.stderr
+    assert calls == []

@@ -92,29 +92,32 @@ def nonskin_corpus(size: int = 224):
     """The named corpus (training/nonskin_corpus.py): everyday photographs and made pictures (made at ``size``
     and with the seed the card's figures were measured with)."""
     pytest.importorskip("skimage.data")
-    from training import nonskin_corpus
+    from training import nonskin_corpus, nonskin_everyday
 
-    return nonskin_corpus.everyday_photos() + nonskin_corpus.made_pictures(size, seed=42)
+    return nonskin_everyday.everyday_photos() + nonskin_corpus.made_pictures(size, seed=42)
 
 
 @pytest.mark.slow
 def test_the_shipped_model_answers_the_nonskin_corpus_as_its_card_says(shipped_client, card):
-    """Every everyday photograph and made picture is refused with a 422 except those the card lists as
-    passed, which are screened as unusual images (200, uncertain, with the warning).
+    """Every everyday photograph and made picture is refused with a 422, except at most those the card lists
+    as passed, which are screened as unusual images (200, uncertain, with the warning).
 
-    The thresholds were fitted on HAM10000's training and validation images only; these
-    pictures check them, they did not set them.
+    The card's figures on this corpus are cross-fitted: what object checks fitted without each photo said
+    of it. The shipped check was fitted on every photo, so it lets through no more than they did. The
+    distance thresholds, floors and ceilings were fitted on HAM10000's training and validation images only.
     """
     passed = set(card["ood"]["everyday_passed"]) | set(card["ood"]["made_passed"])
-    refused, unusual = set(), set()
+    refused, screened = set(), {}
     for name, kind, img in nonskin_corpus(card["input_size"]):
         res = shipped_client.post("/predict", data=png_bytes(np.asarray(img)), content_type="image/png")
         if res.status_code == 422 and res.get_json()["error"]["code"] == "not_a_skin_lesion":
             refused.add(name)
-        elif res.status_code == 200 and res.get_json()["unusual_image"] and res.get_json()["uncertain"]:
-            unusual.add(name)
-    assert unusual == passed
-    assert len(refused) == card["ood"]["nonskin_images"] - len(passed)
+        else:
+            body = res.get_json()
+            screened[name] = (res.status_code, body.get("unusual_image"), body.get("uncertain"))
+    assert set(screened) <= passed, sorted(set(screened) - passed)
+    assert all(answer == (200, True, True) for answer in screened.values()), screened
+    assert len(refused) + len(screened) == card["ood"]["nonskin_images"]
 
 
 @pytest.mark.slow

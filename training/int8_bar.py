@@ -129,12 +129,13 @@ def corpus_uploads(test_paths: list[str], size: int, hard_lesions: int) -> dict:
     from PIL import Image
 
     from training import nonskin_corpus as corpus
+    from training.nonskin_everyday import python_package_photos
 
     rng = np.random.default_rng(SEED)
     picked = [test_paths[i] for i in sorted(rng.choice(len(test_paths), min(hard_lesions, len(test_paths)), replace=False))]
     lesions = [Image.open(p).convert("RGB") for p in picked]
     return {"hard_lesions": [upload_of(img) for _, _, img in corpus.hard_cases(lesions, seed=SEED)],
-            "everyday": [upload_of(img) for _, _, img in corpus.everyday_photos()],
+            "everyday": [upload_of(img) for _, _, img in python_package_photos()],
             "made": [upload_of(img) for _, _, img in corpus.made_pictures(size, SEED)]}
 
 

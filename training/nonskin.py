@@ -36,7 +36,6 @@ from server.model.nonskin import (
     PICTURE_CHECKS,
     DistanceCheck,
     FloorCheck,
-    ImagenetLabels,
     Mahalanobis,
     NonSkinCheck,
     compact_ood,
@@ -52,21 +51,23 @@ from server.thresholds import (
     NONSKIN_NAMED_MIN_PROBABILITY,
     NONSKIN_PERCENTILE_CANDIDATES,
     NONSKIN_REFUSE_PERCENTILE,
-    NONSKIN_REFUSED,
-    NONSKIN_UNUSUAL,
     NONSKIN_UNUSUAL_ABOVE,
 )
 from training import nonskin_corpus as corpus
+from training import nonskin_everyday, nonskin_shifted
+from training.nonskin_figures import IMAGENET_PROBS, corpus_description, measure
+from server.model.nonskin_imagenet import ImagenetLabels, ObjectCheck
+from training.nonskin_object import fit_object_check, lesion_names
 
 log = logging.getLogger("training.calibrate")
 
 OOD_FILENAME = "ood_stats.npz"
-IMAGENET_PROBS = "imagenet_probs"  # the branch's class probabilities, beside the signals the checks read
 HARD_LESIONS = 150  # lesions per split made harder in each of the corpus's ways
 SHIFTED_LESIONS = 200  # lesions per split shifted in each of the corpus's ways (other clinics)
 LESION_LIKE_SHARE = 0.005  # an ImageNet class that is the top class of more training lesions than this is lesion-like
 # The lesion photos the corpus changes, by set: (how many per split, the corpus function, seed offset).
-LESION_SETS = {"hard": (HARD_LESIONS, corpus.hard_cases), "shifted": (SHIFTED_LESIONS, corpus.shifted_lesions)}
+LESION_SETS = {"hard": (HARD_LESIONS, corpus.hard_cases),
+               "shifted": (SHIFTED_LESIONS, nonskin_shifted.shifted_lesions)}
 TEST_SEED_OFFSET = 10_000
 
 
@@ -121,11 +122,6 @@ def unusual_or_worse(check: NonSkinCheck, signals: dict) -> np.ndarray:
     return check.score(signals) > NONSKIN_UNUSUAL_ABOVE
 
 
-def answers(check: NonSkinCheck, signals: dict) -> np.ndarray:
-    """Per image, the service's answer (usual, unusual, refused) from its precomputed ``signals``."""
-    return check.answers(check.ratios(signals), signals.get(IMAGENET_PROBS))
-
-
 def with_refusal_levels(check: NonSkinCheck, pooled: list[dict]) -> NonSkinCheck:
     """``check`` with each check's refusal level at ``NONSKIN_REFUSE_PERCENTILE`` of its ratios over the
     ``pooled`` signal sets (validation lesions however photographed), never below its unusual level."""
@@ -137,61 +133,7 @@ def with_refusal_levels(check: NonSkinCheck, pooled: list[dict]) -> NonSkinCheck
             out.append(replace(c, refuse_floor=c.floor - c.sign * float(np.log(factor))))
         else:
             out.append(replace(c, refuse_threshold=c.threshold * factor))
-    return NonSkinCheck(tuple(out), check.labels, check.imagenet_gate)
-
-
-def shares(flags_by_answer: np.ndarray) -> dict:
-    """{n, refused, unusual} counts of an array of answers."""
-    return {"n": int(len(flags_by_answer)), "refused": int((flags_by_answer == NONSKIN_REFUSED).sum()),
-            "unusual": int((flags_by_answer == NONSKIN_UNUSUAL).sum())}
-
-
-def by_kind(kinds, answered) -> dict[str, dict]:
-    kinds = np.asarray(kinds)
-    return {kind: shares(answered[kinds == kind]) for kind in dict.fromkeys(kinds.tolist())}
-
-
-def measure(check: NonSkinCheck, sets: dict, kinds: dict, everyday, made) -> dict:
-    """The figures of ``check`` on the report sets: refused and unusual shares, by kind and by check."""
-    answered = {name: answers(check, sets[name]) for name in
-                ("val", "test", "hard_val", "hard_test", "shifted_val", "shifted_test", "everyday", "made")}
-
-    def rate(name, answer):
-        return float(np.mean(answered[name] == answer))
-
-    def refused_by_check(name):
-        refused = answered[name] == NONSKIN_REFUSED
-        factors = {c.name: c.refuse_factor for c in check.checks}
-        return {n: int((refused & (r > factors[n])).sum()) for n, r in check.ratios(sets[name]).items()}
-
-    def not_refused(items, name):
-        return [item for (item, _, _), a in zip(items, answered[name]) if a != NONSKIN_REFUSED]
-
-    def changed(name):
-        """The figures of a set of test lesions the corpus changed, overall and by kind."""
-        return {f"{name}_false_flag_rate": rate(name, NONSKIN_REFUSED), f"{name}_unusual_rate": rate(name, NONSKIN_UNUSUAL),
-                f"{name}_images": int(len(answered[name])), f"{name}_by_kind": by_kind(kinds[name], answered[name]),
-                f"{name}_refused_by_check": refused_by_check(name)}
-
-    every_refused, made_refused = answered["everyday"] == NONSKIN_REFUSED, answered["made"] == NONSKIN_REFUSED
-    return {
-        "val_false_flag_rate": rate("val", NONSKIN_REFUSED), "val_unusual_rate": rate("val", NONSKIN_UNUSUAL),
-        "test_false_flag_rate": rate("test", NONSKIN_REFUSED), "test_unusual_rate": rate("test", NONSKIN_UNUSUAL),
-        "test_refused_by_check": refused_by_check("test"),
-        "hard_val_false_flag_rate": rate("hard_val", NONSKIN_REFUSED),
-        **changed("hard_test"),
-        "shifted_val_false_flag_rate": rate("shifted_val", NONSKIN_REFUSED),
-        **changed("shifted_test"),
-        "everyday_true_flag_rate": float(every_refused.mean()), "everyday_images": int(len(every_refused)),
-        "everyday_passed": not_refused(everyday, "everyday"),
-        "made_true_flag_rate": float(made_refused.mean()), "made_images": int(len(made_refused)),
-        "made_passed": not_refused(made, "made"),
-        "made_by_kind": {k: {"n": v["n"], "refused": v["refused"]}
-                         for k, v in by_kind([k for _, k, _ in made], answered["made"]).items()},
-        "nonskin_true_flag_rate": float(np.concatenate([every_refused, made_refused]).mean()),
-        "nonskin_images": int(len(every_refused) + len(made_refused)),
-        "counts": {name: shares(answered[name]) for name in ("test", "hard_test", "shifted_test", "everyday", "made")},
-    }
+    return NonSkinCheck(tuple(out), check.labels, check.imagenet_gate, check.objects)
 
 
 def lesion_like_classes(train_probs: np.ndarray) -> np.ndarray:
@@ -242,7 +184,7 @@ def fit_nonskin(predictor, signals: dict, run_dir: Path, run_views, sources: dic
     lesion_sets, kinds = lesion_signals(predictor, run_views, sources, seed)
     sets = {**signals, **lesion_sets}
     size = predictor.input_size
-    everyday, made = corpus.everyday_photos(), corpus.made_pictures(size, seed)
+    everyday, made = nonskin_everyday.everyday_photos(), corpus.made_pictures(size, seed)
     sets["everyday"] = run_views(predictor, squares([img for _, _, img in everyday], size, predictor.colour))[1]
     sets["made"] = run_views(predictor, squares([img for _, _, img in made], size, predictor.colour))[1]
 
@@ -274,6 +216,14 @@ def fit_nonskin(predictor, signals: dict, run_dir: Path, run_views, sources: dic
 
     percentile = choose_percentile(check_at, sets["val"], sets["hard_val"])
     check = with_refusal_levels(check_at(percentile), [sets["val"], sets["hard_val"], sets["shifted_val"]])
+    object_card = {}
+    if has_imagenet:
+        names = {"everyday": [n for n, _, _ in everyday], "made": [n for n, _, _ in made],
+                 "val": [f"lesion{i}" for i in range(len(sets["val"][FEATURES]))],
+                 **{k: lesion_names(v) for k, v in kinds.items()}}
+        object_arrays, object_card = fit_object_check(sets, names)
+        arrays.update(object_arrays)
+        check = NonSkinCheck(check.checks, labels, gate, ObjectCheck.from_arrays(arrays, object_card["object_threshold"]))
     level = {c.name: c for c in check.checks}
     sha = save_ood(arrays, run_dir / OOD_FILENAME)
 
@@ -313,18 +263,19 @@ def fit_nonskin(predictor, signals: dict, run_dir: Path, run_views, sources: dic
                            f"lesions, plain, made harder and shifted as other clinics photograph them"),
         "refuse_factors": {c.name: c.refuse_factor for c in check.checks},
         "percentile": percentile,
-        "rule": ("refused (422) when any check is beyond its refusal level, or when the image is unusual and the "
-                 f"ImageNet branch names an object (top class not lesion-like, p >= {NONSKIN_NAMED_MIN_PROBABILITY}, "
-                 f"lesion-like classes <= {NONSKIN_NAMED_MAX_LESION_LIKE}); unusual (200, uncertain, with a warning) "
-                 "when any check is beyond its unusual level (score = the largest ratio > 1); else usual"),
+        "rule": ("refused (422) when any check is beyond its refusal level, or when " + (
+                     "the ImageNet branch ran and the object check finds an everyday object (decision > object_threshold)"
+                     if check.objects is not None else
+                     f"the image is unusual and the ImageNet branch names an object (top class not lesion-like, p >= "
+                     f"{NONSKIN_NAMED_MIN_PROBABILITY}, lesion-like classes <= {NONSKIN_NAMED_MAX_LESION_LIKE})")
+                 + "; unusual (200, uncertain, with a warning) when any check is beyond its unusual level (score = the "
+                 "largest ratio > 1); else usual"),
         "looks_like_rule": (f"a refusal names the ImageNet top class when its probability is >= {LOOKS_LIKE_MIN_PROBABILITY} "
                             f"and it is not the top class of > {LESION_LIKE_SHARE:.1%} of training lesions"),
         **figures,
+        **object_card,
         "everyday_looks_like": looks,
-        "corpus": "training/nonskin_corpus.py: everyday photographs from scikit-image, scikit-learn and matplotlib; "
-                  "made pictures; test lesions made harder (darker, brighter, blurred, rotated, ruler, hair, 150 px); "
-                  f"{SHIFTED_LESIONS} test lesions shifted as other clinics photograph them, each way "
-                  f"({', '.join(corpus.shifted_kinds())})",
+        "corpus": corpus_description(SHIFTED_LESIONS),
         "api": ("422 not_a_skin_lesion with error.looks_like: no diagnosis is given for a refused image; an unusual "
                 "image is screened with unusual_image: true and marked uncertain"),
     }

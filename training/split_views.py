@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from server.imaging import COLOUR_NONE, scale_pixels
-from server.model.nonskin import FEATURES, FLOORS, IMAGENET, floor_statistics
+from server.model.nonskin import FEATURES, FLOORS, IMAGENET
+from server.model.nonskin_pictures import floor_statistics
 from server.model.trust import tta_views
 from training.nonskin import IMAGENET_PROBS, LESION_SETS
 

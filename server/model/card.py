@@ -121,6 +121,7 @@ class NonSkinSpec:
     colour_refuse_floor: float | None = None
     noise_refuse_ceiling: float | None = None
     flat_refuse_ceiling: float | None = None
+    object_threshold: float | None = None  # the object check's decision beyond which an everyday object is refused
     extra: Mapping = field(default_factory=dict)  # how they were fitted, and the measured flag rates
 
     def figure(self, key: str, default=None):
@@ -152,7 +153,7 @@ class NonSkinSpec:
                    noise_ceiling=number(data, "noise_ceiling", "ood."), flat_ceiling=number(data, "flat_ceiling", "ood."),
                    noise_refuse_ceiling=number(data, "noise_refuse_ceiling", "ood."),
                    flat_refuse_ceiling=number(data, "flat_refuse_ceiling", "ood."),
-                   extra=rest(data, cls))
+                   object_threshold=number(data, "object_threshold", "ood."), extra=rest(data, cls))
 
 
 PATIENT_FIELDS = ("age", "sex", "site")

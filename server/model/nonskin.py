@@ -21,9 +21,10 @@ a refusal level further out (``refuse_factor`` times the ratio), beyond which it
 not a lesion photo. All are fitted by ``training.nonskin`` on the training and validation
 splits. The score of an image is the largest ratio, its refusal score the largest ratio to
 the refusal levels, and ``server.thresholds.nonskin_answer`` is the one rule that turns
-them, with what the ImageNet classifier names (``ImagenetLabels.names_an_object``), into an answer:
-usual, unusual (screened with a warning) or refused. The ImageNet classifier's top class
-explains a refusal ("looks like: tabby cat") through ``looks_like``.
+them, with what the object check says (``server/model/nonskin_imagenet.py``: a photo of an
+everyday object), into an answer: usual, unusual (screened with a warning) or refused. The
+ImageNet classifier's top class explains a refusal ("looks like: tabby cat") through ``looks_like``.
+The picture statistics the floors and ceilings read are in ``server/model/nonskin_pictures.py``.
 
 numpy only: the trainer fits the statistics and stores them with ``compact_ood`` in the
 format ``Mahalanobis.from_arrays`` reads, so writer and reader live together here.
@@ -36,20 +37,16 @@ from pathlib import Path
 
 import numpy as np
 
+from server.model.nonskin_imagenet import ImagenetLabels, ObjectCheck
 from server.thresholds import NONSKIN_NAMED_MAX_LESION_LIKE, NONSKIN_NAMED_MIN_PROBABILITY, nonskin_answer
 
 # The signals a check can read: pooled features, the 12 picture statistics, the ImageNet
 # branch's pooled features, and the two picture statistics the floors read.
 FEATURES, PICTURE, IMAGENET, FLOORS = "features", "picture", "imagenet", "floors"
-# Columns of ``image_statistics`` that ``floor_statistics`` computes on their own, in order.
-GRADIENT_COLUMN, SATURATION_COLUMN = 6, 10
-TEXTURE_FLOOR, COLOUR_FLOOR, FLAT_SHARE = 0, 1, 2  # columns of ``floor_statistics``
+TEXTURE_FLOOR, COLOUR_FLOOR, FLAT_SHARE = 0, 1, 2  # columns of ``floor_statistics`` (``nonskin_pictures``)
 # The picture checks: name -> (column of ``floor_statistics``, is it a ceiling?).
 PICTURE_CHECKS = {"texture": (TEXTURE_FLOOR, False), "colour": (COLOUR_FLOOR, False),
                   "noise": (TEXTURE_FLOOR, True), "flat": (FLAT_SHARE, True)}
-# Pixels darker than this (0..255 grey) do not count towards the flat share: the black
-# surround of a dermatoscope's round field is as flat as a made picture's fill.
-FLAT_DARK_BELOW = 40.0
 
 
 class Mahalanobis:
@@ -77,7 +74,7 @@ class Mahalanobis:
         """From the stored arrays: the precision whole, or (compact) its scaled upper triangle (float16)."""
         arrays = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
         if prefix == "":
-            arrays = {k: v for k, v in arrays.items() if not k.startswith(("image_", "imagenet_"))}
+            arrays = {k: v for k, v in arrays.items() if not k.startswith(("image_", "imagenet_", "object_"))}
         if "precision" in arrays:
             precision = np.asarray(arrays["precision"], np.float64)
         else:
@@ -156,43 +153,6 @@ class FloorCheck:
         return np.exp(np.minimum(self.sign * (self.floor - values), 50.0))
 
 
-@dataclass(frozen=True)
-class ImagenetLabels:
-    """The ImageNet classes, for saying what a refused image looked like.
-
-    ``lesion_like`` marks the classes that are the top class of more than a few training
-    lesions ("tick", "velvet", "Petri dish"...): naming one of those would mislead, so a
-    refusal whose top class is one of them names none.
-    """
-
-    names: tuple[str, ...]
-    lesion_like: frozenset[int]
-
-    def names_an_object(self, probs: np.ndarray, min_probability: float, max_lesion_like: float = 1.0) -> np.ndarray:
-        """Per row of (n, classes) probabilities: is the top class at least ``min_probability`` and not
-        lesion-like, with at most ``max_lesion_like`` of the probability on the lesion-like classes?"""
-        probs = np.atleast_2d(probs)
-        top = probs.argmax(axis=1)
-        classes = np.fromiter(self.lesion_like, int, len(self.lesion_like))
-        lesion_like_mass = probs[:, classes].sum(axis=1)
-        return ((probs[np.arange(len(probs)), top] >= min_probability) & ~np.isin(top, classes)
-                & (lesion_like_mass <= max_lesion_like))
-
-    def looks_like(self, probs: np.ndarray, min_probability: float) -> str | None:
-        """The top class's readable name when it is confident enough and not lesion-like, else None."""
-        if not self.names_an_object(probs, min_probability)[0]:
-            return None
-        return readable_label(self.names[int(np.argmax(probs))])
-
-
-def readable_label(line: str) -> str:
-    """'tabby, tabby cat' -> 'tabby cat': the first synonym, or a later one that spells it out."""
-    synonyms = [s.strip() for s in line.split(",") if s.strip()]
-    first = synonyms[0]
-    longer = [s for s in synonyms[1:] if s.startswith(first + " ")]
-    return longer[0] if longer else first
-
-
 def largest(ratios: dict) -> np.ndarray:
     """Per image, the largest of the checks' ratios: the non-skin score."""
     return np.max(np.stack(list(ratios.values())), axis=0)
@@ -208,10 +168,12 @@ class NonSkinCheck:
     for the real lesions that look most typical, and cannot refuse them either.
     """
 
-    def __init__(self, checks: tuple, labels: ImagenetLabels | None = None, imagenet_gate: float | None = None):
+    def __init__(self, checks: tuple, labels: ImagenetLabels | None = None, imagenet_gate: float | None = None,
+                 objects: ObjectCheck | None = None):
         self.checks = tuple(checks)
         self.labels = labels
         self.imagenet_gate = imagenet_gate
+        self.objects = objects
 
     def check(self, name: str) -> DistanceCheck | None:
         return next((c for c in self.checks if c.name == name), None)
@@ -220,7 +182,7 @@ class NonSkinCheck:
         """The same checks with the ImageNet gate ``margin`` (a share) nearer: for int8 features, which
         lie a few percent nearer the lesions than float32's, so the branch runs wherever float32's would."""
         gate = None if self.imagenet_gate is None else self.imagenet_gate * (1.0 - margin)
-        return NonSkinCheck(self.checks, self.labels, gate)
+        return NonSkinCheck(self.checks, self.labels, gate, self.objects)
 
     def ratios(self, signals: dict) -> dict[str, np.ndarray]:
         """Each check's ratios by name, for the checks whose signal is given (``signals`` maps a
@@ -249,11 +211,21 @@ class NonSkinCheck:
         factors = {c.name: c.refuse_factor for c in self.checks}
         return largest({name: r / factors[name] for name, r in ratios.items()})
 
-    def answers(self, ratios: dict, imagenet_probs=None) -> np.ndarray:
-        """Per image, from the checks' ``ratios`` and the ImageNet probabilities (None where the branch
-        did not run): the answer of the one rule, ``server.thresholds.nonskin_answer``."""
-        named = self.named(ratios, imagenet_probs)
-        return np.atleast_1d(nonskin_answer(largest(ratios), self.refusal_score(ratios), named))
+    def answers(self, ratios: dict, imagenet_probs=None, objects=None) -> np.ndarray:
+        """Per image, from the checks' ``ratios``, the ImageNet probabilities (None where the branch did not
+        run) and ``object_photos`` (None: not asked): the answer of the one rule, ``server.thresholds.nonskin_answer``.
+        A card with an object check refuses on it alone; an older one on the ImageNet top class (``named``)."""
+        n = len(ratios[FEATURES])
+        named = self.named(ratios, imagenet_probs) if self.objects is None else np.zeros(n, bool)
+        objects = np.zeros(n, bool) if objects is None else np.asarray(objects, bool)
+        return np.atleast_1d(nonskin_answer(largest(ratios), self.refusal_score(ratios), named, objects))
+
+    def object_photos(self, ratios: dict, features, imagenet_features) -> np.ndarray:
+        """Per image: did the ImageNet branch run (its gate open) and the object check find an everyday object?"""
+        n = len(ratios[FEATURES])
+        if self.objects is None or imagenet_features is None:
+            return np.zeros(n, bool)
+        return self.imagenet_runs(ratios) & self.objects.is_object(features, imagenet_features)
 
     def named(self, ratios: dict, imagenet_probs) -> np.ndarray:
         """Per image: did the ImageNet branch run (its gate open) and name an everyday object, with next to
@@ -269,12 +241,13 @@ class NonSkinCheck:
 
     @classmethod
     def from_arrays(cls, arrays: dict, thresholds: dict, imagenet_gate: float | None = None,
-                    refusal: dict | None = None) -> "NonSkinCheck":
+                    refusal: dict | None = None, object_threshold: float | None = None) -> "NonSkinCheck":
         """The checks the card's thresholds name, with the statistics a file holds.
 
         ``thresholds``: ``features`` (always), and when present ``picture``, ``imagenet``
         (distance thresholds) and ``texture``, ``colour`` (floors). ``refusal``: by the same
-        names, the refusal levels of the checks that have one.
+        names, the refusal levels of the checks that have one. ``object_threshold``: the object check's
+        (``ObjectCheck``), which a file that stores its classifier needs.
         """
         refusal = {k: float(v) for k, v in (refusal or {}).items() if v is not None}
         checks = []
@@ -290,89 +263,11 @@ class NonSkinCheck:
         if "imagenet_labels" in arrays:
             names = tuple(str(n) for n in arrays["imagenet_labels"])
             labels = ImagenetLabels(names, frozenset(int(i) for i in arrays.get("imagenet_lesion_like", [])))
-        return cls(tuple(checks), labels, imagenet_gate)
+        return cls(tuple(checks), labels, imagenet_gate, ObjectCheck.from_arrays(arrays, object_threshold))
 
     @classmethod
     def load(cls, path: Path, thresholds: dict, imagenet_gate: float | None = None,
-             refusal: dict | None = None) -> "NonSkinCheck":
+             refusal: dict | None = None, object_threshold: float | None = None) -> "NonSkinCheck":
         with np.load(path) as data:
             arrays = {k: data[k] for k in data.files}
-        return cls.from_arrays(arrays, thresholds, imagenet_gate, refusal)
-
-
-def _channels(x: np.ndarray):
-    """Model inputs in [-1, 1] -> 0..255 red, green, blue planes (float32)."""
-    u = (np.asarray(x, np.float32) + 1.0) * np.float32(127.5)
-    return u, u[..., 0], u[..., 1], u[..., 2]
-
-
-def _extremes(r, g, b):
-    # Channel max/min element-wise: numpy's reductions over a last axis of length 3 are
-    # strided and were half the cost of a whole prediction.
-    return np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
-
-
-def _gradients(grey):
-    return np.abs(np.diff(grey, axis=2)), np.abs(np.diff(grey, axis=1))
-
-
-def _mean_gradient(gx, gy):
-    return 0.5 * (gx.mean(axis=(1, 2)) + gy.mean(axis=(1, 2)))
-
-
-def _saturation(mx, mn):
-    return ((mx - mn) / np.maximum(mx, 1.0)).mean(axis=(1, 2))
-
-
-def _logit(p):
-    p = np.clip(p, 1e-3, 1 - 1e-3)
-    return np.log(p / (1 - p))
-
-
-def _flat_share(grey, gx, gy):
-    """The share of neighbouring pixels that are exactly equal, along the flatter of the two axes, among
-    pixels not darker than ``FLAT_DARK_BELOW``: a made picture (a fill, a gradient, a sky) is flat along
-    at least one axis; a photo's sensor noise and skin texture leave few equal neighbours either way."""
-    lit_x, lit_y = grey[:, :, 1:] >= FLAT_DARK_BELOW, grey[:, 1:] >= FLAT_DARK_BELOW
-    return np.maximum(((gx == 0) & lit_x).mean(axis=(1, 2)), ((gy == 0) & lit_y).mean(axis=(1, 2)))
-
-
-def floor_statistics(x: np.ndarray) -> np.ndarray:
-    """(n, s, s, 3) model inputs in [-1, 1] -> (n, 3): the texture, colour and flat share the picture checks read.
-
-    The first two are exactly columns ``GRADIENT_COLUMN`` and ``SATURATION_COLUMN`` of
-    ``image_statistics`` (the same functions compute them), at a fraction of its cost: the
-    service computes only these.
-    """
-    _, r, g, b = _channels(x)
-    mx, mn = _extremes(r, g, b)
-    grey = (r + g + b) / np.float32(3.0)
-    gx, gy = _gradients(grey)
-    return np.stack([np.log1p(_mean_gradient(gx, gy)), _logit(_saturation(mx, mn)), _logit(_flat_share(grey, gx, gy))],
-                    axis=1)
-
-
-def image_statistics(x: np.ndarray) -> np.ndarray:
-    """(n, s, s, 3) model inputs in [-1, 1] -> (n, 12) low-level statistics of the picture.
-
-    Deep features alone let some near-empty pictures through (a flat colour, a smooth
-    gradient, a page of text can land near the lesions' mean). A photo of skin has a
-    skin-like colour, some texture and few pure-white or pure-black pixels; these
-    statistics say so in a few numbers (log or logit scaled so they are roughly Gaussian).
-    Older cards check all twelve with a Mahalanobis distance; newer ones put one-sided
-    floors on two of them (``floor_statistics``).
-    """
-    u, r, g, b = _channels(x)
-    mx, mn = _extremes(r, g, b)
-    grey = (r + g + b) / np.float32(3.0)
-    gx, gy = _gradients(grey)
-    sharp = 0.5 * ((gx > 40).mean(axis=(1, 2)) + (gy > 40).mean(axis=(1, 2)))
-    white = (mn > 240).mean(axis=(1, 2))
-    black = (mx < 15).mean(axis=(1, 2))
-    fine = np.abs(grey[:, 1:-1, 1:-1] * 4 - grey[:, :-2, 1:-1] - grey[:, 2:, 1:-1] - grey[:, 1:-1, :-2]
-                  - grey[:, 1:-1, 2:]).mean(axis=(1, 2))  # Laplacian: sensor noise and skin texture
-    return np.stack([
-        *(u.mean(axis=(1, 2)) / 255.0).T, *np.log1p(u.std(axis=(1, 2))).T,
-        np.log1p(_mean_gradient(gx, gy)), _logit(sharp), _logit(white), _logit(black), _logit(_saturation(mx, mn)),
-        np.log1p(fine),
-    ], axis=1)
+        return cls.from_arrays(arrays, thresholds, imagenet_gate, refusal, object_threshold)

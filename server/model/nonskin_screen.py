@@ -8,7 +8,8 @@ import numpy as np
 
 from server.model.card import ModelCard
 from server.model.files import ModelLoadError, file_sha256
-from server.model.nonskin import FEATURES, FLOORS, IMAGENET, PICTURE, NonSkinCheck, floor_statistics, image_statistics, largest
+from server.model.nonskin import FEATURES, FLOORS, IMAGENET, PICTURE, NonSkinCheck, largest
+from server.model.nonskin_pictures import floor_statistics, image_statistics
 from server.thresholds import LOOKS_LIKE_MIN_PROBABILITY, NONSKIN_REFUSED
 
 
@@ -22,7 +23,7 @@ def load_nonskin(card: ModelCard, card_dir: Path) -> NonSkinCheck | None:
         raise ModelLoadError(f"the model card's non-skin statistics {path} are missing: run training.calibrate")
     if spec.sha256 and file_sha256(path) != spec.sha256:
         raise ModelLoadError(f"{path} does not match the sha256 its model card records")
-    return NonSkinCheck.load(path, spec.thresholds(), spec.imagenet_gate, spec.refusal())
+    return NonSkinCheck.load(path, spec.thresholds(), spec.imagenet_gate, spec.refusal(), spec.object_threshold)
 
 
 def screen_nonskin(check: NonSkinCheck | None, x: np.ndarray, feature_map: np.ndarray,
@@ -40,11 +41,12 @@ def screen_nonskin(check: NonSkinCheck | None, x: np.ndarray, feature_map: np.nd
     if FLOORS in needed:
         signals[FLOORS] = floor_statistics(x)
     ratios = check.ratios(signals)
-    in_probs = None
+    in_features = in_probs = None
     if check.imagenet_runs(ratios)[0]:
         in_features, in_probs = forward_imagenet(x)
         ratios[IMAGENET] = check.check(IMAGENET).ratios(in_features)
-    answer = str(check.answers(ratios, in_probs)[0])
+    objects = check.object_photos(ratios, signals[FEATURES], in_features)
+    answer = str(check.answers(ratios, in_probs, objects)[0])
     looks_like = None
     if answer == NONSKIN_REFUSED and in_probs is not None and check.labels is not None:
         looks_like = check.labels.looks_like(in_probs[0], LOOKS_LIKE_MIN_PROBABILITY)

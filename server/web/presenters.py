@@ -122,10 +122,14 @@ def nonskin_in_words(ood) -> str:
     def share(rate_key: str, count_key: str) -> str:
         return f"{percent(ood.figure(rate_key))} of {ood.figure(count_key)}"
 
+    checked = ("Checked on pictures the thresholds were not fitted on, except that an everyday photograph or made "
+               "picture counts as refused only when an object check fitted without it refuses it: "
+               if ood.object_threshold is not None else "Checked on pictures the thresholds were not fitted on: ")
     text = ("Images that do not look like a skin lesion are refused without a diagnosis, and the refusal says what "
-            "the image seemed to be when the model can tell. Checked on pictures the thresholds were not fitted on: "
-            f"{share('everyday_true_flag_rate', 'everyday_images')} everyday photographs (a cat, coffee, a rocket...) "
-            f"and {share('made_true_flag_rate', 'made_images')} made pictures (flat skin tones, gradients, sunsets, "
+            "the image seemed to be when the model can tell. " + checked +
+            f"{share('everyday_true_flag_rate', 'everyday_images')} everyday photographs (food, animals, vehicles, "
+            f"rooms, streets, a cat, coffee...) and {share('made_true_flag_rate', 'made_images')} made pictures "
+            "(flat skin tones, gradients, sunsets, "
             "screenshots, charts) were refused; "
             f"{percent(ood.figure('test_false_flag_rate', 0.0))} of the real lesion photos of the test split, and "
             f"{share('hard_test_false_flag_rate', 'hard_test_images')} of them made harder (darker, brighter, blurred, "
