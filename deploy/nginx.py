@@ -8,12 +8,15 @@ localhost, valid 30 days); clients check the service against that certificate fi
 
 from __future__ import annotations
 
+import math
 import os
 import pwd
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+
+from server.config import DEFAULT_RATE_LIMITS, active_rate
 
 TEMPLATE = Path(__file__).with_name("nginx.conf.template")
 TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -55,9 +58,61 @@ def user_line() -> str:
     return f"user {user.pw_name} {Path('/etc/group').exists() and _group(user.pw_gid) or user.pw_name};"
 
 
-def render(run_dir: Path, host: str, port: int, tls_port: int, upstreams: list[str], certificate: Certificate) -> str:
-    """The template filled in: HTTP on ``port`` (redirects), HTTPS on ``tls_port``, the body limit from MAX_UPLOAD_MB."""
+# Uploads from one address that go straight through at once before nginx paces the rest: a
+# clinician sending three views of one lesion never waits. Kept small because N addresses can
+# put N x (PACED_AFTER + 1) screenings in front of everyone else's at the same moment.
+PACED_AFTER = 2
+
+
+@dataclass(frozen=True)
+class OuterLimit:
+    """nginx's per-address pacing of screening: ``per_minute`` a minute, up to ``burst`` waiting."""
+
+    per_minute: int
+    burst: int
+
+    @property
+    def retry_after(self) -> int:
+        """Seconds until the bucket has room for one more request."""
+        return max(1, math.ceil(60 / self.per_minute))
+
+
+def outer_rate_limit(rate: str | None) -> OuterLimit | None:
+    """nginx's pacing in front of the service's ``RATE_LIMIT`` (e.g. "60/minute"), or None when it is off.
+
+    The service's own (loosest) rate, as a leaky bucket: ``PACED_AFTER`` uploads at once go
+    straight through, more are held by nginx and passed on at that rate, and only a client with
+    more than a whole budget waiting gets nginx's 429. A legitimate batch is slowed, not refused;
+    a flood from a few addresses reaches the workers at one request a second each instead of
+    taking every worker for as long as its budget lasts, and costs nginx, not Python, to hold.
+    """
+    rate = active_rate(rate)
+    if rate is None:
+        return None
+    from limits import parse_many
+
+    loosest = max(parse_many(rate), key=lambda item: item.amount / item.get_expiry())
+    return OuterLimit(per_minute=math.ceil(loosest.amount * 60 / loosest.get_expiry()), burst=loosest.amount)
+
+
+def _limit_directives(limit: OuterLimit | None) -> dict[str, str]:
+    if limit is None:
+        off = "# RATE_LIMIT is off: no per-address limit here either"
+        return {"screening_limit_zone": off, "screening_limit": off, "screening_rate": "off", "screening_retry_after": "1"}
+    return {
+        "screening_limit_zone": f"limit_req_zone $binary_remote_addr zone=screening:1m rate={limit.per_minute}r/m;",
+        "screening_limit": f"limit_req zone=screening burst={limit.burst} delay={PACED_AFTER};",
+        "screening_rate": f"{limit.per_minute} a minute, {limit.burst} waiting",
+        "screening_retry_after": str(limit.retry_after),
+    }
+
+
+def render(run_dir: Path, host: str, port: int, tls_port: int, upstreams: list[str], certificate: Certificate,
+           rate_limit: str | None = None) -> str:
+    """The template filled in: HTTP on ``port`` (redirects), HTTPS on ``tls_port``, the body limit from
+    MAX_UPLOAD_MB, the flood guard from the hosts' ``rate_limit`` (None: RATE_LIMIT, else the default)."""
     max_mb = int(os.environ.get("MAX_UPLOAD_MB", "10"))
+    rate = (os.environ.get("RATE_LIMIT", "") if rate_limit is None else rate_limit).strip() or DEFAULT_RATE_LIMITS["RATE_LIMIT"]
     servers = "\n".join(f"        server {address} max_fails=1 fail_timeout=10s;" for address in upstreams)
     return Template(TEMPLATE.read_text()).safe_substitute(
         user_line=user_line(), run_dir=str(run_dir), listen=f"{host}:{port}", tls_listen=f"{host}:{tls_port}",
@@ -66,6 +121,7 @@ def render(run_dir: Path, host: str, port: int, tls_port: int, upstreams: list[s
         max_upload_mb=str(max_mb), max_body_bytes=str(max_mb * 1024 * 1024 + 64 * 1024),
         upload_read_timeout=str(int(float(os.environ.get("UPLOAD_READ_TIMEOUT", "10")))),
         proxy_read_timeout=str(int(os.environ.get("GUNICORN_TIMEOUT", "30")) + 30),
+        **_limit_directives(outer_rate_limit(rate)),
     )
 
 

@@ -134,7 +134,8 @@ class Stack:
         certificate = self.certificate or nginx.Certificate(str(self.run_dir / "tls" / "tls-certificate.pem"),
                                                             str(self.run_dir / "tls" / "tls-key.pem"))
         upstreams = [p.url.split("//")[1] for p in self.gunicorns()]
-        text = nginx.render(self.run_dir, self.host, self.port, self.tls_port or 443, upstreams, certificate)
+        text = nginx.render(self.run_dir, self.host, self.port, self.tls_port or 443, upstreams, certificate,
+                            self.env.get("RATE_LIMIT", self.rate_limit))  # the instances' own limit (start_instance)
         return nginx.write_conf(self.run_dir, text)
 
     def _spawn(self, name: str, kind: str, port: int, cmd: list[str], env: dict | None = None) -> Process:
@@ -216,9 +217,7 @@ class Stack:
                 os.killpg(proc.pid, signal.SIGKILL)
                 self._reap(proc.name, 10)
                 outcome[proc.name] = "killed"
-        state = self.run_dir / "stack.json"
-        if state.exists():
-            state.unlink()
+        (self.run_dir / "stack.json").unlink(missing_ok=True)
         return outcome
 
     def _reap(self, name: str, timeout: float) -> bool:

@@ -6,7 +6,8 @@ address taken from the proxy, the nginx config's body limit, and ``make services
 The slow test starts the real stack with ``deploy/stack.py`` (Debian's nginx and
 redis-server, two gunicorn instances on their own loopback ports standing for two hosts,
 each serving the shipped model) and shows, with ``-s`` printing the figures: requests spread
-over every instance; the rate limit holds in total across instances; a report token made on
+over every instance; the rate limit holds in total across instances; nginx paces each address
+at that rate, refusing only past a whole budget waiting; a report token made on
 one instance downloads from the other; killing one instance loses only its in-flight requests
 while nginx routes around it; the stack stops cleanly. It skips where nginx or redis-server is
 not installed (``make services`` installs them).
@@ -14,21 +15,22 @@ not installed (``make services`` installs them).
 
 from __future__ import annotations
 
-import http.client
-import itertools
 import json
 import re
-import ssl
+import shutil
+import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import requests
 
+from deploy import nginx
+from deploy.nginx import PACED_AFTER
 from deploy.stack import Stack, alive, find_binary
 from tests.conftest import image_bytes
+from tests.stack_client import direct, flood_at_once, https, loopback_addresses, nginx_log, post
 from tests.test_setup import MAKE, error_line, run_make
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,6 +91,28 @@ def test_nginx_config_limits_bodies_to_what_flask_accepts(tmp_path, monkeypatch)
     assert "${" not in conf
 
 
+@pytest.mark.parametrize("rate, zone, burst", [("60/minute", "rate=60r/m", "burst=60"),
+                                               ("5/second;100/hour", "rate=300r/m", "burst=5"),
+                                               ("off", None, None)])
+def test_nginx_paces_each_address_at_the_services_own_limit(tmp_path, monkeypatch, rate, zone, burst):
+    monkeypatch.setenv("RATE_LIMIT", rate)
+    binary, openssl = find_binary("nginx", "NGINX"), shutil.which("openssl")
+    certificate = nginx.self_signed_certificate(tmp_path / "tls") if openssl else nginx.Certificate("c.pem", "k.pem")
+    path = nginx.write_conf(tmp_path, nginx.render(tmp_path, "127.0.0.1", 8080, 8443, ["127.0.0.1:9"], certificate))
+    conf = path.read_text()
+    if zone is None:
+        assert "limit_req " not in conf and "limit_req_zone " not in conf
+    else:
+        assert f"limit_req_zone $binary_remote_addr zone=screening:1m {zone};" in conf
+        guarded = conf[conf.index("location ~ ^/(predict|screen)$"):]
+        assert guarded.split("}", 1)[0].split("{", 1)[1].split() == [
+            "limit_req", "zone=screening", burst, f"delay={PACED_AFTER};", "proxy_pass", "http://screening;"]
+    if binary and openssl:  # nginx itself accepts the config
+        checked = subprocess.run([binary, "-t", "-p", str(tmp_path), "-c", str(path), "-e", str(tmp_path / "error.log")],
+                                 capture_output=True, text=True, timeout=30)
+        assert checked.returncode == 0, checked.stderr
+
+
 SERVICES = "install -y -qq nginx redis-server DEBIAN_FRONTEND=noninteractive"
 NO_SERVICES = {"NGINX": "/nonexistent/nginx", "REDIS_SERVER": "/nonexistent/redis-server"}
 
@@ -113,46 +137,6 @@ def test_make_services_failure_says_what_to_run_by_hand(tmp_path, uid, sudo):
 
 
 # ---------------------------------------------------------------- the real stack, slow
-
-def loopback_addresses():
-    """Distinct client addresses (all of 127/8 is loopback on Linux): one per request where a test wants no limit."""
-    for a, b in itertools.product(range(1, 255), range(1, 255)):
-        yield f"127.1.{a}.{b}"
-
-
-def https(stack: Stack, source: str = "127.0.0.1", timeout: float = 30) -> http.client.HTTPSConnection:
-    """A connection to nginx's HTTPS side from ``source``, checking its certificate (#38)."""
-    return http.client.HTTPSConnection("127.0.0.1", stack.tls_port, timeout=timeout, source_address=(source, 0),
-                                       context=ssl.create_default_context(cafile=stack.certificate.chain))
-
-
-def post(stack: Stack, body: bytes, source: str = "127.0.0.1", headers: dict | None = None, path: str = "/predict"):
-    """POST from ``source`` over a fresh connection; (status or None when the connection failed, body, request id)."""
-    request_id = uuid.uuid4().hex
-    conn = https(stack, source)
-    try:
-        conn.request("POST", path, body=body, headers={"Content-Type": "image/png", "X-Request-ID": request_id,
-                                                       **(headers or {})})
-        resp = conn.getresponse()
-        return resp.status, resp.read(), request_id
-    except OSError:
-        return None, b"", request_id
-    finally:
-        conn.close()
-
-
-def nginx_log(stack: Stack, records) -> dict[str, dict]:
-    """nginx's access log by request id, once it holds every request in ``records`` (nginx logs a
-    request just after its client has the answer, so the last few may lag a moment)."""
-    wanted = {r[-1] for r in records}
-    deadline = time.monotonic() + 10
-    while True:
-        lines = (stack.run_dir / "nginx-access.log").read_text().splitlines()
-        entries = {e["request_id"]: e for e in map(json.loads, lines) if e["request_id"]}
-        if wanted <= entries.keys() or time.monotonic() > deadline:
-            return entries
-        time.sleep(0.1)
-
 
 @pytest.fixture()
 def stack(tmp_path):
@@ -202,22 +186,32 @@ def test_two_hosts_behind_nginx_share_the_limit_the_secret_and_survive_losing_on
     assert big.status == 413 and json.loads(big.read())["error"]["code"] == "payload_too_large"
     conn.close()
 
-    # 2. The rate limit holds in total: one client, 3x the limit, spread over both instances.
+    # 2. The rate limit holds in total: one client, 3x the limit, half on each host (as nginx forwards it,
+    # the client's address in X-Forwarded-For). Then through nginx a forged X-Forwarded-For changes nothing.
     client = "127.0.0.2"
-    limited = [post(stack, image, client) for _ in range(3 * LIMIT)]
-    statuses = [s for s, _, _ in limited]
-    log = nginx_log(stack, limited)
-    by_status: dict[int, dict[str, int]] = {}
-    for status, _, rid in limited:
-        counts = by_status.setdefault(status, {name: 0 for name in upstream.values()})
-        counts[upstream[log[rid]["upstream"]]] += 1
+    hosts = [one, two] * (3 * LIMIT // 2)
+    statuses = [direct(host, image, client) for host in hosts]
+    served = {host.name: sum(1 for h, s in zip(hosts, statuses) if h is host and s == 200) for host in (one, two)}
     assert statuses.count(200) == LIMIT and statuses.count(429) == 2 * LIMIT, statuses
-    assert all(n > 0 for n in by_status[200].values()), by_status  # both instances served part of the one budget
+    assert all(n > 0 for n in served.values()), served  # both hosts served part of the one budget
     spoofed, body, _ = post(stack, image, client, headers={"X-Forwarded-For": "203.0.113.9"})
     assert spoofed == 429 and json.loads(body)["error"]["code"] == "too_many_requests"
-    figures.append(f"rate limit {LIMIT}/hour, one client, {3 * LIMIT} requests: 200 x{statuses.count(200)} "
-                   f"{by_status[200]}, 429 x{statuses.count(429)} {by_status[429]}; "
-                   f"with a forged X-Forwarded-For: {spoofed}")
+    figures.append(f"rate limit {LIMIT}/hour, one client, {3 * LIMIT} requests to both hosts: 200 x{statuses.count(200)} "
+                   f"{served}, 429 x{statuses.count(429)}; through nginx with a forged X-Forwarded-For: {spoofed}")
+
+    # nginx paces each address at the same rate: of 3x the limit sent at once, PACED_AFTER + 1 go straight to
+    # the hosts, a budget's worth waits in nginx, and nginx itself refuses the rest before a host sees them.
+    flood = flood_at_once(stack, image, "127.0.0.3", 3 * LIMIT)
+    log = nginx_log(stack, [r for r in flood if r[0] is not None])
+    answered = [r for r in flood if r[0] is not None and log[r[2]]["upstream"]]
+    refused = [r for r in flood if r[0] is not None and not log[r[2]]["upstream"]]
+    held = [r for r in flood if r[0] is None]
+    assert [s for s, _, _ in answered] == [200] * len(answered) and len(answered) in (PACED_AFTER + 1, PACED_AFTER + 2)
+    assert len(refused) >= 3 * LIMIT - (LIMIT + 1) - 1 and {s for s, _, _ in refused} == {429}
+    assert json.loads(refused[0][1])["error"]["code"] == "too_many_requests"
+    assert len(held) == 3 * LIMIT - len(answered) - len(refused)
+    figures.append(f"nginx pacing: {3 * LIMIT} at once from one address: {len(answered)} answered by the hosts, "
+                   f"{len(held)} held by nginx, {len(refused)} refused by nginx (429 JSON)")
 
     # 3. A report token made on one instance downloads from the other (and the form's CSRF token crosses too).
     browser = requests.Session()
