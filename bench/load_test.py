@@ -125,15 +125,27 @@ def model_for(args, tmp: Path) -> Path:
 # ---------------------------------------------------------------- the load
 
 
+class SourceAddress(requests.adapters.HTTPAdapter):
+    """Connections from one loopback address (any of 127.0.0.0/8): a client as a proxy in front sees it."""
+
+    def __init__(self, address: str):
+        self._source = (address, 0)
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, source_address=self._source, **kwargs)
+
+
 class Load:
     """``clients`` threads posting ``body`` to /predict until ``stop()``; every request recorded."""
 
     def __init__(self, url: str, body: bytes, clients: int, first_address: str | None = None,
-                 new_address_each_request: bool = False):
-        """``first_address``: each client posts as its own address from there on (X-Forwarded-For, as a
-        proxy sets it; the server must trust it), so per-address rate limits see ``clients`` people;
-        with ``new_address_each_request``, every request is another person's."""
-        self.url, self.body = url, body
+                 new_address_each_request: bool = False, connect_from_address: bool = False, verify: str | bool = True):
+        """``first_address``: each client posts as its own address from there on, so per-address rate
+        limits see ``clients`` people; with ``new_address_each_request``, every request is another
+        person's. The address is sent as X-Forwarded-For (as a proxy sets it; the server must trust it),
+        or with ``connect_from_address`` it is the connection's own (a loopback address, for nginx)."""
+        self.url, self.body, self.verify, self._bind = url, body, verify, connect_from_address
         self._base = ipaddress.ip_address(first_address) if first_address else None
         self._step = clients if new_address_each_request else 0
         self._next_client = 0
@@ -142,22 +154,32 @@ class Load:
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
 
-    def _client(self) -> None:
+    def _session(self, address: str | None) -> requests.Session:
         session = requests.Session()
+        if self._bind and address:
+            session.mount(self.url.split("//")[0] + "//", SourceAddress(address))
+        return session
+
+    def _client(self) -> None:
         with self._lock:
             client, self._next_client = self._next_client, self._next_client + 1
-        sent = 0
+        sent, session, session_address = 0, None, None
         while not self._stop.is_set():
             started = time.monotonic()
             address = None if self._base is None else str(self._base + client + sent * self._step)
             sent += 1
+            if session is None or (self._bind and address != session_address):
+                if session is not None:
+                    session.close()
+                session, session_address = self._session(address), address
             try:
                 resp = session.post(f"{self.url}/predict", files={"image": ("lesion.jpg", self.body, "image/jpeg")},
-                                    headers={"X-Forwarded-For": address} if address else {}, timeout=60)
+                                    headers={"X-Forwarded-For": address} if address and not self._bind else {},
+                                    verify=self.verify, timeout=60)  # per request: REQUESTS_CA_BUNDLE beats a session's
                 outcome: int | str = resp.status_code
             except requests.RequestException as exc:
                 outcome = type(exc).__name__
-                session = requests.Session()  # drop a connection the server closed
+                session = None  # drop a connection the server closed
             with self._lock:
                 self.records.append((started, time.monotonic(), outcome))
 
