@@ -108,6 +108,7 @@ def run_chain(argv: list[str], chain_dir: Path, publish_dir: Path | None, n_fold
         int8_bar.main(["--run-dir", str(student_dir), "--data-dir", cfg.data_dir, "--record"])
         record_step(chain_dir, "quantize", (time.perf_counter() - t) / 60)
     log.info("chain done: %s", json.loads((chain_dir / RECORD).read_text()))
+    log.info("next, issue #33's decision rule: python -m training.decide --student %s --folds-dir %s", student_dir, chain_dir)
     return 0
 
 
