@@ -39,7 +39,10 @@ def test_chain_runs_every_step_publishes_each_fold_and_resumes_a_cut_fold(tmp_pa
     assert card["training"]["config"]["distill_teacher"] == str(chain / "teacher.npz")
     assert card["int8"]["meets_bar"] in (True, False)
     record = json.loads((chain / "chain.json").read_text())
-    assert set(record["minutes"]) == {"folds", "teacher", "student", "quantize"} and record["cpu"]
+    assert set(record["minutes"]) == {"folds", "teacher", "context", "student", "quantize"} and record["cpu"]
+    choice = json.loads((chain / "context_folds.json").read_text())["choice"]
+    assert {k: card["training"]["config"][k] for k in ("patient_context", "context_sites")} == {
+        k: choice[k] for k in ("patient_context", "context_sites")}
 
     # Rerun after a fold was cut off: only that fold trains again, and from where it stopped.
     student_at = (chain / "student" / "ham10000_mobilenetv2.h5").stat().st_mtime_ns

@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     if len(model.inputs) > 1:
         raise SystemExit(f"{run_dir / card.model_file} already reads the patient context")
     val_probs = batched_predict(model, scale_pixels(prepared.images["val"]))
-    shipped, record = phase3(model, val_probs, prepared, seed=cfg.seed)
+    shipped, record = phase3(model, val_probs, prepared, seed=cfg.seed, sites=cfg.context_sites)
     print(json.dumps(record, indent=2))
     if shipped is model:
         return 0

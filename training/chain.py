@@ -8,14 +8,17 @@
    machine then loses at most the fold in progress.
 2. ``training.teacher``: the members' averaged outputs on every training image (soft
    targets), and the folds' figures.
-3. The student: ``make train``'s recipe with ``--distill-teacher``, weight averaging and the
-   patient-context phase, on the whole training split; export, calibration and the card as
-   for any shipped model. This is the one step that scores the test split.
-4. ``training.quantize`` and ``training.int8_bar --record``: the int8 graphs and their bar.
+3. ``training.context_folds``: the patient context measured out of fold, in HAM10000's sites
+   and in ISIC's general groups; ``context_choice`` decides whether and in which encoding the
+   student reads it (``context_folds.json``).
+4. The student: ``make train``'s recipe with ``--distill-teacher``, weight averaging and the
+   patient-context phase as step 3 chose, on the whole training split; export, calibration and
+   the card as for any shipped model. This is the one step that scores the test split.
+5. ``training.quantize`` and ``training.int8_bar --record``: the int8 graphs and their bar.
 
 A step whose output exists is skipped, and a step cut off resumes; rerun the same command.
 ``chain.json`` in the run folder records each step's minutes and the CPU kind, and
-``train.log`` the progress with an ETA. The test split is scored by step 3 only; the
+``train.log`` the progress with an ETA. The test split is scored by step 4 only; the
 decision to ship the student is written down before (``saved_models/ablation.md``).
 """
 
@@ -32,7 +35,8 @@ from pathlib import Path
 
 from training.config import parse_args
 from training.distill import TEACHER_FILE
-from training.folds import FIGURES, FOLD_RECIPE, FOLDS_CSV, N_FOLDS, OUTPUTS, cpu_kind, run_folds, with_recipe
+from training.folds import (FIGURES, FOLD_RECIPE, FOLDS_CSV, N_FOLDS, OUTPUTS, cpu_kind, given_settings, run_folds,
+                            with_recipe)
 
 log = logging.getLogger("training")
 
@@ -42,7 +46,8 @@ STUDENT_RECIPE = {**FOLD_RECIPE, "patient_context": True}
 RECORD = "chain.json"
 # Minutes a step takes relative to one fold, for the ETA before a step has run here: the student
 # trains on five fifths of the split, not four, and exports and calibrates once.
-STEP_WEIGHT = {"teacher": 0.02, "student": 1.4, "quantize": 0.35}
+STEP_WEIGHT = {"teacher": 0.02, "context": 0.02, "student": 1.4, "quantize": 0.35}
+CONTEXT_FILE = "context_folds.json"
 
 
 def publish_fold(chain_dir: Path, publish_dir: Path, k: int) -> None:
@@ -75,7 +80,7 @@ def eta(chain_dir: Path, steps_left: list[str]) -> str:
 
 def run_chain(argv: list[str], chain_dir: Path, publish_dir: Path | None, n_folds: int = N_FOLDS) -> int:
     """Every step in order, each skipped when done; returns a process exit status."""
-    from training import int8_bar, quantize, teacher
+    from training import context_folds, int8_bar, quantize, teacher
     from training.train import run as train_run
 
     cfg, _ = parse_args(argv)
@@ -86,18 +91,29 @@ def run_chain(argv: list[str], chain_dir: Path, publish_dir: Path | None, n_fold
     record_step(chain_dir, "folds", (time.perf_counter() - t) / 60)
     if len(result["folds"]) < n_folds:
         return 1
-    log.info("folds: %s; %s", {k: v for k, v in result.items() if k != "folds"}, eta(chain_dir, ["teacher", "student", "quantize"]))
+    log.info("folds: %s; %s", {k: v for k, v in result.items() if k != "folds"},
+             eta(chain_dir, ["teacher", "context", "student", "quantize"]))
 
     if not (chain_dir / TEACHER_FILE).is_file():
         t = time.perf_counter()
         teacher.main(["--folds-dir", str(chain_dir)])
         record_step(chain_dir, "teacher", (time.perf_counter() - t) / 60)
+    if not (chain_dir / CONTEXT_FILE).is_file():
+        t = time.perf_counter()
+        measured = context_folds.measure(chain_dir, Path(cfg.data_dir))
+        choice = context_folds.context_choice(measured)
+        (chain_dir / CONTEXT_FILE).write_text(json.dumps({"choice": choice, "measured": measured}, indent=2) + "\n")
+        log.info("context for the student: %s", choice)
+        record_step(chain_dir, "context", (time.perf_counter() - t) / 60)
+    choice = json.loads((chain_dir / CONTEXT_FILE).read_text())["choice"]
     student_dir = chain_dir / STUDENT_DIR
     if not (student_dir / "model_card.json").is_file():
         log.info("student: %s", eta(chain_dir, ["student", "quantize"]))
         t = time.perf_counter()
         student = with_recipe(replace(cfg, out_dir=str(student_dir), distill_teacher=str(chain_dir / TEACHER_FILE)),
                               argv, STUDENT_RECIPE)
+        given = given_settings(argv)  # the folds' verdict on the context, unless the command line says otherwise
+        student = replace(student, **{k: choice[k] for k in ("patient_context", "context_sites") if k not in given})
         train_run(student, resume=(student_dir / "history.csv").is_file())
         record_step(chain_dir, "student", (time.perf_counter() - t) / 60)
     card = json.loads((student_dir / "model_card.json").read_text())

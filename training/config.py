@@ -49,6 +49,7 @@ class TrainConfig:
     logit_adjustment: bool = True
     colour: str = COLOUR_NONE  # training.ablate_colour: Shades of Gray did not win on validation
     patient_context: bool = True  # phase 3 (training.patient_context)
+    context_sites: str = "ham10000"  # phase 3's site encoding: HAM10000's 14 sites, or ISIC's general groups
     distill_teacher: str = ""  # a teacher.npz (training.teacher): train as the fold ensemble's student
     distill_alpha: float = 0.5
     distill_temperature: float = 2.0
@@ -64,7 +65,9 @@ class TrainConfig:
 SMOKE_OVERRIDES = dict(input_size=64, store_size=72, alpha=0.35, dense_units=32, head_epochs=2, epochs=1,
                        batch_size=16, limit_per_class=40)
 KEEP_CHOICES = ("last", "best", "swa")
-CHOICES = {"imbalance": IMBALANCE_CHOICES, "loss": LOSS_CHOICES, "keep": KEEP_CHOICES, "colour": COLOURS}
+CONTEXT_SITES = ("ham10000", "general")
+CHOICES = {"imbalance": IMBALANCE_CHOICES, "loss": LOSS_CHOICES, "keep": KEEP_CHOICES, "colour": COLOURS,
+           "context_sites": CONTEXT_SITES}
 HELP = {
     "imbalance": "class_weight: balanced weights n/(k n_c); sqrt: their square root; sampling: every class drawn "
                  "equally often; none",
@@ -75,6 +78,8 @@ HELP = {
                        "pipeline in seconds for a smoke run or a test, never a model to ship",
     "colour": "colour constancy applied to every image, in training and in the service (recorded in the card)",
     "patient_context": "phase 3: train a head that also reads age, sex and site, and ship it if validation says it helps",
+    "context_sites": "phase 3 learns the site as HAM10000's 14 sites, or as ISIC's general groups (each site read "
+                     "as its group's mix: fewer of one clinic's recording habits); the served input is the same",
     "keep": "which fine-tuned weights to export: the average of the last --swa-epochs epochs' (swa), the last "
             "epoch's, or the best raw validation epoch's",
     "distill_teacher": "a teacher.npz of soft targets (python -m training.teacher): the loss blends the label's "

@@ -26,29 +26,18 @@ import numpy as np
 import pandas as pd
 
 from server.lesions import CLASS_CODES
-from server.patient import GENERAL_SITES, HAM10000_SITE_COUNTS, SITE_SLICE, SITES
 from training.compare import lesion_resamples
 from training.folds import FOLDS_CSV, softmax
-from training.patient_context import choose_strength, context_weights, patient_vectors, with_context
+from training.patient_context import choose_strength, coarsened, context_weights, patient_vectors, with_context
 from training.posthoc import adjust, choose_tau, class_prior
 from training.teacher import labels_of, member_logits, out_of_fold
 
-# ISIC's general sites as groups of HAM10000's: its two extremity words also cover hands and feet.
-COARSE_GROUPS = {**GENERAL_SITES, "upper extremity": ("upper extremity", "hand"),
-                 "lower extremity": ("lower extremity", "foot")}
 MEL = CLASS_CODES.index("mel")
-
-
-def coarse(vectors: np.ndarray) -> np.ndarray:
-    """Patient vectors with each one-hot site replaced by its general group's mix (HAM10000's proportions)."""
-    out = vectors.copy()
-    mix = np.zeros((len(SITES), len(SITES)), np.float32)
-    for covered in COARSE_GROUPS.values():
-        counts = np.array([HAM10000_SITE_COUNTS[s] for s in covered], np.float64)
-        rows = [SITES.index(s) for s in covered]
-        mix[np.ix_(rows, rows)] = counts / counts.sum()
-    out[:, SITE_SLICE] = vectors[:, SITE_SLICE] @ mix
-    return out
+# measure()'s names for TrainConfig.context_sites' values.
+ENCODINGS = {"ham10000": "HAM10000 sites", "general": "ISIC general sites"}
+# How much more pooled out-of-fold balanced accuracy HAM10000's own sites must add than ISIC's
+# groups for the student to learn them: the groups are what other clinics record.
+SITES_MARGIN = 0.01
 
 
 def figures(labels: np.ndarray, probs: np.ndarray) -> dict:
@@ -84,7 +73,7 @@ def measure(folds_dir: Path, data_dir: Path, resamples: int = 200, seed: int = 4
     probs = softmax(out_of_fold(members, fold_of))
     fine = patient_vectors(meta)
     result = {}
-    for encoding, context in (("HAM10000 sites", fine), ("ISIC general sites", coarse(fine))):
+    for encoding, context in ((ENCODINGS["ham10000"], fine), (ENCODINGS["general"], coarsened(fine))):
         without, withc = np.zeros_like(probs), np.zeros_like(probs)
         per_fold = []
         for k in range(fold_of.max() + 1):
@@ -105,6 +94,24 @@ def measure(folds_dir: Path, data_dir: Path, resamples: int = 200, seed: int = 4
     return result
 
 
+def context_choice(result: dict) -> dict:
+    """What the chain's student reads (``TrainConfig.patient_context``, ``context_sites``), from ``measure``.
+
+    Issue #33's rule, written before the five folds existed: an encoding qualifies when it
+    lowers melanoma recall in no fold and raises pooled balanced accuracy; of two that
+    qualify, ISIC's groups unless HAM10000's sites add ``SITES_MARGIN`` more; none: no context.
+    """
+    gain = {key: result[name]["pooled"]["change_95"]["balanced_accuracy"][0] for key, name in ENCODINGS.items()
+            if result[name]["melanoma_recall_never_lower"] and result[name]["pooled"]["change_95"]["balanced_accuracy"][0] > 0}
+    if not gain:
+        return {"patient_context": False, "context_sites": "ham10000",
+                "why": "no site encoding raised balanced accuracy out of fold without lowering melanoma recall in a fold"}
+    sites = "general" if "general" in gain and gain.get("ham10000", -1.0) < gain["general"] + SITES_MARGIN else "ham10000"
+    return {"patient_context": True, "context_sites": sites,
+            "why": f"{ENCODINGS[sites]}: pooled balanced accuracy {gain[sites]:+.4f} out of fold, melanoma recall "
+                   f"lower in no fold" + (f" (qualified: {', '.join(ENCODINGS[k] for k in gain)})")}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="The patient context's gain, out of fold, per site encoding.")
     p.add_argument("--folds-dir", type=Path, required=True, help="a training.folds run, or saved_models/folds")
@@ -116,7 +123,7 @@ def main(argv=None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2))
+    print(json.dumps({"choice": context_choice(result), "measured": result}, indent=2))
     return 0
 
 

@@ -218,11 +218,16 @@ def run_folds(cfg: TrainConfig, chain_dir: Path, n_folds: int = N_FOLDS, only: l
     return result
 
 
+def given_settings(argv: list[str]) -> set[str]:
+    """The ``TrainConfig`` fields a command line sets itself."""
+    return {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+
+
 def with_recipe(cfg: TrainConfig, argv: list[str], recipe: dict = FOLD_RECIPE) -> TrainConfig:
     """``recipe`` for every setting the command line leaves out (a smoke run keeps its own)."""
     if cfg.smoke:
         return cfg
-    given = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    given = given_settings(argv)
     return replace(cfg, **{k: v for k, v in recipe.items() if k not in given})
 
 

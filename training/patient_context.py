@@ -27,7 +27,8 @@ import logging
 
 import numpy as np
 
-from server.patient import AGE_SLICE, MODEL_VECTOR_SIZE, SEX_SLICE, SITE_SLICE, model_vectors
+from server.patient import (AGE_SLICE, GENERAL_SITES, HAM10000_SITE_COUNTS, MODEL_VECTOR_SIZE, SEX_SLICE, SITE_SLICE,
+                            SITES, model_vectors)
 
 log = logging.getLogger("training")
 
@@ -39,6 +40,39 @@ DROPOUT_COPIES = 4
 REGULARISATION_C = 1.0  # scikit-learn's default: fixed, not tuned on validation
 STRENGTH_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 MIN_GAIN = 0.01  # validation balanced accuracy the context must add for the model to read it
+# ISIC's general sites as groups of HAM10000's (its two extremity words also cover hands and feet):
+# the coarse encoding phase 3 can learn the site in (``TrainConfig.context_sites``).
+GENERAL_SITE_GROUPS = {**GENERAL_SITES, "upper extremity": ("upper extremity", "hand"),
+                       "lower extremity": ("lower extremity", "foot")}
+
+
+def general_site_mix() -> np.ndarray:
+    """(sites, sites): row i is site i's general group, its sites mixed in HAM10000's proportions."""
+    mix = np.zeros((len(SITES), len(SITES)), np.float32)
+    for covered in GENERAL_SITE_GROUPS.values():
+        counts = np.array([HAM10000_SITE_COUNTS[s] for s in covered], np.float64)
+        rows = [SITES.index(s) for s in covered]
+        mix[np.ix_(rows, rows)] = counts / counts.sum()
+    return mix
+
+
+def coarsened(vectors: np.ndarray) -> np.ndarray:
+    """Patient vectors with each site read as its general group's mix (``general_site_mix``)."""
+    out = vectors.copy()
+    out[:, SITE_SLICE] = vectors[:, SITE_SLICE] @ general_site_mix()
+    return out
+
+
+def served_weights(weights: np.ndarray, sites: str) -> np.ndarray:
+    """Context weights learnt on ``sites``' encoding, as rows the served model's own vector feeds.
+
+    Learnt on coarsened vectors, the site rows become ``mix @ W``: then ``v @ served == coarsened(v) @ W``
+    for every vector the service makes, so the service needs no second encoding."""
+    if sites == "ham10000":
+        return weights
+    out = weights.copy()
+    out[SITE_SLICE] = general_site_mix() @ weights[SITE_SLICE]
+    return out
 
 
 def patient_vectors(df) -> np.ndarray:
@@ -111,16 +145,18 @@ def with_patient_input(model, weights: np.ndarray):
     return widened
 
 
-def phase3(model, val_probs: np.ndarray, prepared, *, seed: int, min_gain: float = MIN_GAIN):
+def phase3(model, val_probs: np.ndarray, prepared, *, seed: int, min_gain: float = MIN_GAIN, sites: str = "ham10000"):
     """Fit the context weights, choose their strength on validation and apply the shipping rule.
 
-    ``val_probs``: ``model``'s validation probabilities (logit adjustment included). Returns
-    (the model to ship: widened when the context adds at least ``min_gain`` validation
-    balanced accuracy, else ``model`` unchanged, and the record the card keeps).
+    ``val_probs``: ``model``'s validation probabilities (logit adjustment included); ``sites``:
+    the site encoding the weights are learnt in (``TrainConfig.context_sites``). Returns (the
+    model to ship: widened when the context adds at least ``min_gain`` validation balanced
+    accuracy, else ``model`` unchanged, and the record the card keeps).
     """
     from sklearn.metrics import balanced_accuracy_score
 
-    context = {s: patient_vectors(prepared.df.loc[prepared.parts[s]]) for s in ("train", "val")}
+    encode = coarsened if sites == "general" else (lambda vectors: vectors)
+    context = {s: encode(patient_vectors(prepared.df.loc[prepared.parts[s]])) for s in ("train", "val")}
     weights = context_weights(context["train"], prepared.y["train"], val_probs.shape[1], seed)
     strength, scores = choose_strength(val_probs, context["val"], prepared.y["val"], weights)
     image_only = float(balanced_accuracy_score(prepared.y["val"], val_probs.argmax(1)))
@@ -132,7 +168,8 @@ def phase3(model, val_probs: np.ndarray, prepared, *, seed: int, min_gain: float
               "rule": f"read the context only if it adds at least {min_gain} validation balanced accuracy",
               "strength": strength, "val_balanced_accuracy_by_strength": {str(k): round(v, 4) for k, v in scores.items()},
               "val_balanced_accuracy_image_only": round(image_only, 4), "val_gain": round(gain, 4),
-              "metadata_dropout": {"p_all": P_DROP_ALL, "p_field": P_DROP_FIELD, "copies": DROPOUT_COPIES}}
+              "metadata_dropout": {"p_all": P_DROP_ALL, "p_field": P_DROP_FIELD, "copies": DROPOUT_COPIES},
+              "sites": "ISIC's general site groups" if sites == "general" else "HAM10000's 14 sites"}
     log.info("phase 3: %s (validation balanced accuracy %.4f image only, %.4f with context at strength %g)",
              record["shipped"], image_only, scores[strength], strength)
-    return (with_patient_input(model, strength * weights) if ship else model), record
+    return (with_patient_input(model, strength * served_weights(weights, sites)) if ship else model), record

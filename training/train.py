@@ -150,7 +150,8 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
                   "val_balanced_accuracy_by_tau": {str(t): round(s, 4) for t, s in tau_scores.items()}}
     context_record = None
     if cfg.patient_context:
-        model, context_record = phase3(model, batched_predict(model, x_val), prepared, seed=cfg.seed)
+        model, context_record = phase3(model, batched_predict(model, x_val), prepared, seed=cfg.seed,
+                                       sites=cfg.context_sites)
     card = export_and_evaluate(model, cfg, prepared, adjustment, timings, t0, score_test, resumed_after,
                                context_record, kept_weights=phase2)
     finish_worker(cfg.out_dir, strategy, model)
