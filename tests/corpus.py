@@ -1,6 +1,6 @@
 """The bad-input corpus: image builders and every kind of upload with its documented answer.
 
-Shared by ``tests/test_api.py`` (Flask's test client) and ``tests/test_hardening.py`` (a
+Shared by ``tests/test_api*.py`` (Flask's test client) and ``tests/test_hardening.py`` (a
 real gunicorn over HTTP). Each ``Kind`` is an exact HTTP body and Content-Type, so both
 clients send the same bytes, multipart framing included (a non-UTF-8 filename cannot be
 expressed through either client's file API). Everything is generated in memory.
