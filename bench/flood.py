@@ -39,7 +39,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench_predict import upload_for  # noqa: E402
-from load_test import Load, Server, load_parser, model_for, rss_mb, summarise, warm_up, worker_pids  # noqa: E402
+from deploy.processes import worker_pids  # noqa: E402
+from load_test import Load, Server, load_parser, model_for, rss_mb, summarise, warm_up  # noqa: E402
 
 
 SMALL_BYTES = 100_000  # "small": a tenth of a phone photo's bytes, three times a 600x450 JPEG's
@@ -152,7 +153,7 @@ class BehindNginx:
         self.warm_url = self.stack.gunicorns()[0].url
 
     def workers(self) -> list[int]:
-        return worker_pids(self.stack.gunicorns()[0].pid)
+        return sorted(worker_pids(self.stack.gunicorns()[0].pid))
 
     def stop(self) -> None:
         self.stack.stop()

@@ -36,25 +36,13 @@ import numpy as np  # noqa: E402
 import requests  # noqa: E402
 
 from bench_predict import free_port, synthetic_model, upload_for  # noqa: E402
+from deploy.processes import worker_pids  # noqa: E402
 from server.config import DEFAULT_MODEL_PATH  # noqa: E402
 
 GUNICORN = [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py", "wsgi:app"]
 
 
 # ---------------------------------------------------------------- the server and its workers
-
-
-def worker_pids(master: int) -> list[int]:
-    """Children of the gunicorn master, read from /proc."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == master:
-            pids.append(int(stat.parent.name))
-    return sorted(pids)
 
 
 def rss_mb(pid: int) -> float | None:
@@ -102,7 +90,7 @@ class Server:
             return False
 
     def workers(self) -> list[int]:
-        return worker_pids(self.proc.pid)
+        return sorted(worker_pids(self.proc.pid))
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)

@@ -61,6 +61,19 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def worker_pids(master: int) -> set[int]:
+    """PIDs whose parent is ``master``, a gunicorn master's workers (read from /proc: no psutil needed)."""
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == master:
+            pids.add(int(stat.parent.name))
+    return pids
+
+
 def tail(path: str, lines: int = 15) -> str:
     try:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])

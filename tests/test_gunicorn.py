@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from deploy.processes import worker_pids
 from tests.conftest import image_bytes
 from tests.fixture_model import RED_CLASS
 
@@ -43,19 +44,6 @@ def server_env(**overrides) -> dict:
     env.update({"HOST": "127.0.0.1", "TF_CPP_MIN_LOG_LEVEL": "2"})
     env.update({k: v for k, v in overrides.items() if v is not None})
     return env
-
-
-def worker_pids(master: int) -> set[int]:
-    """PIDs whose parent is ``master`` (read from /proc: no psutil needed)."""
-    pids = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == master:
-            pids.add(int(stat.parent.name))
-    return pids
 
 
 def serving(base: str) -> bool:
