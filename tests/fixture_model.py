@@ -92,3 +92,14 @@ def build_colour_context_model(size: int = FIXTURE_SIZE):
 def export_colour_context_model(out_dir: Path, size: int = FIXTURE_SIZE) -> Path:
     return export_fixture(build_colour_context_model(size), out_dir, "colour-context-fixture",
                           "1x1 conv -> GAP + patient context -> dense (test fixture)")
+
+
+def with_card_changes(model_path: Path, folder: Path, **changes) -> Path:
+    """A copy of an exported fixture model in ``folder``, its card's top-level ``changes`` applied: the model file."""
+    import json
+    import shutil
+
+    shutil.copytree(model_path.parent, folder)
+    card_file = next(folder.glob("*card*.json"))
+    card_file.write_text(json.dumps({**json.loads(card_file.read_text()), **changes}))
+    return folder / model_path.name

@@ -11,6 +11,7 @@ from server.model.files import model_info
 from server.prediction import Prediction
 from server.published import prediction_from_probabilities
 from server.reports import quality
+from tests.fixture_model import with_card_changes
 from tests.test_reports import CONFIDENT, pdf_text, squash
 from tests.test_verdict import shipped_card
 
@@ -95,20 +96,12 @@ def test_the_home_page_and_the_result_page_say_it_and_link_to_model(client):
 @pytest.fixture(scope="module")
 def context_figures_client(context_model_path, tmp_path_factory):
     """The context fixture model, its card recording test figures with and without the context."""
-    import json
-    import shutil
-
     from server import create_app
 
-    folder = tmp_path_factory.mktemp("figures") / "model"
-    shutil.copytree(context_model_path.parent, folder)
-    card_file = next(folder.glob("*card*.json"))
-    card = json.loads(card_file.read_text())
-    card["patient_context"] = {"shipped": "image + patient context", "reads": ["age", "sex", "site"],
-                               "served": {"test": {"without_context": {"balanced_accuracy": 0.61},
-                                                   "with_context": {"balanced_accuracy": 0.67}}}}
-    card_file.write_text(json.dumps(card))
-    app = create_app({"MODEL_PATH": str(folder / context_model_path.name), "TESTING": True, "SECRET_KEY": "test-secret"})
+    model = with_card_changes(context_model_path, tmp_path_factory.mktemp("figures") / "model", patient_context={
+        "shipped": "image + patient context", "reads": ["age", "sex", "site"],
+        "served": {"test": {"without_context": {"balanced_accuracy": 0.61}, "with_context": {"balanced_accuracy": 0.67}}}})
+    app = create_app({"MODEL_PATH": str(model), "TESTING": True, "SECRET_KEY": "test-secret"})
     return app.test_client()
 
 

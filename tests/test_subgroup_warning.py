@@ -4,8 +4,6 @@ output says so beside its key figure, with that group's own miss rate, interval 
 from __future__ import annotations
 
 import io
-import json
-import shutil
 from dataclasses import replace
 
 import pytest
@@ -15,6 +13,7 @@ from server.model.files import model_info
 from server.patient import PatientContext
 from server.published import prediction_from_probabilities
 from tests.conftest import image_bytes
+from tests.fixture_model import with_card_changes
 from tests.test_reports import pdf_text, squash
 from tests.test_verdict import shipped_card
 
@@ -84,13 +83,8 @@ def test_both_reports_say_it_beside_the_key_figure():
 @pytest.fixture(scope="module")
 def flagged_face_model(context_model_path, tmp_path_factory):
     """The context fixture model with the shipped card's subgroup table (which flags the face) in its card."""
-    folder = tmp_path_factory.mktemp("face") / "model"
-    shutil.copytree(context_model_path.parent, folder)
-    card_file = next(folder.glob("*card*.json"))
-    card = json.loads(card_file.read_text())
-    card["subgroups"] = shipped_card().subgroups.to_dict()
-    card_file.write_text(json.dumps(card))
-    return folder / context_model_path.name
+    return with_card_changes(context_model_path, tmp_path_factory.mktemp("face") / "model",
+                             subgroups=shipped_card().subgroups.to_dict())
 
 
 @pytest.fixture(scope="module")
