@@ -20,6 +20,8 @@ import secrets
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from server.problems import ServiceError
@@ -30,12 +32,16 @@ FILING_MAX_CHARS = 64
 # Beyond letters (with their accents) and digits: what identifiers and names use. The typographic
 # apostrophe is a phone keyboard's default in a name such as O’Brien.
 FILING_PUNCTUATION = " .,-_/'#’"
-# The PDF prints in the standard PDF fonts, whose encoding (WinAnsi, Windows-1252) holds the Latin
-# letters with their accents (Zoë, Ñúñez, Šimon, Œ) but no other script: a name it cannot print is
-# refused with a clear 400 rather than printed as blank boxes on a report a clinic files.
+# The PDF prints in the standard PDF fonts, whose encoding (WinAnsi, Windows-1252) holds the
+# Western Latin letters (Zoë, Ñúñez, Šimon, Œ). A name in another alphabet is printed in DejaVu
+# Sans, the font matplotlib (a dependency) ships: only alphabets written left to right without
+# shaping, because reportlab draws text as given (Arabic or Hebrew would come out unjoined and
+# backwards, and the font has no CJK). Anything else is refused with a clear 400 rather than
+# printed as blank boxes on a report a clinic files.
 PRINTABLE_ENCODING = "cp1252"
-FILING_RULE = (f"at most {FILING_MAX_CHARS} characters: Latin letters (accents allowed), digits, spaces and "
-               ". , - _ / ' # (no angle brackets or control characters)")
+PRINTED_SCRIPTS = ("LATIN", "GREEK", "CYRILLIC", "ARMENIAN", "GEORGIAN")  # Unicode names' first word
+FILING_RULE = (f"at most {FILING_MAX_CHARS} characters: letters of the Latin, Greek, Cyrillic, Armenian or Georgian "
+               "alphabets (accents allowed), digits, spaces and . , - _ / ' # (no angle brackets or control characters)")
 FILING_PRINTED_ONLY = "Printed on the report only; the server never stores or logs them."
 MAX_FILENAME_CHARS = 120
 DEFAULT_REPORT_TIMEZONE = "UTC"
@@ -47,6 +53,30 @@ def bad_filing_field(name: str, detail: str) -> ServiceError:
     return ServiceError(400, f"invalid_{name}", detail, {"field": name})
 
 
+def unicode_font_file() -> Path:
+    """DejaVu Sans as matplotlib ships it: the PDF's font for what Windows-1252 cannot encode."""
+    import matplotlib
+
+    return Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+
+
+@lru_cache(maxsize=1)
+def unicode_font_characters() -> frozenset[int]:
+    """The code points DejaVu Sans has a glyph for (read once, when a name first needs it)."""
+    from reportlab.pdfbase.ttfonts import TTFontFile
+
+    return frozenset(TTFontFile(str(unicode_font_file())).charToGlyph)
+
+
+def in_standard_fonts(text: str) -> bool:
+    """Whether the standard PDF fonts print ``text`` (else the report prints it in DejaVu Sans)."""
+    try:
+        text.encode(PRINTABLE_ENCODING)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def allowed_filing_character(ch: str) -> bool:
     """The listed punctuation, or a letter or decimal digit the report's fonts can print."""
     if ch in FILING_PUNCTUATION:
@@ -54,11 +84,9 @@ def allowed_filing_character(ch: str) -> bool:
     category = unicodedata.category(ch)
     if category[0] != "L" and category != "Nd":
         return False
-    try:
-        ch.encode(PRINTABLE_ENCODING)
-    except UnicodeEncodeError:
-        return False
-    return True
+    if in_standard_fonts(ch):
+        return True
+    return unicodedata.name(ch, "").split(" ")[0] in PRINTED_SCRIPTS and ord(ch) in unicode_font_characters()
 
 
 def parse_filing_text(name: str, text) -> str | None:

@@ -66,6 +66,8 @@ def leaked(text: str) -> list[str]:
     ("  MRN 0048213-7  ", "MRN 0048213-7"),
     ("Dr O’Brien, ward 4/B #2", "Dr O’Brien, ward 4/B #2"),
     ("x" * FILING_MAX_CHARS, "x" * FILING_MAX_CHARS),
+    ("Dr Łukasz Wójcik", "Dr Łukasz Wójcik"), ("Иванова А. П.", "Иванова А. П."), ("Παπαδόπουλος", "Παπαδόπουλος"),
+    ("Nguyễn Thị Hường", "Nguyễn Thị Hường"), ("Gülşen Yılmaz", "Gülşen Yılmaz"),
     ("", None), ("   ", None), (None, None),
 ])
 def test_a_filing_field_keeps_names_and_identifiers(typed, kept):
@@ -78,7 +80,9 @@ def test_a_filing_field_keeps_names_and_identifiers(typed, kept):
     ("MRN\n123", "character 4 (a control character)"),
     ("MRN\x00123", "character 4 (a control character)"),
     ("A\u202eB", "character 2 (a control character)"),  # right-to-left override: would reorder the printed id
-    ("Иван", "character 1 (CYRILLIC CAPITAL LETTER I)"),  # the PDF's fonts cannot print it
+    ("王医生", "character 1 (CJK UNIFIED IDEOGRAPH-738B)"),  # the report's fonts have no glyph for it
+    ("Dr حسن", "character 4 (ARABIC LETTER HAH)"),  # reportlab would draw it unjoined, left to right
+    ("Dr כהן", "character 4 (HEBREW LETTER KAF)"),
     ("id; DROP", "character 3 (SEMICOLON)"),
 ])
 def test_a_bad_filing_field_is_a_400_that_names_the_field_and_never_echoes_the_value(typed, why):
@@ -174,6 +178,24 @@ def test_the_pdf_prints_the_filing_fields_and_the_whole_record_on_one_page(filin
     assert re.search(r"UTC \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d CES?T, Europe/Paris\)", words)
     assert re.search(r"Precision served (float32|int8)", words)
     assert len(PdfReader(io.BytesIO(response.data)).pages) == 1, "the header must not push the A4 report to 2 pages"
+
+
+def test_names_in_other_alphabets_are_printed_in_an_embedded_unicode_font(filing_client):
+    """Greek, Cyrillic and Vietnamese names print as themselves, not as boxes: the header switches to DejaVu
+    Sans (embedded, only its used glyphs); a Western name keeps the standard font (the goldens pin that)."""
+    from pypdf import PdfReader
+
+    fields = {"patient_id": "Παπαδόπουλος-7", "clinician": "Иванова А. П., Nguyễn Thị Hường"}
+    response = post(filing_client, "?format=pdf", **fields)
+    assert response.status_code == 200
+    words = pdf_text(response.data)
+    assert f"Patient ID: {fields['patient_id']}" in words and f"Requesting clinician: {fields['clinician']}" in words
+    page = PdfReader(io.BytesIO(response.data)).pages[0]
+    fonts = {str(f.get_object()["/BaseFont"]) for f in page["/Resources"]["/Font"].values()}
+    assert any(name.endswith("DejaVuSans") for name in fonts) and "/Helvetica" in fonts, fonts
+    font_file = next(f.get_object()["/FontDescriptor"]["/FontFile2"].get_object()
+                     for f in page["/Resources"]["/Font"].values() if "DejaVuSans" in str(f.get_object()["/BaseFont"]))
+    assert len(font_file.get_data()) < 100_000  # a subset, not the whole 740 KB font
 
 
 def test_a_report_without_filing_fields_says_nothing_of_them(filing_client):

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
+from functools import lru_cache
 
 from PIL import Image
 
-from server.filing import FilingDetails
+from server.filing import FilingDetails, in_standard_fonts, unicode_font_file
 from server.lesions import lesion_class
 from server.model import explain
 from server.model.card import ModelCard
@@ -30,6 +31,7 @@ from server.reports.record import DATE_AND_TIME, MODEL, REPORT_ID, time_words, t
 
 
 FRAME_PADDING = 6  # points: reportlab Frame default padding
+UNICODE_FONT = "DejaVuSans"
 RISK_COLOURS = {"high": "#b3261e", "moderate": "#8a5300", "low": "#1d6b35"}
 NEUTRAL = "#6b7785"
 TONE_COLOURS = RISK_COLOURS | {"uncertain": "#8a5300"}  # the verdict's colour: an uncertain answer is never green
@@ -55,6 +57,21 @@ def _card_summary(prediction: Prediction, card: ModelCard | None) -> list[tuple[
         if card.limitations:
             rows.append(("Limitations", "\n".join(f"- {item}" for item in card.limitations)))
     return rows
+
+
+@lru_cache(maxsize=1)
+def unicode_font() -> str:
+    """DejaVu Sans registered with reportlab (once); embedded as a subset of the glyphs a report uses."""
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.ttfonts import TTFont
+
+    pdfmetrics.registerFont(TTFont(UNICODE_FONT, str(unicode_font_file())))
+    return UNICODE_FONT
+
+
+def header_font(text: str) -> str:
+    """Helvetica, as the rest of the report, unless the header names someone in another alphabet."""
+    return "Helvetica" if in_standard_fonts(text) else unicode_font()
 
 
 def running_header(prediction: Prediction, filing: FilingDetails) -> tuple[str, str]:
@@ -229,9 +246,12 @@ def pdf_report(prediction: Prediction, thumbnail_jpeg: bytes | None, paper: str 
 
     def footer(canvas, doc):
         canvas.saveState()
-        canvas.setFont("Helvetica", 7.5)
+        font = header_font(header_left)
+        canvas.setFont(font, 7.5)
         canvas.setFillColor(colors.HexColor("#555555"))
         canvas.drawString(side + FRAME_PADDING, pagesize[1] - 10 * mm, header_left)
+        if font != "Helvetica":
+            canvas.setFont("Helvetica", 7.5)
         canvas.drawRightString(pagesize[0] - side - FRAME_PADDING, pagesize[1] - 10 * mm, header_right)
         canvas.drawString(side + FRAME_PADDING, 9 * mm, f"{SYSTEM_NAME} - {NOT_A_DIAGNOSIS}")
         canvas.drawRightString(pagesize[0] - side - FRAME_PADDING, 9 * mm, f"Page {doc.page}")
