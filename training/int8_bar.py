@@ -125,17 +125,18 @@ def refusal_figures(f32: Screened, i8: Screened) -> dict:
 
 
 def corpus_uploads(test_paths: list[str], size: int, hard_lesions: int) -> dict:
-    """The non-skin corpus as uploads: test lesions made harder, everyday photographs, made pictures."""
+    """The non-skin corpus as uploads: test lesions made harder, everyday photographs (the whole
+    corpus the object check was fitted against, from the installed packages), made pictures."""
     from PIL import Image
 
     from training import nonskin_corpus as corpus
-    from training.nonskin_everyday import python_package_photos
+    from training.nonskin_everyday import everyday_photos
 
     rng = np.random.default_rng(SEED)
     picked = [test_paths[i] for i in sorted(rng.choice(len(test_paths), min(hard_lesions, len(test_paths)), replace=False))]
     lesions = [Image.open(p).convert("RGB") for p in picked]
     return {"hard_lesions": [upload_of(img) for _, _, img in corpus.hard_cases(lesions, seed=SEED)],
-            "everyday": [upload_of(img) for _, _, img in python_package_photos()],
+            "everyday": [upload_of(img) for _, _, img in everyday_photos()],
             "made": [upload_of(img) for _, _, img in corpus.made_pictures(size, SEED)]}
 
 
