@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -48,8 +49,16 @@ def test_chain_runs_every_step_publishes_each_fold_and_resumes_a_cut_fold(tmp_pa
     student_at = (chain / "student" / "ham10000_mobilenetv2.h5").stat().st_mtime_ns
     fold_0_at = (chain / "fold_0" / OUTPUTS).stat().st_mtime_ns
     (chain / "fold_1" / OUTPUTS).unlink()
+    shutil.rmtree(published / "fold_1")  # a fold cut off was never published
     assert main(argv) == 0
     assert (chain / "fold_0" / OUTPUTS).stat().st_mtime_ns == fold_0_at
     assert (chain / "student" / "ham10000_mobilenetv2.h5").stat().st_mtime_ns == student_at
     log = (chain / "train.log").read_text()
     assert "fold 2 of 2: resuming" in log and "fold 1 of 2: resuming" not in log
+
+    # The run folder lost (another machine): the committed folds are reused, not trained again.
+    shutil.rmtree(chain / "fold_0")
+    assert main(argv) == 0
+    assert np.array_equal(np.load(chain / "fold_0" / OUTPUTS)["train"], np.load(published / "fold_0" / OUTPUTS)["train"])
+    log = (chain / "train.log").read_text()
+    assert "folds [1] reused from" in log and "fold 1 of 2: starting" not in log.split("folds [1] reused from")[1]

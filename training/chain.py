@@ -87,7 +87,7 @@ def run_chain(argv: list[str], chain_dir: Path, publish_dir: Path | None, n_fold
     fold_cfg = with_recipe(replace(cfg, out_dir=str(chain_dir)), argv)
     t = time.perf_counter()
     result = run_folds(fold_cfg, chain_dir, n_folds, publish=(lambda k: publish_fold(chain_dir, publish_dir, k))
-                       if publish_dir else None)
+                       if publish_dir else None, published=publish_dir)
     record_step(chain_dir, "folds", (time.perf_counter() - t) / 60)
     if len(result["folds"]) < n_folds:
         return 1

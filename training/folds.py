@@ -187,12 +187,32 @@ def summary(figures: list[dict]) -> dict:
     return out
 
 
+def reuse_published(chain_dir: Path, published: Path, n_folds: int) -> list[int]:
+    """Copy the finished folds committed in ``published`` into a chain folder that lacks them.
+
+    On another machine, or after the run folder was lost, the committed folds need not train
+    again; only when their fold assignment is this run's own (``folds.csv`` identical)."""
+    import shutil
+
+    if not (published / FOLDS_CSV).is_file() or (published / FOLDS_CSV).read_text() != (chain_dir / FOLDS_CSV).read_text():
+        return []
+    reused = []
+    for k in range(n_folds):
+        source, target = published / f"fold_{k}", chain_dir / f"fold_{k}"
+        if (source / OUTPUTS).is_file() and (source / FIGURES).is_file() and not (target / OUTPUTS).is_file():
+            target.mkdir(parents=True, exist_ok=True)
+            for name in (OUTPUTS, FIGURES):
+                shutil.copy2(source / name, target / name)
+            reused.append(k)
+    return reused
+
+
 def run_folds(cfg: TrainConfig, chain_dir: Path, n_folds: int = N_FOLDS, only: list[int] | None = None,
-              publish=None) -> dict:
+              publish=None, published: Path | None = None) -> dict:
     """Every fold in turn (or those in ``only``), resumable; writes ``folds.json`` once all are done.
 
     ``publish(k)``, when given, is called for every finished fold (copying its outputs where
-    they get committed)."""
+    they get committed); ``published``, where they were committed: folds found there are reused."""
     from training.train import setup_logging
 
     chain_dir.mkdir(parents=True, exist_ok=True)
@@ -201,6 +221,8 @@ def run_folds(cfg: TrainConfig, chain_dir: Path, n_folds: int = N_FOLDS, only: l
     log.info("folds on a %s CPU, recipe %s", cpu_kind(), {k: getattr(cfg, k) for k in FOLD_RECIPE})
     prepared, images, y, fold_of = load_chain_data(cfg, chain_dir, n_folds)
     n = int(fold_of.max()) + 1
+    if published is not None and (reused := reuse_published(chain_dir, published, n)):
+        log.info("folds %s reused from %s (the same fold assignment)", [k + 1 for k in reused], published)
     figures, spent = [], []
     for k in only if only is not None else range(n):
         t = time.perf_counter()
