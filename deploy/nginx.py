@@ -100,7 +100,7 @@ def _limit_directives(limit: OuterLimit | None) -> dict[str, str]:
         off = "# RATE_LIMIT is off: no per-address limit here either"
         return {"screening_limit_zone": off, "screening_limit": off, "screening_rate": "off", "screening_retry_after": "1"}
     return {
-        "screening_limit_zone": f"limit_req_zone $binary_remote_addr zone=screening:1m rate={limit.per_minute}r/m;",
+        "screening_limit_zone": f"limit_req_zone $screening_client zone=screening:1m rate={limit.per_minute}r/m;",
         "screening_limit": f"limit_req zone=screening burst={limit.burst} delay={PACED_AFTER};",
         "screening_rate": f"{limit.per_minute} a minute, {limit.burst} waiting",
         "screening_retry_after": str(limit.retry_after),

@@ -103,7 +103,7 @@ def test_nginx_paces_each_address_at_the_services_own_limit(tmp_path, monkeypatc
     if zone is None:
         assert "limit_req " not in conf and "limit_req_zone " not in conf
     else:
-        assert f"limit_req_zone $binary_remote_addr zone=screening:1m {zone};" in conf
+        assert f"limit_req_zone $screening_client zone=screening:1m {zone};" in conf
         guarded = conf[conf.index("location ~ ^/(predict|screen)$"):]
         assert guarded.split("}", 1)[0].split("{", 1)[1].split() == [
             "limit_req", "zone=screening", burst, f"delay={PACED_AFTER};", "proxy_pass", "http://screening;"]
