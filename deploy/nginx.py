@@ -62,6 +62,13 @@ def user_line() -> str:
 # clinician sending three views of one lesion never waits. Kept small because N addresses can
 # put N x (PACED_AFTER + 1) screenings in front of everyone else's at the same moment.
 PACED_AFTER = 2
+# Uploads one address may have beyond its rate at once: PACED_AFTER of them straight through, the
+# rest waiting their turn. Each waiting request holds a connection (nginx counts it against no
+# other limit while it waits), so few may wait: 64 addresses to fill worker_connections.
+MAX_BURST = 10
+# Requests one address may have in progress at nginx, slow uploads included (a browser opens
+# about 6 connections; a clinic's staff behind one address share this).
+MAX_IN_PROGRESS = 16
 
 
 @dataclass(frozen=True)
@@ -81,10 +88,10 @@ def outer_rate_limit(rate: str | None) -> OuterLimit | None:
     """nginx's pacing in front of the service's ``RATE_LIMIT`` (e.g. "60/minute"), or None when it is off.
 
     The service's own (loosest) rate, as a leaky bucket: ``PACED_AFTER`` uploads at once go
-    straight through, more are held by nginx and passed on at that rate, and only a client with
-    more than a whole budget waiting gets nginx's 429. A legitimate batch is slowed, not refused;
-    a flood from a few addresses reaches the workers at one request a second each instead of
-    taking every worker for as long as its budget lasts, and costs nginx, not Python, to hold.
+    straight through, up to ``MAX_BURST`` (or the whole budget, if smaller) are held by nginx and
+    passed on at that rate, and past that nginx answers 429 itself. A small batch is slowed, not
+    refused; a flood from a few addresses reaches the workers at one request a second each instead
+    of taking every worker for as long as its budget lasts, and costs nginx, not Python, to hold.
     """
     rate = active_rate(rate)
     if rate is None:
@@ -92,7 +99,8 @@ def outer_rate_limit(rate: str | None) -> OuterLimit | None:
     from limits import parse_many
 
     loosest = max(parse_many(rate), key=lambda item: item.amount / item.get_expiry())
-    return OuterLimit(per_minute=math.ceil(loosest.amount * 60 / loosest.get_expiry()), burst=loosest.amount)
+    return OuterLimit(per_minute=math.ceil(loosest.amount * 60 / loosest.get_expiry()),
+                      burst=min(loosest.amount, MAX_BURST))
 
 
 def _limit_directives(limit: OuterLimit | None) -> dict[str, str]:
@@ -121,7 +129,7 @@ def render(run_dir: Path, host: str, port: int, tls_port: int, upstreams: list[s
         max_upload_mb=str(max_mb), max_body_bytes=str(max_mb * 1024 * 1024 + 64 * 1024),
         upload_read_timeout=str(int(float(os.environ.get("UPLOAD_READ_TIMEOUT", "10")))),
         proxy_read_timeout=str(int(os.environ.get("GUNICORN_TIMEOUT", "30")) + 30),
-        **_limit_directives(outer_rate_limit(rate)),
+        max_in_progress=str(MAX_IN_PROGRESS), **_limit_directives(outer_rate_limit(rate)),
     )
 
 

@@ -27,7 +27,7 @@ import pytest
 import requests
 
 from deploy import nginx
-from deploy.nginx import PACED_AFTER
+from deploy.nginx import MAX_BURST, MAX_IN_PROGRESS, PACED_AFTER
 from deploy.stack import Stack, alive, find_binary
 from tests.conftest import image_bytes
 from tests.stack_client import direct, flood_at_once, https, loopback_addresses, nginx_log, post
@@ -91,7 +91,7 @@ def test_nginx_config_limits_bodies_to_what_flask_accepts(tmp_path, monkeypatch)
     assert "${" not in conf
 
 
-@pytest.mark.parametrize("rate, zone, burst", [("60/minute", "rate=60r/m", "burst=60"),
+@pytest.mark.parametrize("rate, zone, burst", [("60/minute", "rate=60r/m", f"burst={MAX_BURST}"),
                                                ("5/second;100/hour", "rate=300r/m", "burst=5"),
                                                ("off", None, None)])
 def test_nginx_paces_each_address_at_the_services_own_limit(tmp_path, monkeypatch, rate, zone, burst):
@@ -107,6 +107,7 @@ def test_nginx_paces_each_address_at_the_services_own_limit(tmp_path, monkeypatc
         guarded = conf[conf.index("location ~ ^/(predict|screen)$"):]
         assert guarded.split("}", 1)[0].split("{", 1)[1].split() == [
             "limit_req", "zone=screening", burst, f"delay={PACED_AFTER};", "proxy_pass", "http://screening;"]
+    assert f"limit_conn per_address {MAX_IN_PROGRESS};" in conf  # whatever the rate: held requests are capped
     if binary and openssl:  # nginx itself accepts the config
         checked = subprocess.run([binary, "-t", "-p", str(tmp_path), "-c", str(path), "-e", str(tmp_path / "error.log")],
                                  capture_output=True, text=True, timeout=30)
@@ -212,6 +213,20 @@ def test_two_hosts_behind_nginx_share_the_limit_the_secret_and_survive_losing_on
     assert len(held) == 3 * LIMIT - len(answered) - len(refused)
     figures.append(f"nginx pacing: {3 * LIMIT} at once from one address: {len(answered)} answered by the hosts, "
                    f"{len(held)} held by nginx, {len(refused)} refused by nginx (429 JSON)")
+
+    # Uploads in progress from one address are capped too (a slow upload holds a connection until its body is in).
+    slow = [https(stack, "127.0.0.4", timeout=10) for _ in range(MAX_IN_PROGRESS + 1)]
+    for conn in slow:
+        conn.putrequest("POST", "/report/txt")
+        conn.putheader("Content-Type", "application/x-www-form-urlencoded")
+        conn.putheader("Content-Length", "1000")
+        conn.endheaders(b"token=")  # and the rest never comes
+    time.sleep(0.5)
+    capped = slow[-1].getresponse()
+    assert capped.status == 429 and json.loads(capped.read())["error"]["code"] == "too_many_requests"
+    for conn in slow:
+        conn.close()
+    assert 'limiting connections by zone "per_address"' in (stack.run_dir / "nginx-error.log").read_text()
 
     # 3. A report token made on one instance downloads from the other (and the form's CSRF token crosses too).
     browser = requests.Session()
