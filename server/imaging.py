@@ -35,16 +35,24 @@ SHADES_OF_GRAY_POWER = 6  # Finlayson and Trezzi's p; 6 is what ISIC challenge e
 THUMBNAIL_PX = 384  # the upload's copy on the result page, in the report token and the PDF
 # MobileNetV2's input range: x / PIXEL_SCALE - PIXEL_OFFSET maps [0, 255] to [-1, 1].
 # The trainer's tf.data pipeline applies the same two constants to tensors.
+# Pillow's two-step resize threshold for ``centre_square`` (see there): reductions under 3x are exact.
+REDUCING_GAP = 1.5
 PIXEL_SCALE = 127.5
 PIXEL_OFFSET = 1.0
 
 
 def centre_square(img: Image.Image, size: int) -> Image.Image:
-    """Centre-crop to the largest square and resize it to ``size`` x ``size``."""
+    """Centre-crop to the largest square and resize it to ``size`` x ``size``.
+
+    ``REDUCING_GAP``: a square three or more times ``size`` (a phone photo's, decoded at a quarter)
+    is first box-reduced by a whole factor, which costs 1.1 instead of 1.9 ms from 750 px; a smaller
+    one (HAM10000's 450 px, training and serving alike) is resized exactly as without it.
+    """
     width, height = img.size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
-    return img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
+    return img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side),
+                      reducing_gap=REDUCING_GAP)
 
 
 def preprocessing_id(colour: str = COLOUR_NONE) -> str:
