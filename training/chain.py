@@ -35,8 +35,8 @@ from pathlib import Path
 
 from training.config import parse_args
 from training.distill import TEACHER_FILE
-from training.folds import (FIGURES, FOLD_RECIPE, FOLDS_CSV, N_FOLDS, OUTPUTS, cpu_kind, given_settings, run_folds,
-                            with_recipe)
+from training.folds import (FIGURES, FOLD_RECIPE, FOLDS_CSV, N_FOLDS, copy_fold_files, cpu_kind, given_settings,
+                            run_folds, with_recipe)
 
 log = logging.getLogger("training")
 
@@ -52,10 +52,7 @@ CONTEXT_FILE = "context_folds.json"
 
 def publish_fold(chain_dir: Path, publish_dir: Path, k: int) -> None:
     """Copy fold ``k``'s logits and figures (a few hundred KB) where they can be committed."""
-    target = publish_dir / f"fold_{k}"
-    target.mkdir(parents=True, exist_ok=True)
-    for name in (OUTPUTS, FIGURES):
-        shutil.copy2(chain_dir / f"fold_{k}" / name, target / name)
+    copy_fold_files(chain_dir / f"fold_{k}", publish_dir / f"fold_{k}")
     for name in (FOLDS_CSV, "cpu.txt"):
         shutil.copy2(chain_dir / name, publish_dir / name)
 

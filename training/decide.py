@@ -24,7 +24,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 # The issue's bar: (figure, lowest value that meets it).
 BAR = (("balanced_accuracy", 0.73), ("melanoma_recall", 0.72), ("malignant_auc", 0.915),
@@ -92,8 +91,7 @@ def ensemble_test_figures(folds_dir: Path, split_csv: Path) -> dict:
 
     split = pd.read_csv(split_csv)
     y = {name: labels_of(split[split["split"] == name]) for name in ("train", "val", "test")}
-    probs = {name: np.mean([soft_targets(m[None], 1.0) for m in member_logits(folds_dir, name)], axis=0)
-             for name in ("val", "test")}
+    probs = {name: soft_targets(member_logits(folds_dir, name), 1.0) for name in ("val", "test")}  # the members' mean
     prior = class_prior(y["train"], probs["val"].shape[1])
     tau, _ = choose_tau(probs["val"], y["val"], prior)
     probs = {name: adjust(p, prior, tau) for name, p in probs.items()}

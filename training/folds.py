@@ -187,22 +187,27 @@ def summary(figures: list[dict]) -> dict:
     return out
 
 
+def copy_fold_files(source: Path, target: Path) -> None:
+    """A finished fold's outputs and figures, the two files that are committed and reused."""
+    import shutil
+
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (OUTPUTS, FIGURES):
+        shutil.copy2(source / name, target / name)
+
+
 def reuse_published(chain_dir: Path, published: Path, n_folds: int) -> list[int]:
     """Copy the finished folds committed in ``published`` into a chain folder that lacks them.
 
     On another machine, or after the run folder was lost, the committed folds need not train
     again; only when their fold assignment is this run's own (``folds.csv`` identical)."""
-    import shutil
-
     if not (published / FOLDS_CSV).is_file() or (published / FOLDS_CSV).read_text() != (chain_dir / FOLDS_CSV).read_text():
         return []
     reused = []
     for k in range(n_folds):
         source, target = published / f"fold_{k}", chain_dir / f"fold_{k}"
         if (source / OUTPUTS).is_file() and (source / FIGURES).is_file() and not (target / OUTPUTS).is_file():
-            target.mkdir(parents=True, exist_ok=True)
-            for name in (OUTPUTS, FIGURES):
-                shutil.copy2(source / name, target / name)
+            copy_fold_files(source, target)
             reused.append(k)
     return reused
 
