@@ -44,13 +44,18 @@ PIXEL_OFFSET = 1.0
 def centre_square(img: Image.Image, size: int) -> Image.Image:
     """Centre-crop to the largest square and resize it to ``size`` x ``size``.
 
+    The square is centred exactly, at a half pixel when the sides differ by an odd count: a photo
+    reduced in the DCT (500x375 from 4000x3000) then frames the field of view its 600x450 copy does,
+    where rounding shifted it half a pixel and changed 1 answer in 100 (bench/bench_photo_size.py).
+    Even differences (HAM10000's 600x450, 200x150 and 224 px squares) crop the same pixels as ever.
+
     ``REDUCING_GAP``: a square three or more times ``size`` (a phone photo's, decoded at a quarter)
     is first box-reduced by a whole factor, which costs 1.1 instead of 1.9 ms from 750 px; a smaller
     one (HAM10000's 450 px, training and serving alike) is resized exactly as without it.
     """
     width, height = img.size
     side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
+    left, top = (width - side) / 2, (height - side) / 2
     return img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side),
                       reducing_gap=REDUCING_GAP)
 
