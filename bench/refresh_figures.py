@@ -28,7 +28,7 @@ PY = sys.executable
 # name -> (the command, where the README quotes it)
 BENCHMARKS = {
     "differential": ([PY, "bench/differential_bar.py", "--shifted", "100"], "The differential"),
-    "photo_size": ([PY, "bench/bench_photo_size.py", "--sides", "384", "--precision", "float32,auto"],
+    "photo_size": ([PY, "bench/bench_photo_size.py", "--sides", "360", "--precision", "float32,auto"],
                    "Phone photos against 600x450 ones: the working side"),
     "profile": ([PY, "bench/profile_request.py", "--requests", "60", "--http"], "Tests and benchmarks: where the milliseconds go"),
     "photo_cost_c1": ([PY, "bench/bench_predict.py", "--start", "--photo-size", "600x450,4000x3000", "--levels", "1",
