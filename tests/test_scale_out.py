@@ -1,7 +1,7 @@
 """Several hosts behind nginx, sharing one Redis for the rate limit (#17).
 
 The fast tests check the pieces: shared rate-limit storage and its fallback, the client's
-address taken from the proxy, the nginx config's body limit, and ``make services``.
+address taken from the proxy, and ``make services`` (nginx's config: ``tests/test_nginx_config.py``).
 
 The slow test starts the real stack with ``deploy/stack.py`` (Debian's nginx and
 redis-server, two gunicorn instances on their own loopback ports standing for two hosts,
@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -26,8 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from deploy import nginx
-from deploy.nginx import MAX_BURST, MAX_IN_PROGRESS, PACED_AFTER
+from deploy.nginx import MAX_IN_PROGRESS, PACED_AFTER
 from deploy.stack import Stack, alive, find_binary
 from tests.conftest import image_bytes
 from tests.stack_client import direct, flood_at_once, https, loopback_addresses, nginx_log, post
@@ -79,39 +76,6 @@ def test_an_unreachable_redis_falls_back_to_memory_instead_of_failing_screening(
     app = create_app({"MODEL_PATH": str(model_path), "SECRET_KEY": "x", "TESTING": True, "RATE_LIMIT": "2/hour",
                       "RATE_LIMIT_STORAGE_URI": "redis://127.0.0.1:1/0"}).test_client()  # nothing listens on port 1
     assert [screen_json(app).status_code for _ in range(3)] == [200, 200, 429]  # counted in this worker's memory
-
-
-def test_nginx_config_limits_bodies_to_what_flask_accepts(tmp_path, monkeypatch):
-    monkeypatch.setenv("MAX_UPLOAD_MB", "7")
-    stack = Stack(tmp_path, port=8080)
-    conf = stack.write_nginx_conf().read_text()
-    flask_limit = 7 * 1024 * 1024 + 64 * 1024  # server/config.py's MAX_CONTENT_LENGTH
-    assert f"client_max_body_size {flask_limit};" in conf and f"client_body_buffer_size {flask_limit};" in conf
-    assert "proxy_request_buffering on;" in conf and "proxy_max_temp_file_size 0;" in conf
-    assert "${" not in conf
-
-
-@pytest.mark.parametrize("rate, zone, burst", [("60/minute", "rate=60r/m", f"burst={MAX_BURST}"),
-                                               ("5/second;100/hour", "rate=300r/m", "burst=5"),
-                                               ("off", None, None)])
-def test_nginx_paces_each_address_at_the_services_own_limit(tmp_path, monkeypatch, rate, zone, burst):
-    monkeypatch.setenv("RATE_LIMIT", rate)
-    binary, openssl = find_binary("nginx", "NGINX"), shutil.which("openssl")
-    certificate = nginx.self_signed_certificate(tmp_path / "tls") if openssl else nginx.Certificate("c.pem", "k.pem")
-    path = nginx.write_conf(tmp_path, nginx.render(tmp_path, "127.0.0.1", 8080, 8443, ["127.0.0.1:9"], certificate))
-    conf = path.read_text()
-    if zone is None:
-        assert "limit_req " not in conf and "limit_req_zone " not in conf
-    else:
-        assert f"limit_req_zone $screening_client zone=screening:1m {zone};" in conf
-        guarded = conf[conf.index("location ~ ^/(predict|screen)$"):]
-        assert guarded.split("}", 1)[0].split("{", 1)[1].split() == [
-            "limit_req", "zone=screening", burst, f"delay={PACED_AFTER};", "proxy_pass", "http://screening;"]
-    assert f"limit_conn per_address {MAX_IN_PROGRESS};" in conf  # whatever the rate: held requests are capped
-    if binary and openssl:  # nginx itself accepts the config
-        checked = subprocess.run([binary, "-t", "-p", str(tmp_path), "-c", str(path), "-e", str(tmp_path / "error.log")],
-                                 capture_output=True, text=True, timeout=30)
-        assert checked.returncode == 0, checked.stderr
 
 
 SERVICES = "install -y -qq nginx redis-server DEBIAN_FRONTEND=noninteractive"
