@@ -42,6 +42,8 @@ def test_chain_runs_every_step_publishes_each_fold_and_resumes_a_cut_fold(tmp_pa
     record = json.loads((chain / "chain.json").read_text())
     assert set(record["minutes"]) == {"folds", "teacher", "context", "student", "quantize"} and record["cpu"]
     choice = json.loads((chain / "context_folds.json").read_text())["choice"]
+    assert json.loads((published / "context_folds.json").read_text())["choice"] == choice  # kept beside the folds
+    assert json.loads((published / "folds.json").read_text()) == json.loads((chain / "folds.json").read_text())
     assert {k: card["training"]["config"][k] for k in ("patient_context", "context_sites")} == {
         k: choice[k] for k in ("patient_context", "context_sites")}
 

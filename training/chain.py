@@ -57,6 +57,13 @@ def publish_fold(chain_dir: Path, publish_dir: Path, k: int) -> None:
         shutil.copy2(chain_dir / name, publish_dir / name)
 
 
+def publish_records(chain_dir: Path, publish_dir: Path) -> None:
+    """Copy the folds' pooled figures, the teacher's and the context verdict beside the folds: the
+    few KB that say why the student is what it is, kept when the run folder is not."""
+    for name in ("folds.json", "teacher_figures.json", CONTEXT_FILE):
+        shutil.copy2(chain_dir / name, publish_dir / name)
+
+
 def record_step(chain_dir: Path, step: str, minutes: float) -> dict:
     path = chain_dir / RECORD
     record = json.loads(path.read_text()) if path.is_file() else {"cpu": cpu_kind(), "minutes": {}}
@@ -102,6 +109,8 @@ def run_chain(argv: list[str], chain_dir: Path, publish_dir: Path | None, n_fold
         (chain_dir / CONTEXT_FILE).write_text(json.dumps({"choice": choice, "measured": measured}, indent=2) + "\n")
         log.info("context for the student: %s", choice)
         record_step(chain_dir, "context", (time.perf_counter() - t) / 60)
+    if publish_dir:
+        publish_records(chain_dir, publish_dir)
     choice = json.loads((chain_dir / CONTEXT_FILE).read_text())["choice"]
     student_dir = chain_dir / STUDENT_DIR
     if not (student_dir / "model_card.json").is_file():
