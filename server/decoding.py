@@ -1,8 +1,8 @@
 """Upload bytes -> validated, upright, 8-bit RGB image at working size. The ONE decoding path.
 
 A phone's camera writes 12 to 50 megapixels; the model reads a 192 px square, the result page a
-384 px thumbnail of the longer side. Decoding every pixel would cost a 12 MP upload several times a 600x450 one,
-and let a small file that declares a huge canvas cost seconds and gigabytes. So an upload is decoded
+384 px thumbnail (its longer side). Decoding every pixel would cost a 12 MP upload several times
+a 600x450 one, and let a small file that declares a huge canvas cost seconds and gigabytes. So an upload is decoded
 only down to ``WORKING_SIDE`` on its shorter side: a JPEG in the DCT (``Image.draft``, 1/2 to
 1/8 scale), any other file reduced by whole-pixel box averaging, band by band, before its
 conversion to RGB. A photo whose shorter side is under twice ``WORKING_SIDE`` (HAM10000's

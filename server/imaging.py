@@ -46,7 +46,7 @@ def centre_square(img: Image.Image, size: int) -> Image.Image:
 
     The square is centred exactly, at a half pixel when the sides differ by an odd count: a photo
     reduced in the DCT (500x375 from 4000x3000) then frames the field of view its 600x450 copy does,
-    where rounding shifted it half a pixel and changed 1 answer in 100 (bench/bench_photo_size.py).
+    where rounding shifted it half a pixel and changed about 1 answer in 100 (bench/bench_photo_size.py).
     Even differences (HAM10000's 600x450, 200x150 and 224 px squares) crop the same pixels as ever.
 
     ``REDUCING_GAP``: a square three or more times ``size`` (a phone photo's, decoded at a quarter)
