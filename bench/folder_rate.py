@@ -61,8 +61,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from training.data import split_frame
 
-    frame = split_frame(args.data_dir, ROOT / "saved_models" / "split.csv", "test").sample(args.photos,
-                                                                                            random_state=SEED)
+    frame = split_frame(args.data_dir, ROOT / "saved_models" / "split.csv", "test")
+    frame = frame.sample(min(args.photos, len(frame)), random_state=SEED)
     paths = [Path(p) for p in frame["path"]]
     with tempfile.TemporaryDirectory() as tmp:
         folders = {size: Path(tmp) / f"{size[0]}x{size[1]}" for size in SIZES}

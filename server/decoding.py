@@ -2,10 +2,10 @@
 
 A phone's camera writes 12 to 50 megapixels; the model reads a 192 px square, the result page a
 384 px thumbnail (its longer side). Decoding every pixel would cost a 12 MP upload several times
-a 600x450 one, and let a small file that declares a huge canvas cost seconds and gigabytes. So an upload is decoded
-only down to ``WORKING_SIDE`` on its shorter side: a JPEG in the DCT (``Image.draft``, 1/2 to
-1/8 scale), any other file reduced by whole-pixel box averaging, band by band, before its
-conversion to RGB. A photo whose shorter side is under twice ``WORKING_SIDE`` (HAM10000's
+a 600x450 one, and let a small file that declares a huge canvas cost seconds and gigabytes. So
+an upload is decoded only down to ``WORKING_SIDE`` on its shorter side: a JPEG in the DCT
+(``Image.draft``, 1/2 to 1/8 scale), any other file reduced by whole-pixel box averaging, band by
+band, before its conversion to RGB. A photo whose shorter side is under twice ``WORKING_SIDE`` (HAM10000's
 600x450 included) is decoded exactly as before, so the model, its thresholds and the non-skin
 statistics see the same pixels they were fitted on.
 
