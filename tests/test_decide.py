@@ -46,8 +46,12 @@ def test_the_shipped_card_gives_its_own_recorded_figures():
     figures = card_figures(card)
     assert figures["balanced_accuracy"] == card["metrics"]["test"]["balanced_accuracy"]
     assert figures["coverage"] == card["uncertain"]["test"]["coverage"]
-    assert figures["context_melanoma_recall"] == card["patient_context"]["served"]["test"]["with_context"]["melanoma_recall"]
-    assert "| shipped | 0.690 |" in markdown({"shipped": figures})
+    served = ((card.get("patient_context") or {}).get("served") or {}).get("test") or {}
+    if "with_context" in served:
+        assert figures["context_melanoma_recall"] == served["with_context"]["melanoma_recall"]
+    else:  # a photo-only model: no context line for the bar to hold it to
+        assert not any(name.startswith("context_") for name in figures)
+    assert f"| shipped | {card['metrics']['test']['balanced_accuracy']:.3f} |" in markdown({"shipped": figures})
 
 
 def fake_chain(tmp_path: Path, n_folds: int, done: int, noise: float) -> tuple[Path, Path]:
