@@ -4,7 +4,7 @@ Every photo is read at run time from a package (none is committed, none fetched)
 item's name says where it came from (``package:path``):
 
 - scikit-image's ``skimage.data`` photographs, scikit-learn's two sample images and
-  matplotlib's portrait (PyPI wheels the project installs anyway);
+  matplotlib's portrait (PyPI wheels: scikit-image from the ``train`` and ``test`` extras);
 - Debian's ``opencv-doc``: the photographs among OpenCV's sample data (fruit, sweets, a
   packet of peanuts, a dog, a squirrel, a baboon, a footballer, buildings, streets, rooms);
 - Debian's ``tuxpaint-stamps-default``: photographed objects cut out for Tux Paint (food,
