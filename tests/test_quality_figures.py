@@ -13,7 +13,7 @@ from server.published import prediction_from_probabilities
 from server.reports import quality
 from tests.fixture_model import with_card_changes
 from tests.test_reports import CONFIDENT, pdf_text, squash
-from tests.test_verdict import shipped_card
+from tests.test_verdict import context_card
 
 
 @pytest.mark.parametrize("served, given, precision, inputs, value", [
@@ -23,7 +23,7 @@ from tests.test_verdict import shipped_card
     ("int8", True, "float32", "photo and patient context", ("test", "with_context")),
 ])
 def test_the_quoted_figure_is_the_one_measured_as_the_answer_was_served(served, given, precision, inputs, value):
-    card = shipped_card()
+    card = context_card()
     figure = quoted_figure(card, served, given)
     expected = (card.patient_context.figure("served")[value[0]][value[1]]["balanced_accuracy"] if value
                 else card.int8.figure("bar")["test"]["int8"]["balanced_accuracy"])
@@ -34,13 +34,13 @@ def test_the_quoted_figure_is_the_one_measured_as_the_answer_was_served(served, 
 
 
 def test_the_card_records_three_figures_and_they_differ():
-    figures = recorded_figures(shipped_card())
+    figures = recorded_figures(context_card())
     assert set(figures) == {("float32", False), ("float32", True), ("int8", False)}
     assert figures[("float32", True)] - figures[("float32", False)] > 0.05  # 0.749 against 0.690: worth naming
 
 
 def test_every_output_names_the_figure_it_quotes_and_the_token_keeps_it():
-    card = shipped_card()
+    card = context_card()
     info = model_info(card, "ab" * 32, "float32", context_given=True)
     answer = prediction_from_probabilities(CONFIDENT, info, 1.0, malignant_threshold=0.36)
     body = answer.to_dict()
@@ -54,7 +54,7 @@ def test_every_output_names_the_figure_it_quotes_and_the_token_keeps_it():
 
 
 def test_the_bar_sentence_counts_the_failing_rows_from_the_table():
-    card = shipped_card()
+    card = context_card()
     short = [c for c in quality.bar_checks(card) if c.met is False]
     assert len(short) == len(quality.bar_checks(card)) == 5
     assert quality.bar_sentence(card).startswith(
@@ -68,7 +68,7 @@ def test_the_bar_sentence_counts_the_failing_rows_from_the_table():
 
 
 def test_both_reports_say_near_their_top_that_the_model_misses_its_bar():
-    card = shipped_card()
+    card = context_card()
     answer = prediction_from_probabilities(CONFIDENT, model_info(card, "ab" * 32), 1.0, malignant_threshold=0.36)
     text = reports.text_report(answer, card)
     note = "MODEL QUALITY: This model misses its quality bar on its held-out test images: its figures are on this"

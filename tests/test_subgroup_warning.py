@@ -15,7 +15,7 @@ from server.published import prediction_from_probabilities
 from tests.conftest import image_bytes
 from tests.fixture_model import with_card_changes
 from tests.test_reports import pdf_text, squash
-from tests.test_verdict import shipped_card
+from tests.test_verdict import context_card
 
 BENIGN = [0.02, 0.03, 0.05, 0.01, 0.11, 0.76, 0.02]  # nv leads, P(malignant) 16%: the flag is not raised
 WARNING_START = "This patient's group is flagged on /model: for lesions on the face, "
@@ -28,7 +28,7 @@ def answer(card, **patient):
 
 
 def test_a_face_lesion_quotes_the_face_groups_own_miss_rate_interval_and_counts():
-    card = shipped_card()
+    card = context_card()
     face = next(r for r in card.subgroups.rows if (r.grouping, r.group) == ("site", "face"))
     assert face.flagged
     sensitivity = face.figure("malignant_sensitivity")
@@ -46,7 +46,7 @@ def test_a_face_lesion_quotes_the_face_groups_own_miss_rate_interval_and_counts(
 
 def test_a_general_site_that_covers_a_flagged_group_gets_its_warning():
     """Other clinics write ISIC's "head/neck" where HAM10000 writes face, scalp, ear or neck."""
-    card = shipped_card()
+    card = context_card()
     warning = reports.assess(answer(card, site="head/neck"), card).subgroup_warning
     assert [(g.grouping, g.group) for g in warning.groups] == [("site", "face")]
     assert warning.message.startswith(WARNING_START)
@@ -54,7 +54,7 @@ def test_a_general_site_that_covers_a_flagged_group_gets_its_warning():
 
 
 def test_the_flags_miss_rate_is_no_longer_quoted_alone_for_a_flagged_group():
-    card = shipped_card()
+    card = context_card()
     verdict = reports.assess(answer(card, site="face"), card)
     assert "missed about 1 in 9 malignant lesions on the test images (about 1 in 5 for lesions on the face" in \
         " ".join(verdict.advice)
@@ -63,7 +63,7 @@ def test_the_flags_miss_rate_is_no_longer_quoted_alone_for_a_flagged_group():
 
 @pytest.mark.parametrize("patient", [{}, {"site": "back"}, {"age": "50", "sex": "male"}])
 def test_no_context_or_an_unflagged_group_changes_nothing(patient):
-    card = shipped_card()
+    card = context_card()
     given = answer(card, **patient)
     assert reports.assess(given, card).subgroup_warning is None
     text = reports.text_report(given, card)
@@ -72,7 +72,7 @@ def test_no_context_or_an_unflagged_group_changes_nothing(patient):
 
 
 def test_both_reports_say_it_beside_the_key_figure():
-    card = shipped_card()
+    card = context_card()
     face = answer(card, age="80", sex="female", site="face")
     text = reports.text_report(face, card)
     assert text.index("Confidence:") < text.index("THIS PATIENT'S GROUP: " + WARNING_START[:30]) < text.index("WHAT TO DO")
@@ -82,9 +82,9 @@ def test_both_reports_say_it_beside_the_key_figure():
 
 @pytest.fixture(scope="module")
 def flagged_face_model(context_model_path, tmp_path_factory):
-    """The context fixture model with the shipped card's subgroup table (which flags the face) in its card."""
+    """The context fixture model with v2's subgroup table (tests/golden/context_card.json), which flags the face."""
     return with_card_changes(context_model_path, tmp_path_factory.mktemp("face") / "model",
-                             subgroups=shipped_card().subgroups.to_dict())
+                             subgroups=context_card().subgroups.to_dict())
 
 
 @pytest.fixture(scope="module")
