@@ -3,6 +3,8 @@ the card's figures behind each number, and colours that never reassure."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from server import reports
@@ -49,13 +51,17 @@ def test_malignant_flag_survives_the_signed_report_round_trip():
     assert again == flagged and again.malignant_flag is True
 
 
-def shipped_card():
+def card_at(path):
+    """The typed card in a JSON file, read as the service reads it."""
     import json
-    from pathlib import Path
 
     from server.model.card import ModelCard
 
-    return ModelCard.from_dict(json.loads((Path(__file__).resolve().parents[1] / "saved_models" / "model_card.json").read_text()))
+    return ModelCard.from_dict(json.loads(path.read_text()))
+
+
+def shipped_card():
+    return card_at(Path(__file__).resolve().parents[1] / "saved_models" / "model_card.json")
 
 
 def context_card():
@@ -63,12 +69,7 @@ def context_card():
 
     The figures quoted for answers given with a context, and the flagged group's warning, must stay
     tested whichever model ships, a photo-only one included."""
-    import json
-    from pathlib import Path
-
-    from server.model.card import ModelCard
-
-    return ModelCard.from_dict(json.loads((Path(__file__).resolve().parent / "golden" / "context_card.json").read_text()))
+    return card_at(Path(__file__).resolve().parent / "golden" / "context_card.json")
 
 
 def test_the_shipped_model_is_said_to_fall_short_of_the_quality_bar():
