@@ -40,9 +40,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt | $(PY)
 	  || $(call fail,installing the service into $(VENV) failed (see above); by hand: $(PIP) install -c constraints.txt -e .)
 	@touch $@
 
+# The tests hold the non-skin check to the corpus training fits it on, so they install the train extra too.
 $(VENV)/.installed-test: $(VENV)/.installed setup.cfg constraints.txt
-	@$(PIP) install -q -c constraints.txt -e '.[test,dev]' \
-	  || $(call fail,installing the test extras failed (see above); by hand: $(PIP) install -c constraints.txt -e '.[test,dev]')
+	@$(PIP) install -q -c constraints.txt -e '.[train,test,dev]' \
+	  || $(call fail,installing the test extras failed (see above); by hand: $(PIP) install -c constraints.txt -e '.[train,test,dev]')
 	@touch $@
 
 # Training fits the non-skin check on the everyday corpus, whose first photographs come from scikit-image:
