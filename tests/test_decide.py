@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from server.lesions import CLASS_CODES
-from training.decide import BAR, card_figures, chain_complete, decide, ensemble_test_figures, markdown
+from training.decide import BAR, card_figures, chain_complete, decide, ensemble_test_figures, markdown, service_misses
+from training.nonskin_figures import NONSKIN_BAR
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = {"balanced_accuracy": 0.690, "melanoma_recall": 0.673, "malignant_auc": 0.900, "flag_sensitivity": 0.885,
@@ -39,6 +40,34 @@ def test_context_that_lowers_melanoma_recall_is_a_miss_and_a_student_further_beh
     assert decide(lowered, SHIPPED).misses == ("context_melanoma_recall",)
     behind = {**SHIPPED, "balanced_accuracy": SHIPPED["balanced_accuracy"] - 0.011, "malignant_auc": 0.95, "coverage": 0.8}
     assert not decide(behind, SHIPPED).ship
+
+
+KEEPS_THE_SERVICE = {"everyday_true_flag_rate": 0.985, "test_false_flag_rate": 0.0, "shifted_test_false_flag_rate": 0.004}
+
+
+def test_a_student_the_rule_would_ship_stays_out_when_it_misses_a_standing_bar():
+    assert service_misses(KEEPS_THE_SERVICE) == ()
+    refuses_a_lesion = service_misses({**KEEPS_THE_SERVICE, "test_false_flag_rate": 1 / 1431})
+    assert refuses_a_lesion == ("test refused 0.07% (<= 0.0%)",)
+    decision = decide(MEETS, SHIPPED, refuses_a_lesion)
+    assert not decision.ship and decision.service_misses == refuses_a_lesion and "meets the bar" in decision.rule
+    assert decide(MEETS, SHIPPED, service_misses(KEEPS_THE_SERVICE)).ship
+
+
+@pytest.mark.parametrize("key, value", [("everyday_true_flag_rate", 0.979), ("shifted_test_false_flag_rate", 0.0058),
+                                        ("test_false_flag_rate", None)])
+def test_each_line_of_the_nonskin_bar_is_read_from_the_card(key, value):
+    ood = {k: v for k, v in KEEPS_THE_SERVICE.items() if k != key or value is not None}
+    if value is not None:
+        ood[key] = value
+    (missed,) = service_misses(ood)
+    assert missed.startswith(key.rsplit("_", 3)[0] + " refused")
+    assert len(service_misses(None)) == len(NONSKIN_BAR)
+
+
+def test_the_shipped_model_keeps_the_standing_bars_it_is_held_to():
+    card = json.loads((ROOT / "saved_models" / "model_card.json").read_text())
+    assert service_misses(card["ood"]) == ()
 
 
 def test_the_shipped_card_gives_its_own_recorded_figures():

@@ -22,11 +22,11 @@ from server.model.nonskin import FEATURES, IMAGENET, DistanceCheck, Mahalanobis,
 from server.model.nonskin_imagenet import OBJECT_BIAS, OBJECT_WEIGHTS, ObjectCheck
 from server.thresholds import NONSKIN_REFUSED, NONSKIN_UNUSUAL, NONSKIN_USUAL, nonskin_answer
 from training import nonskin_everyday
+from training.nonskin_figures import NONSKIN_BAR
 from training.nonskin_object import folded_weights, photo_groups
 
 SAVED = Path(__file__).resolve().parents[1] / "saved_models"
 MODEL = SAVED / "ham10000_mobilenetv2.h5"
-EVERYDAY_BAR = 0.98  # issue #35: at least this share of everyday photos refused
 
 
 def test_an_everyday_object_is_refused_even_when_the_picture_is_usual():
@@ -198,9 +198,10 @@ def test_the_everyday_corpus_is_refused_as_the_bar_asks(shipped):
         x = model_input(img, shipped.input_size)[None]
         fmap, _ = shipped.forward(x)
         answers.append(shipped.nonskin(x, fmap[0])[1])
-    assert np.mean(np.asarray(answers) == REFUSED) >= EVERYDAY_BAR
+    assert np.mean(np.asarray(answers) == REFUSED) >= NONSKIN_BAR["everyday"]
     ood = json.loads((SAVED / "model_card.json").read_text())["ood"]
-    assert ood["everyday_true_flag_rate"] >= EVERYDAY_BAR and ood["test_false_flag_rate"] == 0
+    assert ood["everyday_true_flag_rate"] >= NONSKIN_BAR["everyday"]
+    assert ood["test_false_flag_rate"] <= NONSKIN_BAR["test"]
     assert ood["everyday_images"] == len(photos)
 
 

@@ -11,6 +11,12 @@ the words. Every figure is the test split's, photo alone, as the card records it
    model's and it beats the shipped model on both malignant AUC and coverage;
 3. else keep the shipped model.
 
+A student the rule would ship must also keep the service's standing bars, which the suite already
+holds the shipped model to: issue #35's non-skin bar (``NONSKIN_BAR``: everyday photos refused,
+test lesions plain and shifted as other clinics photograph them not refused), read from its card's
+``ood``. A student that misses one is kept out whatever its figures: a refused lesion gets no
+malignant flag, the worst answer the service can give.
+
 With ``--folds-dir`` it also prints the five fold models' ensemble on the test split, as a
 reference only (temperature, flag threshold and uncertain threshold fitted on validation, as
 for a shipped model), and how much of the ensemble's gain over the shipped model the student kept.
@@ -36,6 +42,7 @@ class Decision:
     ship: bool
     rule: str  # which line of the rule decided
     misses: tuple[str, ...]  # the bar's lines the student missed
+    service_misses: tuple[str, ...] = ()  # the service's standing bars the student missed
 
 
 def card_figures(card: dict) -> dict:
@@ -63,16 +70,37 @@ def bar_misses(figures: dict) -> tuple[str, ...]:
     return tuple(misses)
 
 
-def decide(student: dict, shipped: dict) -> Decision:
-    """Issue #33's rule on two cards' figures (``card_figures``)."""
+def service_misses(ood: dict | None) -> tuple[str, ...]:
+    """The lines of the non-skin bar (``NONSKIN_BAR``) a card's ``ood`` section misses, each as
+    'set refused share (bar)'; a card without the check, or without a set's figure, misses it."""
+    from training.nonskin_figures import NONSKIN_BAR
+
+    misses = []
+    for name, bar in NONSKIN_BAR.items():
+        everyday = name == "everyday"
+        rate = (ood or {}).get(f"{name}_{'true' if everyday else 'false'}_flag_rate")
+        if rate is None or (rate < bar if everyday else rate > bar):
+            shown = "no figure" if rate is None else f"{rate:.2%}"
+            misses.append(f"{name} refused {shown} ({'>=' if everyday else '<='} {bar:.1%})")
+    return tuple(misses)
+
+
+def decide(student: dict, shipped: dict, standing: tuple[str, ...] = ()) -> Decision:
+    """Issue #33's rule on two cards' figures (``card_figures``); ``standing``: the service's bars the
+    student misses (``service_misses``), each of which keeps the shipped model."""
     misses = bar_misses(student)
     if not misses:
-        return Decision(True, "meets the bar", misses)
-    if (student["balanced_accuracy"] >= shipped["balanced_accuracy"] - BA_TOLERANCE
+        verdict = Decision(True, "meets the bar", misses)
+    elif (student["balanced_accuracy"] >= shipped["balanced_accuracy"] - BA_TOLERANCE
             and student["malignant_auc"] > shipped["malignant_auc"] and student["coverage"] > shipped["coverage"]):
-        return Decision(True, f"misses the bar, but balanced accuracy within {BA_TOLERANCE} and better AUC and coverage",
-                        misses)
-    return Decision(False, "misses the bar and the fallback: keep the shipped model", misses)
+        verdict = Decision(True, f"misses the bar, but balanced accuracy within {BA_TOLERANCE} and better AUC and coverage",
+                           misses)
+    else:
+        return Decision(False, "misses the bar and the fallback: keep the shipped model", misses)
+    if standing:
+        return Decision(False, f"the rule says ship ({verdict.rule}), but it misses the service's standing bars",
+                        misses, standing)
+    return verdict
 
 
 def ensemble_test_figures(folds_dir: Path, split_csv: Path) -> dict:
@@ -136,7 +164,8 @@ def main(argv=None) -> int:
     p.add_argument("--folds-dir", type=Path, help="the fold models' outputs, for the ensemble's reference row")
     args = p.parse_args(argv)
     try:
-        student, shipped = (card_figures(json.loads((d / "model_card.json").read_text())) for d in (args.student, args.shipped))
+        student_card = json.loads((args.student / "model_card.json").read_text())
+        student, shipped = card_figures(student_card), card_figures(json.loads((args.shipped / "model_card.json").read_text()))
     except (OSError, KeyError) as exc:
         print(f"error: a card lacks what the rule reads: {exc}", file=sys.stderr)
         return 2
@@ -154,9 +183,10 @@ def main(argv=None) -> int:
                 if abs(rows["ensemble (reference)"][n] - shipped[n]) > 1e-9}
         print("share of the ensemble's gain over the shipped model the student kept: "
               + ", ".join(f"{n} {v:.0%}" for n, v in kept.items()))
-    decision = decide(student, shipped)
+    decision = decide(student, shipped, service_misses(student_card.get("ood")))
     print(f"\ndecision: {'ship the student' if decision.ship else 'keep the shipped model'} ({decision.rule}); "
-          f"bar lines missed: {', '.join(decision.misses) or 'none'}")
+          f"bar lines missed: {', '.join(decision.misses) or 'none'}; "
+          f"service bars missed: {', '.join(decision.service_misses) or 'none'}")
     return 0
 
 

@@ -12,6 +12,10 @@ IMAGENET_PROBS = "imagenet_probs"  # the branch's class probabilities, beside th
 # The object check's cross-fitted decisions, beside the signals of a set it was fitted on: its figures there
 # are what a classifier fitted without each picture said about it (``training/nonskin_object.py``).
 CROSSFIT_DECISIONS = "object_crossfit_decisions"
+# Issue #35's bar, by set: everyday photos refused at least this share; test lesions, plain and shifted as
+# other clinics photograph them, refused at most this share. The card records each as ``<set>_true_flag_rate``
+# (everyday) or ``<set>_false_flag_rate`` (lesions).
+NONSKIN_BAR = {"everyday": 0.98, "test": 0.0, "shifted_test": 0.005}
 
 
 def answers(check: NonSkinCheck, signals: dict) -> np.ndarray:
