@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         out = predictor.predict_image(img, explain=True)
         explained.append((time.perf_counter() - t) * 1000)
-        explain_part.append(out.explain_ms)
+        explain_part.append(out.timing.explain_ms)
     p50, e50 = float(np.median(plain)), float(np.median(explained))
     print(f"model {model_path.name} ({'synthetic' if args.synthetic else predictor.info.version}), runtime "
           f"{predictor.runtime}, TTA {predictor.tta}, feature map {predictor.feature_layer}, 1 thread, n={args.n}")

@@ -3,7 +3,7 @@
 Nothing downstream recomputes a probability, a ranking or a risk level: JSON, HTML, the
 text report and the PDF all read the same frozen value, so they cannot disagree. The
 screening use case (``server/screening.py``) adds what it measured around the model:
-``total_ms`` and, when a presenter needs one, the upload's thumbnail, and what the user
+the request's time (``timing.total_ms``) and, when a presenter needs one, the upload's thumbnail, and what the user
 said about the patient (``patient``), so every output can say what the screening was told.
 """
 
@@ -18,8 +18,9 @@ from server.heatmap import Heatmap
 from server.filing import ReportRecord
 from server.lesions import DISCLAIMER, MALIGNANT_CODES, lesion_class
 from server.patient import PatientContext
+from server.prediction_parts import NonSkinAnswer, Timing
 from server.quality_figure import QuotedFigure
-from server.thresholds import DEFAULT_UNCERTAIN_BELOW, NONSKIN_REFUSED, NONSKIN_UNUSUAL, NONSKIN_USUAL
+from server.thresholds import DEFAULT_UNCERTAIN_BELOW
 
 
 @dataclass(frozen=True)
@@ -62,22 +63,18 @@ class Prediction:
     classes: tuple[ClassProbability, ...]
     malignant_probability: float
     model: ModelInfo
-    inference_ms: float
+    timing: Timing
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     disclaimer: str = DISCLAIMER
     malignant_threshold: float | None = None  # the model card's screening operating point
     uncertain_threshold: float = DEFAULT_UNCERTAIN_BELOW  # the card's thresholds.uncertain (chosen on validation)
     temperature: float | None = None  # calibration applied to the probabilities (None: raw model output)
     tta: str = "off"  # test-time augmentation used: off | flips | full
-    ood_score: float | None = None  # non-skin check: the largest of its checks' ratios (above 1: unusual)
-    nonskin: str | None = None  # its answer: usual | unusual | refused (server.thresholds.nonskin_answer); None: no check
-    looks_like: str | None = None  # what a refused image seemed to show (ImageNet's top class), when known
+    nonskin: NonSkinAnswer | None = None  # what the non-skin check said; None: the model has no check
     heatmap: Heatmap | None = None
     # Grids (no pictures) of every class's Grad-CAM, for a page that lets the person switch
     # the heatmap to any class; empty unless asked for (``ScreeningOptions.explain_all``).
     class_heatmaps: tuple[Heatmap, ...] = ()
-    explain_ms: float | None = None
-    total_ms: float | None = None  # decode, preprocess and model time, measured by the screening use case
     thumbnail: bytes | None = field(default=None, repr=False)  # a small JPEG of the upload, for pages and the PDF
     patient: PatientContext = PatientContext()  # the optional age, sex and site given with the image (empty: none)
     # The list the card's conformal thresholds made (``server/differential.py``); None: the card has
@@ -129,14 +126,14 @@ class Prediction:
     def out_of_distribution(self) -> bool | None:
         """True when the non-skin check refused the image as not a lesion photo (the API answers 422
         ``not_a_skin_lesion``); None without non-skin statistics."""
-        return None if self.nonskin is None else self.nonskin == NONSKIN_REFUSED
+        return None if self.nonskin is None else self.nonskin.refused
 
     @property
     def unusual_image(self) -> bool | None:
         """True when the photo lies far from the training images but nothing says it is not skin:
         it is screened, marked uncertain, and every output says ``UNUSUAL_IMAGE_MESSAGE``;
         None without non-skin statistics."""
-        return None if self.nonskin is None else self.nonskin == NONSKIN_UNUSUAL
+        return None if self.nonskin is None else self.nonskin.unusual
 
     @property
     def unusual_message(self) -> str | None:
@@ -181,11 +178,7 @@ class Prediction:
 
         ``heatmap_png=False`` leaves the overlay picture out (the report token keeps the grid only).
         """
-        timing = {"inference_ms": self.inference_ms}
-        if self.explain_ms is not None:
-            timing["explain_ms"] = self.explain_ms
-        if self.total_ms is not None:
-            timing["total_ms"] = self.total_ms
+        score = None if self.nonskin is None else self.nonskin.score
         out = {
             "prediction": {**asdict(self.top), "advice": self.advice},
             "probabilities": [asdict(c) for c in self.classes],
@@ -202,9 +195,9 @@ class Prediction:
             "out_of_distribution": self.out_of_distribution,
             "unusual_image": self.unusual_image,
             "unusual_message": self.unusual_message,
-            "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
+            "ood_score": None if score is None else round(score, 4),
             "model": asdict(self.model),
-            "timing": timing,
+            "timing": self.timing.to_dict(),
             "created_at": self.created_at,
             "disclaimer": self.disclaimer,
             "patient": self.patient.to_dict(),  # always present: {} when nothing was given
@@ -224,29 +217,19 @@ class Prediction:
             classes=tuple(ClassProbability(**c) for c in data["probabilities"]),
             malignant_probability=float(data["malignant_probability"]),
             model=ModelInfo.from_dict(data["model"]),
-            inference_ms=float(data["timing"]["inference_ms"]),
+            timing=Timing.from_dict(data["timing"]),
             created_at=data["created_at"],
             disclaimer=data.get("disclaimer", DISCLAIMER),
             malignant_threshold=data.get("malignant_threshold"),
             uncertain_threshold=data.get("uncertain_threshold", DEFAULT_UNCERTAIN_BELOW),
             temperature=(data.get("calibration") or {}).get("temperature"),
             tta=(data.get("calibration") or {}).get("tta", "off"),
-            ood_score=data.get("ood_score"),
-            nonskin=nonskin_from_flags(data.get("out_of_distribution"), data.get("unusual_image")),
+            nonskin=NonSkinAnswer.from_flags(data.get("out_of_distribution"), data.get("unusual_image"), data.get("ood_score")),
             heatmap=Heatmap.from_dict(data["heatmap"]) if data.get("heatmap") else None,
             class_heatmaps=tuple(Heatmap.from_dict(h) for h in data.get("class_heatmaps") or ()),
-            explain_ms=data["timing"].get("explain_ms"),
-            total_ms=data["timing"].get("total_ms"),
             patient=PatientContext.from_dict(data.get("patient")),  # a token from before the field: none given
             conformal=Differential(codes=tuple(c["code"] for c in data["differential"]),
                                    coverage=float(data["differential_coverage"]))
             if data.get("differential") and data.get("differential_coverage") is not None else None,
             record=ReportRecord.from_dict(data.get("report")),
         )
-
-
-def nonskin_from_flags(refused: bool | None, unusual: bool | None) -> str | None:
-    """The non-skin answer back from the JSON's two flags (a token from before ``unusual_image``: usual)."""
-    if refused is None:
-        return None
-    return NONSKIN_REFUSED if refused else NONSKIN_UNUSUAL if unusual else NONSKIN_USUAL

@@ -13,7 +13,8 @@ import numpy as np
 from server.differential import differential_of
 from server.lesions import CLASS_CODES, MALIGNANT_CODES, lesion_class
 from server.prediction import ClassProbability, ModelInfo, Prediction
-from server.thresholds import DEFAULT_UNCERTAIN_BELOW, NONSKIN_UNUSUAL
+from server.prediction_parts import Timing
+from server.thresholds import DEFAULT_UNCERTAIN_BELOW
 
 
 def prediction_from_probabilities(
@@ -45,8 +46,8 @@ def prediction_from_probabilities(
     conformal = None
     if min_probability:
         conformal = differential_of(entries, min_probability, coverage, DEFAULT_UNCERTAIN_BELOW,
-                                    extra.get("nonskin") == NONSKIN_UNUSUAL)
-    return Prediction(classes=entries, malignant_probability=malignant, model=model, inference_ms=round(inference_ms, 2),
+                                    extra.get("nonskin") is not None and extra["nonskin"].unusual)
+    return Prediction(classes=entries, malignant_probability=malignant, model=model, timing=Timing(round(inference_ms, 2)),
                       malignant_threshold=malignant_threshold, conformal=conformal, **extra)
 
 

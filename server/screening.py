@@ -2,7 +2,7 @@
 
 ``screen`` is what the API (``POST /predict``), the upload form (``POST /screen``) and the
 batch CLI all run: decode and validate the bytes, predict, refuse a non-skin image, and
-time the whole (``total_ms`` travels inside the Prediction). It is also the one place the
+time the whole (``timing.total_ms`` travels inside the Prediction). It is also the one place the
 optional patient context (``server.patient.PatientContext``) reaches the predictor and is
 attached to the answer, so no caller can screen with one context and report another, and the place each
 answer gets its report record (``server.filing.ReportRecord``: a report id, the image's name and SHA-256, the
@@ -54,8 +54,9 @@ def screen(upload: bytes, options: ScreeningOptions, predictor, patient: Patient
     except ValueError as exc:  # an unknown explain_class
         raise ServiceError(400, "bad_request", str(exc)) from None
     if prediction.out_of_distribution:
-        raise not_a_skin_lesion(prediction.looks_like)
+        raise not_a_skin_lesion(prediction.nonskin.looks_like)
     total_ms = round((time.perf_counter() - started) * 1000.0, 2)
     record = filing.ReportRecord.made(upload, options.filename, predictor.precision, when, options.timezone)
-    return replace(prediction, total_ms=total_ms, thumbnail=thumbnail_jpeg(image) if options.thumbnail else None,
+    return replace(prediction, timing=replace(prediction.timing, total_ms=total_ms),
+                   thumbnail=thumbnail_jpeg(image) if options.thumbnail else None,
                    patient=patient, created_at=record.created_at, record=record)

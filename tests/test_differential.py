@@ -11,6 +11,7 @@ import pytest
 from server.lesions import CLASS_CODES
 from server.model.card import ModelCard
 from server.prediction import ModelInfo, Prediction
+from server.prediction_parts import NonSkinAnswer
 from server.published import prediction_from_probabilities
 from server.thresholds import NONSKIN_UNUSUAL
 from tests.conftest import image_bytes
@@ -128,9 +129,9 @@ def test_uncertain_means_more_than_one_class_and_the_json_carries_the_list():
 def test_an_unusual_photo_never_gets_a_list_of_one():
     confident = [0.02, 0.02, 0.02, 0.06, 0.07, 0.79, 0.02]
     assert answer(confident).differential.codes == ("nv",)
-    unusual = answer(confident, nonskin=NONSKIN_UNUSUAL)
+    unusual = answer(confident, nonskin=NonSkinAnswer(NONSKIN_UNUSUAL))
     assert unusual.differential.codes == ("nv", "mel") and unusual.uncertain  # its top two, not the leading three
-    wide = answer([0.02, 0.02, 0.02, 0.02, 0.40, 0.50, 0.02], nonskin=NONSKIN_UNUSUAL)
+    wide = answer([0.02, 0.02, 0.02, 0.02, 0.40, 0.50, 0.02], nonskin=NonSkinAnswer(NONSKIN_UNUSUAL))
     assert wide.differential.codes == ("nv", "mel")  # already two: unchanged
 
 

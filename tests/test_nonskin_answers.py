@@ -20,6 +20,7 @@ from PIL import Image
 from server.model.nonskin import FEATURES, FLAT_SHARE, DistanceCheck, FloorCheck, Mahalanobis, NonSkinCheck
 from server.model.nonskin_imagenet import ImagenetLabels
 from server.prediction import UNUSUAL_IMAGE_MESSAGE, ModelInfo, Prediction
+from server.prediction_parts import NonSkinAnswer
 from server.published import prediction_from_probabilities
 from server.thresholds import NONSKIN_REFUSED, NONSKIN_UNUSUAL, NONSKIN_USUAL, nonskin_answer
 from tests.test_nonskin_imagenet import CAT, GREEN_THING, branch_model, green_picture, labels, png  # noqa: F401
@@ -71,7 +72,7 @@ def test_an_object_is_named_only_with_next_to_nothing_on_the_lesion_like_classes
 def prediction(top: float, nonskin: str | None, malignant_threshold: float = 0.3) -> Prediction:
     return prediction_from_probabilities(np.array([top, 0, 0, 0, 1 - top, 0, 0]), INFO, 5.0,
                                          malignant_threshold=malignant_threshold, uncertain_threshold=0.5,
-                                         ood_score=1.2, nonskin=nonskin)
+                                         nonskin=None if nonskin is None else NonSkinAnswer(nonskin, 1.2))
 
 
 def test_an_unusual_image_is_screened_uncertain_with_its_sentence_and_the_malignant_flag():

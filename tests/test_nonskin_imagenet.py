@@ -142,10 +142,10 @@ def test_the_branch_leaves_the_class_probabilities_alone(model_path, branch_mode
 
 def test_a_green_picture_is_refused_as_what_it_looks_like_and_skin_passes(branch_predictor):
     green = branch_predictor.predict_image(green_picture())
-    assert green.out_of_distribution is True and green.looks_like == "tabby cat"
+    assert green.out_of_distribution is True and green.nonskin.looks_like == "tabby cat"
     for arr in skin_like(np.random.default_rng(42), 10):
         p = branch_predictor.predict_image(Image.fromarray(arr))
-        assert p.out_of_distribution is False and p.looks_like is None, p.ood_score
+        assert p.out_of_distribution is False and p.nonskin.looks_like is None, p.nonskin.score
 
 
 def test_the_floors_refuse_flat_and_grey_pictures(branch_predictor):

@@ -66,10 +66,10 @@ def test_non_skin_images_are_flagged_and_skin_like_ones_pass(ood_predictor):
     rng = np.random.default_rng(42)  # new draws, not the fitting ones
     for arr in skin_like(rng, 20):
         p = ood_predictor.predict_image(Image.fromarray(arr))
-        assert p.out_of_distribution is False and 0 < p.ood_score <= 1, p.ood_score
+        assert p.out_of_distribution is False and 0 < p.nonskin.score <= 1, p.nonskin.score
     for colour in [(30, 200, 40), (20, 40, 230), (255, 255, 255), (0, 0, 0), (128, 128, 128)]:
         p = ood_predictor.predict_image(Image.new("RGB", (48, 48), colour))
-        assert p.out_of_distribution is True and p.ood_score > 1
+        assert p.out_of_distribution is True and p.nonskin.score > 1
     noise = Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 48, 3), dtype=np.uint8))
     assert ood_predictor.predict_image(noise).out_of_distribution is True
 

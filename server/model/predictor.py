@@ -41,6 +41,7 @@ from server.model.serving import Served, check_facts, keras_facts, serve_cached,
 from server.model.trust import temperature_scale, tta_views
 from server.patient import PatientContext
 from server.prediction import Heatmap, Prediction
+from server.prediction_parts import NonSkinAnswer
 from server.published import prediction_from_probabilities
 from server.thresholds import DEFAULT_UNCERTAIN_BELOW, INT8_NONSKIN_MARGIN, NONSKIN_REFUSED
 
@@ -278,7 +279,7 @@ class Predictor:
             coverage=self.differential.coverage if rule else None,
             uncertain_threshold=DEFAULT_UNCERTAIN_BELOW if self.uncertain_threshold is None else self.uncertain_threshold,
             temperature=self.temperature, tta=self.tta,
-            ood_score=score, nonskin=answer, looks_like=looks_like,
+            nonskin=None if answer is None else NonSkinAnswer(answer, score, looks_like),
         )
         if not (explain and fmap is not None and self._gradient is not None and not refused):
             return prediction
@@ -291,4 +292,4 @@ class Predictor:
             others = tuple(Heatmap(class_code=self.classes[i], grid=g)
                            for i, g in zip(rest, self.heatmap_grids(fmap[0], rest, context)))
         return replace(prediction, heatmap=heatmap, class_heatmaps=others,
-                       explain_ms=round((time.perf_counter() - t) * 1000.0, 2))
+                       timing=replace(prediction.timing, explain_ms=round((time.perf_counter() - t) * 1000.0, 2)))

@@ -67,7 +67,7 @@ def predict():
         body, content_type, filename = reports.render_report(prediction, fmt, paper, predictor.card, filing)
         response = current_app.response_class(body, content_type=content_type)
         response.headers["Content-Disposition"] = f'inline; filename="{filename}"'
-        response.headers["X-Total-Ms"] = f"{prediction.total_ms:.2f}"
+        response.headers["X-Total-Ms"] = f"{prediction.timing.total_ms:.2f}"
         return response
     # The verdict in words, by the same precedence rule as the result page and the reports.
     warning = reports.assess(prediction, predictor.card).subgroup_warning  # only when the context puts it in one

@@ -175,7 +175,7 @@ def screen():
         image_uri=data_uri(prediction.thumbnail),
         report_token=sign_report(prediction, filing),
         filing_given=filing.given,
-        total_ms=prediction.total_ms,
+        total_ms=prediction.timing.total_ms,
         context_use=context_use(quality.card_for(prediction, current_card()), prediction.patient.given),
     )
 
