@@ -1,9 +1,11 @@
-"""The Grad-CAM heatmap value a Prediction carries: a grid for the report token, a picture for JSON."""
+"""The Grad-CAM values a Prediction carries: each class's heatmap (a grid for the report token, a picture for
+JSON), and the explanation that groups the one shown with the others asked for."""
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from typing import Mapping
 
 
 @dataclass(frozen=True)
@@ -31,3 +33,33 @@ class Heatmap:
     def from_dict(cls, data: dict) -> "Heatmap":
         png = base64.b64decode(data["png_base64"], validate=True) if data.get("png_base64") else None
         return cls(class_code=data["class"], grid=tuple(tuple(int(v) for v in row) for row in data["grid"]), png=png)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why the model answered as it did: ``heatmap`` for the class shown (the flagged malignant type or
+    the top class, unless the caller named one) and, when a page asked for every class, the
+    ``others`` as grids (no pictures), so it can switch the heatmap without a second model pass."""
+
+    heatmap: Heatmap
+    others: tuple[Heatmap, ...] = ()
+
+    def for_class(self, code: str) -> Heatmap | None:
+        """The heatmap of class ``code``: the one shown, or its grid among the others."""
+        if self.heatmap.class_code == code:
+            return self.heatmap
+        return next((h for h in self.others if h.class_code == code), None)
+
+    def to_dict(self, with_png: bool = True) -> dict:
+        """The JSON's ``heatmap`` and, when there are others, ``class_heatmaps``."""
+        out = {"heatmap": self.heatmap.to_dict(with_png=with_png)}
+        if self.others:
+            out["class_heatmaps"] = [h.to_dict(with_png=False) for h in self.others]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "Explanation | None":
+        """From a JSON answer (or report token) that may hold no heatmap at all."""
+        if not data.get("heatmap"):
+            return None
+        return cls(Heatmap.from_dict(data["heatmap"]), tuple(Heatmap.from_dict(h) for h in data.get("class_heatmaps") or ()))

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Mapping
 
 from server.differential import Differential, differential_of
-from server.heatmap import Heatmap
+from server.heatmap import Explanation, Heatmap
 from server.filing import ReportRecord
 from server.lesions import DISCLAIMER, MALIGNANT_CODES, lesion_class
 from server.patient import PatientContext
@@ -71,10 +71,7 @@ class Prediction:
     temperature: float | None = None  # calibration applied to the probabilities (None: raw model output)
     tta: str = "off"  # test-time augmentation used: off | flips | full
     nonskin: NonSkinAnswer | None = None  # what the non-skin check said; None: the model has no check
-    heatmap: Heatmap | None = None
-    # Grids (no pictures) of every class's Grad-CAM, for a page that lets the person switch
-    # the heatmap to any class; empty unless asked for (``ScreeningOptions.explain_all``).
-    class_heatmaps: tuple[Heatmap, ...] = ()
+    explanation: Explanation | None = None  # Grad-CAM heatmaps, when asked for (``ScreeningOptions.explain*``)
     thumbnail: bytes | None = field(default=None, repr=False)  # a small JPEG of the upload, for pages and the PDF
     patient: PatientContext = PatientContext()  # the optional age, sex and site given with the image (empty: none)
     # The list the card's conformal thresholds made (``server/differential.py``); None: the card has
@@ -164,10 +161,13 @@ class Prediction:
         return self.top.code
 
     def heatmap_for(self, code: str) -> Heatmap | None:
-        """The heatmap of class ``code``: the main one, or its grid among ``class_heatmaps``."""
-        if self.heatmap is not None and self.heatmap.class_code == code:
-            return self.heatmap
-        return next((h for h in self.class_heatmaps if h.class_code == code), None)
+        """The heatmap of class ``code``: the one shown, or its grid among the others; None without one."""
+        return None if self.explanation is None else self.explanation.for_class(code)
+
+    @property
+    def heatmap(self) -> Heatmap | None:
+        """The heatmap shown with the answer, when one was asked for."""
+        return None if self.explanation is None else self.explanation.heatmap
 
     @property
     def advice(self) -> str:
@@ -204,10 +204,8 @@ class Prediction:
         }
         if self.record is not None:
             out["report"] = self.record.to_dict()
-        if self.heatmap is not None:
-            out["heatmap"] = self.heatmap.to_dict(with_png=heatmap_png)
-        if self.class_heatmaps:
-            out["class_heatmaps"] = [h.to_dict(with_png=False) for h in self.class_heatmaps]
+        if self.explanation is not None:
+            out.update(self.explanation.to_dict(with_png=heatmap_png))
         return out
 
     @classmethod
@@ -225,8 +223,7 @@ class Prediction:
             temperature=(data.get("calibration") or {}).get("temperature"),
             tta=(data.get("calibration") or {}).get("tta", "off"),
             nonskin=NonSkinAnswer.from_flags(data.get("out_of_distribution"), data.get("unusual_image"), data.get("ood_score")),
-            heatmap=Heatmap.from_dict(data["heatmap"]) if data.get("heatmap") else None,
-            class_heatmaps=tuple(Heatmap.from_dict(h) for h in data.get("class_heatmaps") or ()),
+            explanation=Explanation.from_dict(data),
             patient=PatientContext.from_dict(data.get("patient")),  # a token from before the field: none given
             conformal=Differential(codes=tuple(c["code"] for c in data["differential"]),
                                    coverage=float(data["differential_coverage"]))

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from server.heatmap import Explanation, Heatmap
 from server.imaging import COLOUR_NONE, centre_square, colour_of, model_input
 from server.model import explain, int8_check
 from server.model.card import ModelCard
@@ -40,7 +41,7 @@ from server.model.second_look import close_calls_of, near_a_nonskin_level
 from server.model.serving import Served, check_facts, keras_facts, serve_cached, serve_keras, wants_branch
 from server.model.trust import temperature_scale, tta_views
 from server.patient import PatientContext
-from server.prediction import Heatmap, Prediction
+from server.prediction import Prediction
 from server.prediction_parts import NonSkinAnswer
 from server.published import prediction_from_probabilities
 from server.thresholds import DEFAULT_UNCERTAIN_BELOW, INT8_NONSKIN_MARGIN, NONSKIN_REFUSED
@@ -291,5 +292,5 @@ class Predictor:
             rest = [i for i in range(len(self.classes)) if i != index]
             others = tuple(Heatmap(class_code=self.classes[i], grid=g)
                            for i, g in zip(rest, self.heatmap_grids(fmap[0], rest, context)))
-        return replace(prediction, heatmap=heatmap, class_heatmaps=others,
+        return replace(prediction, explanation=Explanation(heatmap, others),
                        timing=replace(prediction.timing, explain_ms=round((time.perf_counter() - t) * 1000.0, 2)))
