@@ -58,3 +58,25 @@ def test_a_lever_on_other_folds_is_not_paired(tmp_path):
 ])
 def test_the_rule_needs_a_gain_above_zero_and_no_melanoma_recall_below(change, expected):
     assert verdict(change) == expected
+
+
+@pytest.mark.slow
+def test_a_levers_fold_is_published_when_done_and_reused_on_another_machine(tmp_path):
+    """``training.folds --publish-dir``: a lever's finished fold is copied where it is committed, and a run
+    folder that lacks it (a new machine) takes it from there instead of training it again."""
+    from tests.test_training import TINY_CLI, make_dataset
+    from training.folds import OUTPUTS
+    from training.folds import main as folds_main
+
+    data = make_dataset(tmp_path / "ham", lesions_per_class=10)
+    published = tmp_path / "published"
+    argv = ["--data-dir", str(data), *TINY_CLI, "--head-epochs", "1", "--epochs", "1", "--folds", "2", "--fold", "0",
+            "--publish-dir", str(published)]
+    assert folds_main([*argv, "--out-dir", str(tmp_path / "first")]) == 0
+    assert (published / "fold_0" / OUTPUTS).is_file() and not (published / "fold_1").exists()
+    assert (published / "folds.csv").read_text() == (tmp_path / "first" / "folds.csv").read_text()
+    assert folds_main([*argv, "--out-dir", str(tmp_path / "second")]) == 0
+    log = (tmp_path / "second" / "train.log").read_text()
+    assert "folds [1] reused from" in log and "fold 1 of 2: starting" not in log
+    with np.load(published / "fold_0" / OUTPUTS) as a, np.load(tmp_path / "second" / "fold_0" / OUTPUTS) as b:
+        assert np.array_equal(a["train"], b["train"])

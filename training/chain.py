@@ -35,8 +35,8 @@ from pathlib import Path
 
 from training.config import parse_args
 from training.distill import TEACHER_FILE
-from training.folds import (FIGURES, FOLD_RECIPE, FOLDS_CSV, N_FOLDS, copy_fold_files, cpu_kind, given_settings,
-                            run_folds, with_recipe)
+from training.folds import (FIGURES, FOLD_RECIPE, N_FOLDS, cpu_kind, given_settings, publish_fold, run_folds,
+                            with_recipe)
 
 log = logging.getLogger("training")
 
@@ -48,13 +48,6 @@ RECORD = "chain.json"
 # trains on five fifths of the split, not four, and exports and calibrates once.
 STEP_WEIGHT = {"teacher": 0.02, "context": 0.02, "student": 1.4, "quantize": 0.35}
 CONTEXT_FILE = "context_folds.json"
-
-
-def publish_fold(chain_dir: Path, publish_dir: Path, k: int) -> None:
-    """Copy fold ``k``'s logits and figures (a few hundred KB) where they can be committed."""
-    copy_fold_files(chain_dir / f"fold_{k}", publish_dir / f"fold_{k}")
-    for name in (FOLDS_CSV, "cpu.txt"):
-        shutil.copy2(chain_dir / name, publish_dir / name)
 
 
 def publish_records(chain_dir: Path, publish_dir: Path) -> None:

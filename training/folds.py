@@ -196,6 +196,15 @@ def copy_fold_files(source: Path, target: Path) -> None:
         shutil.copy2(source / name, target / name)
 
 
+def publish_fold(chain_dir: Path, publish_dir: Path, k: int) -> None:
+    """Copy fold ``k``'s logits and figures (a few hundred KB) where they can be committed."""
+    import shutil
+
+    copy_fold_files(chain_dir / f"fold_{k}", publish_dir / f"fold_{k}")
+    for name in (FOLDS_CSV, "cpu.txt"):
+        shutil.copy2(chain_dir / name, publish_dir / name)
+
+
 def reuse_published(chain_dir: Path, published: Path, n_folds: int) -> list[int]:
     """Copy the finished folds committed in ``published`` into a chain folder that lacks them.
 
@@ -265,6 +274,8 @@ def main(argv=None) -> int:
     chain = argparse.ArgumentParser(add_help=False)
     chain.add_argument("--folds", type=int, default=N_FOLDS, help="how many lesion-grouped folds (default 5)")
     chain.add_argument("--fold", type=int, action="append", help="train only this fold (repeatable)")
+    chain.add_argument("--publish-dir", type=Path, default=None,
+                       help="copy each finished fold's logits here for committing, and reuse the folds found here")
     flags, rest = chain.parse_known_args(argv)
     if flags.folds < 2:
         print("error: --folds must be at least 2", file=sys.stderr)
@@ -272,7 +283,9 @@ def main(argv=None) -> int:
     cfg, _ = parse_args(rest)
     cfg = with_recipe(cfg, rest)
     try:
-        result = run_folds(cfg, Path(cfg.out_dir), flags.folds, flags.fold)
+        out = Path(cfg.out_dir)
+        publish = (lambda k: publish_fold(out, flags.publish_dir, k)) if flags.publish_dir else None
+        result = run_folds(cfg, out, flags.folds, flags.fold, publish=publish, published=flags.publish_dir)
     except (FileNotFoundError, D.DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

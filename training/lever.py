@@ -2,8 +2,9 @@
 
     python -m training.folds --data-dir ../shared/data/ham10000 \
         --weights ../shared/weights/mobilenet_v2_1.0_224_imagenet_no_top.h5 \
-        --out-dir ../runs/lever224 --input-size 224 --store-size 256      # the lever's folds, resumable
-    python -m training.lever --baseline saved_models/folds --lever ../runs/lever224
+        --out-dir ../runs/lever224 --input-size 224 --store-size 256 \
+        --publish-dir saved_models/levers/input224                         # the lever's folds, resumable
+    python -m training.lever --baseline saved_models/folds --lever saved_models/levers/input224
 
 Issue #33's item 7: a second lever (224-px training, mixup, a stronger augmentation) is tried
 on the same five lesion-grouped folds as the chain's recipe, and kept only if its paired
