@@ -34,3 +34,16 @@ def test_held_out_figures_are_those_of_the_softmax_of_the_logits():
     assert figures["melanoma_recall"] == 0.5
     assert figures["balanced_accuracy"] == pytest.approx((0.5 + 1 + 1) / 3, abs=1e-4)
     assert np.allclose(softmax(logits).sum(1), 1)
+
+
+def test_the_fold_commands_help_lists_their_own_options_with_the_recipes(capsys):
+    from training import chain, folds
+
+    for main, own in ((folds.main, ("--fold", "--folds", "--publish-dir")), (chain.main, ("--folds", "--publish-dir"))):
+        with pytest.raises(SystemExit) as exc:
+            main(["--help"])
+        assert exc.value.code == 0
+        help_text = capsys.readouterr().out
+        assert all(flag in help_text for flag in own) and "--input-size" in help_text
+    assert folds.main(["--data-dir", "absent", "--folds", "1"]) == 2
+    assert "--folds must be at least 2" in capsys.readouterr().err

@@ -132,11 +132,12 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     chain = argparse.ArgumentParser(add_help=False)
-    chain.add_argument("--folds", type=int, default=N_FOLDS)
+    chain.add_argument("--folds", type=int, default=N_FOLDS, help="how many lesion-grouped folds (default 5)")
     chain.add_argument("--publish-dir", type=Path, default=None,
                        help="where each finished fold's logits are copied for committing (make chain: saved_models/folds)")
+    argv = sys.argv[1:] if argv is None else list(argv)
     flags, rest = chain.parse_known_args(argv)
-    out = Path(parse_args(rest)[0].out_dir)
+    out = Path(parse_args(argv, parents=[chain], description="Folds, teacher, student, calibration, quantization.")[0].out_dir)
     try:
         return run_chain(rest, out, flags.publish_dir, flags.folds)
     except FileNotFoundError as exc:

@@ -95,10 +95,12 @@ HELP = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Every ``TrainConfig`` field as an option; choices are checked before any data loads."""
+def build_parser(parents=(), description: str = "Train the HAM10000 MobileNetV2 screening model.") -> argparse.ArgumentParser:
+    """Every ``TrainConfig`` field as an option; choices are checked before any data loads.
+
+    ``parents`` are a command's own options (the fold chain's ``--fold``...), so that its ``--help`` lists them too."""
     d = TrainConfig(data_dir="")
-    p = argparse.ArgumentParser(description="Train the HAM10000 MobileNetV2 screening model.")
+    p = argparse.ArgumentParser(description=description, parents=list(parents))
     p.add_argument("--data-dir", required=True, help="HAM10000 layout: HAM10000_metadata.csv (or images.csv) + images/")
     p.add_argument("--out-dir", default=d.out_dir)
     p.add_argument("--weights", default=d.weights,
@@ -130,10 +132,12 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected 0 or 1, got {text!r}")
 
 
-def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
-    p = build_parser()
+def parse_args(argv=None, parents=(), description: str | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    """The recipe, and the run's flags: ``--resume``, ``--no-test`` and every option of ``parents``."""
+    p = build_parser(parents, description) if description else build_parser(parents)
     args = vars(p.parse_args(argv))
-    flags = argparse.Namespace(resume=args.pop("resume"), no_test=args.pop("no_test"))
+    own = [k for parent in parents for k in vars(parent.parse_known_args([])[0])]
+    flags = argparse.Namespace(resume=args.pop("resume"), no_test=args.pop("no_test"), **{k: args.pop(k) for k in own})
     cfg = TrainConfig(data_dir=args.pop("data_dir"), out_dir=args.pop("out_dir"), weights=args.pop("weights"),
                       smoke=args.pop("smoke"))
     if cfg.smoke:

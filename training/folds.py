@@ -276,12 +276,12 @@ def main(argv=None) -> int:
     chain.add_argument("--fold", type=int, action="append", help="train only this fold (repeatable)")
     chain.add_argument("--publish-dir", type=Path, default=None,
                        help="copy each finished fold's logits here for committing, and reuse the folds found here")
-    flags, rest = chain.parse_known_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cfg, flags = parse_args(argv, parents=[chain], description="Train the recipe on lesion-grouped folds of the training split.")
     if flags.folds < 2:
         print("error: --folds must be at least 2", file=sys.stderr)
         return 2
-    cfg, _ = parse_args(rest)
-    cfg = with_recipe(cfg, rest)
+    cfg = with_recipe(cfg, argv)
     try:
         out = Path(cfg.out_dir)
         publish = (lambda k: publish_fold(out, flags.publish_dir, k)) if flags.publish_dir else None
