@@ -31,6 +31,11 @@ SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG"})
 # File signatures of the formats we accept. Bytes that start like a JPEG or PNG but that
 # Pillow cannot identify are a broken JPEG/PNG (422), not an unsupported format (415).
 SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
+# ISO media brands of HEIC/HEIF, the iPhone camera's default format since iOS 11: Pillow cannot
+# read them, and an API client posting an iPhone photo as it was shot needs to be told how to send it.
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"})
+HEIF_ADVICE = ("This is a HEIC/HEIF photo, the iPhone camera's default format, which the service does not read. "
+               "Share or export it as a JPEG (or set Settings > Camera > Formats to Most Compatible).")
 MIN_SIDE = 32  # below this a photo cannot show a lesion's structure
 # 50 MP: the 48 and 50 MP modes of current phone cameras (8160x6120 is 49.9 MP). Their larger
 # modes (64 to 200 MP) write JPEGs well past the 10 MB upload limit anyway.
@@ -94,7 +99,7 @@ def open_upload(data: bytes, working_side: int = WORKING_SIDE) -> Image.Image:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         if claimed:  # starts like a JPEG/PNG, but the header cannot be parsed
             raise _invalid(f"The {claimed} header is corrupt.") from None
-        raise _unsupported("The file is not a recognised image.") from None
+        raise _unsupported(HEIF_ADVICE if is_heif(data) else "The file is not a recognised image.") from None
     if img.format not in SUPPORTED_FORMATS:
         raise _unsupported(f"{img.format or 'This'} images are not supported.")
     check_declared_size(img, len(data))
@@ -199,6 +204,11 @@ def sniff_format(data: bytes) -> str | None:
         if data.startswith(signature):
             return name
     return None
+
+
+def is_heif(data: bytes) -> bool:
+    """Whether ``data`` opens with an ISO media ``ftyp`` box of a HEIC/HEIF brand."""
+    return data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS
 
 
 def to_rgb8(img: Image.Image, top: float | None = None) -> Image.Image:

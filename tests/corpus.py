@@ -100,6 +100,9 @@ TEXT_NOTES = b"just some notes, not a photo\n" * 10
 HTML_PAGE = b"<!doctype html><html><body><img src=x onerror=alert(1)></body></html>"
 SVG_IMAGE = b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><rect width="64" height="64"/></svg>'
 
+# The start of an iPhone photo: an ISO media ftyp box (brand heic, compatible mif1 and heic), then a meta box.
+HEIC_HEADER = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00\x00\x01\x00meta" + bytes(248)
+
 UNSUPPORTED = {
     "text-renamed.jpg": TEXT_NOTES,
     "page.html": HTML_PAGE,
@@ -107,6 +110,7 @@ UNSUPPORTED = {
     "animated.gif": animated_gif(),
     "photo.webp": image_bytes(RED, fmt="WEBP"),
     "scan.tiff": image_bytes(RED, fmt="TIFF"),
+    "iphone.heic": HEIC_HEADER,
 }
 
 BROKEN = {

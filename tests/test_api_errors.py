@@ -103,3 +103,12 @@ def test_unknown_api_path_is_404_json(client):
 def test_browser_gets_html_error_page_off_the_api(client):
     resp = client.get("/no-such-page", headers={"Accept": "text/html"})
     assert resp.status_code == 404 and resp.mimetype == "text/html"
+
+
+def test_an_iphone_heic_photo_is_415_with_how_to_send_it_as_jpeg(client):
+    from tests.corpus import HEIC_HEADER
+
+    body = post_file(client, HEIC_HEADER, "IMG_0412.HEIC").get_json()
+    assert "HEIC" in body["error"]["message"] and "JPEG" in body["error"]["message"]
+    other = post_file(client, UNSUPPORTED["vector.svg"], "vector.svg").get_json()
+    assert "HEIC" not in other["error"]["message"]
