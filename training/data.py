@@ -17,6 +17,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from server.imaging import COLOUR_NONE, load_square_uint8
 from server.lesions import CLASS_CODES
+from server.patient import GENERAL_SITES, MAX_AGE, MIN_AGE, SEXES, SITES, parse_age, parse_sex, parse_site
+from server.problems import ServiceError
 
 SPLITS = ("train", "val", "test")
 PATIENT_COLUMNS = ("age", "sex", "localization")  # HAM10000's patient context, encoded by server.patient
@@ -56,7 +58,31 @@ def load_metadata(data_dir: Path) -> pd.DataFrame:
     for column in PATIENT_COLUMNS:  # a dataset without them trains as if no patient gave any
         if column not in df.columns:
             df[column] = np.nan if column == "age" else "unknown"
+    check_patient_values(df, meta_path)
     return df[["image_id", "lesion_id", "dx", "path", "label", *PATIENT_COLUMNS]].reset_index(drop=True)
+
+
+def check_patient_values(df: pd.DataFrame, meta_path: Path) -> None:
+    """Refuse (DatasetError) patient values the service's parsers would refuse, before any training.
+
+    The context is encoded in phase 3, hours into a run: a site written "arm" in a new dataset must
+    stop the run at its start, with every such value named, not crash it at the end.
+    """
+    parsers = {"age": parse_age, "sex": parse_sex, "localization": parse_site}
+    problems = []
+    for column, parse in parsers.items():
+        bad = []
+        for value in df[column].dropna().unique():
+            try:
+                parse(value)
+            except ServiceError:
+                bad.append(value)
+        if bad:
+            problems.append(f"{column} {sorted(map(str, bad))[:8]}")
+    if problems:
+        raise DatasetError(f"{meta_path} has patient values the service cannot read: {'; '.join(problems)}. "
+                           f"Ages are years {MIN_AGE} to {MAX_AGE}; sex {' or '.join(SEXES)}; sites {', '.join(SITES)}, or ISIC's general "
+                           f"sites {', '.join(GENERAL_SITES)}; 'unknown' or empty where not recorded")
 
 
 def split_frame(data_dir: Path, split_csv: Path, split: str) -> pd.DataFrame:

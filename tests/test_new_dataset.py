@@ -1,0 +1,69 @@
+"""An ML engineer's own photos: the layout the trainer reads, and every mistake in it named before training starts."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from training import data as D
+from training.train import main
+from tests.test_training import make_dataset
+
+
+def rewrite_metadata(root, **columns) -> None:
+    """Replace columns of the folder's metadata (a value per row, or one for all)."""
+    path = root / "HAM10000_metadata.csv"
+    df = pd.read_csv(path)
+    for name, value in columns.items():
+        df[name] = value
+    df.to_csv(path, index=False)
+
+
+def test_an_images_csv_with_file_paths_and_no_patient_columns_loads_as_no_context(tmp_path):
+    root = make_dataset(tmp_path / "d", lesions_per_class=1)
+    df = pd.read_csv(root / "HAM10000_metadata.csv")
+    (root / "HAM10000_metadata.csv").rename(root / "images.csv")
+    (root / "photos").mkdir()
+    for image_id in df["image_id"]:
+        (root / "images" / f"{image_id}.jpg").rename(root / "photos" / f"{image_id}.jpeg")
+    df.assign(file=[f"photos/{i}.jpeg" for i in df["image_id"]])[["image_id", "lesion_id", "dx", "file"]].to_csv(
+        root / "images.csv", index=False)
+    loaded = D.load_metadata(root)
+    assert len(loaded) == len(df) and all(p.endswith(".jpeg") for p in loaded["path"])
+    assert (loaded["sex"] == "unknown").all() and loaded["age"].isna().all()
+
+
+def test_general_isic_sites_and_unknowns_are_read(tmp_path):
+    root = make_dataset(tmp_path / "d", lesions_per_class=1)
+    n = len(pd.read_csv(root / "HAM10000_metadata.csv"))
+    sites = (["posterior torso", "head/neck", "unknown", "upper extremity"] * n)[:n]
+    rewrite_metadata(root, localization=sites, sex=(["female", "", "male"] * n)[:n], age=([40, None, 85.0] * n)[:n])
+    assert set(D.load_metadata(root)["localization"].dropna()) <= set(sites)
+
+
+@pytest.mark.parametrize("column, values, named", [
+    ("localization", ["arm", "back", "left shin"], "localization ['arm', 'left shin']"),
+    ("sex", ["F", "male", "intersex"], "sex ['intersex']"),  # F and M are read
+    ("age", [45, 230], "age ['230']"),
+])
+def test_patient_values_the_service_cannot_read_stop_the_run_before_training(tmp_path, capsys, column, values, named):
+    root = make_dataset(tmp_path / "d", lesions_per_class=1)
+    n = len(pd.read_csv(root / "HAM10000_metadata.csv"))
+    rewrite_metadata(root, **{column: (values * n)[:n]})
+    with pytest.raises(D.DatasetError, match="patient values the service cannot read"):
+        D.load_metadata(root)
+    out = tmp_path / "run"
+    assert main(["--data-dir", str(root), "--out-dir", str(out), "--smoke", "--weights", "none"]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "head/neck" in err  # names the bad values and what is accepted
+    assert not (out / "backup").exists()  # nothing trained
+
+
+def test_an_unknown_diagnosis_or_a_missing_column_is_named(tmp_path):
+    root = make_dataset(tmp_path / "d", lesions_per_class=1)
+    rewrite_metadata(root, dx="melanoma")
+    with pytest.raises(D.DatasetError, match=r"unknown dx values \['melanoma'\]"):
+        D.load_metadata(root)
+    pd.read_csv(root / "HAM10000_metadata.csv").drop(columns="lesion_id").to_csv(root / "HAM10000_metadata.csv", index=False)
+    with pytest.raises(D.DatasetError, match=r"lacks columns \['lesion_id'\]"):
+        D.load_metadata(root)
