@@ -106,27 +106,29 @@ test-fast: install-test
 lint: install-test
 	$(VENV)/bin/flake8 server training tests bench wsgi.py gunicorn.conf.py
 
+# Where the data and the ImageNet weights are, and where a run goes: `make train DATA_DIR=~/photos` trains on
+# another folder of the same layout (README "Your own photos").
+DATA_DIR ?= ../shared/data/ham10000
+WEIGHTS_DIR ?= ../shared/weights
+TRAIN_DIR ?= runs/latest
+IMAGENET = --weights $(WEIGHTS_DIR)/mobilenet_v2_1.0_224_imagenet_no_top.h5 \
+	  --imagenet-weights $(WEIGHTS_DIR)/mobilenet_v2_1.0_224_imagenet_with_top.h5 \
+	  --imagenet-labels $(WEIGHTS_DIR)/imagenet_labels.txt
 train: $(VENV)/.installed-train corpus
-	$(PY) -m training.train --data-dir ../shared/data/ham10000 \
-	  --weights ../shared/weights/mobilenet_v2_1.0_224_imagenet_no_top.h5 \
-	  --imagenet-weights ../shared/weights/mobilenet_v2_1.0_224_imagenet_with_top.h5 \
-	  --imagenet-labels ../shared/weights/imagenet_labels.txt --out-dir runs/latest
+	$(PY) -m training.train --data-dir $(DATA_DIR) $(IMAGENET) --out-dir $(TRAIN_DIR)
 
 # The model chain (README "The model chain"): five lesion-grouped folds, their ensemble distilled into one
 # student, its int8 graphs. Hours on 2 cores; resumable: rerun the same command after a cut.
 CHAIN_DIR ?= ../runs/chain
 chain: $(VENV)/.installed-train corpus
-	$(PY) -m training.chain --data-dir ../shared/data/ham10000 \
-	  --weights ../shared/weights/mobilenet_v2_1.0_224_imagenet_no_top.h5 \
-	  --imagenet-weights ../shared/weights/mobilenet_v2_1.0_224_imagenet_with_top.h5 \
-	  --imagenet-labels ../shared/weights/imagenet_labels.txt --out-dir $(CHAIN_DIR) --publish-dir saved_models/folds
+	$(PY) -m training.chain --data-dir $(DATA_DIR) $(IMAGENET) --out-dir $(CHAIN_DIR) --publish-dir saved_models/folds
 
 # Int8 graphs of the model in RUN_DIR, beside its .h5 and tied to it by sha256 in the card (training/quantize.py),
 # then the accuracy bar against float32 on the test split, recorded in the card (INFERENCE_PRECISION=auto reads it).
 RUN_DIR ?= saved_models
 quantize: $(VENV)/.installed-train corpus
-	$(PY) -m training.quantize --run-dir $(RUN_DIR) --data-dir ../shared/data/ham10000
-	$(PY) -m training.int8_bar --run-dir $(RUN_DIR) --data-dir ../shared/data/ham10000 --record
+	$(PY) -m training.quantize --run-dir $(RUN_DIR) --data-dir $(DATA_DIR)
+	$(PY) -m training.int8_bar --run-dir $(RUN_DIR) --data-dir $(DATA_DIR) --record
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench_predict.py --start --model $(MODEL_PATH)
