@@ -67,3 +67,14 @@ def test_an_unknown_diagnosis_or_a_missing_column_is_named(tmp_path):
     pd.read_csv(root / "HAM10000_metadata.csv").drop(columns="lesion_id").to_csv(root / "HAM10000_metadata.csv", index=False)
     with pytest.raises(D.DatasetError, match=r"lacks columns \['lesion_id'\]"):
         D.load_metadata(root)
+
+
+def test_a_blank_lesion_id_or_an_image_listed_twice_is_named(tmp_path):
+    root = make_dataset(tmp_path / "d", lesions_per_class=1)
+    df = pd.read_csv(root / "HAM10000_metadata.csv")
+    df.assign(lesion_id=[None] + list(df["lesion_id"][1:])).to_csv(root / "HAM10000_metadata.csv", index=False)
+    with pytest.raises(D.DatasetError, match="empty lesion_id cells"):
+        D.load_metadata(root)
+    pd.concat([df, df.iloc[:1]]).to_csv(root / "HAM10000_metadata.csv", index=False)
+    with pytest.raises(D.DatasetError, match=f"1 image ids twice, e.g. {df['image_id'][0]}"):
+        D.load_metadata(root)

@@ -44,6 +44,12 @@ def load_metadata(data_dir: Path) -> pd.DataFrame:
     missing_cols = {"image_id", "lesion_id", "dx"} - set(df.columns)
     if missing_cols:
         raise DatasetError(f"{meta_path} lacks columns {sorted(missing_cols)}")
+    blank = [c for c in ("image_id", "lesion_id", "dx") if df[c].isna().any()]
+    if blank:
+        raise DatasetError(f"{meta_path} has empty {', '.join(blank)} cells (give a lesion of unknown id its image_id)")
+    repeated = df.loc[df["image_id"].duplicated(), "image_id"]
+    if len(repeated):
+        raise DatasetError(f"{meta_path} lists {len(repeated)} image ids twice, e.g. {repeated.iloc[0]}")
     unknown = sorted(set(df["dx"]) - set(CLASS_CODES))
     if unknown:
         raise DatasetError(f"{meta_path} has unknown dx values {unknown}; expected {list(CLASS_CODES)}")
