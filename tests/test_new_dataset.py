@@ -78,3 +78,13 @@ def test_a_blank_lesion_id_or_an_image_listed_twice_is_named(tmp_path):
     pd.concat([df, df.iloc[:1]]).to_csv(root / "HAM10000_metadata.csv", index=False)
     with pytest.raises(D.DatasetError, match=f"1 image ids twice, e.g. {df['image_id'][0]}"):
         D.load_metadata(root)
+
+
+def test_a_class_with_too_few_lesions_for_three_splits_is_named_in_one_line(tmp_path, capsys):
+    root = make_dataset(tmp_path / "d", lesions_per_class=8)
+    df = pd.read_csv(root / "HAM10000_metadata.csv")
+    rare = df.loc[df["dx"] == "vasc", "lesion_id"].unique()[1:]  # one vascular lesion left
+    df[~df["lesion_id"].isin(rare)].to_csv(root / "HAM10000_metadata.csv", index=False)
+    assert main(["--data-dir", str(root), "--out-dir", str(tmp_path / "run"), "--smoke", "--weights", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "gets no vasc photos" in err and "'vasc': 1" in err and "Traceback" not in err

@@ -139,15 +139,18 @@ def split_by_lesion(df: pd.DataFrame, val_fraction: float = 0.15, test_fraction:
 
 
 def check_split(df: pd.DataFrame, split: pd.Series) -> None:
-    """Fail loudly if a lesion leaks across splits or a class is missing from one."""
+    """Fail loudly if a lesion leaks across splits (AssertionError: a bug) or a class is missing from one
+    (DatasetError: a dataset with too few lesions of that class, named in one line)."""
     spans = df.groupby("lesion_id").apply(lambda g: split[g.index].nunique(), include_groups=False)
     leaked = spans[spans > 1]
     if len(leaked):
         raise AssertionError(f"{len(leaked)} lesions appear in more than one split, e.g. {leaked.index[0]}")
+    lesions = df.groupby("dx")["lesion_id"].nunique().reindex(list(CLASS_CODES), fill_value=0)
     for name in SPLITS:
         present = set(df.loc[split == name, "dx"])
-        if present != set(CLASS_CODES):
-            raise AssertionError(f"split {name} lacks classes {sorted(set(CLASS_CODES) - present)}")
+        if present != set(CLASS_CODES):  # the data's fault, not the split's: too few lesions of a class
+            raise DatasetError(f"split {name} gets no {', '.join(sorted(set(CLASS_CODES) - present))} photos: every class "
+                               f"needs lesions enough for train, val and test (lesions per class: {lesions.to_dict()})")
 
 
 def load_images(paths, size: int, workers: int = 4, colour: str = COLOUR_NONE) -> np.ndarray:
