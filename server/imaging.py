@@ -18,11 +18,12 @@ touches the disk or logs the bytes: uploads stay in memory.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from server.decoding import to_rgb8
+from server.decoding import open_upload
 
 PREPROCESSING_ID = "exif-rgb8/centre-square/bilinear/mobilenet_v2[-1,1]"
 # Optional colour constancy, applied to the centre square before scaling. A model's card
@@ -110,13 +111,15 @@ def model_input(img: Image.Image, size: int, colour: str = COLOUR_NONE) -> np.nd
 
 
 def load_square_uint8(path, size: int, colour: str = COLOUR_NONE) -> np.ndarray:
-    """Read an image file from disk as the trainer does: upright RGB, centre square, colour, uint8.
+    """Read a training photo from disk as an upload of it would be read: upright RGB, centre square, colour, uint8.
 
-    Training keeps images as uint8 so augmentation can run before ``scale_pixels``.
+    Through ``open_upload``, so a new dataset's 12 MP photos are reduced in the DCT as the service
+    reduces its uploads (HAM10000's 600x450 are decoded whole either way), and a file the service
+    would refuse raises the same ``ImageRejected``. Training keeps uint8 so augmentation runs before
+    ``scale_pixels``.
     """
-    with Image.open(path) as img:
-        img = to_rgb8(ImageOps.exif_transpose(img))
-        return colour_normalised(np.asarray(centre_square(img, size), dtype=np.uint8), colour)
+    img = open_upload(Path(path).read_bytes())
+    return colour_normalised(np.asarray(centre_square(img, size), dtype=np.uint8), colour)
 
 
 def jpeg_bytes(img: Image.Image, quality: int = 80) -> bytes:

@@ -88,3 +88,19 @@ def test_a_class_with_too_few_lesions_for_three_splits_is_named_in_one_line(tmp_
     assert main(["--data-dir", str(root), "--out-dir", str(tmp_path / "run"), "--smoke", "--weights", "none"]) == 2
     err = capsys.readouterr().err
     assert "gets no vasc photos" in err and "'vasc': 1" in err and "Traceback" not in err
+
+
+def test_a_photo_the_service_would_refuse_is_named_before_training(tmp_path, capsys):
+    root = make_dataset(tmp_path / "d", lesions_per_class=8)
+    broken = sorted((root / "images").iterdir())[4]
+    broken.write_bytes(broken.read_bytes()[:40])  # a copy cut short
+    assert main(["--data-dir", str(root), "--out-dir", str(tmp_path / "run"), "--smoke", "--weights", "none"]) == 2
+    err = capsys.readouterr().err
+    assert broken.name in err and "corrupt" in err and "Traceback" not in err
+
+
+def test_a_folder_too_small_to_split_is_named_in_one_line(tmp_path, capsys):
+    root = make_dataset(tmp_path / "d", lesions_per_class=3)  # 5 photos of 3 lesions a class, fewer than 7 parts
+    assert main(["--data-dir", str(root), "--out-dir", str(tmp_path / "run"), "--smoke", "--weights", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "too few photos to hold out 1/7 by lesion" in err and "'mel': 3" in err

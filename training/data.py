@@ -18,7 +18,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from server.imaging import COLOUR_NONE, load_square_uint8
 from server.lesions import CLASS_CODES
 from server.patient import GENERAL_SITES, MAX_AGE, MIN_AGE, SEXES, SITES, parse_age, parse_sex, parse_site
-from server.problems import ServiceError
+from server.problems import ImageRejected, ServiceError
 
 SPLITS = ("train", "val", "test")
 PATIENT_COLUMNS = ("age", "sex", "localization")  # HAM10000's patient context, encoded by server.patient
@@ -116,7 +116,11 @@ def _grouped_holdout(df: pd.DataFrame, fraction: float, seed: int) -> np.ndarray
     """Boolean mask of a ~``fraction`` holdout, stratified by class and grouped by lesion."""
     n_splits = max(2, round(1.0 / fraction))
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, held = next(folds.split(df, df["label"], groups=df["lesion_id"]))
+    try:
+        _, held = next(folds.split(df, df["label"], groups=df["lesion_id"]))
+    except ValueError as exc:  # fewer photos than holdout parts in every class
+        raise DatasetError(f"too few photos to hold out 1/{n_splits} by lesion ({exc}); lesions per class: "
+                           f"{df.groupby('dx')['lesion_id'].nunique().to_dict()}") from None
     mask = np.zeros(len(df), bool)
     mask[held] = True
     return mask
@@ -154,12 +158,16 @@ def check_split(df: pd.DataFrame, split: pd.Series) -> None:
 
 
 def load_images(paths, size: int, workers: int = 4, colour: str = COLOUR_NONE) -> np.ndarray:
-    """Load images as uint8 (n, size, size, 3) through the shared preprocessing (geometry and colour)."""
+    """Load images as uint8 (n, size, size, 3) through the shared decoding and preprocessing; a file the
+    service would refuse (broken, not a JPEG/PNG, too small) is a DatasetError naming it."""
     out = np.empty((len(paths), size, size, 3), np.uint8)
 
     def _load(i_path):
         i, path = i_path
-        out[i] = load_square_uint8(path, size, colour)
+        try:
+            out[i] = load_square_uint8(path, size, colour)
+        except ImageRejected as exc:  # what the service would refuse, it must not learn from either
+            raise DatasetError(f"{path}: {exc.message}") from None
 
     with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding
         list(pool.map(_load, enumerate(paths)))
