@@ -47,3 +47,16 @@ def test_the_fold_commands_help_lists_their_own_options_with_the_recipes(capsys)
         assert all(flag in help_text for flag in own) and "--input-size" in help_text
     assert folds.main(["--data-dir", "absent", "--folds", "1"]) == 2
     assert "--folds must be at least 2" in capsys.readouterr().err
+
+
+def test_a_run_folder_resumed_with_another_recipe_is_refused_naming_each_setting(tmp_path):
+    from training.config import RecipeChanged, TrainConfig, settle_recipe
+
+    started = TrainConfig(data_dir="/a", out_dir=str(tmp_path), input_size=224, store_size=256)
+    settle_recipe(started, tmp_path, resume=False)
+    settle_recipe(TrainConfig(data_dir="/elsewhere", out_dir=str(tmp_path), input_size=224, store_size=256,
+                              weights="imagenet", version="2027.01.01"), tmp_path, resume=True)  # paths, dates: same recipe
+    with pytest.raises(RecipeChanged, match=r"--input-size 224 \(this command: 192\), --store-size 256 \(this command: 224\)"):
+        settle_recipe(TrainConfig(data_dir="/a", out_dir=str(tmp_path)), tmp_path, resume=True)
+    settle_recipe(TrainConfig(data_dir="/a", out_dir=str(tmp_path)), tmp_path, resume=False)  # a fresh run starts over
+    settle_recipe(TrainConfig(data_dir="/a", out_dir=str(tmp_path)), tmp_path, resume=True)

@@ -165,6 +165,9 @@ def test_a_cut_off_run_resumes_from_its_last_epoch(dataset, tmp_path):
     backup = json.loads((out / "backup" / "training_metadata.json").read_text())
     assert backup["epoch"] == 2  # epochs finished
     head = (out / "head.weights.h5").stat().st_mtime
+    recipe = json.loads((out / "recipe.json").read_text())
+    (out / "recipe.json").write_text(json.dumps({**recipe, "epochs": 3}))  # a 3-epoch run, cut after 2
+    assert main(common + ["--epochs", "3", "--resume", "--dropout", "0.5"]) == 2  # another recipe: refused
     assert main(common + ["--epochs", "3", "--resume"]) == 0
     history = pd.read_csv(out / "history.csv")
     assert list(history["epoch"]) == [0, 1, 2]  # epochs 1-2 kept, only epoch 3 trained again

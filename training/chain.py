@@ -33,7 +33,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from training.config import parse_args
+from training.config import RecipeChanged, parse_args
+from training.data import DatasetError
 from training.distill import TEACHER_FILE
 from training.folds import (FIGURES, FOLD_RECIPE, N_FOLDS, cpu_kind, given_settings, publish_fold, run_folds,
                             with_recipe)
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
     out = Path(parse_args(argv, parents=[chain], description="Folds, teacher, student, calibration, quantization.")[0].out_dir)
     try:
         return run_chain(rest, out, flags.publish_dir, flags.folds)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, DatasetError, RecipeChanged) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field, fields
+import json
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
+from pathlib import Path
 
 from server.imaging import COLOUR_NONE, COLOURS
 
@@ -156,3 +158,38 @@ def parse_args(argv=None, parents=(), description: str | None = None) -> tuple[T
     if cfg.keep == "swa" and not 0 < cfg.swa_epochs <= cfg.epochs:
         cfg.swa_epochs = min(max(cfg.swa_epochs, 1), cfg.epochs)
     return cfg, flags
+
+
+RECIPE_FILE = "recipe.json"
+# Paths and labels: the same recipe names them differently on another machine or another day.
+NOT_RECIPE = ("data_dir", "out_dir", "weights", "imagenet_weights", "imagenet_labels", "distill_teacher", "name",
+              "version")
+
+
+class RecipeChanged(ValueError):
+    """A resumed run's command names other settings than the ones its folder was started with."""
+
+
+def recipe_of(cfg: TrainConfig) -> dict:
+    """The settings that decide what a run trains (every ``TrainConfig`` field but paths and labels)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in NOT_RECIPE}
+
+
+def settle_recipe(cfg: TrainConfig, run_dir: Path, resume: bool) -> None:
+    """Record the recipe a run folder trains, or hold a resumed run's command to it (RecipeChanged).
+
+    A cut-off run resumed with a setting left out (a lever's ``--input-size 224``) would finish its
+    epochs under another recipe, and its figures would be taken for the recipe it started with.
+    A setting the folder's record lacks (a field added since) is not held against it.
+    """
+    path = Path(run_dir) / RECIPE_FILE
+    recipe = recipe_of(cfg)
+    if resume and path.is_file():
+        started = json.loads(path.read_text())
+        changed = {k: (started[k], v) for k, v in recipe.items() if k in started and started[k] != v}
+        if changed:
+            words = ", ".join(f"--{k.replace('_', '-')} {old} (this command: {new})" for k, (old, new) in changed.items())
+            raise RecipeChanged(f"{run_dir} was started with {words}; resume it with the same settings, "
+                                f"or train in a new --out-dir")
+        return
+    path.write_text(json.dumps(recipe, indent=2) + "\n")

@@ -41,7 +41,7 @@ from server.model.card import CARD_FILENAME, ModelCard
 from server.model.files import file_sha256
 from server.thresholds import MALIGNANT_TARGET_SENSITIVITY
 from training import data as D
-from training.config import TrainConfig, parse_args
+from training.config import RecipeChanged, TrainConfig, parse_args, settle_recipe
 from training.differential import card_with_differential
 from training.evaluate import choose_malignant_threshold, evaluate_predictions, plot_history, write_plots
 from training.export import (
@@ -93,6 +93,7 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
     t0 = time.perf_counter()
     keras.utils.set_random_seed(cfg.seed)
     log.info("config: %s%s", json.dumps(asdict(cfg)), " (resuming)" if resume else "")
+    settle_recipe(cfg, out_dir, resume)
 
     prepared = prepare_data(cfg, out_dir)
     y, images = prepared.y, prepared.images
@@ -289,7 +290,7 @@ def main(argv=None) -> int:
     cfg, flags = parse_args(argv)
     try:
         run(cfg, resume=flags.resume, score_test=not flags.no_test)
-    except (FileNotFoundError, D.DatasetError) as exc:
+    except (FileNotFoundError, D.DatasetError, RecipeChanged) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
