@@ -112,7 +112,7 @@ def train_fold(cfg: TrainConfig, images: dict, y: dict, fold_of: np.ndarray, k: 
     from training.augment import AugmentConfig, training_dataset
     from training.losses import make_loss
     from training.model import build_model
-    from training.phases import HEAD_WEIGHTS, fine_tune, warm_up_head
+    from training.phases import HEAD_WEIGHTS, epochs_done, fine_tune, warm_up_head
     from training.prepare import class_loss_weights, pooled_features, resized
 
     fold_dir = chain_dir / f"fold_{k}"
@@ -120,6 +120,7 @@ def train_fold(cfg: TrainConfig, images: dict, y: dict, fold_of: np.ndarray, k: 
         return json.loads((fold_dir / FIGURES).read_text())
     fold_dir.mkdir(parents=True, exist_ok=True)
     resume = (fold_dir / HEAD_WEIGHTS).is_file()
+    resumed_after = epochs_done(fold_dir) if resume else 0
     log.info("fold %d of %d: %s", k + 1, int(fold_of.max()) + 1, "resuming" if resume else "starting")
     t0 = time.perf_counter()
     keras.utils.set_random_seed(cfg.seed + k)
@@ -150,11 +151,12 @@ def train_fold(cfg: TrainConfig, images: dict, y: dict, fold_of: np.ndarray, k: 
         outputs[split], outputs[f"{split}_mirrored"] = logits_of(model, x)
     figures = {"fold": k, **held_out_figures(y_held, outputs["train"][held]),
                "held_out_mirrored": held_out_figures(y_held, (outputs["train"][held] + outputs["train_mirrored"][held]) / 2),
-               "kept": kept, "minutes": round((time.perf_counter() - t0) / 60, 1), "cpu": cpu_kind()}
+               "kept": kept, "minutes": round((time.perf_counter() - t0) / 60, 1), "cpu": cpu_kind(),
+               "resumed_after_epoch": resumed_after}  # minutes: this process's only, when it resumed a cut fold
     # float16 keeps each fold's file at a few hundred KB, small enough to commit as soon as it exists.
     np.savez_compressed(fold_dir / OUTPUTS, **{name: v.astype(np.float16) for name, v in outputs.items()})
     (fold_dir / FIGURES).write_text(json.dumps(figures, indent=2) + "\n")
-    log.info("fold %d done in %.0f min: held-out %s", k + 1, figures["minutes"],
+    log.info("fold %d done in %.0f min (resumed after epoch %d): held-out %s", k + 1, figures["minutes"], resumed_after,
              {key: figures[key] for key in ("balanced_accuracy", "melanoma_recall", "malignant_auc")})
     return figures
 
