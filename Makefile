@@ -111,9 +111,12 @@ lint: install-test
 DATA_DIR ?= ../shared/data/ham10000
 WEIGHTS_DIR ?= ../shared/weights
 TRAIN_DIR ?= runs/latest
-IMAGENET = --weights $(WEIGHTS_DIR)/mobilenet_v2_1.0_224_imagenet_no_top.h5 \
+# Without that folder's files, Keras downloads its own ImageNet weights (needs the internet).
+IMAGENET = $(if $(wildcard $(WEIGHTS_DIR)/mobilenet_v2_1.0_224_imagenet_no_top.h5),\
+	  --weights $(WEIGHTS_DIR)/mobilenet_v2_1.0_224_imagenet_no_top.h5 \
 	  --imagenet-weights $(WEIGHTS_DIR)/mobilenet_v2_1.0_224_imagenet_with_top.h5 \
-	  --imagenet-labels $(WEIGHTS_DIR)/imagenet_labels.txt
+	  --imagenet-labels $(WEIGHTS_DIR)/imagenet_labels.txt,\
+	  --weights imagenet --imagenet-weights imagenet --imagenet-labels imagenet)
 train: $(VENV)/.installed-train corpus
 	$(PY) -m training.train --data-dir $(DATA_DIR) $(IMAGENET) --out-dir $(TRAIN_DIR)
 
