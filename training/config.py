@@ -103,7 +103,9 @@ def build_parser(parents=(), description: str = "Train the HAM10000 MobileNetV2 
     ``parents`` are a command's own options (the fold chain's ``--fold``...), so that its ``--help`` lists them too."""
     d = TrainConfig(data_dir="")
     p = argparse.ArgumentParser(description=description, parents=list(parents))
-    p.add_argument("--data-dir", required=True, help="HAM10000 layout: HAM10000_metadata.csv (or images.csv) + images/")
+    p.add_argument("--data-dir", required=True,
+                   help="HAM10000 layout: HAM10000_metadata.csv (or images.csv) + images/; columns image_id, lesion_id, "
+                        "dx, and optionally file, age, sex, localization (README 'Your own photos')")
     p.add_argument("--out-dir", default=d.out_dir)
     p.add_argument("--weights", default=d.weights,
                    help="'imagenet' (Keras download), a path to a no-top MobileNetV2 .h5, or 'none'")
