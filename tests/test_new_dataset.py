@@ -104,3 +104,38 @@ def test_a_folder_too_small_to_split_is_named_in_one_line(tmp_path, capsys):
     assert main(["--data-dir", str(root), "--out-dir", str(tmp_path / "run"), "--smoke", "--weights", "none"]) == 2
     err = capsys.readouterr().err
     assert "too few photos to hold out 1/7 by lesion" in err and "'mel': 3" in err
+
+
+def test_the_card_names_the_data_it_learned_from_and_claims_no_licence_it_was_not_given(tmp_path):
+    from training.provenance import HAM10000, provenance_of
+
+    root = make_dataset(tmp_path / "clinic", lesions_per_class=1)
+    df = D.load_metadata(root)
+    assert provenance_of(root, df["lesion_id"]) == HAM10000  # HAM10000's lesion ids: its record and terms
+    clinic_ids = "CLINIC_" + df["lesion_id"].str.slice(4)
+    own = provenance_of(root, clinic_ids)
+    assert own.licence is None and own.source["name"] == f"the {len(df)} photos in clinic/"
+    assert "dataset.json" in own.source["note"]
+    (root / "dataset.json").write_text('{"name": "Clinic X dermoscopy 2026", "licence": {"name": "internal use"}}')
+    stated = provenance_of(root, clinic_ids)
+    assert stated.source == {"name": "Clinic X dermoscopy 2026"} and stated.licence == {"name": "internal use"}
+    for broken in ('{"name": "Clinic X",', '["Clinic X"]', '{"citation": "no name"}'):
+        (root / "dataset.json").write_text(broken)
+        with pytest.raises(D.DatasetError, match="dataset.json"):
+            provenance_of(root, clinic_ids)
+
+
+@pytest.mark.slow
+def test_a_model_trained_on_a_clinics_folder_does_not_claim_ham10000_on_its_model_page(tmp_path):
+    from server import create_app
+    from tests.test_training import TINY_CLI
+
+    root = make_dataset(tmp_path / "clinic", lesions_per_class=8)
+    rewrite_metadata(root, lesion_id=pd.read_csv(root / "HAM10000_metadata.csv")["lesion_id"].str.replace("HAM_", "CL_"))
+    out = tmp_path / "run"
+    assert main(["--data-dir", str(root), "--out-dir", str(out), *TINY_CLI, "--head-epochs", "1", "--epochs", "1"]) == 0
+    assert "photos in clinic/ (no licence stated)" in (out / "report.md").read_text()
+    app = create_app({"MODEL_PATH": str(out / "ham10000_mobilenetv2.h5"), "SECRET_KEY": "x", "TESTING": True})
+    page = app.test_client().get("/model").get_data(as_text=True)
+    assert "photos in clinic/" in page and "does not state a licence" in page and "no dataset.json" in page
+    assert "HAM10000 (Human Against Machine" not in page and "CC BY-NC" not in page

@@ -15,23 +15,10 @@ from server.imaging import COLOUR_NONE, preprocessing_id
 from server.lesions import CLASS_CODES, LIMITATIONS
 from server.model.card import CARD_FILENAME, ModelCard
 from server.model.files import file_sha256
+from training.provenance import HAM10000_LICENCE, HAM10000_SOURCE
 
 MODEL_FILENAME = "ham10000_mobilenetv2.h5"
 
-HAM10000_SOURCE = {
-    "name": "HAM10000 (Human Against Machine with 10000 training images)",
-    "citation": (
-        "Tschandl P., Rosendahl C., Kittler H. The HAM10000 dataset, a large collection of multi-source "
-        "dermatoscopic images of common pigmented skin lesions. Sci. Data 5, 180161 (2018)."
-    ),
-    "doi": "10.7910/DVN/DBW86T",
-    "url": "https://doi.org/10.7910/DVN/DBW86T",
-}
-HAM10000_LICENCE = {
-    "name": "CC BY-NC 4.0 (Creative Commons Attribution-NonCommercial)",
-    "url": "https://creativecommons.org/licenses/by-nc/4.0/",
-    "note": "The model is trained on HAM10000 and inherits its non-commercial terms.",
-}
 INTENDED_USE = (
     "Screening aid for dermoscopic images of single pigmented skin lesions. Not a diagnosis; "
     "not for clinical decisions without a qualified clinician."

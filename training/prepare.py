@@ -11,6 +11,7 @@ import numpy as np
 from server.lesions import CLASS_CODES
 from training import data as D
 from training.config import TrainConfig
+from training.provenance import HAM10000, Provenance, provenance_of
 
 log = logging.getLogger("training")
 
@@ -55,6 +56,7 @@ class Prepared:
     y: dict
     images: dict
     sizes: dict
+    provenance: Provenance = HAM10000  # what the card says the model learned from
 
 
 def prepare_data(cfg: TrainConfig, out_dir: Path) -> Prepared:
@@ -64,6 +66,7 @@ def prepare_data(cfg: TrainConfig, out_dir: Path) -> Prepared:
     input size; training images are kept a little larger for random crops.
     """
     df = limit_per_class(D.load_metadata(Path(cfg.data_dir)), cfg.limit_per_class, cfg.seed)
+    provenance = provenance_of(Path(cfg.data_dir), df["lesion_id"])
     df["split"] = D.split_by_lesion(df, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     D.check_split(df, df["split"])
     df[["image_id", "lesion_id", "dx", "split"]].to_csv(out_dir / "split.csv", index=False)
@@ -74,7 +77,7 @@ def prepare_data(cfg: TrainConfig, out_dir: Path) -> Prepared:
     images = {s: D.load_images(list(df.loc[parts[s], "path"]), cfg.store_size if s == "train" else cfg.input_size,
                                colour=cfg.colour)
               for s in D.SPLITS}
-    return Prepared(df, parts, y, images, sizes)
+    return Prepared(df, parts, y, images, sizes, provenance)
 
 
 def resized(images: np.ndarray, size: int, batch: int = 256) -> np.ndarray:

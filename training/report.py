@@ -31,7 +31,8 @@ def write_report(out_dir: Path, card: ModelCard, metrics: dict, plots: list[str]
         "A screening aid, not a diagnosis. Figures are on a split grouped by `lesion_id`: no lesion's "
         "photographs appear in two splits. The test split was used once, after every choice was made on validation.", "",
         f"- Architecture: {card.architecture}",
-        f"- Data: {card.data['source']['name']} ({card.licence['name']}); split sizes {dict(card.data['split_sizes'])}",
+        f"- Data: {card.data['source']['name']} ({(card.licence or {}).get('name', 'no licence stated')}); "
+        f"split sizes {dict(card.data['split_sizes'])}",
         f"- Imbalance: {cfg['imbalance']}, loss {cfg['loss']}, label smoothing {cfg['label_smoothing']}, "
         f"weight EMA momentum {cfg.get('ema_momentum', 0)}",
         f"- Recipe: {cfg['input_size']} px, head warm-up {cfg['head_epochs']} epochs, then {cfg['epochs']} whole-network "

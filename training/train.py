@@ -45,7 +45,6 @@ from training.config import RecipeChanged, TrainConfig, parse_args, settle_recip
 from training.differential import card_with_differential
 from training.evaluate import choose_malignant_threshold, evaluate_predictions, plot_history, write_plots
 from training.export import (
-    HAM10000_SOURCE,
     MODEL_FILENAME,
     base_card,
     git_commit,
@@ -183,7 +182,8 @@ def export_and_evaluate(model, cfg: TrainConfig, prepared: Prepared, adjustment:
     card = ModelCard.from_dict(base_card(
         name=cfg.name, version=cfg.version, input_size=cfg.input_size,
         architecture=architecture(cfg, reads_context=len(model.inputs) > 1), colour=cfg.colour,
-        data={"source": HAM10000_SOURCE, "split_by": "lesion_id", "split_sizes": {k: int(v) for k, v in sizes.items()},
+        licence=prepared.provenance.licence,
+        data={"source": prepared.provenance.source, "split_by": "lesion_id", "split_sizes": {k: int(v) for k, v in sizes.items()},
               "split_file": "split.csv", "class_counts": df["dx"].value_counts().to_dict()},
         model_file=model_path.name, sha256=sha,
     ))
