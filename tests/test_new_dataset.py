@@ -61,6 +61,9 @@ def test_patient_values_the_service_cannot_read_stop_the_run_before_training(tmp
 
 def test_an_unknown_diagnosis_or_a_missing_column_is_named(tmp_path):
     root = make_dataset(tmp_path / "d", lesions_per_class=1)
+    codes = pd.read_csv(root / "HAM10000_metadata.csv")["dx"]
+    rewrite_metadata(root, dx=codes.str.upper() + " ")
+    assert list(D.load_metadata(root)["dx"]) == list(codes)  # a code's case and spaces do not matter
     rewrite_metadata(root, dx="melanoma")
     with pytest.raises(D.DatasetError, match=r"unknown dx values \['melanoma'\]"):
         D.load_metadata(root)

@@ -50,6 +50,7 @@ def load_metadata(data_dir: Path) -> pd.DataFrame:
     repeated = df.loc[df["image_id"].duplicated(), "image_id"]
     if len(repeated):
         raise DatasetError(f"{meta_path} lists {len(repeated)} image ids twice, e.g. {repeated.iloc[0]}")
+    df["dx"] = df["dx"].astype(str).str.strip().str.lower()  # "MEL " is mel
     unknown = sorted(set(df["dx"]) - set(CLASS_CODES))
     if unknown:
         raise DatasetError(f"{meta_path} has unknown dx values {unknown}; expected {list(CLASS_CODES)}")
