@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from server.problems import ImageRejected
+from server.problems import HeifPhoto, ImageRejected
 
 # MPO is how Pillow names the multi-picture JPEGs many phone cameras write: a JPEG whose
 # first frame is the photo. Refusing it would refuse ordinary phone photos.
@@ -32,10 +32,8 @@ SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG"})
 # Pillow cannot identify are a broken JPEG/PNG (422), not an unsupported format (415).
 SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
 # ISO media brands of HEIC/HEIF, the iPhone camera's default format since iOS 11: Pillow cannot
-# read them, and an API client posting an iPhone photo as it was shot needs to be told how to send it.
+# read them, and a client posting an iPhone photo as it was shot is told how to send it (HeifPhoto).
 HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"})
-HEIF_ADVICE = ("This is a HEIC/HEIF photo, the iPhone camera's default format, which the service does not read. "
-               "Share or export it as a JPEG (or set Settings > Camera > Formats to Most Compatible).")
 MIN_SIDE = 32  # below this a photo cannot show a lesion's structure
 # 50 MP: the 48 and 50 MP modes of current phone cameras (8160x6120 is 49.9 MP). Their larger
 # modes (64 to 200 MP) write JPEGs well past the 10 MB upload limit anyway.
@@ -99,7 +97,9 @@ def open_upload(data: bytes, working_side: int = WORKING_SIDE) -> Image.Image:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         if claimed:  # starts like a JPEG/PNG, but the header cannot be parsed
             raise _invalid(f"The {claimed} header is corrupt.") from None
-        raise _unsupported(HEIF_ADVICE if is_heif(data) else "The file is not a recognised image.") from None
+        if is_heif(data):
+            raise HeifPhoto() from None
+        raise _unsupported("The file is not a recognised image.") from None
     if img.format not in SUPPORTED_FORMATS:
         raise _unsupported(f"{img.format or 'This'} images are not supported.")
     check_declared_size(img, len(data))

@@ -23,6 +23,17 @@ class ImageRejected(ServiceError, ValueError):
     """An upload that cannot be screened, with the HTTP status and code to report."""
 
 
+HEIF_PHOTO = ("This is a HEIC/HEIF photo, the iPhone camera's default format, which the service does not read. "
+              "Share or export it as a JPEG (or set Settings > Camera > Formats to Most Compatible).")
+
+
+class HeifPhoto(ImageRejected):
+    """A HEIC/HEIF upload (415): said apart from other formats because the fix is one setting on the phone."""
+
+    def __init__(self):
+        super().__init__(415, "unsupported_media_type", f"{HEIF_PHOTO} Upload a JPEG or PNG photo.")
+
+
 NOT_A_SKIN_LESION = (
     "This image does not look like a photo of a skin lesion, so it was not screened. Please upload a close-up, "
     "well-lit photo of the lesion alone (a dermoscopic photo if you have one). If this is a photo of a skin "

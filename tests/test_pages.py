@@ -14,6 +14,7 @@ from markupsafe import escape
 
 from server.lesions import CLASS_CODES, DISCLAIMER, lesion_class
 from tests.conftest import image_bytes
+from tests.corpus import HEIC_HEADER
 from tests.fixture_model import BLUE_CLASS, RED_CLASS
 
 TOKEN_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -142,6 +143,7 @@ def test_uncertain_result_says_so_and_sends_to_a_dermatologist(client):
         (b"%PDF-1.4 not an image at all", "notes.pdf", 415, "not a JPEG or PNG image"),
         (image_bytes(fmt="PNG")[:60], "cut.png", 422, "could not be used"),
         (image_bytes(size=(8, 8)), "tiny.png", 422, "at least 32 px"),
+        (HEIC_HEADER, "IMG_0412.HEIC", 415, "iPhone camera&#39;s default format"),  # the one fix: send a JPEG
     ],
 )
 def test_bad_uploads_re_render_the_form_with_a_friendly_message(client, data, filename, status, message):

@@ -24,7 +24,7 @@ from server.lesions import CATALOGUE, DISCLAIMER, LIMITATIONS, RISK_LEVELS, lesi
 from server.filing import FILING_FIELDS, FILING_LABELS, FILING_RULE, FilingDetails
 from server.patient import MAX_AGE, MIN_AGE, PATIENT_FIELDS
 from server.prediction import Prediction
-from server.problems import ServiceError
+from server.problems import HEIF_PHOTO, HeifPhoto, ServiceError
 from server.web.errors import error_response
 from server.reports import quality
 from server.reports.context import context_figures, context_sentence, context_use
@@ -64,6 +64,8 @@ RESULT_NOT_STORED = ("No result to show: for your privacy, results are never sto
 def form_message(exc: ServiceError) -> str:
     if exc.code == "payload_too_large":
         return f"The file is larger than {current_app.config['MAX_UPLOAD_MB']} MB. Please choose a smaller photo."
+    if isinstance(exc, HeifPhoto):
+        return f"{HEIF_PHOTO} Then choose the JPEG."
     if exc.code == "invalid_image":
         return f"This image could not be used: {exc.message} Please try another JPEG or PNG photo."
     return FORM_MESSAGES.get(exc.code, exc.message)
