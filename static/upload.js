@@ -17,11 +17,14 @@
   var maxMb = form.getAttribute("data-max-mb");
   var okTypes = ["image/jpeg", "image/png"];
   var okExt = /\.(jpe?g|png)$/i;
+  var heicExt = /\.(heic|heif)$/i;
+  var heicMessage = form.getAttribute("data-heic-message");
   var previewToken = 0;
 
   function problemWith(file) {
     if (!file) { return "Please choose a photo to upload."; }
     if (file.size === 0) { return "The chosen file is empty. Please choose a JPEG or PNG photo."; }
+    if (heicMessage && (heicExt.test(file.name) || /^image\/hei[cf]/.test(file.type))) { return heicMessage; }
     if (okTypes.indexOf(file.type) < 0 && !okExt.test(file.name)) {
       return "That file is not a JPEG or PNG image. Please choose a JPEG or PNG photo.";
     }

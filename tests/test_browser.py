@@ -84,6 +84,23 @@ def test_client_side_check_stops_a_wrong_file_before_upload(browser, base_url, t
         page.close()
 
 
+def test_a_heic_photo_is_stopped_before_upload_with_how_to_send_a_jpeg(browser, base_url, tmp_path):
+    from server.web.pages import HEIF_FORM_MESSAGE
+    from tests.corpus import HEIC_HEADER
+
+    photo = tmp_path / "IMG_0412.HEIC"
+    photo.write_bytes(HEIC_HEADER)
+    page = browser.new_page()
+    try:
+        page.goto(base_url + "/")
+        page.set_input_files("#image", str(photo))
+        assert page.inner_text("#upload-error") == HEIF_FORM_MESSAGE  # the server's words, from the form's data
+        page.click("#submit")
+        assert page.url.rstrip("/") == base_url
+    finally:
+        page.close()
+
+
 def test_upload_works_with_javascript_disabled(browser, base_url, tmp_path):
     image = tmp_path / "lesion.png"
     image.write_bytes(image_bytes((210, 40, 40), size=(120, 90)))

@@ -54,6 +54,9 @@ FORM_MESSAGES = {
                           "Then choose the photo again." for name in FILING_FIELDS},
 }
 
+# A HEIC photo's one fix is on the phone: said by the server and, before upload, by upload.js (the form's data).
+HEIF_FORM_MESSAGE = f"{HEIF_PHOTO} Then choose the JPEG."
+
 # GET /screen: a result page's address opened again (reload, bookmark, shared link).
 RESULT_NOT_STORED = ("No result to show: for your privacy, results are never stored on the server, "
                      "so a reloaded or shared result cannot be shown again. Please upload the photo again.")
@@ -65,7 +68,7 @@ def form_message(exc: ServiceError) -> str:
     if exc.code == "payload_too_large":
         return f"The file is larger than {current_app.config['MAX_UPLOAD_MB']} MB. Please choose a smaller photo."
     if isinstance(exc, HeifPhoto):
-        return f"{HEIF_PHOTO} Then choose the JPEG."
+        return HEIF_FORM_MESSAGE
     if exc.code == "invalid_image":
         return f"This image could not be used: {exc.message} Please try another JPEG or PNG photo."
     return FORM_MESSAGES.get(exc.code, exc.message)
@@ -108,6 +111,7 @@ def render_upload(error: str | None = None, status: int = 200, refusal: ServiceE
     """
     file_error = error if error_field == FIELD else None
     return render_template("upload.html", error=file_error, max_upload_mb=current_app.config["MAX_UPLOAD_MB"],
+                           heic_message=HEIF_FORM_MESSAGE,
                            model_ready=model_ready(), refusal=refusal, error_field=error_field if error else None,
                            patient=patient_form(values, error_field, error),
                            filing=filing_form(values, error_field, error),
