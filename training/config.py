@@ -1,4 +1,4 @@
-"""The trainer's settings: ``TrainConfig``, and the CLI that fills it (every field an option)."""
+"""The trainer's settings: ``TrainConfig``, the CLI that fills it (every field an option), and a run folder's record of them."""
 
 from __future__ import annotations
 
