@@ -97,7 +97,10 @@ HELP = {
 }
 
 
-def build_parser(parents=(), description: str = "Train the HAM10000 MobileNetV2 screening model.") -> argparse.ArgumentParser:
+DESCRIPTION = "Train the HAM10000 MobileNetV2 screening model."
+
+
+def build_parser(parents=(), description: str = DESCRIPTION) -> argparse.ArgumentParser:
     """Every ``TrainConfig`` field as an option; choices are checked before any data loads.
 
     ``parents`` are a command's own options (the fold chain's ``--fold``...), so that its ``--help`` lists them too."""
@@ -138,7 +141,7 @@ def _parse_bool(text: str) -> bool:
 
 def parse_args(argv=None, parents=(), description: str | None = None) -> tuple[TrainConfig, argparse.Namespace]:
     """The recipe, and the run's flags: ``--resume``, ``--no-test`` and every option of ``parents``."""
-    p = build_parser(parents, description) if description else build_parser(parents)
+    p = build_parser(parents, description or DESCRIPTION)
     args = vars(p.parse_args(argv))
     own = [k for parent in parents for k in vars(parent.parse_known_args([])[0])]
     flags = argparse.Namespace(resume=args.pop("resume"), no_test=args.pop("no_test"), **{k: args.pop(k) for k in own})

@@ -150,10 +150,10 @@ def check_split(df: pd.DataFrame, split: pd.Series) -> None:
     leaked = spans[spans > 1]
     if len(leaked):
         raise AssertionError(f"{len(leaked)} lesions appear in more than one split, e.g. {leaked.index[0]}")
-    lesions = df.groupby("dx")["lesion_id"].nunique().reindex(list(CLASS_CODES), fill_value=0)
     for name in SPLITS:
         present = set(df.loc[split == name, "dx"])
         if present != set(CLASS_CODES):  # the data's fault, not the split's: too few lesions of a class
+            lesions = df.groupby("dx")["lesion_id"].nunique().reindex(list(CLASS_CODES), fill_value=0)
             raise DatasetError(f"split {name} gets no {', '.join(sorted(set(CLASS_CODES) - present))} photos: every class "
                                f"needs lesions enough for train, val and test (lesions per class: {lesions.to_dict()})")
 
