@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from training.folds import cpu_kind  # noqa: E402
+from training.clock import cpu_kind  # noqa: E402
 
 PY = sys.executable
 # name -> (the command, where the README quotes it)

@@ -50,6 +50,7 @@ def test_chain_runs_every_step_publishes_each_fold_and_resumes_a_cut_fold(tmp_pa
     # Rerun after a fold was cut off: only that fold trains again, and from where it stopped.
     student_at = (chain / "student" / "ham10000_mobilenetv2.h5").stat().st_mtime_ns
     fold_0_at = (chain / "fold_0" / OUTPUTS).stat().st_mtime_ns
+    first_process = json.loads((chain / "fold_1" / "clock.json").read_text())
     (chain / "fold_1" / OUTPUTS).unlink()
     shutil.rmtree(published / "fold_1")  # a fold cut off was never published
     assert main(argv) == 0
@@ -57,6 +58,9 @@ def test_chain_runs_every_step_publishes_each_fold_and_resumes_a_cut_fold(tmp_pa
     assert (chain / "student" / "ham10000_mobilenetv2.h5").stat().st_mtime_ns == student_at
     log = (chain / "train.log").read_text()
     assert "fold 2 of 2: resuming" in log and "fold 1 of 2: resuming" not in log
+    both = json.loads((chain / "fold_1" / "clock.json").read_text())  # the fold's time sums both processes'
+    assert both["processes"] == 2 and both["seconds"] > first_process["seconds"] > 0
+    assert json.loads((chain / "fold_1" / "figures.json").read_text())["processes"] == 2
 
     # The run folder lost (another machine): the committed folds are reused, not trained again.
     shutil.rmtree(chain / "fold_0")

@@ -60,3 +60,16 @@ def test_a_run_folder_resumed_with_another_recipe_is_refused_naming_each_setting
         settle_recipe(TrainConfig(data_dir="/a", out_dir=str(tmp_path)), tmp_path, resume=True)
     settle_recipe(TrainConfig(data_dir="/a", out_dir=str(tmp_path)), tmp_path, resume=False)  # a fresh run starts over
     settle_recipe(TrainConfig(data_dir="/a", out_dir=str(tmp_path)), tmp_path, resume=True)
+
+
+def test_a_run_clock_adds_each_process_time_to_what_earlier_ones_recorded(tmp_path):
+    from training.clock import RunClock
+
+    first = RunClock(tmp_path)
+    first.started -= 90.0  # a process that trained for a minute and a half, then was cut
+    first.save()
+    second = RunClock(tmp_path)
+    assert second.processes == 2 and second.before == pytest.approx(90.0, abs=0.2)
+    assert 1.5 <= second.minutes() < 1.6
+    second.save()
+    assert RunClock(tmp_path).processes == 3

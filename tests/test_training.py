@@ -165,6 +165,7 @@ def test_a_cut_off_run_resumes_from_its_last_epoch(dataset, tmp_path):
     backup = json.loads((out / "backup" / "training_metadata.json").read_text())
     assert backup["epoch"] == 2  # epochs finished
     head = (out / "head.weights.h5").stat().st_mtime
+    first = json.loads((out / "clock.json").read_text())
     recipe = json.loads((out / "recipe.json").read_text())
     (out / "recipe.json").write_text(json.dumps({**recipe, "epochs": 3}))  # a 3-epoch run, cut after 2
     assert main(common + ["--epochs", "3", "--resume", "--dropout", "0.5"]) == 2  # another recipe: refused
@@ -174,6 +175,9 @@ def test_a_cut_off_run_resumes_from_its_last_epoch(dataset, tmp_path):
     assert "learning_rate" in history and "val_balanced_accuracy" in history
     assert (out / "head.weights.h5").stat().st_mtime == head  # phase 1 was not redone
     assert "resuming after epoch 2" in (out / "train.log").read_text()
+    # the card's total is the whole run's: the cut process's minutes and the resuming one's
+    clock, card = json.loads((out / "clock.json").read_text()), json.loads((out / "model_card.json").read_text())
+    assert clock["processes"] == 2 and card["training"]["durations_s"]["total"] > first["seconds"] > 0
 
 
 def fine_tune_tiny(model, out_dir, resume: bool = False, ema_momentum: float = 0.0, **options) -> dict:

@@ -36,8 +36,8 @@ from pathlib import Path
 from training.config import RecipeChanged, parse_args
 from training.data import DatasetError
 from training.distill import TEACHER_FILE
-from training.folds import (FIGURES, FOLD_RECIPE, N_FOLDS, cpu_kind, given_settings, publish_fold, run_folds,
-                            with_recipe)
+from training.clock import cpu_kind
+from training.folds import FIGURES, FOLD_RECIPE, N_FOLDS, given_settings, publish_fold, run_folds, with_recipe
 
 log = logging.getLogger("training")
 

@@ -34,6 +34,7 @@ import numpy as np
 from server.imaging import scale_pixels
 from server.lesions import CLASS_CODES
 from training import data as D
+from training.clock import RunClock, clock_callback, cpu_kind
 from training.config import RecipeChanged, TrainConfig, parse_args, settle_recipe
 
 log = logging.getLogger("training")
@@ -56,15 +57,6 @@ def assign_folds(labels: np.ndarray, lesion_ids: np.ndarray, n_folds: int = N_FO
     for k, (_, held) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups=lesion_ids)):
         fold_of[held] = k
     return fold_of
-
-
-def cpu_kind() -> str:
-    """'avx512_vnni', 'avx2' or 'unknown': fold timings and int8 figures hold for one kind of CPU."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    return next((kind for kind in ("avx512_vnni", "avx2") if kind in flags), "unknown")
 
 
 def logits_of(model, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -122,7 +114,7 @@ def train_fold(cfg: TrainConfig, images: dict, y: dict, fold_of: np.ndarray, k: 
     resume = (fold_dir / HEAD_WEIGHTS).is_file()
     resumed_after = epochs_done(fold_dir) if resume else 0
     log.info("fold %d of %d: %s", k + 1, int(fold_of.max()) + 1, "resuming" if resume else "starting")
-    t0 = time.perf_counter()
+    clock = RunClock(fold_dir)
     keras.utils.set_random_seed(cfg.seed + k)
     held = fold_of == k
     x_fit, y_fit = images["train"][~held], y["train"][~held]
@@ -144,15 +136,17 @@ def train_fold(cfg: TrainConfig, images: dict, y: dict, fold_of: np.ndarray, k: 
                                             first_draw=first_draw),
         len(y_fit), scale_pixels(x_held), y_held, batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr,
         warmup_epochs=cfg.warmup_epochs, weight_decay=cfg.weight_decay, ema_momentum=cfg.ema_momentum, loss=loss,
-        out_dir=fold_dir, resume=resume, keep=cfg.keep, swa_epochs=cfg.swa_epochs, swa_lr=cfg.swa_lr)
+        out_dir=fold_dir, resume=resume, keep=cfg.keep, swa_epochs=cfg.swa_epochs, swa_lr=cfg.swa_lr,
+        extra_callbacks=[clock_callback(clock)])
     model.save_weights(fold_dir / "kept.weights.h5")
     outputs = {}
     for split, x in (("train", images["train_eval"]), ("val", images["val"]), ("test", images["test"])):
         outputs[split], outputs[f"{split}_mirrored"] = logits_of(model, x)
+    clock.save()
     figures = {"fold": k, **held_out_figures(y_held, outputs["train"][held]),
                "held_out_mirrored": held_out_figures(y_held, (outputs["train"][held] + outputs["train_mirrored"][held]) / 2),
-               "kept": kept, "minutes": round((time.perf_counter() - t0) / 60, 1), "cpu": cpu_kind(),
-               "resumed_after_epoch": resumed_after}  # minutes: this process's only, when it resumed a cut fold
+               "kept": kept, "minutes": clock.minutes(), "processes": clock.processes, "cpu": cpu_kind(),
+               "resumed_after_epoch": resumed_after}
     # float16 keeps each fold's file at a few hundred KB, small enough to commit as soon as it exists.
     np.savez_compressed(fold_dir / OUTPUTS, **{name: v.astype(np.float16) for name, v in outputs.items()})
     (fold_dir / FIGURES).write_text(json.dumps(figures, indent=2) + "\n")

@@ -198,7 +198,7 @@ def load_weight_average(model, paths: list[Path]) -> None:
 def fine_tune(model, make_dataset, n_train: int, x_val, y_val, *, batch_size: int, epochs: int, lr: float,
               warmup_epochs: float, weight_decay: float, ema_momentum: float, loss, out_dir: Path,
               resume: bool, keep: str = "last", prior=None, swa_epochs: int = 0, swa_lr: float = 0.0,
-              metrics=("accuracy",)) -> dict:
+              metrics=("accuracy",), extra_callbacks=()) -> dict:
     """Phase 2: the whole network (BatchNorm frozen); ends holding the weights ``keep`` names.
 
     ``keep="last"``: the weights at the end of the cosine schedule. ``keep="best"``: the
@@ -255,6 +255,7 @@ def fine_tune(model, make_dataset, n_train: int, x_val, y_val, *, batch_size: in
         keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_balanced_accuracy", mode="max",
                                         save_best_only=True, save_weights_only=True, initial_value_threshold=best),
         keras.callbacks.CSVLogger(str(history), append=resume),
+        *extra_callbacks,
     ]
     if done:
         log.info("phase 2: resuming after epoch %d (best validation balanced accuracy so far %.4f)", done, best or 0)

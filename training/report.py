@@ -41,8 +41,8 @@ def write_report(out_dir: Path, card: ModelCard, metrics: dict, plots: list[str]
         f"{training['logit_adjustment']['tau']:g} (chosen on validation)",
         f"- Seed {cfg['seed']}; hardware {training['hardware']}; total {durations['total'] / 60:.1f} min "
         f"({', '.join(f'{k} {v:.0f} s' for k, v in durations.items() if k != 'total')})"
-        + (f"; resumed after epoch {resumed}, so these times cover only the resumed invocation (train.log has the "
-           "whole run)" if (resumed := training.get("resumed_after_epoch")) else ""),
+        + (f"; resumed after epoch {resumed}: the total sums every process that trained it, the parts are the last "
+           "one's" if (resumed := training.get("resumed_after_epoch")) else ""),
         f"- Malignant threshold {card.thresholds.malignant:.3f}, chosen on validation for sensitivity >= "
         f"{card.thresholds.malignant_target:.2f}", "",
         metrics_markdown(metrics["test"], "Test split"),

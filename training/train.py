@@ -41,17 +41,11 @@ from server.model.card import CARD_FILENAME, ModelCard
 from server.model.files import file_sha256
 from server.thresholds import MALIGNANT_TARGET_SENSITIVITY
 from training import data as D
+from training.clock import RunClock, clock_callback
 from training.config import RecipeChanged, TrainConfig, parse_args, settle_recipe
 from training.differential import card_with_differential
 from training.evaluate import choose_malignant_threshold, evaluate_predictions, plot_history, write_plots
-from training.export import (
-    MODEL_FILENAME,
-    base_card,
-    git_commit,
-    imagenet_label_names,
-    save_model,
-    with_imagenet_branch,
-)
+from training.export import MODEL_FILENAME, base_card, git_commit, imagenet_label_names, save_model, with_imagenet_branch
 from training.prepare import Prepared, class_loss_weights, pooled_features, prepare_data, resized
 from training.report import existing_plots, write_report
 
@@ -93,6 +87,7 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
     keras.utils.set_random_seed(cfg.seed)
     log.info("config: %s%s", json.dumps(asdict(cfg)), " (resuming)" if resume else "")
     settle_recipe(cfg, out_dir, resume)
+    clock = RunClock(out_dir)  # the run's minutes, summed over every process that trained it
 
     prepared = prepare_data(cfg, out_dir)
     y, images = prepared.y, prepared.images
@@ -136,8 +131,8 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
             len(y["train"]), x_val, y["val"], batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr,
             warmup_epochs=cfg.warmup_epochs, weight_decay=cfg.weight_decay, ema_momentum=cfg.ema_momentum,
             loss=student.get("loss", loss), metrics=student.get("metrics", ("accuracy",)), out_dir=out_dir,
-            resume=resume, keep=cfg.keep,
-            prior=prior if cfg.logit_adjustment else None, swa_epochs=cfg.swa_epochs, swa_lr=cfg.swa_lr)
+            resume=resume, keep=cfg.keep, prior=prior if cfg.logit_adjustment else None, swa_epochs=cfg.swa_epochs,
+            swa_lr=cfg.swa_lr, extra_callbacks=[clock_callback(clock)])
     timings["phase2_finetune"] = time.perf_counter() - t
     del images["train"]
 
@@ -152,7 +147,7 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
     if cfg.patient_context:
         model, context_record = phase3(model, batched_predict(model, x_val), prepared, seed=cfg.seed,
                                        sites=cfg.context_sites)
-    card = export_and_evaluate(model, cfg, prepared, adjustment, timings, t0, score_test, resumed_after,
+    card = export_and_evaluate(model, cfg, prepared, adjustment, timings, clock.origin(), score_test, resumed_after,
                                context_record, kept_weights=phase2)
     finish_worker(cfg.out_dir, strategy, model)
     return card
