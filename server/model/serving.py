@@ -1,10 +1,10 @@
 """What a Predictor runs, built from the Keras model (TensorFlow) or from the ONNX cache alone.
 
-A worker used to import TensorFlow, load the ``.h5`` with Keras, build ``tf.function``
-runners, check ONNX against TensorFlow and trace the Grad-CAM gradient at every start:
-26.5 s before a killed worker answered again under load. All TensorFlow was needed for,
-once the graphs were converted, is a handful of facts about the model, TensorFlow's
-outputs on the probe inputs, and the head's weights. ``serve_keras`` (the path with
+Importing TensorFlow, loading the ``.h5`` with Keras, building ``tf.function`` runners,
+checking ONNX against TensorFlow and tracing the Grad-CAM gradient cost a worker 26.5 s
+at start, measured from a killed worker to its next answer under load. Once the graphs are
+converted, TensorFlow is needed only for a handful of facts about the model, its outputs on
+the probe inputs, and the head's weights. ``serve_keras`` (the path with
 TensorFlow) writes them to the cache beside the graphs; ``serve_cached`` builds the same
 runners from them and returns None, so the caller falls back to ``serve_keras``, unless
 every file is there and every check passes:
