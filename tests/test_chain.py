@@ -41,6 +41,7 @@ def test_chain_runs_every_step_publishes_each_fold_and_resumes_a_cut_fold(tmp_pa
     assert card["int8"]["meets_bar"] in (True, False)
     record = json.loads((chain / "chain.json").read_text())
     assert set(record["minutes"]) == {"folds", "teacher", "context", "student", "quantize"} and record["cpu"]
+    assert record["minutes"]["student"] == round(card["training"]["durations_s"]["total"] / 60, 1)
     choice = json.loads((chain / "context_folds.json").read_text())["choice"]
     assert json.loads((published / "context_folds.json").read_text())["choice"] == choice  # kept beside the folds
     assert json.loads((published / "folds.json").read_text()) == json.loads((chain / "folds.json").read_text())
@@ -61,6 +62,8 @@ def test_chain_runs_every_step_publishes_each_fold_and_resumes_a_cut_fold(tmp_pa
     both = json.loads((chain / "fold_1" / "clock.json").read_text())  # the fold's time sums both processes'
     assert both["processes"] == 2 and both["seconds"] > first_process["seconds"] > 0
     assert json.loads((chain / "fold_1" / "figures.json").read_text())["processes"] == 2
+    fold_minutes = [json.loads((chain / f"fold_{k}" / "figures.json").read_text())["minutes"] for k in range(2)]
+    assert json.loads((chain / "chain.json").read_text())["minutes"]["folds"] == round(sum(fold_minutes), 1)
 
     # The run folder lost (another machine): the committed folds are reused, not trained again.
     shutil.rmtree(chain / "fold_0")

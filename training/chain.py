@@ -17,7 +17,8 @@
 5. ``training.quantize`` and ``training.int8_bar --record``: the int8 graphs and their bar.
 
 A step whose output exists is skipped, and a step cut off resumes; rerun the same command.
-``chain.json`` in the run folder records each step's minutes and the CPU kind, and
+``chain.json`` in the run folder records each step's minutes (the folds' and the student's
+summed over every process that trained them, ``training.clock``) and the CPU kind, and
 ``train.log`` the progress with an ETA. The test split is scored by step 4 only; the
 decision to ship the student is written down before (``saved_models/ablation.md``).
 """
@@ -58,10 +59,11 @@ def publish_records(chain_dir: Path, publish_dir: Path) -> None:
         shutil.copy2(chain_dir / name, publish_dir / name)
 
 
-def record_step(chain_dir: Path, step: str, minutes: float) -> dict:
+def record_step(chain_dir: Path, step: str, minutes: float, whole: bool = False) -> dict:
+    """Add a process's ``minutes`` to ``step`` in ``chain.json`` (``whole``: they are the step's whole time)."""
     path = chain_dir / RECORD
     record = json.loads(path.read_text()) if path.is_file() else {"cpu": cpu_kind(), "minutes": {}}
-    record["minutes"][step] = round(record["minutes"].get(step, 0.0) + minutes, 1)
+    record["minutes"][step] = round(minutes + (0.0 if whole else record["minutes"].get(step, 0.0)), 1)
     record["total_minutes"] = round(sum(record["minutes"].values()), 1)
     path.write_text(json.dumps(record, indent=2) + "\n")
     return record
@@ -83,10 +85,10 @@ def run_chain(argv: list[str], chain_dir: Path, publish_dir: Path | None, n_fold
 
     cfg, _ = parse_args(argv)
     fold_cfg = with_recipe(replace(cfg, out_dir=str(chain_dir)), argv)
-    t = time.perf_counter()
     result = run_folds(fold_cfg, chain_dir, n_folds, publish=(lambda k: publish_fold(chain_dir, publish_dir, k))
                        if publish_dir else None, published=publish_dir)
-    record_step(chain_dir, "folds", (time.perf_counter() - t) / 60)
+    # Each fold's clock sums the processes that trained it, a cut one's too; loading the images is left out.
+    record_step(chain_dir, "folds", sum(fold["minutes"] for fold in result["folds"]), whole=True)
     if len(result["folds"]) < n_folds:
         return 1
     log.info("folds: %s; %s", {k: v for k, v in result.items() if k != "folds"},
@@ -109,14 +111,14 @@ def run_chain(argv: list[str], chain_dir: Path, publish_dir: Path | None, n_fold
     student_dir = chain_dir / STUDENT_DIR
     if not (student_dir / "model_card.json").is_file():
         log.info("student: %s", eta(chain_dir, ["student", "quantize"]))
-        t = time.perf_counter()
         student = with_recipe(replace(cfg, out_dir=str(student_dir), distill_teacher=str(chain_dir / TEACHER_FILE)),
                               argv, STUDENT_RECIPE)
         given = given_settings(argv)  # the folds' verdict on the context, unless the command line says otherwise
         student = replace(student, **{k: choice[k] for k in ("patient_context", "context_sites") if k not in given})
         train_run(student, resume=(student_dir / "history.csv").is_file())
-        record_step(chain_dir, "student", (time.perf_counter() - t) / 60)
     card = json.loads((student_dir / "model_card.json").read_text())
+    if "student" not in json.loads((chain_dir / RECORD).read_text())["minutes"]:  # its card's total sums every process
+        record_step(chain_dir, "student", card["training"]["durations_s"]["total"] / 60, whole=True)
     if (card.get("int8") or {}).get("meets_bar") is None:
         log.info("quantize: %s", eta(chain_dir, ["quantize"]))
         t = time.perf_counter()
