@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -236,15 +235,14 @@ def run_folds(cfg: TrainConfig, chain_dir: Path, n_folds: int = N_FOLDS, only: l
         log.info("folds %s reused from %s (the same fold assignment)", [k + 1 for k in reused], published)
     figures, spent = [], []
     for k in only if only is not None else range(n):
-        t = time.perf_counter()
         was_done = (chain_dir / f"fold_{k}" / OUTPUTS).is_file()
         figures.append(train_fold(cfg, images, y, fold_of, k, chain_dir))
         if publish is not None:
             publish(k)
         if not was_done:
-            spent.append(time.perf_counter() - t)
+            spent.append(figures[-1]["minutes"])  # the whole fold's, a resumed one's too
             left = sum(1 for j in range(n) if not (chain_dir / f"fold_{j}" / OUTPUTS).is_file())
-            log.info("progress: %d of %d folds done, about %.0f min left", n - left, n, np.mean(spent) * left / 60)
+            log.info("progress: %d of %d folds done, about %.0f min left", n - left, n, np.mean(spent) * left)
     result = summary(figures)
     if len(figures) == n:
         (chain_dir / "folds.json").write_text(json.dumps(result, indent=2) + "\n")
