@@ -155,6 +155,20 @@ def test_bad_choice_fails_before_any_data_loads_and_help_lists_the_choices(tmp_p
     assert "expected 0 or 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option, value, says", [("--epochs", "-1", "--epochs must be at least 0 (got -1)"),
+                                                 ("--dropout", "1", "--dropout must be in [0, 1) (got 1.0)"),
+                                                 ("--lr", "0", "--lr must be above 0 (got 0.0)"),
+                                                 ("--batch-size", "0", "--batch-size must be at least 1 (got 0)"),
+                                                 ("--val-fraction", "0.6", "--val-fraction must be in (0, 0.5)"),
+                                                 ("--input-size", "16", "--input-size must be at least 32")])
+def test_a_number_outside_its_range_is_refused_before_any_data_loads(tmp_path, capsys, option, value, says):
+    from training.train import main
+
+    with pytest.raises(SystemExit) as exc:  # the data dir does not exist: the range is checked first
+        main(["--data-dir", str(tmp_path / "absent"), option, value])
+    assert exc.value.code == 2 and says in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_cut_off_run_resumes_from_its_last_epoch(dataset, tmp_path):
     from training.train import main

@@ -64,6 +64,28 @@ class TrainConfig:
     version: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y.%m.%d"))
 
 
+# The range each number must lie in. Outside it a run crashes, or trains for hours to no purpose
+# (a negative epoch count, a dropout of 1), so the command line refuses it before any data loads.
+RANGES = {
+    **dict.fromkeys(("epochs", "head_epochs", "swa_epochs", "limit_per_class", "backbone_blocks", "warmup_epochs",
+                     "weight_decay", "swa_lr", "focal_gamma"), (lambda v: v >= 0, "at least 0")),
+    **dict.fromkeys(("batch_size", "dense_units"), (lambda v: v >= 1, "at least 1")),
+    **dict.fromkeys(("lr", "head_lr", "alpha", "distill_temperature"), (lambda v: v > 0, "above 0")),
+    **dict.fromkeys(("dropout", "label_smoothing", "ema_momentum"), (lambda v: 0 <= v < 1, "in [0, 1)")),
+    **dict.fromkeys(("down_up_prob", "vignette_prob", "colour_cast", "distill_alpha"),
+                    (lambda v: 0 <= v <= 1, "in [0, 1]")),
+    **dict.fromkeys(("val_fraction", "test_fraction"), (lambda v: 0 < v < 0.5, "in (0, 0.5)")),
+    "min_crop_area": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "input_size": (lambda v: v >= 32, "at least 32"),
+}
+
+
+def out_of_range(cfg: TrainConfig) -> list[str]:
+    """``--option must be ...`` for each setting outside its range (``RANGES``)."""
+    return [f"--{name.replace('_', '-')} must be {text} (got {getattr(cfg, name)})"
+            for name, (ok, text) in RANGES.items() if not ok(getattr(cfg, name))]
+
+
 SMOKE_OVERRIDES = dict(input_size=64, store_size=72, alpha=0.35, dense_units=32, head_epochs=2, epochs=1,
                        batch_size=16, limit_per_class=40)
 KEEP_CHOICES = ("last", "best", "swa")
@@ -156,10 +178,8 @@ def parse_args(argv=None, parents=(), description: str | None = None) -> tuple[T
         if v is not None:
             setattr(cfg, k, v)
     cfg.store_size = max(cfg.store_size, cfg.input_size)
-    if cfg.input_size < 32:
-        p.error("--input-size must be at least 32")
-    if not 0 < cfg.min_crop_area <= 1:
-        p.error("--min-crop-area must be in (0, 1]")
+    if problems := out_of_range(cfg):
+        p.error("; ".join(problems))
     if cfg.keep == "swa" and not 0 < cfg.swa_epochs <= cfg.epochs:
         cfg.swa_epochs = min(max(cfg.swa_epochs, 1), cfg.epochs)
     return cfg, flags
