@@ -142,3 +142,36 @@ def test_a_model_trained_on_a_clinics_folder_does_not_claim_ham10000_on_its_mode
     page = app.test_client().get("/model").get_data(as_text=True)
     assert "photos in clinic/" in page and "does not state a licence" in page and "no dataset.json" in page
     assert "HAM10000 (Human Against Machine" not in page and "CC BY-NC" not in page
+
+
+@pytest.mark.slow
+def test_a_run_that_cannot_download_imagenet_weights_stops_before_loading_any_image(tmp_path):
+    """No internet (a proxy that refuses, an empty Keras cache): one line naming what to pass instead, in seconds."""
+    import os
+    import subprocess
+    import sys
+
+    root = make_dataset(tmp_path / "d", lesions_per_class=3)
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras"), "https_proxy": "http://127.0.0.1:9",
+           "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run = subprocess.run([sys.executable, "-m", "training.train", "--data-dir", str(root), "--smoke", "--weights",
+                          "imagenet", "--out-dir", str(tmp_path / "run")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 2, run.stderr[-2000:]
+    error = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "could not download Keras's ImageNet MobileNetV2 weights" in error[0]
+    assert "--weights PATH to a no-top MobileNetV2 .h5" in error[0] and "Traceback" not in run.stderr
+    assert "split by lesion_id" not in (tmp_path / "run" / "train.log").read_text()  # no image was loaded
+
+
+def test_a_missing_imagenet_classifier_or_a_short_class_list_stops_the_run_before_it_trains(tmp_path, capsys):
+    root = make_dataset(tmp_path / "d", lesions_per_class=3)
+    common = ["--data-dir", str(root), "--smoke", "--weights", "none"]
+    assert main(common + ["--out-dir", str(tmp_path / "a"), "--imagenet-weights", str(tmp_path / "absent.h5")]) == 2
+    assert "ImageNet weights not found" in capsys.readouterr().err
+    (tmp_path / "with_top.h5").write_bytes(b"stands for the file")
+    (tmp_path / "labels.txt").write_text("\n".join(f"class {i}" for i in range(999)))
+    assert main(common + ["--out-dir", str(tmp_path / "b"), "--imagenet-weights", str(tmp_path / "with_top.h5"),
+                          "--imagenet-labels", str(tmp_path / "labels.txt")]) == 2
+    assert "names 999 classes; ImageNet's classifier has 1000" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "split.csv").exists()  # stopped before the split, let alone training

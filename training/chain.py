@@ -34,11 +34,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from training.clock import cpu_kind
 from training.config import RecipeChanged, parse_args
 from training.data import DatasetError
 from training.distill import TEACHER_FILE
-from training.clock import cpu_kind
 from training.folds import FIGURES, FOLD_RECIPE, N_FOLDS, given_settings, publish_fold, run_folds, with_recipe
+from training.preflight import Unavailable
 
 log = logging.getLogger("training")
 
@@ -143,7 +144,7 @@ def main(argv=None) -> int:
     out = Path(parse_args(argv, parents=[chain], description="Folds, teacher, student, calibration, quantization.")[0].out_dir)
     try:
         return run_chain(rest, out, flags.publish_dir, flags.folds)
-    except (FileNotFoundError, DatasetError, RecipeChanged) as exc:
+    except (FileNotFoundError, DatasetError, RecipeChanged, Unavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -35,6 +35,7 @@ from server.lesions import CLASS_CODES
 from training import data as D
 from training.clock import RunClock, clock_callback, cpu_kind
 from training.config import RecipeChanged, TrainConfig, parse_args, settle_recipe
+from training.preflight import Unavailable, check_run_inputs
 
 log = logging.getLogger("training")
 
@@ -229,6 +230,7 @@ def run_folds(cfg: TrainConfig, chain_dir: Path, n_folds: int = N_FOLDS, only: l
     (chain_dir / "cpu.txt").write_text(cpu_kind() + "\n")
     log.info("folds on a %s CPU, recipe %s", cpu_kind(), {k: getattr(cfg, k) for k in FOLD_RECIPE})
     settle_recipe(cfg, chain_dir, resume=True)  # every fold folder resumes: one recipe for all of them
+    check_run_inputs(cfg)
     prepared, images, y, fold_of = load_chain_data(cfg, chain_dir, n_folds)
     n = int(fold_of.max()) + 1
     if published is not None and (reused := reuse_published(chain_dir, published, n)):
@@ -281,7 +283,7 @@ def main(argv=None) -> int:
         out = Path(cfg.out_dir)
         publish = (lambda k: publish_fold(out, flags.publish_dir, k)) if flags.publish_dir else None
         result = run_folds(cfg, out, flags.folds, flags.fold, publish=publish, published=flags.publish_dir)
-    except (FileNotFoundError, D.DatasetError, RecipeChanged) as exc:
+    except (FileNotFoundError, D.DatasetError, RecipeChanged, Unavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({k: v for k, v in result.items() if k != "folds"}))

@@ -46,6 +46,7 @@ from training.config import RecipeChanged, TrainConfig, parse_args, settle_recip
 from training.differential import card_with_differential
 from training.evaluate import choose_malignant_threshold, evaluate_predictions, plot_history, write_plots
 from training.export import MODEL_FILENAME, base_card, git_commit, imagenet_label_names, save_model, with_imagenet_branch
+from training.preflight import Unavailable, check_run_inputs
 from training.prepare import Prepared, class_loss_weights, pooled_features, prepare_data, resized
 from training.report import existing_plots, write_report
 
@@ -88,6 +89,7 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
     log.info("config: %s%s", json.dumps(asdict(cfg)), " (resuming)" if resume else "")
     settle_recipe(cfg, out_dir, resume)
     clock = RunClock(out_dir)  # the run's minutes, summed over every process that trained it
+    check_run_inputs(cfg)  # downloads and files first: a run that cannot get one stops now, not at export
 
     prepared = prepare_data(cfg, out_dir)
     y, images = prepared.y, prepared.images
@@ -285,7 +287,7 @@ def main(argv=None) -> int:
     cfg, flags = parse_args(argv)
     try:
         run(cfg, resume=flags.resume, score_test=not flags.no_test)
-    except (FileNotFoundError, D.DatasetError, RecipeChanged) as exc:
+    except (FileNotFoundError, D.DatasetError, RecipeChanged, Unavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
