@@ -155,6 +155,20 @@ def test_bad_choice_fails_before_any_data_loads_and_help_lists_the_choices(tmp_p
     assert "expected 0 or 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["training.quantize", "training.int8_bar", "training.calibrate", "training.train",
+                                     "training.folds", "training.chain"])
+def test_each_training_command_names_a_missing_folder_in_one_line_not_a_traceback(tmp_path, capsys, command):
+    import importlib
+
+    main = importlib.import_module(command).main
+    argv = (["--run-dir", str(tmp_path / "absent"), "--data-dir", str(tmp_path / "absent")]
+            if command in ("training.quantize", "training.int8_bar", "training.calibrate")
+            else ["--data-dir", str(tmp_path / "absent"), "--out-dir", str(tmp_path / "run"), *TINY_CLI])
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: ") and str(tmp_path / "absent") in error[0]
+
+
 @pytest.mark.parametrize("option, value, says", [("--epochs", "-1", "--epochs must be at least 0 (got -1)"),
                                                  ("--dropout", "1", "--dropout must be in [0, 1) (got 1.0)"),
                                                  ("--lr", "0", "--lr must be above 0 (got 0.0)"),

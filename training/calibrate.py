@@ -64,6 +64,7 @@ from training.calibration import (
     selective_figures,
     tta_latency_ms,
 )
+from training.cli import user_errors_in_one_line
 from training.evaluate import choose_malignant_threshold, evaluate_predictions
 from training.differential import card_with_differential
 from training.nonskin import fit_nonskin
@@ -235,6 +236,7 @@ def calibrate_run(run_dir, data_dir, imagenet_weights: str = "", imagenet_labels
     return trust
 
 
+@user_errors_in_one_line
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

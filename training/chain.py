@@ -34,12 +34,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from training.cli import user_errors_in_one_line
 from training.clock import cpu_kind
-from training.config import RecipeChanged, parse_args
-from training.data import DatasetError
+from training.config import parse_args
 from training.distill import TEACHER_FILE
 from training.folds import FIGURES, FOLD_RECIPE, N_FOLDS, given_settings, publish_fold, run_folds, with_recipe
-from training.preflight import Unavailable
 
 log = logging.getLogger("training")
 
@@ -131,6 +130,7 @@ def run_chain(argv: list[str], chain_dir: Path, publish_dir: Path | None, n_fold
     return 0
 
 
+@user_errors_in_one_line
 def main(argv=None) -> int:
     import argparse
 
@@ -142,11 +142,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     flags, rest = chain.parse_known_args(argv)
     out = Path(parse_args(argv, parents=[chain], description="Folds, teacher, student, calibration, quantization.")[0].out_dir)
-    try:
-        return run_chain(rest, out, flags.publish_dir, flags.folds)
-    except (FileNotFoundError, DatasetError, RecipeChanged, Unavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_chain(rest, out, flags.publish_dir, flags.folds)
 
 
 if __name__ == "__main__":

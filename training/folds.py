@@ -33,9 +33,10 @@ import numpy as np
 from server.imaging import scale_pixels
 from server.lesions import CLASS_CODES
 from training import data as D
+from training.cli import user_errors_in_one_line
 from training.clock import RunClock, clock_callback, cpu_kind
-from training.config import RecipeChanged, TrainConfig, parse_args, settle_recipe
-from training.preflight import Unavailable, check_run_inputs
+from training.config import TrainConfig, parse_args, settle_recipe
+from training.preflight import check_run_inputs
 
 log = logging.getLogger("training")
 
@@ -264,6 +265,7 @@ def with_recipe(cfg: TrainConfig, argv: list[str], recipe: dict = FOLD_RECIPE) -
     return replace(cfg, **{k: v for k, v in recipe.items() if k not in given})
 
 
+@user_errors_in_one_line
 def main(argv=None) -> int:
     import argparse
 
@@ -279,13 +281,9 @@ def main(argv=None) -> int:
         print("error: --folds must be at least 2", file=sys.stderr)
         return 2
     cfg = with_recipe(cfg, argv)
-    try:
-        out = Path(cfg.out_dir)
-        publish = (lambda k: publish_fold(out, flags.publish_dir, k)) if flags.publish_dir else None
-        result = run_folds(cfg, out, flags.folds, flags.fold, publish=publish, published=flags.publish_dir)
-    except (FileNotFoundError, D.DatasetError, RecipeChanged, Unavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    out = Path(cfg.out_dir)
+    publish = (lambda k: publish_fold(out, flags.publish_dir, k)) if flags.publish_dir else None
+    result = run_folds(cfg, out, flags.folds, flags.fold, publish=publish, published=flags.publish_dir)
     print(json.dumps({k: v for k, v in result.items() if k != "folds"}))
     return 0
 

@@ -32,6 +32,7 @@ from server.decoding import open_upload
 from server.model.card import CARD_FILENAME
 from server.model.files import check_model_files, load_card
 from server.model.int8_check import cpu_flags
+from training.cli import user_errors_in_one_line
 from training.evaluate import evaluate_predictions
 
 # The bar (issue #25): int8 may differ from float32 by at most this much.
@@ -210,6 +211,7 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+@user_errors_in_one_line
 def main(argv=None) -> int:
     from server.config import onnx_cache_dir
 

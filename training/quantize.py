@@ -59,6 +59,7 @@ from server.model.int8_check import cpu_flags
 from server.model.onnx_cache import OPSET, versions
 from server.model.serving import BRANCH, CLASSIFIER
 from training.bias_correction import SHARE as BIAS_SHARE
+from training.cli import user_errors_in_one_line
 from training.bias_correction import correct_biases
 from training.export import MODEL_FILENAME
 from training.weight_sensitivity import backbone_nodes, probabilities, weight_sensitivity
@@ -217,6 +218,7 @@ def quantize_run(model_path: Path, card: ModelCard, sha256: str, images: np.ndar
                            "reference_split": "val" if reference_inputs is not None else "train", **versions()})
 
 
+@user_errors_in_one_line
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run-dir", required=True, help="a training run (or saved_models/): .h5, model_card.json, split.csv")

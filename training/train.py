@@ -40,13 +40,13 @@ from server.lesions import CLASS_CODES
 from server.model.card import CARD_FILENAME, ModelCard
 from server.model.files import file_sha256
 from server.thresholds import MALIGNANT_TARGET_SENSITIVITY
-from training import data as D
+from training.cli import user_errors_in_one_line
 from training.clock import RunClock, clock_callback
-from training.config import RecipeChanged, TrainConfig, parse_args, settle_recipe
+from training.config import TrainConfig, parse_args, settle_recipe
 from training.differential import card_with_differential
 from training.evaluate import choose_malignant_threshold, evaluate_predictions, plot_history, write_plots
 from training.export import MODEL_FILENAME, base_card, git_commit, imagenet_label_names, save_model, with_imagenet_branch
-from training.preflight import Unavailable, check_run_inputs
+from training.preflight import check_run_inputs
 from training.prepare import Prepared, class_loss_weights, pooled_features, prepare_data, resized
 from training.report import existing_plots, write_report
 
@@ -282,14 +282,11 @@ def hardware_summary() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, {len(gpus)} GPU(s), TensorFlow {tf.__version__}"
 
 
+@user_errors_in_one_line
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     cfg, flags = parse_args(argv)
-    try:
-        run(cfg, resume=flags.resume, score_test=not flags.no_test)
-    except (FileNotFoundError, D.DatasetError, RecipeChanged, Unavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    run(cfg, resume=flags.resume, score_test=not flags.no_test)
     return 0
 
 
