@@ -117,8 +117,10 @@ IMAGENET = $(if $(wildcard $(WEIGHTS_DIR)/mobilenet_v2_1.0_224_imagenet_no_top.h
 	  --imagenet-weights $(WEIGHTS_DIR)/mobilenet_v2_1.0_224_imagenet_with_top.h5 \
 	  --imagenet-labels $(WEIGHTS_DIR)/imagenet_labels.txt,\
 	  --weights imagenet --imagenet-weights imagenet --imagenet-labels imagenet)
+# A run cut off before it exported (its head trained, no card yet) is resumed, as make chain does.
+RESUME = $(if $(wildcard $(TRAIN_DIR)/head.weights.h5),$(if $(wildcard $(TRAIN_DIR)/model_card.json),,--resume))
 train: $(VENV)/.installed-train corpus
-	$(PY) -m training.train --data-dir $(DATA_DIR) $(IMAGENET) --out-dir $(TRAIN_DIR)
+	$(PY) -m training.train --data-dir $(DATA_DIR) $(IMAGENET) --out-dir $(TRAIN_DIR) $(RESUME)
 
 # The model chain (README "The model chain"): five lesion-grouped folds, their ensemble distilled into one
 # student, its int8 graphs. Hours on 2 cores; resumable: rerun the same command after a cut.

@@ -175,3 +175,14 @@ def test_a_missing_imagenet_classifier_or_a_short_class_list_stops_the_run_befor
                           "--imagenet-labels", str(tmp_path / "labels.txt")]) == 2
     assert "names 999 classes; ImageNet's classifier has 1000" in capsys.readouterr().err
     assert not (tmp_path / "b" / "split.csv").exists()  # stopped before the split, let alone training
+
+
+def test_a_new_run_over_a_cut_off_one_is_refused_and_deletes_nothing(tmp_path, capsys):
+    root = make_dataset(tmp_path / "d", lesions_per_class=3)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "head.weights.h5").write_bytes(b"phase 1's weights")
+    (run / "history.csv").write_text("epoch,loss\n0,1.0\n1,0.9\n")
+    assert main(["--data-dir", str(root), "--out-dir", str(run), "--smoke", "--weights", "none"]) == 2
+    assert "holds a run cut off after 2 fine-tuning epochs: continue it with --resume" in capsys.readouterr().err
+    assert (run / "history.csv").read_text().count("\n") == 3 and (run / "head.weights.h5").is_file()

@@ -139,10 +139,23 @@ def test_make_train_takes_another_data_folder_and_run_folder_and_downloads_weigh
     planned = subprocess.run(args, capture_output=True, text=True, timeout=60, env={**os.environ, "DATA_DIR": ""})
     train = [line for line in planned.stdout.splitlines() if "-m training.train" in line]
     assert len(train) == 1, planned.stdout[-2000:]
-    assert "--data-dir /data/clinic-photos " in train[0] and train[0].endswith("--out-dir /runs/clinic")
+    assert "--data-dir /data/clinic-photos " in train[0] and train[0].rstrip().endswith("--out-dir /runs/clinic")
     weights = ROOT.parent / "shared" / "weights" / "mobilenet_v2_1.0_224_imagenet_no_top.h5"
     if weights.is_file():
         assert "/shared/weights/mobilenet_v2_1.0_224_imagenet_no_top.h5" in train[0]
     elsewhere = subprocess.run(args + ["WEIGHTS_DIR=/nonexistent"], capture_output=True, text=True, timeout=60)
     train = [line for line in elsewhere.stdout.splitlines() if "-m training.train" in line]
     assert "--weights imagenet --imagenet-weights imagenet --imagenet-labels imagenet" in train[0]  # Keras downloads
+
+
+def test_make_train_resumes_a_run_cut_off_before_it_exported_and_starts_a_finished_one_again(tmp_path):
+    def planned() -> str:
+        run = subprocess.run([MAKE, "-n", "-C", str(ROOT), "train", f"TRAIN_DIR={tmp_path}"], capture_output=True,
+                             text=True, timeout=60)
+        return next(line for line in run.stdout.splitlines() if "-m training.train" in line)
+
+    assert "--resume" not in planned()  # an empty folder: a new run
+    (tmp_path / "head.weights.h5").write_bytes(b"")
+    assert planned().rstrip().endswith("--resume")  # cut off after its head trained
+    (tmp_path / "model_card.json").write_text("{}")
+    assert "--resume" not in planned()  # finished: make train trains it again

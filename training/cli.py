@@ -1,7 +1,7 @@
 """How the trainer's commands end on a mistake their user can fix: one ``error:`` line and exit status 2.
 
-A missing folder, a data row the service would refuse, a resume under another recipe, a download
-that cannot be had, a run folder without its model: each is the user's to fix, and a traceback
+A missing folder, a data row the service would refuse, a resume under another recipe, a new run
+over a cut-off one, a download that cannot be had, a run folder without its model: each is the user's to fix, and a traceback
 hides the one line that says how. Any other exception is a defect and keeps its traceback.
 """
 
@@ -13,9 +13,10 @@ import sys
 from server.model.files import ModelLoadError
 from training.config import RecipeChanged
 from training.data import DatasetError
+from training.phases import CutRunInTheWay
 from training.preflight import Unavailable
 
-USER_ERRORS = (FileNotFoundError, DatasetError, RecipeChanged, Unavailable, ModelLoadError)
+USER_ERRORS = (FileNotFoundError, DatasetError, RecipeChanged, CutRunInTheWay, Unavailable, ModelLoadError)
 
 
 def user_errors_in_one_line(main):

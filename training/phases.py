@@ -278,6 +278,20 @@ def fine_tune(model, make_dataset, n_train: int, x_val, y_val, *, batch_size: in
     return record
 
 
+class CutRunInTheWay(ValueError):
+    """A new run would delete the epochs of a cut-off one in the same folder."""
+
+
+def refuse_to_restart(out_dir: Path, resume: bool) -> None:
+    """A command run again without ``--resume`` after a cut would start over and delete hours of epochs."""
+    from server.model.card import CARD_FILENAME
+
+    out_dir = Path(out_dir)
+    if not resume and (out_dir / HEAD_WEIGHTS).is_file() and not (out_dir / CARD_FILENAME).is_file():
+        raise CutRunInTheWay(f"{out_dir} holds a run cut off after {epochs_done(out_dir)} fine-tuning epochs: continue "
+                             "it with --resume (make train does), or train in another --out-dir to start again")
+
+
 def epochs_done(out_dir: Path) -> int:
     """How many fine-tuning epochs a run folder's ``history.csv`` records."""
     history_csv = Path(out_dir) / HISTORY

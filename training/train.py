@@ -73,7 +73,7 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
     from training.losses import make_loss
     from training.model import build_model
     from training.patient_context import phase3
-    from training.phases import batched_predict, epochs_done, fine_tune, warm_up_head
+    from training.phases import batched_predict, epochs_done, fine_tune, refuse_to_restart, warm_up_head
     from training.posthoc import choose_tau, class_prior, fold_into_bias
     from training.strategy import choose_strategy, describe, finish_worker, worker_out_dir
 
@@ -87,6 +87,7 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
     t0 = time.perf_counter()
     keras.utils.set_random_seed(cfg.seed)
     log.info("config: %s%s", json.dumps(asdict(cfg)), " (resuming)" if resume else "")
+    refuse_to_restart(out_dir, resume)
     settle_recipe(cfg, out_dir, resume)
     clock = RunClock(out_dir)  # the run's minutes, summed over every process that trained it
     check_run_inputs(cfg)  # downloads and files first: a run that cannot get one stops now, not at export
