@@ -1,8 +1,9 @@
 """How the trainer's commands end on a mistake their user can fix: one ``error:`` line and exit status 2.
 
 A missing folder, a data row the service would refuse, a resume under another recipe, a new run
-over a cut-off one, a download that cannot be had, a run folder without its model: each is the user's to fix, and a traceback
-hides the one line that says how. Any other exception is a defect and keeps its traceback.
+over a cut-off one, a download that cannot be had, a run folder without its model: each is the
+user's to fix, and a traceback hides the one line that says how. Any other exception is a
+defect and keeps its traceback.
 """
 
 from __future__ import annotations
