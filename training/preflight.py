@@ -41,9 +41,12 @@ def check_run_inputs(cfg: TrainConfig) -> None:
         raise FileNotFoundError(f"ImageNet weights not found: {cfg.imagenet_weights} (--imagenet-weights: a with-top "
                                 "MobileNetV2 .h5, or 'imagenet' to download Keras's own)")
     labels = cfg.imagenet_labels or "imagenet"
-    try:
+    if labels == "imagenet":
         downloaded("ImageNet's class index", "--imagenet-labels PATH to a file of the 1000 class names, one a line",
-                   lambda: imagenet_label_names(labels)) if labels == "imagenet" else imagenet_label_names(labels)
+                   lambda: imagenet_label_names(labels))
+        return
+    try:
+        imagenet_label_names(labels)
     except (OSError, ValueError) as exc:
         raise Unavailable(f"--imagenet-labels {labels}: {exc}") from exc
 
