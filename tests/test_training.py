@@ -206,6 +206,7 @@ def test_a_cut_off_run_resumes_from_its_last_epoch(dataset, tmp_path):
     # the card's total is the whole run's: the cut process's minutes and the resuming one's
     clock, card = json.loads((out / "clock.json").read_text()), json.loads((out / "model_card.json").read_text())
     assert clock["processes"] == 2 and card["training"]["durations_s"]["total"] > first["seconds"] > 0
+    assert clock["seconds"] == pytest.approx(card["training"]["durations_s"]["total"], abs=2.0)
 
 
 def fine_tune_tiny(model, out_dir, resume: bool = False, ema_momentum: float = 0.0, **options) -> dict:

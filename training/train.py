@@ -152,6 +152,7 @@ def run(cfg: TrainConfig, resume: bool = False, score_test: bool = True) -> dict
                                        sites=cfg.context_sites)
     card = export_and_evaluate(model, cfg, prepared, adjustment, timings, clock.origin(), score_test, resumed_after,
                                context_record, kept_weights=phase2)
+    clock.save()  # also when a resumed run had no epoch left to train, and so saved no epoch's end
     finish_worker(cfg.out_dir, strategy, model)
     return card
 
