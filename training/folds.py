@@ -151,7 +151,8 @@ def train_fold(cfg: TrainConfig, images: dict, y: dict, fold_of: np.ndarray, k: 
     # float16 keeps each fold's file at a few hundred KB, small enough to commit as soon as it exists.
     np.savez_compressed(fold_dir / OUTPUTS, **{name: v.astype(np.float16) for name, v in outputs.items()})
     (fold_dir / FIGURES).write_text(json.dumps(figures, indent=2) + "\n")
-    log.info("fold %d done in %.0f min (resumed after epoch %d): held-out %s", k + 1, figures["minutes"], resumed_after,
+    log.info("fold %d done in %.0f min%s: held-out %s", k + 1, figures["minutes"],
+             f" (resumed after epoch {resumed_after})" if resumed_after else "",
              {key: figures[key] for key in ("balanced_accuracy", "melanoma_recall", "malignant_auc")})
     return figures
 
