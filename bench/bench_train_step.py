@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,18 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from training.clock import cpu_summary  # noqa: E402
+
 TRAIN_IMAGES = 7152  # the lesion-grouped training split of the shipped run
-
-
-def cpu_model() -> str:
-    """The CPU's name from /proc/cpuinfo (figures differ by an order of magnitude between CPUs)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def images_per_second(input_size: int, batch: int, steps: int, warmup_steps: int = 2) -> float:
@@ -78,7 +68,7 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     load = os.getloadavg()[0]
-    print(f"{cpu_model()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}; batch {args.batch}, "
+    print(f"{cpu_summary()}, TensorFlow {tf.__version__}; batch {args.batch}, "
           f"{args.steps} timed steps each; 1-min load average before start {load:.2f}")
     if load > 0.5:
         print(f"warning: the CPU is busy (load {load:.2f}); these figures will be low", file=sys.stderr)

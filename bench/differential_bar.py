@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -35,16 +33,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+from training.clock import cpu_summary  # noqa: E402
+
 BAR = {"coverage": 0.88, "class_coverage": 0.80, "rare_coverage": 0.75, "rare": ("df", "vasc"), "min_photos": 30,
        "mean_size": 1.9, "single_accuracy": 0.90}
-
-
-def cpu_kind() -> str:
-    """The CPU's vector extensions that matter for int8 (VNNI) and its model name."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    flags = sorted(set(re.findall(r"\b(avx512_vnni|avx2)\b", text)))
-    model = next(iter(re.findall(r"model name\s*:\s*(.+)", text)), platform.processor())
-    return f"{model} ({', '.join(flags) or 'no AVX2'})"
 
 
 def patient_of(row):
@@ -150,7 +142,7 @@ def main(argv=None) -> int:
     uploads = [Path(path).read_bytes() for path in frame["path"]]
     labels = frame["label"].to_numpy()
     patients = [patient_of(row) for _, row in frame.iterrows()]
-    print(f"# {args.split} split, {len(uploads)} photos, through open_upload + predict_image; CPU: {cpu_kind()}")
+    print(f"# {args.split} split, {len(uploads)} photos, through open_upload + predict_image; CPU: {cpu_summary()}")
     sets = [("photo alone", uploads, [None] * len(uploads), labels, None),
             ("with the patient context", uploads, patients, labels, None)]
     if args.shifted:

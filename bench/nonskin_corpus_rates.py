@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -29,15 +28,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from server.config import DEFAULT_MODEL_PATH  # noqa: E402
+from training.clock import cpu_summary  # noqa: E402
 from training.nonskin_figures import NONSKIN_BAR as BAR  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "ham10000"
-
-
-def cpu_kind() -> str:
-    """'AVX-512 VNNI' or 'AVX2' (what the figures were taken on), from /proc/cpuinfo."""
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    return "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX2" if "avx2" in flags else platform.machine()
 
 
 def all_views(predictor, args) -> dict:
@@ -105,7 +99,7 @@ def main(argv=None) -> int:
 
     predictor = Predictor.from_path(args.model, tta="off", imagenet=True)
     sets = all_views(predictor, args)
-    print(f"model {args.model} (float32, {predictor.runtime}); CPU {cpu_kind()}; "
+    print(f"model {args.model} (float32, {predictor.runtime}); CPU {cpu_summary()}; "
           f"checks: {', '.join(c.name for c in predictor.ood.checks)}, object check: "
           f"{'threshold %.3f' % predictor.ood.objects.threshold if predictor.ood.objects else 'none (named objects)'}")
     report(predictor.ood, sets)

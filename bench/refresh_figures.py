@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from training.clock import cpu_kind  # noqa: E402
+from training.clock import cpu_kind, cpu_name, cpu_summary  # noqa: E402
 
 PY = sys.executable
 # name -> (the command, where the README quotes it)
@@ -53,7 +53,7 @@ def run_one(name: str, out_dir: Path) -> tuple[int, float]:
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     minutes = (time.monotonic() - started) / 60
     head = (f"# {' '.join(Path(c).name if c == PY else c for c in command)}"
-            f"{' (WEB_CONCURRENCY=1)' if name in SINGLE_WORKER else ''}\n# CPU {cpu_kind()}; {minutes:.1f} min; "
+            f"{' (WEB_CONCURRENCY=1)' if name in SINGLE_WORKER else ''}\n# CPU {cpu_summary()}; {minutes:.1f} min; "
             f"exit {done.returncode}; quoted in README: {quoted_in}\n\n")
     (out_dir / f"{name}.txt").write_text(head + done.stdout + ("\n# stderr\n" + done.stderr[-4000:] if done.returncode else ""))
     return done.returncode, minutes
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown benchmark(s) {', '.join(unknown)}; --list names them")
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "cpu.txt").write_text(cpu_kind() + "\n")
+    (args.out_dir / "cpu.txt").write_text(f"{cpu_kind()}\n{cpu_name()}\n")  # the kind, then the machine
     failed = 0
     for name in names:
         code, minutes = run_one(name, args.out_dir)

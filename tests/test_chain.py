@@ -11,6 +11,7 @@ import pytest
 
 from server.lesions import CLASS_CODES
 from tests.test_training import TINY_CLI, make_dataset
+from training.clock import cpu_kind, cpu_name
 from training.folds import OUTPUTS
 
 
@@ -41,6 +42,7 @@ def test_chain_runs_every_step_publishes_each_fold_and_resumes_a_cut_fold(tmp_pa
     assert card["int8"]["meets_bar"] in (True, False)
     record = json.loads((chain / "chain.json").read_text())
     assert set(record["minutes"]) == {"folds", "teacher", "context", "student", "quantize"} and record["cpu"]
+    assert (published / "cpu.txt").read_text().splitlines() == [cpu_kind(), cpu_name()]  # kind and machine, committed
     assert record["minutes"]["student"] == round(card["training"]["durations_s"]["total"] / 60, 1)
     choice = json.loads((chain / "context_folds.json").read_text())["choice"]
     assert json.loads((published / "context_folds.json").read_text())["choice"] == choice  # kept beside the folds

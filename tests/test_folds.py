@@ -73,3 +73,16 @@ def test_a_run_clock_adds_each_process_time_to_what_earlier_ones_recorded(tmp_pa
     assert 1.5 <= second.minutes() < 1.6
     second.save()
     assert RunClock(tmp_path).processes == 3
+
+
+INTEL = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8488C\nflags\t\t: fpu avx2 avx512f avx512_vnni\n"
+AMD = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx avx2 fma\n"
+
+
+def test_a_timing_names_the_cpus_kind_and_its_machine_since_one_kind_runs_at_several_speeds():
+    from training.clock import cpu_kind, cpu_name, cpu_summary
+
+    assert (cpu_kind(INTEL), cpu_name(INTEL)) == ("avx512_vnni", "Intel(R) Xeon(R) Platinum 8488C")
+    assert (cpu_kind(AMD), cpu_name(AMD)) == ("avx2", "AMD EPYC")
+    assert cpu_summary(AMD).endswith("-core AMD EPYC (avx2)")
+    assert cpu_kind("flags : fpu sse2\n") == "unknown" and cpu_name("flags : fpu\n")  # never empty

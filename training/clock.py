@@ -13,19 +13,40 @@ here), so every timing is recorded beside ``cpu_kind()``.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import time
 from pathlib import Path
 
 CLOCK = "clock.json"
 
 
-def cpu_kind() -> str:
-    """'avx512_vnni', 'avx2' or 'unknown': fold timings and int8 figures hold for one kind of CPU."""
+def _cpuinfo() -> str:
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        return "unknown"
+        return ""
+
+
+def cpu_kind(cpuinfo: str | None = None) -> str:
+    """'avx512_vnni', 'avx2' or 'unknown': fold timings and int8 figures hold for one kind of CPU."""
+    flags = _cpuinfo() if cpuinfo is None else cpuinfo
     return next((kind for kind in ("avx512_vnni", "avx2") if kind in flags), "unknown")
+
+
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The CPU's model name ('AMD EPYC', 'Intel(R) Xeon(R) ...'): machines of one kind still differ in
+    speed, so a timing compared across sessions needs the machine as well as its kind."""
+    text = _cpuinfo() if cpuinfo is None else cpuinfo
+    for line in text.splitlines():
+        if line.startswith("model name") and ":" in line:
+            return line.split(":", 1)[1].strip() or "unknown CPU"
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_summary(cpuinfo: str | None = None) -> str:
+    """What a printed figure was measured on: '2-core AMD EPYC (avx512_vnni)'."""
+    return f"{os.cpu_count()}-core {cpu_name(cpuinfo)} ({cpu_kind(cpuinfo)})"
 
 
 class RunClock:

@@ -16,7 +16,7 @@ folds: they are left for calibration and for the final check.
 
 Each fold runs in its own folder (``fold_<k>``) and resumes where it was cut off; a fold
 whose ``outputs.npz`` exists is done. ``folds.csv`` records the assignment, ``cpu.txt``
-the CPU the run used, ``train.log`` the progress with an ETA.
+the CPU the run used (its kind, then its name), ``train.log`` the progress with an ETA.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from server.imaging import scale_pixels
 from server.lesions import CLASS_CODES
 from training import data as D
 from training.cli import user_errors_in_one_line
-from training.clock import RunClock, clock_callback, cpu_kind
+from training.clock import RunClock, clock_callback, cpu_kind, cpu_name, cpu_summary
 from training.config import TrainConfig, parse_args, settle_recipe
 from training.preflight import check_run_inputs
 
@@ -147,7 +147,7 @@ def train_fold(cfg: TrainConfig, images: dict, y: dict, fold_of: np.ndarray, k: 
     figures = {"fold": k, **held_out_figures(y_held, outputs["train"][held]),
                "held_out_mirrored": held_out_figures(y_held, (outputs["train"][held] + outputs["train_mirrored"][held]) / 2),
                "kept": kept, "minutes": clock.minutes(), "processes": clock.processes, "cpu": cpu_kind(),
-               "resumed_after_epoch": resumed_after}
+               "cpu_name": cpu_name(), "resumed_after_epoch": resumed_after}
     # float16 keeps each fold's file at a few hundred KB, small enough to commit as soon as it exists.
     np.savez_compressed(fold_dir / OUTPUTS, **{name: v.astype(np.float16) for name, v in outputs.items()})
     (fold_dir / FIGURES).write_text(json.dumps(figures, indent=2) + "\n")
@@ -229,8 +229,8 @@ def run_folds(cfg: TrainConfig, chain_dir: Path, n_folds: int = N_FOLDS, only: l
 
     chain_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(chain_dir)
-    (chain_dir / "cpu.txt").write_text(cpu_kind() + "\n")
-    log.info("folds on a %s CPU, recipe %s", cpu_kind(), {k: getattr(cfg, k) for k in FOLD_RECIPE})
+    (chain_dir / "cpu.txt").write_text(f"{cpu_kind()}\n{cpu_name()}\n")  # the kind, then the machine
+    log.info("folds on a %s CPU, recipe %s", cpu_summary(), {k: getattr(cfg, k) for k in FOLD_RECIPE})
     settle_recipe(cfg, chain_dir, resume=True)  # every fold folder resumes: one recipe for all of them
     check_run_inputs(cfg)
     prepared, images, y, fold_of = load_chain_data(cfg, chain_dir, n_folds)
