@@ -46,7 +46,8 @@ def cpu_name(cpuinfo: str | None = None) -> str:
 
 def cpu_summary(cpuinfo: str | None = None) -> str:
     """What a printed figure was measured on: '2-core AMD EPYC (avx512_vnni)'."""
-    return f"{os.cpu_count()}-core {cpu_name(cpuinfo)} ({cpu_kind(cpuinfo)})"
+    text = _cpuinfo() if cpuinfo is None else cpuinfo
+    return f"{os.cpu_count()}-core {cpu_name(text)} ({cpu_kind(text)})"
 
 
 class RunClock:

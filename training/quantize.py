@@ -59,8 +59,8 @@ from server.model.int8_check import cpu_flags
 from server.model.onnx_cache import OPSET, versions
 from server.model.serving import BRANCH, CLASSIFIER
 from training.bias_correction import SHARE as BIAS_SHARE
-from training.cli import user_errors_in_one_line
 from training.bias_correction import correct_biases
+from training.cli import user_errors_in_one_line
 from training.export import MODEL_FILENAME
 from training.weight_sensitivity import backbone_nodes, probabilities, weight_sensitivity
 
